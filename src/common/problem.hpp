@@ -1,0 +1,91 @@
+// The validated form of one call, shared by every backend (host and device code alike).
+// Built by src/api.cpp after every check has passed; backends trust it.
+#pragma once
+
+#include <cstdint>
+
+#include "flashprefill/flashprefill.hpp"
+
+namespace flashprefill::detail {
+
+// Element strides of a [batch, token, head, dim] tensor (dim stride is 1; batch unused for varlen).
+struct Strides {
+  int64_t batch = 0, token = 0, head = 0;
+};
+
+// Where sequence b lives: element offsets of its first token in q/out and k/v, and its lengths.
+struct SeqExtent {
+  int64_t q_token0 = 0;   // first query token's index in the packed token axis (varlen) or 0 (padded)
+  int64_t kv_token0 = 0;
+  int64_t len_q = 0;
+  int64_t len_kv = 0;
+};
+
+struct Problem {
+  DType dtype = DType::bf16;
+  Device device{};
+  Params params{};  // validated; params.scale resolved (never 0)
+  int64_t num_seqs = 0;
+  int64_t heads_q = 0, heads_kv = 0, head_dim = 0;
+  int64_t group = 1;  // heads_q / heads_kv: query head h reads kv head h / group
+  bool varlen = false;
+  int64_t len_q = 0, len_kv = 0;  // padded: every sequence's; varlen: max_seqlen bounds
+  int64_t total_q = 0, total_kv = 0;  // tokens along the packed axis (varlen) or B * L (padded)
+  const int32_t* cu_seqlens_q = nullptr;   // varlen only, on `device`
+  const int32_t* cu_seqlens_kv = nullptr;
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  Strides q_stride, k_stride, v_stride, out_stride;
+  float* lse = nullptr;        // optional
+  int64_t lse_batch = 0, lse_head = 0;  // padded [B, H_q, L_q]; varlen [H_q, T_q] (lse_batch unused)
+  void* stream = nullptr;
+
+  int block() const { return params.block_size; }
+
+  FP_HOST_DEVICE SeqExtent seq(int64_t b) const {
+    if (varlen) {
+      return {cu_seqlens_q[b], cu_seqlens_kv[b], int64_t(cu_seqlens_q[b + 1]) - cu_seqlens_q[b],
+              int64_t(cu_seqlens_kv[b + 1]) - cu_seqlens_kv[b]};
+    }
+    return {0, 0, len_q, len_kv};
+  }
+  // Element offsets of (sequence b, token t, head h) in each tensor.
+  FP_HOST_DEVICE int64_t q_offset(int64_t b, const SeqExtent& s, int64_t t, int64_t h) const {
+    return (varlen ? 0 : b * q_stride.batch) + (s.q_token0 + t) * q_stride.token + h * q_stride.head;
+  }
+  FP_HOST_DEVICE int64_t out_offset(int64_t b, const SeqExtent& s, int64_t t, int64_t h) const {
+    return (varlen ? 0 : b * out_stride.batch) + (s.q_token0 + t) * out_stride.token + h * out_stride.head;
+  }
+  FP_HOST_DEVICE int64_t k_offset(int64_t b, const SeqExtent& s, int64_t t, int64_t h) const {
+    return (varlen ? 0 : b * k_stride.batch) + (s.kv_token0 + t) * k_stride.token + h * k_stride.head;
+  }
+  FP_HOST_DEVICE int64_t v_offset(int64_t b, const SeqExtent& s, int64_t t, int64_t h) const {
+    return (varlen ? 0 : b * v_stride.batch) + (s.kv_token0 + t) * v_stride.token + h * v_stride.head;
+  }
+  FP_HOST_DEVICE int64_t lse_offset(int64_t b, const SeqExtent& s, int64_t t, int64_t h) const {
+    return varlen ? h * lse_head + s.q_token0 + t : b * lse_batch + h * lse_head + t;
+  }
+  // First pooled-key slot of sequence b (see pool_keys in flashprefill.hpp): varlen slots need no
+  // prefix sum because cu_seqlens_kv[b] / B + b never overlaps the next sequence's first slot.
+  FP_HOST_DEVICE int64_t pooled_slot0(int64_t b, const SeqExtent& s) const {
+    return varlen ? s.kv_token0 / params.block_size + b : b * num_key_blocks(len_kv, params.block_size);
+  }
+};
+
+// ALGORITHM.md step 3's forced blocks, on absolute block indices: sinks, the local window and
+// the last query blocks of the sequence (counted on the key axis, so chunked prefill agrees
+// with a full prefill of the same sequence). The caller guarantees j <= i.
+FP_HOST_DEVICE inline bool always_kept(int64_t i, int64_t j, int64_t num_kv_blocks, const Params& p) {
+  return j < p.sink_blocks || i - j < p.window_blocks || i >= num_kv_blocks - p.last_full_blocks;
+}
+
+// Step 2's visibility rule: key block j counts for query position pos only if all its valid
+// keys are visible (this masks only rows of the diagonal block).
+FP_HOST_DEVICE inline bool key_block_visible(int64_t j, int64_t pos, int64_t len_kv, int64_t block_size) {
+  const int64_t last_key = ((j + 1) * block_size < len_kv ? (j + 1) * block_size : len_kv) - 1;
+  return last_key <= pos;
+}
+
+}  // namespace flashprefill::detail
