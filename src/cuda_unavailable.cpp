@@ -16,6 +16,7 @@ void memcpy_any(void*, const void*, size_t) { unavailable(); }
 void memset_async(void*, int, size_t, void*) { unavailable(); }
 int device_count() noexcept { return 0; }
 void set_device(int) { unavailable(); }
+void synchronize(int) { unavailable(); }
 
 size_t discover_workspace_size(const detail::Problem&) { unavailable(); }
 size_t attention_workspace_size(const detail::Problem&, const BlockSparseLayout&) { unavailable(); }

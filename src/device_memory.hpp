@@ -12,6 +12,7 @@ void device_free(int device, void* ptr) noexcept;
 void memcpy_any(void* dst, const void* src, size_t bytes);
 void memset_async(void* dst, int value, size_t bytes, void* stream);
 int device_count() noexcept;
+void synchronize(int device);
 void set_device(int device);
 
 }  // namespace flashprefill::cuda

@@ -123,6 +123,10 @@ Buffer::~Buffer() {
   }
 }
 
+void synchronize(Device device) {
+  if (device.type == DeviceType::cuda) cuda::synchronize(device.index);
+}
+
 bool cuda_available() { return cuda::device_count() > 0; }
 
 }  // namespace flashprefill

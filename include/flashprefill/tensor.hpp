@@ -75,6 +75,9 @@ class Buffer {
   Device device_{};
 };
 
+// Waits for all work on the device (no-op on the CPU). For tools and tests; the hot path never calls it.
+void synchronize(Device device);
+
 // True when the library was built with its CUDA backend and a CUDA device is visible.
 bool cuda_available();
 

@@ -42,6 +42,11 @@ int device_count() noexcept {
   return count;
 }
 
+void synchronize(int device) {
+  FP_CUDA_CHECK(cudaSetDevice(device));
+  FP_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
 void set_device(int device) { FP_CUDA_CHECK(cudaSetDevice(device)); }
 
 }  // namespace flashprefill::cuda

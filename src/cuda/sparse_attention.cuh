@@ -1,0 +1,70 @@
+// The contract between the CUDA backend's host code (src/cuda/backend.cu) and the block-sparse
+// attention kernels of ALGORITHM.md step 5: the Hopper kernel (src/cuda/hopper/) and the Ampere
+// kernel (src/cuda/ampere/), which is also the fallback on every other GPU.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/problem.hpp"
+
+namespace flashprefill::cuda {
+
+// One unit of work is one layout row: (sequence b, query head h, local query block i). Its query
+// rows are the chunk rows t whose absolute position (L_kv - L_q) + t falls in absolute block
+// first_query_block(b) + i; its key blocks are col_idx[row_ptr[row] .. row_ptr[row + 1]) (or, when
+// `dense`, every block 0 .. i_abs), each masked causally (s <= position) and to s < L_kv.
+struct SparseAttentionParams {
+  detail::Problem problem;        // device pointers, strides, resolved params (block_size, scale)
+  const int64_t* seq_row_offset;  // [num_seqs + 1], device
+  const int64_t* row_ptr;         // [max_rows + 1], device (unused when dense)
+  const int32_t* col_idx;         // device (unused when dense)
+  bool dense = false;             // our dense path: the same kernel with every causal block kept
+  const int32_t* row_order = nullptr;  // device, rows in the order to start them (longest first); nullptr: natural order
+  int64_t max_rows = 0;           // rows r >= seq_row_offset[num_seqs] are skipped
+  int* work_counter = nullptr;    // device int zeroed before the launch, for persistent kernels; may be nullptr
+  int num_sms = 0;
+  cudaStream_t stream = nullptr;
+};
+
+struct RowCoord {
+  int64_t seq = 0, head = 0, block_local = 0;
+  int64_t block_abs = 0;  // absolute query block index = first_query_block + block_local
+  detail::SeqExtent extent;
+  bool valid = false;     // false for rows past the last sequence's rows
+};
+
+// Row -> (b, h, i): a binary search over seq_row_offset (num_seqs is small).
+__device__ inline RowCoord decode_row(const SparseAttentionParams& params, int64_t row) {
+  const detail::Problem& p = params.problem;
+  RowCoord c;
+  if (row >= params.seq_row_offset[p.num_seqs]) return c;
+  int64_t lo = 0, hi = p.num_seqs - 1;  // the last b with seq_row_offset[b] <= row
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (params.seq_row_offset[mid] <= row) lo = mid; else hi = mid - 1;
+  }
+  c.seq = lo;
+  c.extent = p.seq(c.seq);
+  const int64_t block = p.params.block_size;
+  const int64_t nqb = num_query_blocks(c.extent.len_q, c.extent.len_kv, block);
+  const int64_t local = row - params.seq_row_offset[c.seq];
+  c.head = local / nqb;
+  c.block_local = local % nqb;
+  c.block_abs = first_query_block(c.extent.len_q, c.extent.len_kv, block) + c.block_local;
+  c.valid = true;
+  return c;
+}
+
+namespace hopper {
+bool supports(const detail::Problem& p, int device_major, int device_minor);  // sm_90, dtype, head dim, block 128
+void run(const SparseAttentionParams& params);
+}  // namespace hopper
+
+namespace ampere {
+bool supports(const detail::Problem& p, int device_major, int device_minor);
+void run(const SparseAttentionParams& params);
+}  // namespace ampere
+
+}  // namespace flashprefill::cuda
