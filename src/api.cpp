@@ -7,6 +7,7 @@
 
 #include "backend.hpp"
 #include "common/problem.hpp"
+#include "common/validate.hpp"
 #include "device_memory.hpp"
 #include "workspace.hpp"
 
@@ -102,10 +103,10 @@ void check_finite(const TensorView& t, const char* name) {
   }
 }
 
-enum class Needs { discovery, attention };
+}  // namespace
 
 // Validates args and params for one stage and returns the Problem every backend consumes.
-Problem make_problem(const AttentionArgs& args, const Params& params, Needs needs) {
+Problem detail::make_problem(const AttentionArgs& args, const Params& params, Needs needs) {
   params.validate();
   check_given(args.q, "q");
   check_given(args.k, "k");
@@ -241,6 +242,11 @@ Problem make_problem(const AttentionArgs& args, const Params& params, Needs need
   if (p.device.type == DeviceType::cuda) cuda::set_device(p.device.index);
   return p;
 }
+
+namespace {
+
+using detail::make_problem;
+using detail::Needs;
 
 bool is_cpu(const Problem& p) { return p.device.type == DeviceType::cpu; }
 

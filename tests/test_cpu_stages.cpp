@@ -1,0 +1,349 @@
+// Every stage of the CPU backend against the fp64 reference and against hand-made cases at the
+// boundaries of ALGORITHM.md.
+#include <algorithm>
+#include <numeric>
+
+#include "test_util.hpp"
+
+namespace flashprefill::testing {
+namespace {
+
+using detail::make_problem;
+using detail::Needs;
+
+// Pooled keys and scores of the CPU backend vs the fp64 reference.
+void check_pool_and_scores(HostBatch& batch, const Params& params) {
+  AttentionArgs args = batch.args();
+  const detail::Problem problem = make_problem(args, params, Needs::discovery);
+  const StageShapes shapes = stage_shapes(args, params);
+
+  std::vector<float> pooled(static_cast<size_t>(shapes.pooled_key_slots * problem.heads_kv * problem.head_dim), NAN);
+  const TensorView pooled_view = TensorView::contiguous(pooled.data(), DType::fp32, Device::cpu(),
+                                                        {shapes.pooled_key_slots, problem.heads_kv, problem.head_dim});
+  pool_keys(args, params, pooled_view);
+  const std::vector<double> ref_pooled = reference::pool_keys(problem, shapes.pooled_key_slots);
+  for (int64_t b = 0; b < problem.num_seqs; ++b) {
+    const auto s = problem.seq(b);
+    for (int64_t j = 0; j < num_key_blocks(s.len_kv, params.block_size); ++j)
+      for (int64_t e = 0; e < problem.heads_kv * problem.head_dim; ++e) {
+        const size_t n = static_cast<size_t>((problem.pooled_slot0(b, s) + j) * problem.heads_kv * problem.head_dim + e);
+        ASSERT_NEAR(pooled[n], ref_pooled[n], 1e-5 * (1 + std::abs(ref_pooled[n]))) << "slot element " << n;
+      }
+  }
+
+  std::vector<float> scores(static_cast<size_t>(shapes.max_rows * shapes.max_key_blocks), NAN);
+  block_scores(args, params, pooled_view,
+               TensorView::contiguous(scores.data(), DType::fp32, Device::cpu(), {shapes.max_rows, shapes.max_key_blocks}));
+  const std::vector<double> ref_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
+  for (size_t n = 0; n < ref_scores.size(); ++n)
+    ASSERT_NEAR(scores[n], ref_scores[n], 1e-4 * (1 + ref_scores[n])) << "score element " << n;
+}
+
+// discover_layout vs the reference selection on reference scores; a row may differ only in
+// blocks whose score lies within rounding of the threshold.
+void check_layout(HostBatch& batch, const Params& params, std::vector<std::vector<int32_t>>* kept_out = nullptr) {
+  AttentionArgs args = batch.args();
+  const detail::Problem problem = make_problem(args, params, Needs::discovery);
+  const StageShapes shapes = stage_shapes(args, params);
+  LayoutStorage layout = allocate_layout(args, params);
+  discover_layout(args, params, layout.view);
+  const auto rows = rows_of(layout.view);
+
+  const auto ref_pooled = reference::pool_keys(problem, shapes.pooled_key_slots);
+  const auto ref_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
+  const auto ref_rows = reference::select_blocks(problem, ref_scores, shapes.max_key_blocks);
+  ASSERT_EQ(rows.size(), ref_rows.size());
+  for (size_t r = 0; r < rows.size(); ++r) {
+    if (rows[r] == ref_rows[r]) continue;
+    const double* S = &ref_scores[r * shapes.max_key_blocks];
+    const double threshold = params.alpha * *std::max_element(S, S + ref_rows[r].back() + 1);
+    std::vector<int32_t> diff;
+    std::set_symmetric_difference(rows[r].begin(), rows[r].end(), ref_rows[r].begin(), ref_rows[r].end(),
+                                  std::back_inserter(diff));
+    for (int32_t j : diff)
+      EXPECT_NEAR(S[j], threshold, 1e-4 * threshold) << "row " << r << " block " << j << " differs away from the threshold";
+  }
+  if (kept_out) *kept_out = rows;
+}
+
+void check_attention(HostBatch& batch, const Params& params) {
+  std::vector<std::vector<int32_t>> rows;
+  check_layout(batch, params, &rows);
+  AttentionArgs args = batch.args(/*with_lse=*/true);
+  flash_prefill(args, params);
+  const detail::Problem problem = make_problem(args, params, Needs::attention);
+  const auto ref = reference::attention(problem, rows);
+  EXPECT_LE(relative_error(batch.out, batch.dtype, ref.out), tolerance(batch.dtype));
+  // lse: [B, H, L_q] padded, [H, T] varlen; reference is [token][head].
+  for (int64_t b = 0; b < problem.num_seqs; ++b) {
+    const auto s = problem.seq(b);
+    for (int64_t t = 0; t < s.len_q; ++t)
+      for (int64_t h = 0; h < problem.heads_q; ++h) {
+        const double expected = ref.lse[reference::token_index(problem, b, t) * problem.heads_q + h];
+        const float got = batch.lse[problem.lse_offset(b, s, t, h)];
+        ASSERT_NEAR(got, expected, 1e-3 * (1 + std::abs(expected))) << "lse b=" << b << " t=" << t << " h=" << h;
+      }
+  }
+}
+
+struct RandomCase {
+  Shape shape;
+  DType dtype;
+  Params params;
+};
+
+RandomCase random_case(std::mt19937_64& rng) {
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  RandomCase c;
+  c.params.block_size = pick(0, 1) ? 16 : 32;
+  c.params.alpha = std::uniform_real_distribution<float>(0.02f, 0.6f)(rng);
+  c.params.sink_blocks = int(pick(0, 2));
+  c.params.window_blocks = int(pick(1, 3));
+  c.params.last_full_blocks = int(pick(0, 2));
+  c.params.min_budget = int(pick(0, 1) ? 0 : pick(1, 3));
+  c.shape.heads_kv = pick(1, 2);
+  c.shape.heads_q = c.shape.heads_kv * pick(1, 3);
+  c.shape.head_dim = pick(0, 1) ? 64 : 128;
+  c.shape.batch = pick(1, 2);
+  c.shape.len_kv = pick(1, 9 * c.params.block_size);      // partial last blocks included
+  c.shape.len_q = pick(0, 1) ? c.shape.len_kv : pick(1, c.shape.len_kv);  // chunked prefill half the time
+  c.dtype = pick(0, 1) ? DType::bf16 : DType::fp16;
+  return c;
+}
+
+TEST(CpuStages, RandomShapesMatchReference) {
+  FP_SEEDED(seed);
+  std::mt19937_64 rng(seed);
+  for (int trial = 0; trial < 12; ++trial) {
+    const RandomCase c = random_case(rng);
+    SCOPED_TRACE("trial " + std::to_string(trial) + ": B=" + std::to_string(c.shape.batch) + " Lq=" +
+                 std::to_string(c.shape.len_q) + " Lkv=" + std::to_string(c.shape.len_kv) + " Hq=" +
+                 std::to_string(c.shape.heads_q) + " Hkv=" + std::to_string(c.shape.heads_kv) + " D=" +
+                 std::to_string(c.shape.head_dim) + " block=" + std::to_string(c.params.block_size) +
+                 " alpha=" + std::to_string(c.params.alpha) + " dtype=" + dtype_name(c.dtype));
+    HostBatch batch = padded_batch(c.shape, c.dtype, rng());
+    check_pool_and_scores(batch, c.params);
+    check_attention(batch, c.params);
+  }
+}
+
+TEST(CpuStages, VarlenVeryDifferentLengthsWithAnEmptySequence) {
+  FP_SEEDED(seed);
+  Params params;
+  params.block_size = 16;
+  params.alpha = 0.3f;
+  Shape shape;
+  shape.heads_q = 4;
+  shape.heads_kv = 2;
+  HostBatch batch = varlen_batch({{200, 200}, {0, 0}, {3, 3}, {40, 170}, {1, 1}, {17, 33}}, shape, DType::bf16, seed);
+  check_pool_and_scores(batch, params);
+  check_attention(batch, params);
+}
+
+TEST(CpuStages, VarlenEqualsEachSequenceAlone) {
+  FP_SEEDED(seed);
+  Params params;
+  params.block_size = 16;
+  Shape shape;
+  shape.heads_q = 2;
+  shape.heads_kv = 1;
+  const std::vector<std::pair<int32_t, int32_t>> lengths = {{90, 90}, {20, 75}, {5, 5}};
+  HostBatch packed = varlen_batch(lengths, shape, DType::bf16, seed);
+  flash_prefill(packed.args(), params);
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    Shape one = shape;
+    one.len_q = lengths[b].first;
+    one.len_kv = lengths[b].second;
+    HostBatch single = padded_batch(one, DType::bf16, 1);
+    const int64_t D = shape.head_dim;
+    std::copy(packed.q.begin() + packed.cu_q[b] * 2 * D, packed.q.begin() + packed.cu_q[b + 1] * 2 * D, single.q.begin());
+    std::copy(packed.k.begin() + packed.cu_kv[b] * D, packed.k.begin() + packed.cu_kv[b + 1] * D, single.k.begin());
+    std::copy(packed.v.begin() + packed.cu_kv[b] * D, packed.v.begin() + packed.cu_kv[b + 1] * D, single.v.begin());
+    flash_prefill(single.args(), params);
+    EXPECT_TRUE(std::equal(single.out.begin(), single.out.end(), packed.out.begin() + packed.cu_q[b] * 2 * D)) << "sequence " << b;
+  }
+}
+
+TEST(CpuStages, AlphaZeroIsDenseAttention) {
+  FP_SEEDED(seed);
+  Params params;
+  params.alpha = 0.0f;
+  params.block_size = 32;
+  Shape shape{2, 150, 200, 4, 2, 64};
+  HostBatch batch = padded_batch(shape, DType::fp16, seed);
+  AttentionArgs args = batch.args();
+  LayoutStorage layout = allocate_layout(args, params);
+  discover_layout(args, params, layout.view);
+  const LayoutStats stats = layout_stats(args, params, layout.view);
+  EXPECT_EQ(stats.kept_blocks, stats.causal_blocks);
+  flash_prefill(args, params);
+  const auto ref = reference::attention(make_problem(args, params, Needs::attention), {});
+  EXPECT_LE(relative_error(batch.out, batch.dtype, ref.out), tolerance(batch.dtype));
+  std::vector<uint16_t> sparse_out = batch.out;
+  dense_attention(args, params);
+  EXPECT_EQ(sparse_out, batch.out) << "alpha = 0 must reproduce our dense path bit for bit";
+}
+
+TEST(CpuStages, GivenLayoutIsDenseAttentionRestrictedToIt) {
+  FP_SEEDED(seed);
+  std::mt19937_64 rng(seed);
+  Params params;
+  params.block_size = 16;
+  Shape shape{1, 100, 130, 3, 1, 64};
+  HostBatch batch = padded_batch(shape, DType::bf16, rng());
+  AttentionArgs args = batch.args(true);
+  // A random layout of our own: any subset of each row's causal blocks, the diagonal always in
+  // (so no row is empty), plus one row left empty on purpose (its queries must output zeros).
+  LayoutStorage layout = allocate_layout(args, params);
+  const detail::Problem problem = make_problem(args, params, Needs::attention);
+  std::vector<std::vector<int32_t>> rows;
+  int64_t* row_ptr = layout.view.row_ptr.ptr<int64_t>();
+  int32_t* col_idx = layout.view.col_idx.ptr<int32_t>();
+  const int64_t nqb = num_query_blocks(shape.len_q, shape.len_kv, 16), first = first_query_block(shape.len_q, shape.len_kv, 16);
+  row_ptr[0] = 0;
+  for (int64_t h = 0; h < shape.heads_q; ++h)
+    for (int64_t i = 0; i < nqb; ++i) {
+      std::vector<int32_t> kept;
+      const bool empty_row = (h == 1 && i == 2);
+      for (int32_t j = 0; j <= first + i && !empty_row; ++j)
+        if (j == first + i || std::bernoulli_distribution(0.4)(rng)) kept.push_back(j);
+      const int64_t r = h * nqb + i;
+      std::copy(kept.begin(), kept.end(), col_idx + row_ptr[r]);
+      row_ptr[r + 1] = row_ptr[r] + int64_t(kept.size());
+      rows.push_back(kept);
+    }
+  block_sparse_attention(args, params, layout.view);
+  const auto ref = reference::attention(problem, rows);
+  EXPECT_LE(relative_error(batch.out, batch.dtype, ref.out), tolerance(batch.dtype));
+  // The empty row: zeros and lse = -inf.
+  const int64_t shift = shape.len_kv - shape.len_q;
+  for (int64_t pos = (first + 2) * 16; pos < (first + 3) * 16; ++pos) {
+    const int64_t t = pos - shift;
+    for (int64_t d = 0; d < shape.head_dim; ++d) ASSERT_EQ(from_half(batch.out[(t * 3 + 1) * 64 + d], batch.dtype), 0.0);
+    ASSERT_TRUE(std::isinf(batch.lse[1 * shape.len_q + t]) && batch.lse[1 * shape.len_q + t] < 0);
+  }
+}
+
+// Hand-made score rows through select_blocks: the threshold itself, sinks, window, last rows, min_budget.
+TEST(CpuSelect, BoundariesOfTheKeepRule) {
+  Params params;
+  params.block_size = 16;
+  params.alpha = 0.25f;  // exact in binary, so 0.25 * 4 == 1 exactly
+  params.sink_blocks = 1;
+  params.window_blocks = 2;
+  params.last_full_blocks = 1;
+  // One sequence of 8 blocks, one head: rows i = 0..7.
+  Shape shape{1, 128, 128, 1, 1, 64};
+  HostBatch batch = padded_batch(shape, DType::bf16, 7);
+  AttentionArgs args = batch.args();
+  const StageShapes shapes = stage_shapes(args, params);
+  ASSERT_EQ(shapes.max_rows, 8);
+  ASSERT_EQ(shapes.max_key_blocks, 8);
+  std::vector<float> scores(64, 0.0f);
+  auto S = [&](int i, int j) -> float& { return scores[i * 8 + j]; };
+  // Row 6: max 4.0 at j=3; exactly alpha * max = 1.0 at j=1; just below at j=2.
+  S(6, 0) = 0.0f; S(6, 1) = 1.0f; S(6, 2) = std::nextafter(1.0f, 0.0f); S(6, 3) = 4.0f; S(6, 4) = 0.5f;
+  // Row 4: all scores equal (0 == 0.25 * 0 keeps everything: S >= alpha * max).
+  // Row 7 is a last full block: everything kept whatever the scores.
+  S(7, 3) = 100.0f;
+  LayoutStorage layout = allocate_layout(args, params);
+  select_blocks(args, params, TensorView::contiguous(scores.data(), DType::fp32, Device::cpu(), {8, 8}), layout.view);
+  const auto rows = rows_of(layout.view);
+  EXPECT_EQ(rows[6], (std::vector<int32_t>{0, 1, 3, 5, 6})) << "sink 0, threshold-equal 1, max 3, window 5-6; 2 and 4 dropped";
+  EXPECT_EQ(rows[4], (std::vector<int32_t>{0, 1, 2, 3, 4}));
+  EXPECT_EQ(rows[7], (std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 7}));
+  EXPECT_EQ(rows[0], (std::vector<int32_t>{0}));
+
+  // min_budget keeps the two best even when below the threshold; ties go to the smaller j.
+  params.min_budget = 3;
+  std::fill(scores.begin(), scores.end(), 0.0f);
+  S(6, 3) = 4.0f; S(6, 2) = 0.5f; S(6, 4) = 0.5f; S(6, 1) = 0.25f;
+  select_blocks(args, params, TensorView::contiguous(scores.data(), DType::fp32, Device::cpu(), {8, 8}), layout.view);
+  EXPECT_EQ(rows_of(layout.view)[6], (std::vector<int32_t>{0, 2, 3, 4, 5, 6}));
+  params.min_budget = 2;
+  select_blocks(args, params, TensorView::contiguous(scores.data(), DType::fp32, Device::cpu(), {8, 8}), layout.view);
+  EXPECT_EQ(rows_of(layout.view)[6], (std::vector<int32_t>{0, 2, 3, 5, 6})) << "tie between 2 and 4 goes to 2";
+}
+
+// Step 2's mask: the diagonal block only counts rows that see all of its keys.
+TEST(CpuScores, DiagonalBlockCountsOnlyRowsThatSeeItWhole) {
+  Params params;
+  params.block_size = 16;
+  Shape shape{1, 32, 32, 1, 1, 64};
+  HostBatch batch = padded_batch(shape, DType::bf16, 3);
+  AttentionArgs args = batch.args();
+  const StageShapes shapes = stage_shapes(args, params);
+  std::vector<float> pooled(static_cast<size_t>(2 * 64)), scores(static_cast<size_t>(shapes.max_rows * shapes.max_key_blocks));
+  const TensorView pooled_view = TensorView::contiguous(pooled.data(), DType::fp32, Device::cpu(), {2, 1, 64});
+  pool_keys(args, params, pooled_view);
+  block_scores(args, params, pooled_view, TensorView::contiguous(scores.data(), DType::fp32, Device::cpu(), {2, 2}));
+  // Row i = 1 (positions 16..31): block 0 is visible to all 16 rows, block 1 only to position 31.
+  const double scale = 1.0 / 8.0;
+  double x[16][2];
+  double row_max = -INFINITY;
+  for (int t = 16; t < 32; ++t)
+    for (int j = 0; j < 2; ++j) {
+      double dot = 0;
+      for (int d = 0; d < 64; ++d) dot += from_half(batch.q[t * 64 + d], batch.dtype) * pooled[j * 64 + d];
+      x[t - 16][j] = (j == 1 && t < 31) ? -INFINITY : scale * dot;
+      row_max = std::max(row_max, x[t - 16][j]);
+    }
+  double s0 = 0, s1 = 0;
+  for (int t = 0; t < 16; ++t) {
+    s0 += std::exp(x[t][0] - row_max);
+    s1 += std::exp(x[t][1] - row_max);
+  }
+  EXPECT_NEAR(scores[1 * 2 + 0], s0, 1e-4 * s0);
+  EXPECT_NEAR(scores[1 * 2 + 1], s1, 1e-4 * (s1 + 1e-30));
+  EXPECT_EQ(scores[0 * 2 + 1], 0.0f) << "j > i is not causal: 0";
+}
+
+// Chunked prefill: with the chunk starting on a block boundary, its layout rows and its output
+// equal the corresponding rows of the full prefill.
+TEST(CpuChunked, BlockAlignedChunkMatchesFullPrefill) {
+  FP_SEEDED(seed);
+  Params params;
+  params.block_size = 16;
+  params.alpha = 0.2f;
+  Shape full_shape{1, 160, 160, 2, 1, 64};
+  HostBatch full = padded_batch(full_shape, DType::bf16, seed);
+  flash_prefill(full.args(), params);
+  LayoutStorage full_layout = allocate_layout(full.args(), params);
+  discover_layout(full.args(), params, full_layout.view);
+
+  Shape chunk_shape = full_shape;
+  chunk_shape.len_q = 64;  // the last 4 blocks
+  HostBatch chunk = padded_batch(chunk_shape, DType::bf16, 1);
+  chunk.k = full.k;
+  chunk.v = full.v;
+  std::copy(full.q.begin() + (160 - 64) * 2 * 64, full.q.end(), chunk.q.begin());
+  flash_prefill(chunk.args(), params);
+  LayoutStorage chunk_layout = allocate_layout(chunk.args(), params);
+  discover_layout(chunk.args(), params, chunk_layout.view);
+
+  const auto full_rows = rows_of(full_layout.view), chunk_rows = rows_of(chunk_layout.view);
+  for (int h = 0; h < 2; ++h)
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(chunk_rows[h * 4 + i], full_rows[h * 10 + 6 + i]) << "head " << h << " block " << i;
+  EXPECT_TRUE(std::equal(chunk.out.begin(), chunk.out.end(), full.out.begin() + (160 - 64) * 2 * 64));
+}
+
+TEST(CpuEdgeCases, EmptyInputsAreANoOp) {
+  Params params;
+  Shape shape{0, 0, 0, 2, 1, 64};
+  HostBatch batch = padded_batch(shape, DType::bf16, 1);
+  EXPECT_NO_THROW(flash_prefill(batch.args(), params));
+  Shape no_queries{1, 0, 50, 2, 1, 64};
+  HostBatch chunk = padded_batch(no_queries, DType::bf16, 1);
+  EXPECT_NO_THROW(flash_prefill(chunk.args(), params));
+}
+
+TEST(CpuEdgeCases, SingleTokenAndHeadDim256) {
+  FP_SEEDED(seed);
+  Params params;
+  Shape shape{1, 1, 1, 2, 2, 256};
+  HostBatch batch = padded_batch(shape, DType::bf16, seed);
+  check_attention(batch, params);
+}
+
+}  // namespace
+}  // namespace flashprefill::testing

@@ -1,0 +1,159 @@
+// Shared helpers of the C++ tests: seeded random inputs (the seed is printed on failure), host
+// tensors for padded and varlen batches, and error measures against the fp64 reference.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/half.hpp"
+#include "common/validate.hpp"
+#include "cpu/reference.hpp"
+#include "flashprefill/flashprefill.hpp"
+
+namespace flashprefill::testing {
+
+// A fresh seed per call unless FLASHPREFILL_SEED is set; tests SCOPED_TRACE it so failures show it.
+inline uint64_t fresh_seed() {
+  if (const char* fixed = std::getenv("FLASHPREFILL_SEED")) return std::strtoull(fixed, nullptr, 10);
+  return (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
+}
+#define FP_SEEDED(seed_var) \
+  const uint64_t seed_var = ::flashprefill::testing::fresh_seed(); \
+  SCOPED_TRACE("seed=" + std::to_string(seed_var) + " (rerun with FLASHPREFILL_SEED=" + std::to_string(seed_var) + ")")
+
+inline uint16_t to_half(float value, DType dtype) {
+  return dtype == DType::bf16 ? detail::float_to_bf16(value) : detail::float_to_fp16(value);
+}
+inline double from_half(uint16_t bits, DType dtype) {
+  return dtype == DType::bf16 ? detail::bf16_to_float(bits) : detail::fp16_to_float(bits);
+}
+
+// Tolerance of ALGORITHM.md for the output of attention (relative Frobenius error).
+inline double tolerance(DType dtype) { return dtype == DType::bf16 ? 1e-2 : 2e-3; }
+
+struct Shape {
+  int64_t batch = 1, len_q = 64, len_kv = 64, heads_q = 2, heads_kv = 1, head_dim = 64;
+};
+
+// Host inputs for one call. Padded: [B, L, H, D]. Varlen: lengths per sequence, packed [T, H, D].
+struct HostBatch {
+  DType dtype = DType::bf16;
+  Shape shape;
+  bool varlen = false;
+  std::vector<int32_t> cu_q, cu_kv;
+  std::vector<uint16_t> q, k, v, out;
+  std::vector<float> lse;
+
+  int64_t total_q() const { return varlen ? cu_q.back() : shape.batch * shape.len_q; }
+  int64_t total_kv() const { return varlen ? cu_kv.back() : shape.batch * shape.len_kv; }
+
+  AttentionArgs args(bool with_lse = false) {
+    const Device cpu = Device::cpu();
+    const auto& s = shape;
+    AttentionArgs a;
+    if (varlen) {
+      a.q = TensorView::contiguous(q.data(), dtype, cpu, {total_q(), s.heads_q, s.head_dim});
+      a.k = TensorView::contiguous(k.data(), dtype, cpu, {total_kv(), s.heads_kv, s.head_dim});
+      a.v = TensorView::contiguous(v.data(), dtype, cpu, {total_kv(), s.heads_kv, s.head_dim});
+      a.out = TensorView::contiguous(out.data(), dtype, cpu, {total_q(), s.heads_q, s.head_dim});
+      a.varlen.cu_seqlens_q = TensorView::contiguous(cu_q.data(), DType::int32, cpu, {int64_t(cu_q.size())});
+      a.varlen.cu_seqlens_kv = TensorView::contiguous(cu_kv.data(), DType::int32, cpu, {int64_t(cu_kv.size())});
+      for (size_t b = 0; b + 1 < cu_q.size(); ++b) {
+        a.varlen.max_seqlen_q = std::max<int64_t>(a.varlen.max_seqlen_q, cu_q[b + 1] - cu_q[b]);
+        a.varlen.max_seqlen_kv = std::max<int64_t>(a.varlen.max_seqlen_kv, cu_kv[b + 1] - cu_kv[b]);
+      }
+      if (with_lse) a.lse = TensorView::contiguous(lse.data(), DType::fp32, cpu, {s.heads_q, total_q()});
+    } else {
+      a.q = TensorView::contiguous(q.data(), dtype, cpu, {s.batch, s.len_q, s.heads_q, s.head_dim});
+      a.k = TensorView::contiguous(k.data(), dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
+      a.v = TensorView::contiguous(v.data(), dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
+      a.out = TensorView::contiguous(out.data(), dtype, cpu, {s.batch, s.len_q, s.heads_q, s.head_dim});
+      if (with_lse) a.lse = TensorView::contiguous(lse.data(), DType::fp32, cpu, {s.batch, s.heads_q, s.len_q});
+    }
+    return a;
+  }
+};
+
+// Gaussian inputs plus a shared direction in q and k, so that scores are far from uniform and
+// the threshold really drops blocks.
+inline void fill_random(HostBatch& batch, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal;
+  const int64_t D = batch.shape.head_dim;
+  std::vector<float> direction(static_cast<size_t>(D));
+  for (float& x : direction) x = normal(rng);
+  auto fill = [&](std::vector<uint16_t>& data, int64_t count, float bias) {
+    data.resize(static_cast<size_t>(count));
+    for (int64_t n = 0; n < count; ++n) data[n] = to_half(normal(rng) + bias * direction[n % D], batch.dtype);
+  };
+  fill(batch.q, batch.total_q() * batch.shape.heads_q * D, 0.5f);
+  fill(batch.k, batch.total_kv() * batch.shape.heads_kv * D, 0.0f);
+  // Some keys stand out (vertical stripes) so that selection has something to find.
+  std::uniform_int_distribution<int64_t> pick(0, std::max<int64_t>(0, batch.total_kv() - 1));
+  for (int n = 0; n < 4 && batch.total_kv() > 0; ++n) {
+    const int64_t key = pick(rng);
+    for (int64_t h = 0; h < batch.shape.heads_kv; ++h)
+      for (int64_t d = 0; d < D; ++d) {
+        uint16_t& bits = batch.k[(key * batch.shape.heads_kv + h) * D + d];
+        bits = to_half(float(from_half(bits, batch.dtype)) + 3.0f * direction[d], batch.dtype);
+      }
+  }
+  fill(batch.v, batch.total_kv() * batch.shape.heads_kv * D, 0.0f);
+  batch.out.assign(batch.q.size(), to_half(NAN, batch.dtype));  // poison: every element must be written
+  batch.lse.assign(static_cast<size_t>(batch.total_q() * batch.shape.heads_q), NAN);
+}
+
+inline HostBatch padded_batch(const Shape& shape, DType dtype, uint64_t seed) {
+  HostBatch batch;
+  batch.dtype = dtype;
+  batch.shape = shape;
+  fill_random(batch, seed);
+  return batch;
+}
+
+inline HostBatch varlen_batch(const std::vector<std::pair<int32_t, int32_t>>& lengths, Shape shape, DType dtype,
+                              uint64_t seed) {
+  HostBatch batch;
+  batch.dtype = dtype;
+  batch.varlen = true;
+  batch.cu_q = {0};
+  batch.cu_kv = {0};
+  for (auto [len_q, len_kv] : lengths) {
+    batch.cu_q.push_back(batch.cu_q.back() + len_q);
+    batch.cu_kv.push_back(batch.cu_kv.back() + len_kv);
+  }
+  shape.batch = static_cast<int64_t>(lengths.size());
+  batch.shape = shape;
+  fill_random(batch, seed);
+  return batch;
+}
+
+// Relative Frobenius error of a 16-bit output against the fp64 reference (both in q's token order).
+inline double relative_error(const std::vector<uint16_t>& out, DType dtype, const std::vector<double>& ref) {
+  double err = 0.0, norm = 0.0;
+  for (size_t n = 0; n < ref.size(); ++n) {
+    const double diff = from_half(out[n], dtype) - ref[n];
+    err += diff * diff;
+    norm += ref[n] * ref[n];
+  }
+  if (std::isnan(err)) return INFINITY;
+  return norm > 0 ? std::sqrt(err / norm) : std::sqrt(err);
+}
+
+// The layout as per-row vectors (host).
+inline std::vector<std::vector<int32_t>> rows_of(const BlockSparseLayout& layout) {
+  const int64_t* offsets = layout.seq_row_offset.ptr<const int64_t>();
+  const int64_t* row_ptr = layout.row_ptr.ptr<const int64_t>();
+  const int32_t* col_idx = layout.col_idx.ptr<const int32_t>();
+  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(offsets[layout.num_seqs]));
+  for (size_t r = 0; r < rows.size(); ++r) rows[r].assign(col_idx + row_ptr[r], col_idx + row_ptr[r + 1]);
+  return rows;
+}
+
+}  // namespace flashprefill::testing
