@@ -19,4 +19,12 @@ fi
 
 # Python side: pinned versions. nvidia-cutlass only ships the CUTLASS/CuTe headers we compile against.
 PY=${PYTHON:-python3}
-$PY -m pip install -q --disable-pip-version-check -r "$(dirname "$0")/requirements.txt"
+if ! $PY -m pip --version >/dev/null 2>&1; then
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-pip
+fi
+# --break-system-packages: Debian's own python3 refuses pip installs without it (PEP 668).
+pip_flags=(-q --disable-pip-version-check)
+if $PY -m pip install --help 2>/dev/null | grep -q -- --break-system-packages; then
+  pip_flags+=(--break-system-packages)
+fi
+$PY -m pip install "${pip_flags[@]}" -r "$(dirname "$0")/requirements.txt"
