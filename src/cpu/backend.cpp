@@ -1,6 +1,7 @@
 // CPU backend: every stage of ALGORITHM.md, straightforward and exact (fp32 arithmetic on
 // bf16/fp16 inputs), one (sequence, head, query block) row per task.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -8,6 +9,7 @@
 
 #include "backend.hpp"
 #include "common/half.hpp"
+#include "cpu/kernels.hpp"
 #include "cpu/parallel.hpp"
 
 namespace flashprefill::cpu {
@@ -21,6 +23,15 @@ float load(const Problem& p, const void* base, int64_t offset) {
   const uint16_t bits = static_cast<const uint16_t*>(base)[offset];
   return p.dtype == DType::bf16 ? detail::bf16_to_float(bits) : detail::fp16_to_float(bits);
 }
+// n contiguous 16-bit values -> fp32 (the dtype branch outside the loop, so it vectorises).
+void load_row(const Problem& p, const void* base, int64_t offset, int64_t n, float* out) {
+  const uint16_t* bits = static_cast<const uint16_t*>(base) + offset;
+  if (p.dtype == DType::bf16)
+    for (int64_t d = 0; d < n; ++d) out[d] = detail::bf16_to_float(bits[d]);
+  else
+    for (int64_t d = 0; d < n; ++d) out[d] = detail::fp16_to_float(bits[d]);
+}
+
 void store(const Problem& p, void* base, int64_t offset, float value) {
   static_cast<uint16_t*>(base)[offset] = p.dtype == DType::bf16 ? detail::float_to_bf16(value) : detail::float_to_fp16(value);
 }
@@ -67,38 +78,62 @@ std::vector<Row> enumerate_rows(const Problem& p) {
   return rows;
 }
 
-// Step 2 for one row: S[j] for j <= i (written to scores[0 .. i]).
-void score_row(const Problem& p, const Row& r, const float* pooled_keys, float* scores) {
-  const int64_t D = p.head_dim, block = p.block(), kv_head = r.head / p.group;
-  const int64_t slot0 = p.pooled_slot0(r.seq, r.extent);
-  const int64_t num_j = r.block_abs + 1;
-  const int64_t shift = r.extent.len_kv - r.extent.len_q;
-  std::vector<float> x(static_cast<size_t>((r.t_end - r.t_begin) * num_j));
-  std::vector<float> q(static_cast<size_t>(D));
-  float row_max = kNegInf;
+constexpr float kLog2e = 1.4426950408889634f;
+
+int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+
+// Per-thread scratch for one row's tiles, reused across rows so the hot loop never allocates.
+struct Scratch {
+  std::vector<float> q, s, o, row_max, row_sum;
+};
+
+// Loads the row's queries as fp32, pre-multiplied by scale * log2(e) so that scores are in the
+// exp2 domain; rows are padded with zeros to a multiple of the micro-kernel's row group.
+int64_t load_queries(const Problem& p, const Row& r, Scratch& ws) {
+  const int64_t D = p.head_dim, m = r.t_end - r.t_begin, m_pad = round_up(m, kernels::kRowGroup);
+  const float factor = p.params.scale * kLog2e;
+  ws.q.assign(static_cast<size_t>(m_pad * D), 0.0f);
   for (int64_t t = r.t_begin; t < r.t_end; ++t) {
-    for (int64_t d = 0; d < D; ++d) q[d] = load(p, p.q, p.q_offset(r.seq, r.extent, t, r.head) + d);
-    for (int64_t j = 0; j < num_j; ++j) {
-      float value = kNegInf;
-      if (detail::key_block_visible(j, shift + t, r.extent.len_kv, block)) {
-        const float* kbar = pooled_keys + ((slot0 + j) * p.heads_kv + kv_head) * D;
-        float dot = 0.0f;
-        for (int64_t d = 0; d < D; ++d) dot += q[d] * kbar[d];
-        value = p.params.scale * dot;
-      }
-      x[(t - r.t_begin) * num_j + j] = value;
-      row_max = std::max(row_max, value);
-    }
+    float* q = &ws.q[(t - r.t_begin) * D];
+    load_row(p, p.q, p.q_offset(r.seq, r.extent, t, r.head), D, q);
+    for (int64_t d = 0; d < D; ++d) q[d] *= factor;
   }
-  for (int64_t j = 0; j < num_j; ++j) {
-    float sum = 0.0f;
-    if (row_max != kNegInf)
-      for (int64_t t = r.t_begin; t < r.t_end; ++t) {
-        const float value = x[(t - r.t_begin) * num_j + j];
-        if (value != kNegInf) sum += std::exp(value - row_max);
-      }
-    scores[j] = sum;
+  return m_pad;
+}
+
+// Step 2 for one row: S[j] for j <= i (written to scores[0 .. i]). pooled_t holds the sequence's
+// pooled keys of this kv head transposed, [D][ld_pooled], so the score tile is one Q Kbar^T product.
+void score_row(const Problem& p, const Row& r, const float* pooled_t, int64_t ld_pooled, float* scores, Scratch& ws) {
+  const int64_t D = p.head_dim, block = p.block(), m = r.t_end - r.t_begin;
+  const int64_t num_j = r.block_abs + 1, n_pad = round_up(num_j, kernels::kColumnTile);
+  const int64_t shift = r.extent.len_kv - r.extent.len_q;
+  const int64_t m_pad = load_queries(p, r, ws);
+  ws.s.resize(static_cast<size_t>(m_pad * n_pad));
+  kernels::qk(ws.q.data(), m_pad, D, pooled_t, ld_pooled, n_pad, ws.s.data(), n_pad);
+  float row_max = kNegInf;  // M[i] = max over rows and visible blocks
+  for (int64_t t = 0; t < m; ++t) {
+    float* x = &ws.s[t * n_pad];
+    // Only the diagonal block can be partly visible (ALGORITHM.md step 2).
+    if (!detail::key_block_visible(r.block_abs, shift + r.t_begin + t, r.extent.len_kv, block)) x[r.block_abs] = kNegInf;
+    for (int64_t j = 0; j < num_j; ++j) row_max = std::max(row_max, x[j]);
   }
+  std::fill(scores, scores + num_j, 0.0f);
+  if (row_max == kNegInf) return;
+  const std::vector<float> shifts(static_cast<size_t>(m), row_max);
+  kernels::exp2_rows(ws.s.data(), m, num_j, n_pad, shifts.data());
+  for (int64_t t = 0; t < m; ++t)
+    for (int64_t j = 0; j < num_j; ++j) scores[j] += ws.s[t * n_pad + j];
+}
+
+// Pooled keys of (sequence, kv head) transposed to [D][ld], zero-padded columns.
+std::vector<float> transpose_pooled(const Problem& p, const float* pooled_keys, int64_t seq, const SeqExtent& s,
+                                    int64_t kv_head, int64_t& ld) {
+  const int64_t D = p.head_dim, nkb = num_key_blocks(s.len_kv, p.block()), slot0 = p.pooled_slot0(seq, s);
+  ld = round_up(std::max<int64_t>(nkb, 1), kernels::kColumnTile);
+  std::vector<float> pooled_t(static_cast<size_t>(D * ld), 0.0f);
+  for (int64_t j = 0; j < nkb; ++j)
+    for (int64_t d = 0; d < D; ++d) pooled_t[d * ld + j] = pooled_keys[((slot0 + j) * p.heads_kv + kv_head) * D + d];
+  return pooled_t;
 }
 
 // Steps 3-4 for one row: the kept key blocks in ascending order. min_budget ties go to the smaller j.
@@ -125,56 +160,120 @@ int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t*
   return count;
 }
 
-// Writes per-row kept lists into the CSR layout; rows are processed in parallel, then packed.
+// K and V converted to fp32 once per call, per (key block slot, kv head): K transposed to
+// [D][n_pad] and V as [n_pad][D], each block contiguous, so every query block that reads a key
+// block (all heads of its group) reuses the conversion. Key blocks are numbered by the pooled-key
+// slots of flashprefill.hpp. O(L * H_kv * D) memory.
+struct ConvertedKV {
+  int64_t n_pad = 0, block_elems = 0;
+  std::vector<float> kt, v;
+
+  const float* kt_block(const Problem& p, int64_t slot, int64_t kv_head) const { return &kt[(slot * p.heads_kv + kv_head) * block_elems]; }
+  const float* v_block(const Problem& p, int64_t slot, int64_t kv_head) const { return &v[(slot * p.heads_kv + kv_head) * block_elems]; }
+};
+
+int64_t key_block_slots(const Problem& p) {
+  int64_t slots = 0;
+  for (int64_t b = 0; b < p.num_seqs; ++b) {
+    const SeqExtent s = p.seq(b);
+    slots = std::max(slots, p.pooled_slot0(b, s) + num_key_blocks(s.len_kv, p.block()));
+  }
+  return slots;
+}
+
+ConvertedKV convert_kv(const Problem& p) {
+  ConvertedKV kv;
+  const int64_t D = p.head_dim, block = p.block();
+  kv.n_pad = round_up(block, kernels::kColumnTile);
+  kv.block_elems = kv.n_pad * D;
+  const int64_t slots = key_block_slots(p);
+  kv.kt.assign(static_cast<size_t>(slots * p.heads_kv * kv.block_elems), 0.0f);
+  kv.v.assign(kv.kt.size(), 0.0f);
+  for (int64_t b = 0; b < p.num_seqs; ++b) {
+    const SeqExtent s = p.seq(b);
+    const int64_t slot0 = p.pooled_slot0(b, s);
+    parallel_for(num_key_blocks(s.len_kv, block) * p.heads_kv, [&](int64_t n) {
+      const int64_t j = n / p.heads_kv, kv_head = n % p.heads_kv;
+      float* kt = &kv.kt[((slot0 + j) * p.heads_kv + kv_head) * kv.block_elems];
+      float* v = &kv.v[((slot0 + j) * p.heads_kv + kv_head) * kv.block_elems];
+      std::vector<float> key(static_cast<size_t>(D));
+      for (int64_t c = 0; c < std::min(block, s.len_kv - j * block); ++c) {
+        load_row(p, p.k, p.k_offset(b, s, j * block + c, kv_head), D, key.data());
+        for (int64_t d = 0; d < D; ++d) kt[d * kv.n_pad + c] = key[d];
+        load_row(p, p.v, p.v_offset(b, s, j * block + c, kv_head), D, v + c * D);
+      }
+    });
+  }
+  return kv;
+}
+
+// Step 5 for one row over the given key blocks (ascending): FlashAttention's tiling on the CPU.
+// Per key block: S = Q K^T (exp2 domain), causal mask where the block reaches past a row's
+// position, online softmax (running max and sum per row), O += P V. fp32 throughout.
+void attend_row(const Problem& p, const ConvertedKV& kv, const Row& r, const int32_t* blocks, int64_t num_blocks, Scratch& ws) {
+  const int64_t D = p.head_dim, block = p.block(), kv_head = r.head / p.group, m = r.t_end - r.t_begin;
+  const int64_t shift = r.extent.len_kv - r.extent.len_q, first_pos = shift + r.t_begin;
+  const int64_t n_pad = kv.n_pad, slot0 = p.pooled_slot0(r.seq, r.extent);
+  const int64_t m_pad = load_queries(p, r, ws);
+  ws.s.resize(static_cast<size_t>(m_pad * n_pad));
+  ws.o.assign(static_cast<size_t>(m_pad * D), 0.0f);
+  ws.row_max.assign(static_cast<size_t>(m_pad), kNegInf);
+  ws.row_sum.assign(static_cast<size_t>(m_pad), 0.0f);
+  for (int64_t n = 0; n < num_blocks; ++n) {
+    const int64_t key0 = int64_t(blocks[n]) * block;
+    const int64_t keys = std::min(std::min(key0 + block, r.extent.len_kv), first_pos + m) - key0;  // no row sees past this
+    if (keys <= 0) continue;
+    kernels::qk(ws.q.data(), m_pad, D, kv.kt_block(p, slot0 + blocks[n], kv_head), n_pad, n_pad, ws.s.data(), n_pad);
+    // Keys past a row's position (diagonal block) or past the block's end are masked.
+    kernels::online_softmax_block(ws.s.data(), m, m_pad, n_pad, keys, first_pos - key0, ws.row_max.data(),
+                                  ws.row_sum.data(), ws.o.data(), D);
+    kernels::pv(ws.s.data(), n_pad, m_pad, keys, kv.v_block(p, slot0 + blocks[n], kv_head), D, ws.o.data());
+  }
+  constexpr float kLn2 = 0.6931471805599453f;
+  for (int64_t t = r.t_begin; t < r.t_end; ++t) {
+    const int64_t row = t - r.t_begin;
+    const float inverse = ws.row_sum[row] > 0.0f ? 1.0f / ws.row_sum[row] : 0.0f;
+    const int64_t out_offset = p.out_offset(r.seq, r.extent, t, r.head);
+    for (int64_t d = 0; d < D; ++d) store(p, p.out, out_offset + d, ws.o[row * D + d] * inverse);
+    if (p.lse)
+      p.lse[p.lse_offset(r.seq, r.extent, t, r.head)] =
+          ws.row_sum[row] > 0.0f ? (ws.row_max[row] + std::log2(ws.row_sum[row])) * kLn2 : kNegInf;
+  }
+}
+
+// Runs body(row_index, scratch) over rows on all threads, costliest first (by `cost`), each
+// thread taking the next row from a shared counter: rows differ a lot in kept blocks.
+template <typename Cost, typename Body>
+void for_rows_costliest_first(int64_t count, Cost&& cost, Body&& body) {
+  std::vector<int64_t> order(static_cast<size_t>(count));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cost(a) > cost(b); });
+  std::atomic<int64_t> next{0};
+  parallel_for(std::min<int64_t>(worker_count(), count), [&](int64_t) {
+    Scratch scratch;
+    for (int64_t n = next++; n < count; n = next++) body(order[n], scratch);
+  });
+}
+
+// Writes per-row kept lists into the CSR layout: rows are selected in parallel (costliest first),
+// then packed in row order.
 template <typename SelectRow>
 void build_layout(const Problem& p, const BlockSparseLayout& layout, SelectRow&& select) {
   const std::vector<Row> rows = enumerate_rows(p);
   const std::vector<int64_t> offsets = seq_row_offsets(p);
   std::copy(offsets.begin(), offsets.end(), layout.seq_row_offset.ptr<int64_t>());
   std::vector<std::vector<int32_t>> kept(rows.size());
-  parallel_for(static_cast<int64_t>(rows.size()), [&](int64_t n) {
-    kept[n].resize(size_t(rows[n].block_abs + 1));
-    kept[n].resize(size_t(select(n, rows[n], kept[n].data())));
-  });
+  for_rows_costliest_first(static_cast<int64_t>(rows.size()), [&](int64_t n) { return rows[n].block_abs; },
+                           [&](int64_t n, Scratch& scratch) {
+                             kept[n].resize(static_cast<size_t>(rows[n].block_abs + 1));
+                             kept[n].resize(static_cast<size_t>(select(n, rows[n], kept[n].data(), scratch)));
+                           });
   int64_t* row_ptr = layout.row_ptr.ptr<int64_t>();
   int32_t* col_idx = layout.col_idx.ptr<int32_t>();
   row_ptr[0] = 0;
   for (size_t n = 0; n < rows.size(); ++n) {
     std::copy(kept[n].begin(), kept[n].end(), col_idx + row_ptr[n]);
     row_ptr[n + 1] = row_ptr[n] + static_cast<int64_t>(kept[n].size());
-  }
-}
-
-// Step 5 for one row over the given key blocks (ascending), online softmax per query row.
-void attend_row(const Problem& p, const Row& r, const int32_t* blocks, int64_t num_blocks) {
-  const int64_t D = p.head_dim, block = p.block(), kv_head = r.head / p.group;
-  const int64_t shift = r.extent.len_kv - r.extent.len_q;
-  std::vector<float> q(static_cast<size_t>(D)), acc(static_cast<size_t>(D));
-  for (int64_t t = r.t_begin; t < r.t_end; ++t) {
-    const int64_t pos = shift + t;
-    for (int64_t d = 0; d < D; ++d) q[d] = load(p, p.q, p.q_offset(r.seq, r.extent, t, r.head) + d);
-    std::fill(acc.begin(), acc.end(), 0.0f);
-    float running_max = kNegInf, running_sum = 0.0f;
-    for (int64_t n = 0; n < num_blocks; ++n) {
-      const int64_t key_end = std::min({(blocks[n] + 1) * block, r.extent.len_kv, pos + 1});
-      for (int64_t s = blocks[n] * block; s < key_end; ++s) {
-        const int64_t k_offset = p.k_offset(r.seq, r.extent, s, kv_head);
-        float dot = 0.0f;
-        for (int64_t d = 0; d < D; ++d) dot += q[d] * load(p, p.k, k_offset + d);
-        const float score = p.params.scale * dot;
-        const float new_max = std::max(running_max, score);
-        const float correction = std::exp(running_max - new_max);
-        const float weight = std::exp(score - new_max);
-        running_sum = running_sum * correction + weight;
-        const int64_t v_offset = p.v_offset(r.seq, r.extent, s, kv_head);
-        for (int64_t d = 0; d < D; ++d) acc[d] = acc[d] * correction + weight * load(p, p.v, v_offset + d);
-        running_max = new_max;
-      }
-    }
-    const float inverse = running_sum > 0.0f ? 1.0f / running_sum : 0.0f;
-    const int64_t out_offset = p.out_offset(r.seq, r.extent, t, r.head);
-    for (int64_t d = 0; d < D; ++d) store(p, p.out, out_offset + d, acc[d] * inverse);
-    if (p.lse) p.lse[p.lse_offset(r.seq, r.extent, t, r.head)] = running_sum > 0.0f ? running_max + std::log(running_sum) : kNegInf;
   }
 }
 
@@ -208,30 +307,46 @@ void pool_keys(const Problem& p, float* pooled_keys) {
   }
 }
 
+// Pooled keys transposed per (sequence, kv head), shared by all rows of that pair.
+std::vector<std::vector<float>> transposed_pooled_keys(const Problem& p, const float* pooled_keys, std::vector<int64_t>& ld) {
+  std::vector<std::vector<float>> transposed(static_cast<size_t>(p.num_seqs * p.heads_kv));
+  ld.assign(transposed.size(), 0);
+  parallel_for(static_cast<int64_t>(transposed.size()), [&](int64_t n) {
+    const int64_t b = n / p.heads_kv;
+    transposed[n] = transpose_pooled(p, pooled_keys, b, p.seq(b), n % p.heads_kv, ld[n]);
+  });
+  return transposed;
+}
+
 void block_scores(const Problem& p, const float* pooled_keys, float* scores, int64_t ld) {
   const std::vector<Row> rows = enumerate_rows(p);
-  parallel_for(static_cast<int64_t>(rows.size()), [&](int64_t n) {
-    float* out = scores + n * ld;
-    std::fill(out, out + ld, 0.0f);
-    score_row(p, rows[n], pooled_keys, out);
-  });
+  std::vector<int64_t> ld_pooled;
+  const auto pooled_t = transposed_pooled_keys(p, pooled_keys, ld_pooled);
+  for_rows_costliest_first(static_cast<int64_t>(rows.size()), [&](int64_t n) { return rows[n].block_abs; },
+                           [&](int64_t n, Scratch& scratch) {
+                             const Row& r = rows[n];
+                             const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
+                             float* out = scores + n * ld;
+                             std::fill(out, out + ld, 0.0f);
+                             score_row(p, r, pooled_t[pair].data(), ld_pooled[pair], out, scratch);
+                           });
 }
 
 void select_blocks(const Problem& p, const float* scores, int64_t ld, const BlockSparseLayout& layout) {
-  build_layout(p, layout, [&](int64_t n, const Row& r, int32_t* kept) { return select_row(p, r, scores + n * ld, kept); });
+  build_layout(p, layout, [&](int64_t n, const Row& r, int32_t* kept, Scratch&) { return select_row(p, r, scores + n * ld, kept); });
 }
 
 void discover_layout(const Problem& p, const BlockSparseLayout& layout, void* workspace) {
-  int64_t slots = 0;
-  for (int64_t b = 0; b < p.num_seqs; ++b) {
-    const SeqExtent s = p.seq(b);
-    slots = std::max(slots, p.pooled_slot0(b, s) + num_key_blocks(s.len_kv, p.block()));
-  }
+  const int64_t slots = key_block_slots(p);
   std::vector<float> pooled(static_cast<size_t>(slots * p.heads_kv * p.head_dim));
   pool_keys(p, pooled.data());
-  build_layout(p, layout, [&](int64_t, const Row& r, int32_t* kept) {
+  std::vector<int64_t> ld_pooled;
+  const auto pooled_t = transposed_pooled_keys(p, pooled.data(), ld_pooled);
+  // One row's scores at a time per thread: the score matrix is never materialised.
+  build_layout(p, layout, [&](int64_t, const Row& r, int32_t* kept, Scratch& scratch) {
+    const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
     std::vector<float> scores(static_cast<size_t>(r.block_abs + 1));
-    score_row(p, r, pooled.data(), scores.data());
+    score_row(p, r, pooled_t[pair].data(), ld_pooled[pair], scores.data(), scratch);
     return select_row(p, r, scores.data(), kept);
   });
 }
@@ -240,19 +355,23 @@ void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, v
   const std::vector<Row> rows = enumerate_rows(p);
   const int64_t* row_ptr = layout.row_ptr.ptr<const int64_t>();
   const int32_t* col_idx = layout.col_idx.ptr<const int32_t>();
+  const ConvertedKV kv = convert_kv(p);
   // enumerate_rows() yields rows in layout order, so task n is layout row n.
-  parallel_for(static_cast<int64_t>(rows.size()), [&](int64_t n) {
-    attend_row(p, rows[n], col_idx + row_ptr[n], row_ptr[n + 1] - row_ptr[n]);
-  });
+  for_rows_costliest_first(static_cast<int64_t>(rows.size()), [&](int64_t n) { return row_ptr[n + 1] - row_ptr[n]; },
+                           [&](int64_t n, Scratch& scratch) {
+                             attend_row(p, kv, rows[n], col_idx + row_ptr[n], row_ptr[n + 1] - row_ptr[n], scratch);
+                           });
 }
 
 void dense_attention(const Problem& p) {
   const std::vector<Row> rows = enumerate_rows(p);
-  parallel_for(static_cast<int64_t>(rows.size()), [&](int64_t n) {
-    std::vector<int32_t> all(static_cast<size_t>(rows[n].block_abs + 1));
-    std::iota(all.begin(), all.end(), 0);
-    attend_row(p, rows[n], all.data(), static_cast<int64_t>(all.size()));
-  });
+  const ConvertedKV kv = convert_kv(p);
+  for_rows_costliest_first(static_cast<int64_t>(rows.size()), [&](int64_t n) { return rows[n].block_abs; },
+                           [&](int64_t n, Scratch& scratch) {
+                             std::vector<int32_t> all(static_cast<size_t>(rows[n].block_abs + 1));
+                             std::iota(all.begin(), all.end(), 0);
+                             attend_row(p, kv, rows[n], all.data(), static_cast<int64_t>(all.size()), scratch);
+                           });
 }
 
 }  // namespace flashprefill::cpu

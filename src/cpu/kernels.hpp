@@ -1,0 +1,40 @@
+// The CPU backend's inner loops: register-blocked fp32 micro-kernels for S = Q K^T and O += P V,
+// and the online-softmax step with a vectorisable exp2. They are plain loops with fixed trip counts
+// that the compiler vectorises; kernels_impl.hpp is compiled three times (AVX-512, AVX2+FMA,
+// baseline x86-64: kernels_avx512.cpp, kernels_avx2.cpp, kernels_generic.cpp) and these entry
+// points call the best one for the running CPU, chosen once by its feature flags (not its model
+// name, so AMD and Intel parts both get their widest path). For simple FMA streams like these a
+// SIMD library (Highway) would add code without adding speed.
+#pragma once
+
+#include <cstdint>
+
+namespace flashprefill::cpu::kernels {
+
+constexpr int kRowGroup = 4;    // query rows per micro-kernel step: 4 x 64 fp32 accumulators
+constexpr int kColumnTile = 64;
+
+// s[m][ld_s] = q[m][D] * kt[D][ld_kt] for the first n columns; m a multiple of kRowGroup,
+// n a multiple of kColumnTile.
+void qk(const float* q, int64_t m, int64_t D, const float* kt, int64_t ld_kt, int64_t n, float* s, int64_t ld_s);
+
+// o[m][D] += p[m][ld_p] * v[n][D] (first n columns of p); m a multiple of kRowGroup, D of kColumnTile.
+void pv(const float* p, int64_t ld_p, int64_t m, int64_t n, const float* v, int64_t D, float* o);
+
+// In place, per row: x[r][c] = exp2(x[r][c] - row_max[r]), 0 where x is -inf.
+void exp2_rows(float* x, int64_t rows, int64_t cols, int64_t ld, const float* row_max);
+
+// One key block of the online softmax (exp2 domain), for rows r < m of the score tile s[m_pad][ld]:
+// keys c >= visible(r) = clamp(first_visible + r + 1, 0, keys) are masked; the running max and
+// sum are updated, o[r][D] rescaled, and s overwritten with P = exp2(s - max) (0 where masked;
+// rows m .. m_pad - 1 are zeroed). `keys` <= ld and ld a multiple of 16.
+void online_softmax_block(float* s, int64_t m, int64_t m_pad, int64_t ld, int64_t keys, int64_t first_visible,
+                          float* row_max, float* row_sum, float* o, int64_t D);
+
+// 2^x for finite x, 0 for x <= -126 or -inf (for scalar use outside the kernels).
+float exp2_approx(float x);
+
+// Which instruction set the kernels run with on this CPU: "avx512", "avx2" or "generic".
+const char* isa_name();
+
+}  // namespace flashprefill::cpu::kernels
