@@ -1,0 +1,179 @@
+// The CUDA backend's host side: carves workspaces, launches discovery and attention on the
+// caller's stream. No host synchronisation and no allocation in discover_layout and
+// block_sparse_attention (dense_attention and the inspection stages use the cached workspace).
+#include <cub/device/device_radix_sort.cuh>
+
+#include <climits>
+
+#include "backend.hpp"
+#include "cuda/check.cuh"
+#include "cuda/discovery.cuh"
+#include "cuda/sparse_attention.cuh"
+#include "workspace.hpp"
+
+namespace flashprefill::cuda {
+namespace {
+
+using detail::Problem;
+
+constexpr size_t kAlign = 256;
+size_t align_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+int64_t max_rows_of(const Problem& p) {
+  const int64_t block = p.params.block_size;
+  return p.varlen ? p.heads_q * (p.total_q / block + 2 * p.num_seqs) : p.num_seqs * p.heads_q * num_query_blocks(p.len_q, p.len_kv, block);
+}
+int64_t max_key_blocks_of(const Problem& p) { return num_key_blocks(p.len_kv, p.params.block_size); }
+
+void check_block_size(const Problem& p) {
+  if (p.params.block_size != 64 && p.params.block_size != 128)
+    throw Error("flashprefill: the CUDA backend supports block_size 64 and 128; got " + std::to_string(p.params.block_size));
+}
+
+struct DeviceInfo {
+  int major = 0, minor = 0, sms = 0;
+};
+DeviceInfo device_info(const Problem& p) {
+  DeviceInfo info;
+  FP_CUDA_CHECK(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, p.device.index));
+  FP_CUDA_CHECK(cudaDeviceGetAttribute(&info.minor, cudaDevAttrComputeCapabilityMinor, p.device.index));
+  FP_CUDA_CHECK(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, p.device.index));
+  return info;
+}
+
+void run_attention(SparseAttentionParams& params) {
+  const DeviceInfo info = device_info(params.problem);
+  params.num_sms = info.sms;
+#ifdef FLASHPREFILL_HAS_HOPPER_KERNEL
+  if (hopper::supports(params.problem, info.major, info.minor)) return hopper::run(params);
+#endif
+  if (!ampere::supports(params.problem, info.major, info.minor) && info.major < 8)
+    throw Error("flashprefill: the CUDA backend needs compute capability 8.0 or newer; this GPU is " +
+                std::to_string(info.major) + "." + std::to_string(info.minor));
+  ampere::run(params);
+}
+
+// Longest rows first: (-count, row) pairs sorted by key.
+__global__ void schedule_keys_kernel(const int64_t* seq_row_offset, int64_t num_seqs, const int64_t* row_ptr, int64_t max_rows,
+                                     int32_t* keys, int32_t* rows) {
+  const int64_t total = seq_row_offset[num_seqs];
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < max_rows; r += int64_t(gridDim.x) * blockDim.x) {
+    keys[r] = r < total ? -int32_t(row_ptr[r + 1] - row_ptr[r]) : INT_MAX;
+    rows[r] = int32_t(r);
+  }
+}
+
+struct SchedulePlan {
+  size_t keys = 0, sort_temp = 0;
+  size_t total() const { return 4 * keys + sort_temp; }
+};
+SchedulePlan schedule_plan(int64_t max_rows) {
+  SchedulePlan plan;
+  plan.keys = align_up(size_t(max_rows) * 4);
+  size_t sort_bytes = 0;
+  FP_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+                                                static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+                                                int(max_rows > 0 ? max_rows : 1)));
+  plan.sort_temp = align_up(sort_bytes);
+  return plan;
+}
+
+}  // namespace
+
+size_t discover_workspace_size(const Problem& p) {
+  check_block_size(p);
+  return discovery::plan(p, max_rows_of(p), max_key_blocks_of(p)).total();
+}
+
+size_t attention_workspace_size(const Problem& p, const BlockSparseLayout& layout) {
+  return schedule_plan(layout.max_rows).total();
+}
+
+void fill_seq_row_offsets(const Problem& p, const BlockSparseLayout& layout) {
+  discovery::fill_seq_row_offsets(p, layout.seq_row_offset.ptr<int64_t>());
+}
+
+void pool_keys(const Problem& p, float* pooled_keys) {
+  check_block_size(p);
+  const discovery::Plan plan = discovery::plan(p, 0, max_key_blocks_of(p));
+  discovery::Buffers buffers = discovery::carve(plan, detail::cached_workspace(p.device, plan.total()));
+  buffers.pooled = pooled_keys;
+  discovery::pool_keys(p, buffers);
+}
+
+void block_scores(const Problem& p, const float* pooled_keys, float* scores, int64_t ld) {
+  check_block_size(p);
+  const discovery::Plan plan = discovery::plan(p, max_rows_of(p), max_key_blocks_of(p));
+  const size_t offsets_bytes = align_up(size_t(p.num_seqs + 1) * 8);
+  char* scratch = static_cast<char*>(detail::cached_workspace(p.device, plan.total() + offsets_bytes));
+  const discovery::Buffers buffers = discovery::carve(plan, scratch + offsets_bytes);
+  auto* seq_row_offset = reinterpret_cast<int64_t*>(scratch);
+  discovery::fill_seq_row_offsets(p, seq_row_offset);
+  discovery::split_pooled(p, pooled_keys, plan.slots, buffers);
+  FP_CUDA_CHECK(cudaMemsetAsync(scores, 0, size_t(max_rows_of(p) * ld) * 4, static_cast<cudaStream_t>(p.stream)));
+  discovery::score_rows(p, seq_row_offset, buffers, scores, ld);
+}
+
+void select_blocks(const Problem& p, const float* scores, int64_t ld, const BlockSparseLayout& layout) {
+  check_block_size(p);
+  const discovery::Plan plan = discovery::plan(p, layout.max_rows, max_key_blocks_of(p));
+  const discovery::Buffers buffers = discovery::carve(plan, detail::cached_workspace(p.device, plan.total()));
+  auto* seq_row_offset = layout.seq_row_offset.ptr<int64_t>();
+  discovery::fill_seq_row_offsets(p, seq_row_offset);
+  FP_CUDA_CHECK(cudaMemsetAsync(buffers.counts, 0, size_t(layout.max_rows) * 8, static_cast<cudaStream_t>(p.stream)));
+  discovery::select_from_scores(p, seq_row_offset, scores, ld, buffers);
+  discovery::compact(p, buffers, layout.max_rows, layout.row_ptr.ptr<int64_t>(), layout.col_idx.ptr<int32_t>());
+}
+
+void discover_layout(const Problem& p, const BlockSparseLayout& layout, void* workspace) {
+  check_block_size(p);
+  const discovery::Plan plan = discovery::plan(p, layout.max_rows, max_key_blocks_of(p));
+  const discovery::Buffers buffers = discovery::carve(plan, workspace);
+  auto* seq_row_offset = layout.seq_row_offset.ptr<int64_t>();
+  discovery::fill_seq_row_offsets(p, seq_row_offset);
+  FP_CUDA_CHECK(cudaMemsetAsync(buffers.counts, 0, size_t(layout.max_rows) * 8, static_cast<cudaStream_t>(p.stream)));
+  discovery::pool_keys(p, buffers);
+  discovery::score_rows(p, seq_row_offset, buffers, nullptr, 0);
+  discovery::compact(p, buffers, layout.max_rows, layout.row_ptr.ptr<int64_t>(), layout.col_idx.ptr<int32_t>());
+}
+
+void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, void* workspace) {
+  const SchedulePlan plan = schedule_plan(layout.max_rows);
+  char* cursor = static_cast<char*>(workspace);
+  auto* keys_in = reinterpret_cast<int32_t*>(cursor);
+  auto* keys_out = reinterpret_cast<int32_t*>(cursor + plan.keys);
+  auto* rows_in = reinterpret_cast<int32_t*>(cursor + 2 * plan.keys);
+  auto* rows_out = reinterpret_cast<int32_t*>(cursor + 3 * plan.keys);
+  auto stream = static_cast<cudaStream_t>(p.stream);
+  SparseAttentionParams params;
+  params.problem = p;
+  params.seq_row_offset = layout.seq_row_offset.ptr<const int64_t>();
+  params.row_ptr = layout.row_ptr.ptr<const int64_t>();
+  params.col_idx = layout.col_idx.ptr<const int32_t>();
+  params.max_rows = layout.max_rows;
+  params.stream = stream;
+  if (layout.max_rows > 0) {
+    const unsigned blocks = unsigned(std::min<int64_t>((layout.max_rows + 255) / 256, 4096));
+    schedule_keys_kernel<<<blocks, 256, 0, stream>>>(params.seq_row_offset, p.num_seqs, params.row_ptr, layout.max_rows, keys_in, rows_in);
+    FP_CUDA_CHECK_LAUNCH();
+    size_t sort_bytes = plan.sort_temp;
+    FP_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(cursor + 4 * plan.keys, sort_bytes, keys_in, keys_out, rows_in, rows_out,
+                                                  int(layout.max_rows), 0, 32, stream));
+    params.row_order = rows_out;
+  }
+  run_attention(params);
+}
+
+void dense_attention(const Problem& p) {
+  SparseAttentionParams params;
+  params.problem = p;
+  params.dense = true;
+  params.max_rows = max_rows_of(p);
+  params.stream = static_cast<cudaStream_t>(p.stream);
+  auto* seq_row_offset = static_cast<int64_t*>(detail::cached_workspace(p.device, size_t(p.num_seqs + 1) * 8));
+  discovery::fill_seq_row_offsets(p, seq_row_offset);
+  params.seq_row_offset = seq_row_offset;
+  run_attention(params);
+}
+
+}  // namespace flashprefill::cuda

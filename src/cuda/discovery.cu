@@ -1,0 +1,449 @@
+// Steps 1-4 on the GPU; see discovery.cuh.
+#include <cub/device/device_scan.cuh>
+
+#include <cfloat>
+
+#include "cuda/check.cuh"
+#include "cuda/discovery.cuh"
+#include "cuda/mma.cuh"
+
+namespace flashprefill::cuda::discovery {
+namespace {
+
+using detail::Problem;
+using detail::SeqExtent;
+
+constexpr size_t kAlign = 256;
+size_t align_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+constexpr int kKeyChunk = 64;  // pooled keys scored per step
+
+__global__ void fill_seq_row_offsets_kernel(const Problem p, int64_t* seq_row_offset) {
+  // One thread: num_seqs is small, and this keeps the prefix exact without a scan.
+  int64_t offset = 0;
+  for (int64_t b = 0; b < p.num_seqs; ++b) {
+    seq_row_offset[b] = offset;
+    const SeqExtent s = p.seq(b);
+    offset += p.heads_q * num_query_blocks(s.len_q, s.len_kv, p.params.block_size);
+  }
+  seq_row_offset[p.num_seqs] = offset;
+}
+
+// Step 1: one CTA per (key block, kv head, sequence), one thread per dimension.
+template <bool kIsBf16>
+__global__ void pool_keys_kernel(const Problem p, float* pooled, void* pooled_hi, void* pooled_lo) {
+  using Half = sm80::HalfType<kIsBf16>;
+  using Element = typename Half::type;
+  const int64_t j = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
+  const SeqExtent s = p.seq(b);
+  const int64_t block = p.params.block_size;
+  if (j >= num_key_blocks(s.len_kv, block)) return;
+  const int64_t key_end = min((j + 1) * block, s.len_kv);
+  const auto* k = static_cast<const Element*>(p.k);
+  const int64_t slot = p.pooled_slot0(b, s) + j;
+  for (int64_t d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
+    float sum = 0.0f;
+    for (int64_t key = j * block; key < key_end; ++key) sum += Half::to_float(k[p.k_offset(b, s, key, kv_head) + d]);
+    const float mean = sum / float(key_end - j * block);
+    const int64_t index = (slot * p.heads_kv + kv_head) * p.head_dim + d;
+    pooled[index] = mean;
+    const Element hi = Half::from_float(mean);
+    static_cast<Element*>(pooled_hi)[index] = hi;
+    static_cast<Element*>(pooled_lo)[index] = Half::from_float(mean - Half::to_float(hi));
+  }
+}
+
+// hi/lo 16-bit parts of given fp32 pooled keys (for block_scores on caller-provided means).
+template <bool kIsBf16>
+__global__ void split_pooled_kernel(const float* pooled, int64_t count, void* pooled_hi, void* pooled_lo) {
+  using Half = sm80::HalfType<kIsBf16>;
+  using Element = typename Half::type;
+  for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < count; n += int64_t(gridDim.x) * blockDim.x) {
+    const Element hi = Half::from_float(pooled[n]);
+    static_cast<Element*>(pooled_hi)[n] = hi;
+    static_cast<Element*>(pooled_lo)[n] = Half::from_float(pooled[n] - Half::to_float(hi));
+  }
+}
+
+// Steps 3-4 for one row whose scores S[0 .. num_j) sit in shared memory; called by all threads.
+// Writes the kept bitmask and count. min_budget ties go to the smaller j (as the CPU backend).
+__device__ void select_row(const Problem& p, const float* S, int64_t num_j, int64_t block_abs, int64_t num_kv_blocks,
+                           uint32_t* bits, int64_t words, int64_t* count, float* reduce_smem) {
+  const int tid = threadIdx.x, threads = blockDim.x;
+  float local_max = 0.0f;
+  for (int64_t j = tid; j < num_j; j += threads) local_max = fmaxf(local_max, S[j]);
+  for (int offset = 16; offset > 0; offset /= 2) local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, offset));
+  if (tid % 32 == 0) reduce_smem[tid / 32] = local_max;
+  __syncthreads();
+  float row_max = 0.0f;
+  for (int w = 0; w < threads / 32; ++w) row_max = fmaxf(row_max, reduce_smem[w]);
+  const float threshold = p.params.alpha * row_max;
+  __syncthreads();
+  // Budget: the min_budget best blocks, found one by one (min_budget is small).
+  __shared__ int64_t budget_pick[64];
+  const int budget = int(min(int64_t(min(p.params.min_budget, 64)), num_j));
+  for (int n = 0; n < budget; ++n) {
+    float best = -1.0f;
+    int64_t best_j = num_j;
+    for (int64_t j = tid; j < num_j; j += threads) {
+      bool taken = false;
+      for (int m = 0; m < n; ++m) taken |= budget_pick[m] == j;
+      if (!taken && (S[j] > best || (S[j] == best && j < best_j))) best = S[j], best_j = j;
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+      const float other = __shfl_xor_sync(0xffffffffu, best, offset);
+      const int64_t other_j = __shfl_xor_sync(0xffffffffu, best_j, offset);
+      if (other > best || (other == best && other_j < best_j)) best = other, best_j = other_j;
+    }
+    if (tid % 32 == 0) reduce_smem[tid / 32] = best, reinterpret_cast<int64_t*>(reduce_smem + 32)[tid / 32] = best_j;
+    __syncthreads();
+    if (tid == 0) {
+      float b = -1.0f;
+      int64_t bj = num_j;
+      for (int w = 0; w < threads / 32; ++w) {
+        const float v = reduce_smem[w];
+        const int64_t vj = reinterpret_cast<int64_t*>(reduce_smem + 32)[w];
+        if (v > b || (v == b && vj < bj)) b = v, bj = vj;
+      }
+      budget_pick[n] = bj;
+    }
+    __syncthreads();
+  }
+  int64_t kept = 0;
+  for (int64_t w = tid; w < words; w += threads) {
+    uint32_t word = 0;
+    for (int bit = 0; bit < 32; ++bit) {
+      const int64_t j = w * 32 + bit;
+      if (j >= num_j) break;
+      bool keep = S[j] >= threshold || detail::always_kept(block_abs, j, num_kv_blocks, p.params);
+      for (int m = 0; m < budget; ++m) keep |= budget_pick[m] == j;
+      word |= uint32_t(keep) << bit;
+    }
+    bits[w] = word;
+    kept += __popc(word);
+  }
+  for (int offset = 16; offset > 0; offset /= 2) kept += __shfl_xor_sync(0xffffffffu, kept, offset);
+  __syncthreads();
+  if (tid % 32 == 0) reinterpret_cast<int64_t*>(reduce_smem)[tid / 32] = kept;
+  __syncthreads();
+  if (tid == 0) {
+    int64_t total = 0;
+    for (int w = 0; w < threads / 32; ++w) total += reinterpret_cast<int64_t*>(reduce_smem)[w];
+    *count = total;
+  }
+}
+
+struct RowOfGrid {
+  int64_t seq, head, block_local, block_abs, row, num_kv_blocks;
+  SeqExtent extent;
+  bool valid;
+};
+__device__ RowOfGrid row_of_grid(const Problem& p, const int64_t* seq_row_offset) {
+  RowOfGrid r{};
+  r.block_local = blockIdx.x;
+  r.head = blockIdx.y;
+  r.seq = blockIdx.z;
+  r.extent = p.seq(r.seq);
+  const int64_t block = p.params.block_size;
+  const int64_t nqb = num_query_blocks(r.extent.len_q, r.extent.len_kv, block);
+  r.valid = r.block_local < nqb;
+  r.block_abs = first_query_block(r.extent.len_q, r.extent.len_kv, block) + r.block_local;
+  r.row = seq_row_offset[r.seq] + r.head * nqb + r.block_local;
+  r.num_kv_blocks = num_key_blocks(r.extent.len_kv, block);
+  return r;
+}
+
+// Step 2 for one layout row per CTA (kBlockM query rows = kBlockM / 16 warps), then either the
+// selection (fused path) or the S row written out. x = scale * q . Kbar is computed with tensor
+// cores as q . hi + q . lo (hi + lo = Kbar to ~16 mantissa bits), fp32 accumulation.
+template <int kHeadDim, bool kIsBf16, int kBlockM>
+__global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const Problem p, const int64_t* seq_row_offset, Buffers buffers,
+                                                                  float* scores, int64_t scores_ld) {
+  using namespace sm80;
+  using Half = HalfType<kIsBf16>;
+  using Element = typename Half::type;
+  using Swizzle = SwizzledTile<kHeadDim>;
+  constexpr int kWarps = kBlockM / 16, kThreads = kWarps * 32, D = kHeadDim;
+  const RowOfGrid r = row_of_grid(p, seq_row_offset);
+  if (!r.valid) return;
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  Element* q_smem = reinterpret_cast<Element*>(smem_raw);           // [kBlockM][D]
+  Element* hi_smem = q_smem + kBlockM * D;                           // [kKeyChunk][D]
+  Element* lo_smem = hi_smem + kKeyChunk * D;                        // [kKeyChunk][D]
+  float* col_max = reinterpret_cast<float*>(lo_smem + kKeyChunk * D);  // [num_j]
+  const int64_t num_j = r.block_abs + 1;
+  float* col_sum = col_max + num_j;                                  // [num_j], later S
+  float* warp_max = col_sum + num_j;                                 // [kWarps][kKeyChunk]
+  float* warp_sum = warp_max + kWarps * kKeyChunk;                   // [kWarps][kKeyChunk]
+  float* reduce_smem = warp_sum + kWarps * kKeyChunk;                // 128 floats
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, quad = lane % 4;
+  const int64_t block = p.params.block_size, shift = r.extent.len_kv - r.extent.len_q;
+  const int64_t block_start = r.block_abs * block;
+  const int64_t kv_head = r.head / p.group;
+  const int64_t slot0 = p.pooled_slot0(r.seq, r.extent);
+
+  // Queries of the block (rows outside the chunk or past the sequence are zero and masked below).
+  const auto* q_base = static_cast<const Element*>(p.q);
+  for (int chunk = tid; chunk < kBlockM * Swizzle::kChunks; chunk += kThreads) {
+    const int row = chunk / Swizzle::kChunks, c = chunk % Swizzle::kChunks;
+    const int64_t pos = block_start + row;
+    const bool valid = pos >= shift && pos < r.extent.len_kv;
+    cp_async_16(q_smem + Swizzle::offset(row, c), q_base + p.q_offset(r.seq, r.extent, valid ? pos - shift : 0, r.head) + c * 8,
+                valid ? 16 : 0);
+  }
+  cp_async_commit();
+
+  const float scale_log2 = p.params.scale * 1.4426950408889634f;
+  const int64_t row_pos[2] = {block_start + warp * 16 + g, block_start + warp * 16 + g + 8};
+  bool row_in_block[2];
+  for (int h = 0; h < 2; ++h) row_in_block[h] = row_pos[h] >= shift && row_pos[h] < r.extent.len_kv;
+
+  for (int64_t j0 = 0; j0 < num_j; j0 += kKeyChunk) {
+    // This chunk's pooled keys, hi and lo parts (past num_j: zero, masked below).
+    for (int chunk = tid; chunk < kKeyChunk * Swizzle::kChunks; chunk += kThreads) {
+      const int row = chunk / Swizzle::kChunks, c = chunk % Swizzle::kChunks;
+      const bool valid = j0 + row < num_j;
+      const int64_t index = ((slot0 + (valid ? j0 + row : 0)) * p.heads_kv + kv_head) * D + c * 8;
+      cp_async_16(hi_smem + Swizzle::offset(row, c), static_cast<const Element*>(buffers.pooled_hi) + index, valid ? 16 : 0);
+      cp_async_16(lo_smem + Swizzle::offset(row, c), static_cast<const Element*>(buffers.pooled_lo) + index, valid ? 16 : 0);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+
+    float x[kKeyChunk / 8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t q_frag[4];
+      ldmatrix_x4(q_frag, q_smem + Swizzle::offset(warp * 16 + (lane % 16), 2 * kk + lane / 16));
+#pragma unroll
+      for (int np = 0; np < kKeyChunk / 16; ++np) {
+        const int key_row = 16 * np + (lane % 8) + (lane / 16) * 8, key_chunk = 2 * kk + (lane / 8) % 2;
+        uint32_t hi[4], lo[4];
+        ldmatrix_x4(hi, hi_smem + Swizzle::offset(key_row, key_chunk));
+        ldmatrix_x4(lo, lo_smem + Swizzle::offset(key_row, key_chunk));
+        const uint32_t hi0[2] = {hi[0], hi[1]}, hi1[2] = {hi[2], hi[3]}, lo0[2] = {lo[0], lo[1]}, lo1[2] = {lo[2], lo[3]};
+        mma_16816<kIsBf16>(x[2 * np], q_frag, hi0);
+        mma_16816<kIsBf16>(x[2 * np], q_frag, lo0);
+        mma_16816<kIsBf16>(x[2 * np + 1], q_frag, hi1);
+        mma_16816<kIsBf16>(x[2 * np + 1], q_frag, lo1);
+      }
+    }
+    // Mask: rows not in the block, blocks past the row (j > i), and the diagonal block for rows
+    // that do not see all its keys (ALGORITHM.md step 2). Then per column: max and sum of exp2.
+#pragma unroll
+    for (int nt = 0; nt < kKeyChunk / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t j = j0 + nt * 8 + 2 * quad + (e & 1);
+        const int h = e / 2;
+        const bool visible = row_in_block[h] && j < num_j &&
+                             detail::key_block_visible(j, row_pos[h], r.extent.len_kv, block);
+        x[nt][e] = visible ? x[nt][e] * scale_log2 : -INFINITY;
+      }
+#pragma unroll
+    for (int nt = 0; nt < kKeyChunk / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float m = fmaxf(x[nt][e], x[nt][e + 2]);
+        for (int offset = 4; offset < 32; offset *= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+        const float shift_m = m == -INFINITY ? 0.0f : m;
+        float s = exp2f(x[nt][e] - shift_m) + exp2f(x[nt][e + 2] - shift_m);
+        for (int offset = 4; offset < 32; offset *= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
+        if (g == 0) {
+          warp_max[warp * kKeyChunk + nt * 8 + 2 * quad + e] = m;
+          warp_sum[warp * kKeyChunk + nt * 8 + 2 * quad + e] = s;
+        }
+      }
+    __syncthreads();
+    for (int c = tid; c < kKeyChunk && j0 + c < num_j; c += kThreads) {
+      float m = -INFINITY;
+      for (int w = 0; w < kWarps; ++w) m = fmaxf(m, warp_max[w * kKeyChunk + c]);
+      float s = 0.0f;
+      if (m != -INFINITY)
+        for (int w = 0; w < kWarps; ++w) s += warp_sum[w * kKeyChunk + c] * exp2f(warp_max[w * kKeyChunk + c] - m);
+      col_max[j0 + c] = m;
+      col_sum[j0 + c] = s;
+    }
+    __syncthreads();
+  }
+
+  // S[j] = sum_t exp(x[t, j] - M) with M the row block's maximum: rescale each column's sum.
+  float local_max = -INFINITY;
+  for (int64_t j = tid; j < num_j; j += kThreads) local_max = fmaxf(local_max, col_max[j]);
+  for (int offset = 16; offset > 0; offset /= 2) local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, offset));
+  if (lane == 0) reduce_smem[warp] = local_max;
+  __syncthreads();
+  float block_max = -INFINITY;
+  for (int w = 0; w < kWarps; ++w) block_max = fmaxf(block_max, reduce_smem[w]);
+  __syncthreads();
+  for (int64_t j = tid; j < num_j; j += kThreads)
+    col_sum[j] = (block_max == -INFINITY || col_max[j] == -INFINITY) ? 0.0f : col_sum[j] * exp2f(col_max[j] - block_max);
+  __syncthreads();
+
+  if (scores) {
+    for (int64_t j = tid; j < scores_ld; j += kThreads) scores[r.row * scores_ld + j] = j < num_j ? col_sum[j] : 0.0f;
+    return;
+  }
+  select_row(p, col_sum, num_j, r.block_abs, r.num_kv_blocks, buffers.kept_bits + r.row * buffers.words, buffers.words,
+             buffers.counts + r.row, reduce_smem);
+}
+
+__global__ void select_from_scores_kernel(const Problem p, const int64_t* seq_row_offset, const float* scores, int64_t ld,
+                                          Buffers buffers) {
+  const RowOfGrid r = row_of_grid(p, seq_row_offset);
+  if (!r.valid) return;
+  extern __shared__ float row_scores[];  // [num_j] then 64 floats of reduction scratch
+  const int64_t num_j = r.block_abs + 1;
+  for (int64_t j = threadIdx.x; j < num_j; j += blockDim.x) row_scores[j] = scores[r.row * ld + j];
+  __syncthreads();
+  select_row(p, row_scores, num_j, r.block_abs, r.num_kv_blocks, buffers.kept_bits + r.row * buffers.words, buffers.words,
+             buffers.counts + r.row, row_scores + num_j + (num_j & 1));
+}
+
+// One warp per row: the set bits of the row's mask, in ascending order, at row_ptr[row].
+__global__ void compact_kernel(const Buffers buffers, int64_t max_rows, const int64_t* row_ptr, int32_t* col_idx) {
+  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= max_rows) return;
+  const uint32_t* bits = buffers.kept_bits + row * buffers.words;
+  int64_t out = row_ptr[row];
+  const int64_t end = row_ptr[row + 1];
+  for (int64_t w0 = 0; w0 < buffers.words && out < end; w0 += 32) {
+    const uint32_t word = w0 + lane < buffers.words ? bits[w0 + lane] : 0u;
+    int before = __popc(word);
+    for (int offset = 1; offset < 32; offset *= 2) {  // inclusive scan of the counts over lanes
+      const int other = __shfl_up_sync(0xffffffffu, before, offset);
+      if (lane >= offset) before += other;
+    }
+    const int total = __shfl_sync(0xffffffffu, before, 31);
+    int64_t position = out + before - __popc(word);
+    for (uint32_t rest = word; rest; rest &= rest - 1) col_idx[position++] = int32_t((w0 + lane) * 32 + __ffs(rest) - 1);
+    out += total;
+  }
+}
+
+template <int kHeadDim, bool kIsBf16, int kBlockM>
+void launch_score_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t ld,
+                       dim3 grid, int64_t max_key_blocks) {
+  constexpr int kWarps = kBlockM / 16;
+  const size_t smem = size_t(kBlockM + 2 * kKeyChunk) * kHeadDim * 2 + size_t(2 * max_key_blocks + 2 * kWarps * kKeyChunk + 128) * 4;
+  auto kernel = score_rows_kernel<kHeadDim, kIsBf16, kBlockM>;
+  FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<grid, kWarps * 32, smem, static_cast<cudaStream_t>(p.stream)>>>(p, seq_row_offset, buffers, scores, ld);
+  FP_CUDA_CHECK_LAUNCH();
+}
+
+// Query blocks per sequence: exact for padded batches, a bound for varlen (kernels skip the rest).
+int64_t grid_query_blocks(const Problem& p) {
+  const int64_t block = p.params.block_size;
+  return p.varlen ? p.len_q / block + 2 : num_query_blocks(p.len_q, p.len_kv, block);
+}
+
+}  // namespace
+
+Plan plan(const Problem& p, int64_t max_rows, int64_t max_key_blocks) {
+  Plan plan;
+  plan.max_rows = max_rows;
+  plan.words = (max_key_blocks + 31) / 32;
+  plan.slots = p.varlen ? p.total_kv / p.params.block_size + p.num_seqs : p.num_seqs * num_key_blocks(p.len_kv, p.params.block_size);
+  plan.pooled = align_up(size_t(plan.slots * p.heads_kv * p.head_dim) * 4);
+  plan.pooled_half = align_up(size_t(plan.slots * p.heads_kv * p.head_dim) * 2);
+  plan.counts = align_up(size_t(max_rows) * 8);
+  plan.kept_bits = align_up(size_t(max_rows * plan.words) * 4);
+  size_t scan_bytes = 0;
+  FP_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, static_cast<const int64_t*>(nullptr),
+                                              static_cast<int64_t*>(nullptr), max_rows > 0 ? max_rows : 1));
+  plan.scan_temp = align_up(scan_bytes);
+  return plan;
+}
+
+Buffers carve(const Plan& plan, void* workspace) {
+  char* cursor = static_cast<char*>(workspace);
+  Buffers b;
+  b.pooled = reinterpret_cast<float*>(cursor);
+  cursor += plan.pooled;
+  b.pooled_hi = cursor;
+  cursor += plan.pooled_half;
+  b.pooled_lo = cursor;
+  cursor += plan.pooled_half;
+  b.counts = reinterpret_cast<int64_t*>(cursor);
+  cursor += plan.counts;
+  b.kept_bits = reinterpret_cast<uint32_t*>(cursor);
+  cursor += plan.kept_bits;
+  b.scan_temp = cursor;
+  b.scan_temp_bytes = plan.scan_temp;
+  b.words = plan.words;
+  return b;
+}
+
+void fill_seq_row_offsets(const Problem& p, int64_t* seq_row_offset) {
+  fill_seq_row_offsets_kernel<<<1, 1, 0, static_cast<cudaStream_t>(p.stream)>>>(p, seq_row_offset);
+  FP_CUDA_CHECK_LAUNCH();
+}
+
+void pool_keys(const Problem& p, const Buffers& buffers) {
+  const int64_t max_blocks = num_key_blocks(p.len_kv, p.params.block_size);  // len_kv: the max_seqlen bound for varlen
+  if (max_blocks == 0 || p.num_seqs == 0) return;
+  const dim3 grid(unsigned(max_blocks), unsigned(p.heads_kv), unsigned(p.num_seqs));
+  const int threads = int(p.head_dim);
+  auto stream = static_cast<cudaStream_t>(p.stream);
+  if (p.dtype == DType::bf16) pool_keys_kernel<true><<<grid, threads, 0, stream>>>(p, buffers.pooled, buffers.pooled_hi, buffers.pooled_lo);
+  else pool_keys_kernel<false><<<grid, threads, 0, stream>>>(p, buffers.pooled, buffers.pooled_hi, buffers.pooled_lo);
+  FP_CUDA_CHECK_LAUNCH();
+}
+
+void split_pooled(const Problem& p, const float* pooled, int64_t slots, const Buffers& buffers) {
+  const int64_t count = slots * p.heads_kv * p.head_dim;
+  if (count == 0) return;
+  const unsigned blocks = unsigned(std::min<int64_t>((count + 255) / 256, 4096));
+  auto stream = static_cast<cudaStream_t>(p.stream);
+  if (p.dtype == DType::bf16) split_pooled_kernel<true><<<blocks, 256, 0, stream>>>(pooled, count, buffers.pooled_hi, buffers.pooled_lo);
+  else split_pooled_kernel<false><<<blocks, 256, 0, stream>>>(pooled, count, buffers.pooled_hi, buffers.pooled_lo);
+  FP_CUDA_CHECK_LAUNCH();
+}
+
+void score_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t scores_ld) {
+  const int64_t nqb = grid_query_blocks(p);
+  if (nqb == 0 || p.num_seqs == 0) return;
+  const dim3 grid(unsigned(nqb), unsigned(p.heads_q), unsigned(p.num_seqs));
+  const int64_t max_key_blocks = num_key_blocks(p.len_kv, p.params.block_size);
+  const bool bf16 = p.dtype == DType::bf16;
+  const int block = p.params.block_size;
+#define FP_SCORE_CASE(D, BF16, BM)                                                                 \
+  if (p.head_dim == D && bf16 == BF16 && block == BM) {                                            \
+    launch_score_rows<D, BF16, BM>(p, seq_row_offset, buffers, scores, scores_ld, grid, max_key_blocks); \
+    return;                                                                                         \
+  }
+  FP_SCORE_CASE(64, true, 128) FP_SCORE_CASE(64, false, 128) FP_SCORE_CASE(128, true, 128) FP_SCORE_CASE(128, false, 128)
+  FP_SCORE_CASE(256, true, 128) FP_SCORE_CASE(256, false, 128) FP_SCORE_CASE(64, true, 64) FP_SCORE_CASE(64, false, 64)
+  FP_SCORE_CASE(128, true, 64) FP_SCORE_CASE(128, false, 64) FP_SCORE_CASE(256, true, 64) FP_SCORE_CASE(256, false, 64)
+#undef FP_SCORE_CASE
+  throw Error("flashprefill: the CUDA backend scores blocks of 64 or 128 tokens with head dim 64, 128 or 256; got block_size " +
+              std::to_string(block) + ", head dim " + std::to_string(p.head_dim));
+}
+
+void select_from_scores(const Problem& p, const int64_t* seq_row_offset, const float* scores, int64_t ld, const Buffers& buffers) {
+  const int64_t nqb = grid_query_blocks(p);
+  if (nqb == 0 || p.num_seqs == 0) return;
+  const dim3 grid(unsigned(nqb), unsigned(p.heads_q), unsigned(p.num_seqs));
+  const size_t smem = size_t(num_key_blocks(p.len_kv, p.params.block_size) + 2 + 128) * 4;
+  FP_CUDA_CHECK(cudaFuncSetAttribute(select_from_scores_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  select_from_scores_kernel<<<grid, 256, smem, static_cast<cudaStream_t>(p.stream)>>>(p, seq_row_offset, scores, ld, buffers);
+  FP_CUDA_CHECK_LAUNCH();
+}
+
+void compact(const Problem& p, const Buffers& buffers, int64_t max_rows, int64_t* row_ptr, int32_t* col_idx) {
+  auto stream = static_cast<cudaStream_t>(p.stream);
+  FP_CUDA_CHECK(cudaMemsetAsync(row_ptr, 0, sizeof(int64_t), stream));
+  if (max_rows == 0) return;
+  size_t scan_bytes = buffers.scan_temp_bytes;
+  FP_CUDA_CHECK(cub::DeviceScan::InclusiveSum(buffers.scan_temp, scan_bytes, buffers.counts, row_ptr + 1, max_rows, stream));
+  constexpr int kWarpsPerCta = 8;
+  compact_kernel<<<unsigned((max_rows + kWarpsPerCta - 1) / kWarpsPerCta), kWarpsPerCta * 32, 0, stream>>>(buffers, max_rows, row_ptr,
+                                                                                                           col_idx);
+  FP_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace flashprefill::cuda::discovery

@@ -1,0 +1,271 @@
+// The CUDA backend against the CPU backend and the fp64 reference: identical layouts (up to
+// scores within rounding of the threshold, counted), outputs within the dtype's tolerance.
+// Every test skips with a message when no GPU is present (CI has none).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "test_util.hpp"
+
+namespace flashprefill::testing {
+namespace {
+
+using detail::make_problem;
+using detail::Needs;
+
+#define FP_REQUIRE_GPU() \
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device: the CUDA backend tests run only on a GPU machine"
+
+// A host batch mirrored on the GPU.
+struct DeviceBatch {
+  HostBatch& host;
+  Buffer q, k, v, out, lse, cu_q, cu_kv;
+
+  explicit DeviceBatch(HostBatch& h) : host(h) {
+    const Device gpu = Device::cuda(0);
+    auto upload = [&](const auto& vec) {
+      const size_t bytes = vec.size() * sizeof(vec[0]);
+      Buffer b = Buffer::allocate(gpu, std::max<size_t>(bytes, 4));
+      if (bytes) copy_bytes(b.data(), gpu, vec.data(), Device::cpu(), bytes);
+      return b;
+    };
+    q = upload(h.q);
+    k = upload(h.k);
+    v = upload(h.v);
+    out = upload(h.out);  // poisoned (NaN) like the host copy
+    lse = upload(h.lse);
+    if (h.varlen) {
+      cu_q = upload(h.cu_q);
+      cu_kv = upload(h.cu_kv);
+    }
+  }
+  AttentionArgs args(bool with_lse = false) {
+    AttentionArgs a = host.args(with_lse);
+    const Device gpu = Device::cuda(0);
+    for (auto [view, buffer] : {std::pair{&a.q, &q}, {&a.k, &k}, {&a.v, &v}, {&a.out, &out}}) {
+      view->data = buffer->data();
+      view->device = gpu;
+    }
+    if (with_lse) a.lse.data = lse.data(), a.lse.device = gpu;
+    if (host.varlen) {
+      a.varlen.cu_seqlens_q.data = cu_q.data();
+      a.varlen.cu_seqlens_q.device = gpu;
+      a.varlen.cu_seqlens_kv.data = cu_kv.data();
+      a.varlen.cu_seqlens_kv.device = gpu;
+    }
+    return a;
+  }
+  void download_out() {
+    copy_bytes(host.out.data(), Device::cpu(), out.data(), Device::cuda(0), host.out.size() * 2);
+    copy_bytes(host.lse.data(), Device::cpu(), lse.data(), Device::cuda(0), host.lse.size() * 4);
+  }
+};
+
+std::vector<std::vector<int32_t>> device_rows(const BlockSparseLayout& layout) {
+  std::vector<int64_t> offsets(static_cast<size_t>(layout.num_seqs + 1));
+  copy_bytes(offsets.data(), Device::cpu(), layout.seq_row_offset.data, layout.seq_row_offset.device, offsets.size() * 8);
+  std::vector<int64_t> row_ptr(static_cast<size_t>(offsets.back() + 1));
+  copy_bytes(row_ptr.data(), Device::cpu(), layout.row_ptr.data, layout.row_ptr.device, row_ptr.size() * 8);
+  std::vector<int32_t> col_idx(static_cast<size_t>(row_ptr.back()));
+  copy_bytes(col_idx.data(), Device::cpu(), layout.col_idx.data, layout.col_idx.device, col_idx.size() * 4);
+  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(offsets.back()));
+  for (size_t r = 0; r < rows.size(); ++r) rows[r].assign(col_idx.begin() + row_ptr[r], col_idx.begin() + row_ptr[r + 1]);
+  return rows;
+}
+
+// GPU layout == CPU layout except blocks whose fp64 score lies within 1e-3 of the threshold;
+// returns the GPU rows.
+std::vector<std::vector<int32_t>> check_layout_matches_cpu(HostBatch& host, DeviceBatch& device, const Params& params) {
+  AttentionArgs cpu_args = host.args();
+  LayoutStorage cpu_layout = allocate_layout(cpu_args, params);
+  discover_layout(cpu_args, params, cpu_layout.view);
+  const auto cpu_rows = rows_of(cpu_layout.view);
+
+  AttentionArgs gpu_args = device.args();
+  LayoutStorage gpu_layout = allocate_layout(gpu_args, params);
+  discover_layout(gpu_args, params, gpu_layout.view);
+  const auto gpu_rows = device_rows(gpu_layout.view);
+  EXPECT_EQ(gpu_rows.size(), cpu_rows.size());
+
+  const detail::Problem problem = make_problem(cpu_args, params, Needs::discovery);
+  const StageShapes shapes = stage_shapes(cpu_args, params);
+  const auto ref_scores = reference::block_scores(problem, reference::pool_keys(problem, shapes.pooled_key_slots), shapes.max_key_blocks);
+  int64_t near_threshold = 0;
+  for (size_t r = 0; r < std::min(gpu_rows.size(), cpu_rows.size()); ++r) {
+    if (gpu_rows[r] == cpu_rows[r]) continue;
+    const double* S = &ref_scores[r * shapes.max_key_blocks];
+    const double threshold = params.alpha * *std::max_element(S, S + cpu_rows[r].back() + 1);
+    std::vector<int32_t> diff;
+    std::set_symmetric_difference(gpu_rows[r].begin(), gpu_rows[r].end(), cpu_rows[r].begin(), cpu_rows[r].end(),
+                                  std::back_inserter(diff));
+    for (int32_t j : diff) {
+      EXPECT_NEAR(S[j], threshold, 1e-3 * threshold) << "row " << r << " block " << j << ": GPU and CPU differ away from the threshold";
+      ++near_threshold;
+    }
+  }
+  if (near_threshold) std::printf("  [layout] %ld block(s) differ, all within rounding of the threshold\n", long(near_threshold));
+  return gpu_rows;
+}
+
+void check_gpu_attention(HostBatch& host, const Params& params) {
+  DeviceBatch device(host);
+  const auto gpu_rows = check_layout_matches_cpu(host, device, params);
+  AttentionArgs gpu_args = device.args(/*with_lse=*/true);
+  flash_prefill(gpu_args, params);
+  synchronize(Device::cuda(0));
+  device.download_out();
+  const detail::Problem problem = make_problem(host.args(true), params, Needs::attention);
+  const auto ref = reference::attention(problem, gpu_rows);
+  EXPECT_LE(relative_error(host.out, host.dtype, ref.out), tolerance(host.dtype));
+  for (int64_t b = 0; b < problem.num_seqs; ++b) {
+    const auto s = problem.seq(b);
+    for (int64_t t = 0; t < s.len_q; ++t)
+      for (int64_t h = 0; h < problem.heads_q; ++h) {
+        const double expected = ref.lse[reference::token_index(problem, b, t) * problem.heads_q + h];
+        ASSERT_NEAR(host.lse[problem.lse_offset(b, s, t, h)], expected, 2e-3 * (1 + std::abs(expected))) << "lse b=" << b << " t=" << t;
+      }
+  }
+}
+
+TEST(Cuda, RandomShapesMatchCpuAndReference) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  std::mt19937_64 rng(seed);
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  for (int trial = 0; trial < 10; ++trial) {
+    Params params;
+    params.block_size = pick(0, 1) ? 64 : 128;
+    params.alpha = std::uniform_real_distribution<float>(0.05f, 0.5f)(rng);
+    params.min_budget = pick(0, 2) == 0 ? int(pick(1, 3)) : 0;
+    Shape shape;
+    shape.heads_kv = pick(1, 2);
+    shape.heads_q = shape.heads_kv * pick(1, 4);
+    shape.head_dim = pick(0, 1) ? 64 : 128;
+    shape.batch = pick(1, 2);
+    shape.len_kv = pick(1, 6 * params.block_size);
+    shape.len_q = pick(0, 1) ? shape.len_kv : pick(1, shape.len_kv);
+    const DType dtype = pick(0, 1) ? DType::bf16 : DType::fp16;
+    SCOPED_TRACE("trial " + std::to_string(trial) + ": B=" + std::to_string(shape.batch) + " Lq=" + std::to_string(shape.len_q) +
+                 " Lkv=" + std::to_string(shape.len_kv) + " Hq=" + std::to_string(shape.heads_q) + " Hkv=" + std::to_string(shape.heads_kv) +
+                 " D=" + std::to_string(shape.head_dim) + " block=" + std::to_string(params.block_size) + " " + dtype_name(dtype));
+    HostBatch host = padded_batch(shape, dtype, rng());
+    check_gpu_attention(host, params);
+  }
+}
+
+TEST(Cuda, VarlenVeryDifferentLengths) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  Params params;
+  params.alpha = 0.2f;
+  Shape shape;
+  shape.heads_q = 4;
+  shape.heads_kv = 2;
+  shape.head_dim = 128;
+  HostBatch host = varlen_batch({{700, 700}, {0, 0}, {5, 5}, {130, 600}, {1, 1}, {257, 300}}, shape, DType::bf16, seed);
+  check_gpu_attention(host, params);
+}
+
+TEST(Cuda, AlphaZeroAndDenseMatchReference) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  Params params;
+  params.alpha = 0.0f;
+  HostBatch host = padded_batch(Shape{1, 300, 520, 4, 1, 64}, DType::fp16, seed);
+  check_gpu_attention(host, params);
+  DeviceBatch device(host);
+  dense_attention(device.args(), params);
+  synchronize(Device::cuda(0));
+  device.download_out();
+  const auto ref = reference::attention(make_problem(host.args(), params, Needs::attention), {});
+  EXPECT_LE(relative_error(host.out, host.dtype, ref.out), tolerance(host.dtype));
+}
+
+TEST(Cuda, ScoreAndSelectStagesMatchCpu) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  Params params;
+  params.alpha = 0.15f;
+  HostBatch host = padded_batch(Shape{1, 1000, 1000, 2, 1, 128}, DType::bf16, seed);
+  DeviceBatch device(host);
+  AttentionArgs cpu_args = host.args(), gpu_args = device.args();
+  const StageShapes shapes = stage_shapes(cpu_args, params);
+  const int64_t pooled_count = shapes.pooled_key_slots * 1 * 128, score_count = shapes.max_rows * shapes.max_key_blocks;
+  std::vector<float> cpu_pooled(static_cast<size_t>(pooled_count)), cpu_scores(static_cast<size_t>(score_count)),
+      gpu_pooled(cpu_pooled.size()), gpu_scores(cpu_scores.size());
+  auto pooled_view = [&](void* data, Device d) { return TensorView::contiguous(data, DType::fp32, d, {shapes.pooled_key_slots, 1, 128}); };
+  auto scores_view = [&](void* data, Device d) { return TensorView::contiguous(data, DType::fp32, d, {shapes.max_rows, shapes.max_key_blocks}); };
+  pool_keys(cpu_args, params, pooled_view(cpu_pooled.data(), Device::cpu()));
+  block_scores(cpu_args, params, pooled_view(cpu_pooled.data(), Device::cpu()), scores_view(cpu_scores.data(), Device::cpu()));
+  Buffer pooled = Buffer::allocate(Device::cuda(0), cpu_pooled.size() * 4), scores = Buffer::allocate(Device::cuda(0), cpu_scores.size() * 4);
+  pool_keys(gpu_args, params, pooled_view(pooled.data(), Device::cuda(0)));
+  block_scores(gpu_args, params, pooled_view(pooled.data(), Device::cuda(0)), scores_view(scores.data(), Device::cuda(0)));
+  copy_bytes(gpu_pooled.data(), Device::cpu(), pooled.data(), Device::cuda(0), gpu_pooled.size() * 4);
+  copy_bytes(gpu_scores.data(), Device::cpu(), scores.data(), Device::cuda(0), gpu_scores.size() * 4);
+  for (size_t n = 0; n < cpu_pooled.size(); ++n) ASSERT_NEAR(gpu_pooled[n], cpu_pooled[n], 1e-5 * (1 + std::abs(cpu_pooled[n])));
+  for (size_t n = 0; n < cpu_scores.size(); ++n) ASSERT_NEAR(gpu_scores[n], cpu_scores[n], 1e-3 * (1 + cpu_scores[n])) << n;
+  // Selecting from the same (CPU) score matrix must give the same layout on both backends.
+  copy_bytes(scores.data(), Device::cuda(0), cpu_scores.data(), Device::cpu(), cpu_scores.size() * 4);
+  LayoutStorage cpu_layout = allocate_layout(cpu_args, params), gpu_layout = allocate_layout(gpu_args, params);
+  select_blocks(cpu_args, params, scores_view(cpu_scores.data(), Device::cpu()), cpu_layout.view);
+  select_blocks(gpu_args, params, scores_view(scores.data(), Device::cuda(0)), gpu_layout.view);
+  EXPECT_EQ(device_rows(gpu_layout.view), rows_of(cpu_layout.view));
+}
+
+TEST(Cuda, GraphCaptureWithCallerWorkspace) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  Params params;
+  HostBatch host = padded_batch(Shape{2, 1024, 1024, 4, 2, 128}, DType::bf16, seed);
+  DeviceBatch device(host);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  AttentionArgs args = device.args();
+  args.stream = stream;
+  const size_t bytes = flash_prefill_workspace_size(args, params);
+  Buffer workspace = Buffer::allocate(Device::cuda(0), bytes);
+  flash_prefill(args, params, Workspace{workspace.data(), bytes});  // eager result
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  std::vector<uint16_t> eager(host.out.size());
+  copy_bytes(eager.data(), Device::cpu(), device.out.data(), Device::cuda(0), eager.size() * 2);
+  ASSERT_EQ(cudaMemset(device.out.data(), 0xff, eager.size() * 2), cudaSuccess);  // poison
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  flash_prefill(args, params, Workspace{workspace.data(), bytes});  // no sync, no allocation: capturable
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  std::vector<uint16_t> replayed(host.out.size());
+  copy_bytes(replayed.data(), Device::cpu(), device.out.data(), Device::cuda(0), replayed.size() * 2);
+  EXPECT_EQ(replayed, eager);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+TEST(Cuda, UnsupportedConfigurationsAreNamed) {
+  FP_REQUIRE_GPU();
+  HostBatch host = padded_batch(Shape{1, 256, 256, 2, 1, 256}, DType::bf16, 1);
+  DeviceBatch device(host);
+  Params params;
+  try {
+    flash_prefill(device.args(), params);
+    ADD_FAILURE() << "head dim 256 should be refused by the CUDA attention kernel";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("head dim"), std::string::npos) << e.what();
+  }
+  HostBatch small = padded_batch(Shape{1, 256, 256, 2, 1, 64}, DType::bf16, 1);
+  DeviceBatch small_device(small);
+  params.block_size = 32;
+  try {
+    flash_prefill(small_device.args(), params);
+    ADD_FAILURE() << "block_size 32 should be refused by the CUDA backend";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("block_size"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace flashprefill::testing
