@@ -9,7 +9,8 @@ mkdir -p "$OUT"
 B=/tmp/fp-build
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 cmake --version | head -1
-cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release > "$OUT/configure.log" 2>&1 || { tail -20 "$OUT/configure.log"; exit 1; }
+GTEST_ARG=""; [ -d .ext/googletest ] && GTEST_ARG="-DFLASHPREFILL_GTEST_SOURCE=$PWD/.ext/googletest"
+cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release $GTEST_ARG > "$OUT/configure.log" 2>&1 || { tail -20 "$OUT/configure.log"; exit 1; }
 cmake --build $B -j 16 > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -40; exit 1; }
 (cd $B && ctest --output-on-failure -j 4 > "$OUT/ctest.log" 2>&1); echo "ctest exit $?"; grep -E "tests passed|FAILED|Failed" "$OUT/ctest.log" | head -20
 grep -E "differ|Expected|Which is|actual|seed=" "$OUT/ctest.log" | head -20

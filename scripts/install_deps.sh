@@ -7,7 +7,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 apt_packages=(build-essential cmake ninja-build git pkg-config
-              libgtest-dev libhwy-dev zlib1g-dev python3 python3-pip)
+              libgtest-dev zlib1g-dev python3 python3-pip)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
