@@ -1,0 +1,190 @@
+"""The public functions: allocate outputs, pass the caller's stream, call the C++ library."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _C
+
+FlashPrefillError = _C.FlashPrefillError
+cuda_available = _C.cuda_available
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs):
+    return dict(alpha=float(alpha), block_size=int(block_size), sink_blocks=int(sink_blocks), window_blocks=int(window_blocks),
+                last_full_blocks=int(last_full_blocks), min_budget=int(min_budget),
+                softmax_scale=0.0 if softmax_scale is None else float(softmax_scale), check_inputs=bool(check_inputs))
+
+
+def _stream_of(x) -> int:
+    if _is_torch(x) and x.is_cuda:
+        import torch
+        return torch.cuda.current_stream(x.device).cuda_stream
+    return 0
+
+
+def _call(fn, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, params, **extra):
+    return fn(q=q, k=k, v=v, out=out, lse=lse, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=int(max_q),
+              max_seqlen_k=int(max_k), stream=_stream_of(q), **params, **extra)
+
+
+def _empty_lse(q, shape):
+    if _is_torch(q):
+        import torch
+        return torch.empty(shape, dtype=torch.float32, device=q.device)
+    return np.empty(shape, dtype=np.float32)
+
+
+def _empty_like(x):
+    if _is_torch(x):
+        import torch
+        return torch.empty_like(x)
+    return np.empty_like(x)
+
+
+def flash_prefill(q, k, v, *, alpha: float = 0.12, block_size: int = 128, sink_blocks: int = 2, window_blocks: int = 4,
+                  last_full_blocks: int = 2, min_budget: int = 0, softmax_scale: Optional[float] = None,
+                  return_lse: bool = False, check_inputs: bool = False):
+    """FlashPrefill attention (ALGORITHM.md steps 1-5) on a padded batch.
+
+    Args:
+        q: ``[B, L_q, H_q, D]``, bf16 or fp16 (NumPy: float16), head dim 64, 128 or 256 (CUDA: 64 or 128).
+        k, v: ``[B, L_kv, H_kv, D]``, same dtype and device, ``L_q <= L_kv``.
+        alpha: keep key blocks whose score is at least ``alpha`` times the row's maximum, in [0, 1];
+            0 keeps every causal block (dense attention).
+        softmax_scale: defaults to ``1 / sqrt(D)``.
+        return_lse: also return the softmax log-sum-exp ``[B, H_q, L_q]`` (fp32, natural log).
+    Returns:
+        ``out`` like ``q``, or ``(out, lse)``.
+    """
+    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs)
+    if _is_torch(q):
+        from . import _torch_ops
+        return _torch_ops.flash_prefill(q, k, v, params, return_lse)
+    out = np.empty_like(q)
+    lse = _empty_lse(q, (q.shape[0], q.shape[2], q.shape[1])) if return_lse else None
+    _call(_C.flash_prefill, q, k, v, out, lse, None, None, 0, 0, params, workspace=None)
+    return (out, lse) if return_lse else out
+
+
+def flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, *, alpha: float = 0.12,
+                         block_size: int = 128, sink_blocks: int = 2, window_blocks: int = 4, last_full_blocks: int = 2,
+                         min_budget: int = 0, softmax_scale: Optional[float] = None, return_lse: bool = False,
+                         check_inputs: bool = False):
+    """FlashPrefill on packed sequences (FlashAttention's varlen convention).
+
+    Args:
+        q: ``[total_q, H_q, D]``; k, v: ``[total_k, H_kv, D]``.
+        cu_seqlens_q, cu_seqlens_k: int32 ``[num_seqs + 1]`` prefix sums of the lengths, on q's device.
+        max_seqlen_q, max_seqlen_k: upper bounds of the lengths (host ints).
+    Returns:
+        ``out`` ``[total_q, H_q, D]``, or ``(out, lse)`` with lse ``[H_q, total_q]``.
+    """
+    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs)
+    if _is_torch(q):
+        from . import _torch_ops
+        return _torch_ops.flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), params,
+                                               return_lse)
+    out = np.empty_like(q)
+    lse = _empty_lse(q, (q.shape[1], q.shape[0])) if return_lse else None
+    _call(_C.flash_prefill, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params, workspace=None)
+    return (out, lse) if return_lse else out
+
+
+def dense_attention(q, k, v, *, softmax_scale: Optional[float] = None, return_lse: bool = False):
+    """Dense causal attention (bottom-right aligned), the baseline: same layouts as :func:`flash_prefill`."""
+    params = _params(0.0, 128, 2, 4, 2, 0, softmax_scale, False)
+    out = _empty_like(q)
+    lse = _empty_lse(q, (q.shape[0], q.shape[2], q.shape[1])) if return_lse else None
+    _call(_C.dense_attention, q, k, v, out, lse, None, None, 0, 0, params)
+    return (out, lse) if return_lse else out
+
+
+@dataclass
+class Layout:
+    """A block-sparse layout in CSR form (ALGORITHM.md step 4).
+
+    Rows are ordered (sequence, query head, query block); row ``r``'s kept key blocks are
+    ``col_idx[row_ptr[r]:row_ptr[r + 1]]``, ascending. ``seq_row_offset[b]`` is sequence b's first row.
+    Arrays live on the inputs' device (NumPy or torch).
+    """
+    seq_row_offset: Any
+    row_ptr: Any
+    col_idx: Any
+    block_size: int
+    num_heads: int
+    max_key_blocks: int
+    params: dict
+
+    def _host(self, a):
+        return a.cpu().numpy() if _is_torch(a) else np.asarray(a)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self._host(self.seq_row_offset)[-1])
+
+    def rows(self) -> list:
+        """Kept key blocks of every row, as Python lists (copied to the host)."""
+        row_ptr, col_idx = self._host(self.row_ptr), self._host(self.col_idx)
+        return [col_idx[row_ptr[r]:row_ptr[r + 1]].tolist() for r in range(self.num_rows)]
+
+    def to_dense(self) -> np.ndarray:
+        """Boolean mask ``[num_rows, max_key_blocks]``: True where a block is kept (for pictures)."""
+        mask = np.zeros((self.num_rows, self.max_key_blocks), dtype=bool)
+        for r, kept in enumerate(self.rows()):
+            mask[r, kept] = True
+        return mask
+
+    def density(self, causal_blocks: int) -> float:
+        return float(self._host(self.row_ptr)[self.num_rows]) / max(causal_blocks, 1)
+
+
+def _alloc_index(q, count, dtype_name):
+    if _is_torch(q):
+        import torch
+        return torch.empty(int(count), dtype=getattr(torch, dtype_name), device=q.device)
+    return np.empty(int(count), dtype=getattr(np, dtype_name))
+
+
+def select_blocks(q, k, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q: int = 0, max_seqlen_k: int = 0,
+                  alpha: float = 0.12, block_size: int = 128, sink_blocks: int = 2, window_blocks: int = 4,
+                  last_full_blocks: int = 2, min_budget: int = 0, softmax_scale: Optional[float] = None) -> Layout:
+    """Pattern discovery alone (steps 1-4): the kept key blocks of every (sequence, head, query block)."""
+    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, False)
+    num_seqs, _, max_rows, max_key_blocks, max_cols = _call(_C.stage_shapes, q, k, k, None, None, cu_seqlens_q, cu_seqlens_k,
+                                                            max_seqlen_q, max_seqlen_k, params)
+    layout = Layout(_alloc_index(q, num_seqs + 1, "int64"), _alloc_index(q, max_rows + 1, "int64"),
+                    _alloc_index(q, max(max_cols, 1), "int32"), int(block_size), int(q.shape[-2]), int(max_key_blocks), params)
+    _call(_C.discover_layout, q, k, k, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params,
+          seq_row_offset=layout.seq_row_offset, row_ptr=layout.row_ptr, col_idx=layout.col_idx)
+    return layout
+
+
+def block_sparse_attention(q, k, v, layout: Layout, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q: int = 0,
+                           max_seqlen_k: int = 0, softmax_scale: Optional[float] = None, return_lse: bool = False):
+    """Step 5 alone: exact attention restricted to ``layout``'s kept blocks (yours or :func:`select_blocks`')."""
+    params = dict(layout.params)
+    if softmax_scale is not None:
+        params["softmax_scale"] = float(softmax_scale)
+    out = _empty_like(q)
+    varlen = cu_seqlens_q is not None
+    lse_shape = (q.shape[1], q.shape[0]) if varlen else (q.shape[0], q.shape[2], q.shape[1])
+    lse = _empty_lse(q, lse_shape) if return_lse else None
+    _call(_C.block_sparse_attention, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params,
+          seq_row_offset=layout.seq_row_offset, row_ptr=layout.row_ptr, col_idx=layout.col_idx)
+    return (out, lse) if return_lse else out
+
+
+def make_structured_input(seq_len: int, heads_q: int = 32, heads_kv: int = 8, head_dim: int = 128, batch: int = 1, seed: int = 0):
+    """BENCHMARK.md's structured synthetic input: (q, k, v) as uint16 NumPy arrays holding bf16 bits.
+
+    With PyTorch: ``torch.from_numpy(q).view(torch.bfloat16)``.
+    """
+    return _C.make_structured_input(batch, seq_len, heads_q, heads_kv, head_dim, seed)

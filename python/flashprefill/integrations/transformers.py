@@ -1,0 +1,95 @@
+"""``attn_implementation="flashprefill"`` for Hugging Face transformers (Llama, Qwen2, Qwen3, Mistral-style).
+
+    import flashprefill.integrations.transformers as fpt
+    fpt.register()                      # once; importing this module also registers
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="flashprefill", torch_dtype=torch.bfloat16)
+
+Prefill of at least ``threshold`` tokens (default 4096) with a plain causal mask goes through FlashPrefill
+(also chunked prefill, ``q_len < kv_len``, bottom-right aligned). Shorter prefills, decoding, padded batches
+(an explicit mask), training and unsupported head dims go to the model's SDPA path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+
+from .. import _api
+
+# The paper's alpha per model family; anything else uses DEFAULT_ALPHA.
+MODEL_ALPHA: Dict[str, float] = {"llama": 0.18, "qwen2": 0.08, "qwen3": 0.12, "qwen3_moe": 0.12}
+DEFAULT_ALPHA = 0.12
+
+
+@dataclass
+class Settings:
+    alpha: Optional[float] = None  # None: MODEL_ALPHA by model_type
+    threshold: int = 4096          # shortest prefill (query tokens) that uses FlashPrefill
+    block_size: int = 128
+    sink_blocks: int = 2
+    window_blocks: int = 4
+    last_full_blocks: int = 2
+    collect_density: bool = False  # record the kept fraction per layer (adds a discovery pass and a sync)
+    densities: List[dict] = field(default_factory=list)
+
+
+settings = Settings()
+
+
+def configure(**kwargs) -> Settings:
+    """Override the defaults: ``configure(alpha=0.1, threshold=8192, collect_density=True)``."""
+    for name, value in kwargs.items():
+        if not hasattr(settings, name):
+            raise ValueError(f"flashprefill.integrations.transformers.configure: unknown setting '{name}'")
+        setattr(settings, name, value)
+    return settings
+
+
+def _alpha_for(module) -> float:
+    config = getattr(module, "config", None)
+    if config is not None and getattr(config, "flashprefill_alpha", None) is not None:
+        return float(config.flashprefill_alpha)
+    if settings.alpha is not None:
+        return float(settings.alpha)
+    return MODEL_ALPHA.get(getattr(config, "model_type", None), DEFAULT_ALPHA)
+
+
+def _uses_flashprefill(module, query, key, attention_mask, dropout) -> bool:
+    q_len, kv_len = query.shape[2], key.shape[2]
+    return (attention_mask is None and not module.training and dropout == 0.0 and q_len >= settings.threshold
+            and q_len <= kv_len and query.dtype in (torch.bfloat16, torch.float16) and query.shape[-1] in (64, 128)
+            and query.shape[1] % key.shape[1] == 0)
+
+
+def flashprefill_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention function: query ``[B, H_q, L_q, D]``, key/value ``[B, H_kv, L_kv, D]``;
+    returns ``([B, L_q, H_q, D], None)`` like the SDPA implementation."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    if not _uses_flashprefill(module, query, key, attention_mask, dropout):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [B, L, H, D] views, D contiguous
+    params = dict(alpha=_alpha_for(module), block_size=settings.block_size, sink_blocks=settings.sink_blocks,
+                  window_blocks=settings.window_blocks, last_full_blocks=settings.last_full_blocks, softmax_scale=scaling)
+    if settings.collect_density:
+        layout = _api.select_blocks(q, k, **params)
+        nqb = -(-q.shape[1] // settings.block_size)
+        causal = q.shape[0] * q.shape[2] * nqb * (nqb + 1) // 2
+        settings.densities.append({"layer": getattr(module, "layer_idx", None), "q_len": q.shape[1],
+                                   "density": layout.density(causal)})
+    out = _api.flash_prefill(q, k, v, **params)
+    return out, None
+
+
+def register(name: str = "flashprefill") -> None:
+    """Registers the attention function (and SDPA's mask builder, which gives None for a plain causal mask)."""
+    from transformers import AttentionInterface
+    AttentionInterface.register(name, flashprefill_attention_forward)
+    try:
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
+    except ImportError:  # older transformers build their masks without this registry
+        pass
+
+
+register()

@@ -1,0 +1,124 @@
+"""PyTorch tensors: the torch.library operators on CPU and CUDA, torch.compile, CUDA graphs, and the
+transformers integration. Skipped where PyTorch (or a GPU, for the CUDA tests) is missing."""
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed: the torch tests need it")
+import flashprefill as fp  # noqa: E402
+from reference import attention, rel_error  # noqa: E402
+
+needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and fp.cuda_available()),
+                               reason="no CUDA device: the GPU tests run only on a GPU machine")
+BF16_TOL = 1e-2
+
+
+def make(rng, b, lq, lkv, hq, hkv, d, device="cpu", dtype=torch.bfloat16):
+    gen = lambda *shape: torch.from_numpy(rng.standard_normal(shape).astype(np.float32)).to(device=device, dtype=dtype)
+    return gen(b, lq, hq, d), gen(b, lkv, hkv, d), gen(b, lkv, hkv, d)
+
+
+def ref_of(q, k, v, **kw):
+    return attention(q.float().cpu().numpy(), k.float().cpu().numpy(), v.float().cpu().numpy(), **kw)
+
+
+def test_torch_cpu_tensors(rng):
+    q, k, v = make(rng, 1, 200, 200, 4, 2, 64)
+    out, lse = fp.flash_prefill(q, k, v, alpha=0.0, block_size=64, return_lse=True)
+    ref, ref_lse = ref_of(q[0], k[0], v[0], block_size=64)
+    assert out.dtype == torch.bfloat16 and rel_error(out[0].float().numpy(), ref) <= BF16_TOL
+    np.testing.assert_allclose(lse[0].numpy(), ref_lse, rtol=2e-3, atol=2e-3)
+
+
+@needs_gpu
+def test_cuda_matches_cpu_backend_and_reference(rng):
+    q, k, v = make(rng, 2, 1000, 1000, 8, 2, 128)
+    cpu_layout = fp.select_blocks(q, k, alpha=0.12).rows()
+    qc, kc, vc = q.cuda(), k.cuda(), v.cuda()
+    gpu_layout = fp.select_blocks(qc, kc, alpha=0.12).rows()
+    differing = sum(a != b for a, b in zip(cpu_layout, gpu_layout))
+    assert differing <= len(cpu_layout) // 50, f"{differing} of {len(cpu_layout)} rows differ between backends"
+    out = fp.flash_prefill(qc, kc, vc, alpha=0.12)
+    nqb = len(gpu_layout) // (2 * 8)
+    for b in range(2):
+        ref, _ = ref_of(q[b], k[b], v[b], kept=lambda h, i: gpu_layout[b * 8 * nqb + h * nqb + i])
+        assert rel_error(out[b].float().cpu().numpy(), ref) <= BF16_TOL
+
+
+@needs_gpu
+def test_varlen_cuda(rng):
+    lengths = [700, 5, 300]
+    cu = torch.tensor(np.cumsum([0] + lengths), dtype=torch.int32, device="cuda")
+    q, k, v = make(rng, 1, sum(lengths), sum(lengths), 4, 2, 64, device="cuda")
+    out = fp.flash_prefill_varlen(q[0], k[0], v[0], cu, cu, max(lengths), max(lengths), alpha=0.0)
+    for b, start in enumerate(np.cumsum([0] + lengths)[:-1]):
+        end = start + lengths[b]
+        ref, _ = ref_of(q[0, start:end], k[0, start:end], v[0, start:end])
+        assert rel_error(out[start:end].float().cpu().numpy(), ref) <= BF16_TOL
+
+
+@needs_gpu
+def test_torch_compile_and_cuda_graph(rng):
+    q, k, v = make(rng, 1, 2048, 2048, 8, 2, 128, device="cuda")
+    eager = fp.flash_prefill(q, k, v)
+    compiled = torch.compile(lambda a, b, c: fp.flash_prefill(a, b, c) * 1.0, fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), eager, rtol=0, atol=0)
+    static_out = fp.flash_prefill(q, k, v)  # warm-up on this stream
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fp.flash_prefill(q, k, v)
+    static_out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(static_out, eager, rtol=0, atol=0)
+
+
+@needs_gpu
+def test_python_call_overhead_is_reported(rng):
+    """Not a timing assertion: prints the Python layer's cost over the C++ call for bench/RESULTS.md."""
+    q, k, v = make(rng, 1, 128, 128, 1, 1, 64, device="cuda")
+    out = torch.empty_like(q)
+    from flashprefill import _C
+    common = dict(q=q, k=k, v=v, out=out, lse=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0,
+                  alpha=0.12, block_size=128, sink_blocks=2, window_blocks=4, last_full_blocks=2, min_budget=0,
+                  softmax_scale=0.0, check_inputs=False, stream=torch.cuda.current_stream().cuda_stream)
+    def per_call(fn, n=2000):
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / n * 1e6
+    binding_us = per_call(lambda: _C.flash_prefill(workspace=None, **common))
+    api_us = per_call(lambda: fp.flash_prefill(q, k, v))
+    print(f"\n[overhead] binding call {binding_us:.1f} us/call, public API (torch op, allocation) {api_us:.1f} us/call, "
+          f"difference {api_us - binding_us:.1f} us")
+
+
+@needs_gpu
+def test_transformers_llama_matches_sdpa_and_generates(rng):
+    transformers = pytest.importorskip("transformers")
+    import flashprefill.integrations.transformers as fpt
+    config = transformers.LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=3,
+                                      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=8192)
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    ref_model = transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    ours = transformers.LlamaForCausalLM._from_config(config, attn_implementation="flashprefill").to("cuda", torch.bfloat16).eval()
+    ours.load_state_dict(ref_model.state_dict())
+    ref_model.config._attn_implementation = "sdpa"
+    ids = torch.randint(0, 512, (1, 2048), device="cuda")
+    fpt.configure(alpha=0.0, threshold=1024, collect_density=True)
+    fpt.settings.densities.clear()
+    with torch.no_grad():
+        logits = ours(ids).logits.float()
+        ref_logits = ref_model(ids).logits.float()
+    assert len(fpt.settings.densities) == 3, "every layer's prefill must have gone through FlashPrefill"
+    assert all(abs(d["density"] - 1.0) < 1e-9 for d in fpt.settings.densities)
+    assert rel_error(logits.cpu().numpy(), ref_logits.cpu().numpy()) <= 2e-2
+    fpt.configure(alpha=0.12, threshold=1024, collect_density=False)
+    with torch.no_grad():
+        generated = ours.generate(ids, max_new_tokens=8, do_sample=False)
+    assert generated.shape == (1, 2048 + 8)
