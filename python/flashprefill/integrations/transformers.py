@@ -7,6 +7,11 @@
 Prefill of at least ``threshold`` tokens (default 4096) with a plain causal mask goes through FlashPrefill
 (also chunked prefill, ``q_len < kv_len``, bottom-right aligned). Shorter prefills, decoding, padded batches
 (an explicit mask), training and unsupported head dims go to the model's SDPA path.
+
+transformers 5 treats every implementation name containing "flash" as a FlashAttention kernel: it builds
+FlashAttention-style masks for it (None without padding, else the 2D padding mask), which suits us, and it
+tries to preload a FlashAttention kernel of that name, which does not exist; ``register`` therefore makes
+that preload skip our name, and the SDPA fallback turns the 2D mask back into a 4D one.
 """
 from __future__ import annotations
 
@@ -62,12 +67,27 @@ def _uses_flashprefill(module, query, key, attention_mask, dropout) -> bool:
             and query.shape[1] % key.shape[1] == 0)
 
 
+def _sdpa_fallback(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
+    """The model's SDPA path, with the mask it needs: bottom-right causal (decoding, chunks), plus padding."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if attention_mask is None and q_len == kv_len:
+        return sdpa_attention_forward(module, query, key, value, None, scaling=scaling, dropout=dropout, **kwargs)
+    if attention_mask is not None and attention_mask.dim() == 4:
+        mask = attention_mask
+    else:
+        positions = torch.arange(kv_len - q_len, kv_len, device=query.device)
+        mask = (torch.arange(kv_len, device=query.device)[None, :] <= positions[:, None])[None, None]
+        if attention_mask is not None:  # [B, L_kv] padding mask of the FlashAttention-style builder
+            mask = mask & attention_mask[:, None, None, -kv_len:].bool()
+    return sdpa_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
+
+
 def flashprefill_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers attention function: query ``[B, H_q, L_q, D]``, key/value ``[B, H_kv, L_kv, D]``;
     returns ``([B, L_q, H_q, D], None)`` like the SDPA implementation."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
     if not _uses_flashprefill(module, query, key, attention_mask, dropout):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return _sdpa_fallback(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [B, L, H, D] views, D contiguous
     params = dict(alpha=_alpha_for(module), block_size=settings.block_size, sink_blocks=settings.sink_blocks,
                   window_blocks=settings.window_blocks, last_full_blocks=settings.last_full_blocks, softmax_scale=scaling)
@@ -81,15 +101,34 @@ def flashprefill_attention_forward(module, query, key, value, attention_mask, sc
     return out, None
 
 
+def _skip_flash_kernel_preload(name: str) -> None:
+    import transformers.modeling_utils as modeling_utils
+    preload = getattr(modeling_utils, "lazy_import_flash_attention", None)
+    if preload is None or getattr(preload, "flashprefill_names", None) is not None:
+        if preload is not None:
+            preload.flashprefill_names.add(name)
+        return
+
+    def preload_except_flashprefill(implementation, *args, **kwargs):
+        if implementation is not None and implementation.split("|")[-1] in preload_except_flashprefill.flashprefill_names:
+            return None
+        return preload(implementation, *args, **kwargs)
+
+    preload_except_flashprefill.flashprefill_names = {name}
+    modeling_utils.lazy_import_flash_attention = preload_except_flashprefill
+
+
 def register(name: str = "flashprefill") -> None:
-    """Registers the attention function (and SDPA's mask builder, which gives None for a plain causal mask)."""
+    """Registers the attention function and its mask builder (FlashAttention's: None for a plain causal mask)."""
     from transformers import AttentionInterface
     AttentionInterface.register(name, flashprefill_attention_forward)
     try:
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-        ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, flash_attention_mask)
     except ImportError:  # older transformers build their masks without this registry
         pass
+    if "flash" in name:
+        _skip_flash_kernel_preload(name)
 
 
 register()
