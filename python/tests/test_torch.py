@@ -105,10 +105,14 @@ def test_transformers_llama_matches_sdpa_and_generates(rng):
     config = transformers.LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=3,
                                       num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=8192)
     torch.manual_seed(int(rng.integers(1 << 30)))
-    ref_model = transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
-    ours = transformers.LlamaForCausalLM._from_config(config, attn_implementation="flashprefill").to("cuda", torch.bfloat16).eval()
+    import copy
+    # Separate configs: the attention implementation is a config attribute.
+    ref_model = transformers.LlamaForCausalLM._from_config(copy.deepcopy(config), attn_implementation="sdpa")
+    ref_model = ref_model.to("cuda", torch.bfloat16).eval()
+    ours = transformers.LlamaForCausalLM._from_config(copy.deepcopy(config), attn_implementation="flashprefill")
+    ours = ours.to("cuda", torch.bfloat16).eval()
     ours.load_state_dict(ref_model.state_dict())
-    ref_model.config._attn_implementation = "sdpa"
+    assert ours.config._attn_implementation == "flashprefill" and ref_model.config._attn_implementation == "sdpa"
     ids = torch.randint(0, 512, (1, 2048), device="cuda")
     fpt.configure(alpha=0.0, threshold=1024, collect_density=True)
     fpt.settings.densities.clear()
