@@ -1,11 +1,11 @@
 // The public API: validate every argument, build a Problem, dispatch to the tensors' backend.
 // Nothing here computes; every message names the argument, its value and what was expected.
 #include <cmath>
-#include <cstring>
 #include <string>
 #include <vector>
 
 #include "backend.hpp"
+#include "common/half.hpp"
 #include "common/problem.hpp"
 #include "common/validate.hpp"
 #include "device_memory.hpp"
@@ -69,16 +69,6 @@ void check_cu_seqlens_values(const std::vector<int32_t>& cu, const char* name, i
     fail(std::string(name) + " ends at " + str(cu.back()) + " but the packed tensor has only " + str(total) + " tokens");
 }
 
-float bf16_to_float(uint16_t bits) {
-  const uint32_t word = uint32_t(bits) << 16;
-  float f;
-  std::memcpy(&f, &word, 4);
-  return f;
-}
-bool half_bits_finite(uint16_t bits, DType dtype) {
-  if (dtype == DType::bf16) return std::isfinite(bf16_to_float(bits));
-  return (bits & 0x7C00u) != 0x7C00u;  // fp16: exponent all ones is Inf or NaN
-}
 
 // Scans a (strided, 16-bit) tensor for NaN / Inf; copies it to the host first when it lives on a GPU.
 void check_finite(const TensorView& t, const char* name) {
@@ -91,7 +81,7 @@ void check_finite(const TensorView& t, const char* name) {
   for (int64_t n = 0; n < t.numel(); ++n) {
     int64_t offset = 0;
     for (int d = 0; d < t.rank; ++d) offset += index[d] * t.stride[d];
-    if (!half_bits_finite(host[size_t(offset)], t.dtype)) {
+    if (!std::isfinite(detail::half_bits_to_float(host[size_t(offset)], t.dtype))) {
       std::string where;
       for (int d = 0; d < t.rank; ++d) where += (d ? ", " : "") + str(index[d]);
       fail(std::string(name) + " holds a NaN or Inf at [" + where + "] (check_inputs is on)");
@@ -250,30 +240,9 @@ using detail::Needs;
 
 bool is_cpu(const Problem& p) { return p.device.type == DeviceType::cpu; }
 
-StageShapes shapes_of(const Problem& p) {
-  const int64_t block = p.block();
-  StageShapes s;
-  s.num_seqs = p.num_seqs;
-  s.max_key_blocks = num_key_blocks(p.len_kv, block);
-  if (!p.varlen) {
-    const int64_t nqb = num_query_blocks(p.len_q, p.len_kv, block);
-    const int64_t first = first_query_block(p.len_q, p.len_kv, block);
-    s.pooled_key_slots = p.num_seqs * s.max_key_blocks;
-    s.max_rows = p.num_seqs * p.heads_q * nqb;
-    // sum over the query blocks i = first .. first + nqb - 1 of (i + 1) causal key blocks
-    s.max_cols = p.num_seqs * p.heads_q * (nqb * (2 * first + nqb + 1) / 2);
-  } else {
-    // Host-side bounds that need no read of cu_seqlens: each sequence has at most
-    // L_q / B + 2 query blocks and L_kv / B + 1 key blocks.
-    s.pooled_key_slots = p.total_kv / block + p.num_seqs;
-    s.max_rows = p.heads_q * (p.total_q / block + 2 * p.num_seqs);
-    s.max_cols = s.max_rows * s.max_key_blocks;
-  }
-  return s;
-}
 
 void check_layout(const Problem& p, const BlockSparseLayout& layout, const char* stage) {
-  const StageShapes s = shapes_of(p);
+  const StageShapes s = detail::stage_shapes_of(p);
   const std::string where = std::string(stage) + ": layout";
   if (layout.block_size != p.block())
     fail(where + ".block_size is " + str(layout.block_size) + " but params.block_size is " + str(p.block()) + "; expected the same");
@@ -305,7 +274,7 @@ void check_fp32_matrix(const TensorView& t, const char* name, int64_t rows, int6
 }
 
 void check_pooled(const Problem& p, const TensorView& pooled) {
-  const StageShapes s = shapes_of(p);
+  const StageShapes s = detail::stage_shapes_of(p);
   check_given(pooled, "pooled_keys");
   if (pooled.dtype != DType::fp32 || pooled.rank != 3 || pooled.shape[0] < s.pooled_key_slots ||
       pooled.shape[1] != p.heads_kv || pooled.shape[2] != p.head_dim || !pooled.is_contiguous())
@@ -324,7 +293,7 @@ struct WorkspacePlan {
 };
 
 BlockSparseLayout layout_view(const Problem& p, void* seq_row_offset, void* row_ptr, void* col_idx) {
-  const StageShapes s = shapes_of(p);
+  const StageShapes s = detail::stage_shapes_of(p);
   BlockSparseLayout layout;
   layout.block_size = p.block();
   layout.num_seqs = p.num_seqs;
@@ -338,7 +307,7 @@ BlockSparseLayout layout_view(const Problem& p, void* seq_row_offset, void* row_
 }
 
 WorkspacePlan plan_workspace(const Problem& p) {
-  const StageShapes s = shapes_of(p);
+  const StageShapes s = detail::stage_shapes_of(p);
   WorkspacePlan plan;
   plan.seq_row_offset = align_up(size_t(p.num_seqs + 1) * 8);
   plan.row_ptr = align_up(size_t(s.max_rows + 1) * 8);
@@ -376,12 +345,12 @@ void Params::validate() const {
 }
 
 StageShapes stage_shapes(const AttentionArgs& args, const Params& params) {
-  return shapes_of(make_problem(args, params, Needs::discovery));
+  return detail::stage_shapes_of(make_problem(args, params, Needs::discovery));
 }
 
 LayoutStorage allocate_layout(const AttentionArgs& args, const Params& params) {
   const Problem p = make_problem(args, params, Needs::discovery);
-  const StageShapes s = shapes_of(p);
+  const StageShapes s = detail::stage_shapes_of(p);
   LayoutStorage storage;
   storage.seq_row_offset = Buffer::allocate(p.device, size_t(p.num_seqs + 1) * 8);
   storage.row_ptr = Buffer::allocate(p.device, size_t(s.max_rows + 1) * 8);
@@ -402,7 +371,7 @@ void pool_keys(const AttentionArgs& args, const Params& params, const TensorView
 
 void block_scores(const AttentionArgs& args, const Params& params, const TensorView& pooled_keys, const TensorView& scores) {
   const Problem p = make_problem(args, params, Needs::discovery);
-  const StageShapes s = shapes_of(p);
+  const StageShapes s = detail::stage_shapes_of(p);
   check_pooled(p, pooled_keys);
   check_fp32_matrix(scores, "scores", s.max_rows, s.max_key_blocks, p.device);
   if (nothing_to_do(p)) return;
@@ -412,7 +381,7 @@ void block_scores(const AttentionArgs& args, const Params& params, const TensorV
 
 void select_blocks(const AttentionArgs& args, const Params& params, const TensorView& scores, const BlockSparseLayout& layout) {
   const Problem p = make_problem(args, params, Needs::discovery);
-  const StageShapes s = shapes_of(p);
+  const StageShapes s = detail::stage_shapes_of(p);
   check_fp32_matrix(scores, "scores", s.max_rows, s.max_key_blocks, p.device);
   check_layout(p, layout, "select_blocks");
   if (is_cpu(p)) cpu::select_blocks(p, scores.ptr<const float>(), scores.stride[0], layout);

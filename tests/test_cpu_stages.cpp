@@ -53,16 +53,7 @@ void check_layout(HostBatch& batch, const Params& params, std::vector<std::vecto
   const auto ref_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
   const auto ref_rows = reference::select_blocks(problem, ref_scores, shapes.max_key_blocks);
   ASSERT_EQ(rows.size(), ref_rows.size());
-  for (size_t r = 0; r < rows.size(); ++r) {
-    if (rows[r] == ref_rows[r]) continue;
-    const double* S = &ref_scores[r * shapes.max_key_blocks];
-    const double threshold = params.alpha * *std::max_element(S, S + ref_rows[r].back() + 1);
-    std::vector<int32_t> diff;
-    std::set_symmetric_difference(rows[r].begin(), rows[r].end(), ref_rows[r].begin(), ref_rows[r].end(),
-                                  std::back_inserter(diff));
-    for (int32_t j : diff)
-      EXPECT_NEAR(S[j], threshold, 1e-4 * threshold) << "row " << r << " block " << j << " differs away from the threshold";
-  }
+  expect_rows_differ_only_at_threshold(rows, ref_rows, ref_scores, shapes.max_key_blocks, params.alpha, 1e-4);
   if (kept_out) *kept_out = rows;
 }
 
@@ -74,16 +65,7 @@ void check_attention(HostBatch& batch, const Params& params) {
   const detail::Problem problem = make_problem(args, params, Needs::attention);
   const auto ref = reference::attention(problem, rows);
   EXPECT_LE(relative_error(batch.out, batch.dtype, ref.out), tolerance(batch.dtype));
-  // lse: [B, H, L_q] padded, [H, T] varlen; reference is [token][head].
-  for (int64_t b = 0; b < problem.num_seqs; ++b) {
-    const auto s = problem.seq(b);
-    for (int64_t t = 0; t < s.len_q; ++t)
-      for (int64_t h = 0; h < problem.heads_q; ++h) {
-        const double expected = ref.lse[reference::token_index(problem, b, t) * problem.heads_q + h];
-        const float got = batch.lse[problem.lse_offset(b, s, t, h)];
-        ASSERT_NEAR(got, expected, 1e-3 * (1 + std::abs(expected))) << "lse b=" << b << " t=" << t << " h=" << h;
-      }
-  }
+  expect_lse_near(problem, ref.lse, batch.lse, 1e-3);
 }
 
 struct RandomCase {

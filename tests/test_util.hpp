@@ -4,7 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <cstdint>
 #include <cstdlib>
 #include <random>
@@ -27,12 +29,8 @@ inline uint64_t fresh_seed() {
   const uint64_t seed_var = ::flashprefill::testing::fresh_seed(); \
   SCOPED_TRACE("seed=" + std::to_string(seed_var) + " (rerun with FLASHPREFILL_SEED=" + std::to_string(seed_var) + ")")
 
-inline uint16_t to_half(float value, DType dtype) {
-  return dtype == DType::bf16 ? detail::float_to_bf16(value) : detail::float_to_fp16(value);
-}
-inline double from_half(uint16_t bits, DType dtype) {
-  return dtype == DType::bf16 ? detail::bf16_to_float(bits) : detail::fp16_to_float(bits);
-}
+inline uint16_t to_half(float value, DType dtype) { return detail::float_to_half_bits(value, dtype); }
+inline double from_half(uint16_t bits, DType dtype) { return detail::half_bits_to_float(bits, dtype); }
 
 // Tolerance of ALGORITHM.md for the output of attention (relative Frobenius error).
 inline double tolerance(DType dtype) { return dtype == DType::bf16 ? 1e-2 : 2e-3; }
@@ -154,6 +152,42 @@ inline std::vector<std::vector<int32_t>> rows_of(const BlockSparseLayout& layout
   std::vector<std::vector<int32_t>> rows(static_cast<size_t>(offsets[layout.num_seqs]));
   for (size_t r = 0; r < rows.size(); ++r) rows[r].assign(col_idx + row_ptr[r], col_idx + row_ptr[r + 1]);
   return rows;
+}
+
+// Two layouts may differ only in blocks whose fp64 score (ref_scores, [row][max_key_blocks]) lies
+// within rel_tol of the row's threshold alpha * max. Returns how many blocks differ.
+inline int64_t expect_rows_differ_only_at_threshold(const std::vector<std::vector<int32_t>>& rows,
+                                                    const std::vector<std::vector<int32_t>>& expected,
+                                                    const std::vector<double>& ref_scores, int64_t max_key_blocks,
+                                                    double alpha, double rel_tol) {
+  int64_t differing = 0;
+  for (size_t r = 0; r < std::min(rows.size(), expected.size()); ++r) {
+    if (rows[r] == expected[r]) continue;
+    const double* S = &ref_scores[r * max_key_blocks];
+    const double threshold = alpha * *std::max_element(S, S + expected[r].back() + 1);
+    std::vector<int32_t> diff;
+    std::set_symmetric_difference(rows[r].begin(), rows[r].end(), expected[r].begin(), expected[r].end(),
+                                  std::back_inserter(diff));
+    for (int32_t j : diff) {
+      EXPECT_NEAR(S[j], threshold, rel_tol * threshold) << "row " << r << " block " << j << " differs away from the threshold";
+      ++differing;
+    }
+  }
+  return differing;
+}
+
+// lse of a call ([B, H, L_q] padded, [H, T] varlen) against the reference's [token][head].
+inline void expect_lse_near(const detail::Problem& problem, const std::vector<double>& ref_lse, const std::vector<float>& lse,
+                            double rel_tol) {
+  for (int64_t b = 0; b < problem.num_seqs; ++b) {
+    const auto s = problem.seq(b);
+    for (int64_t t = 0; t < s.len_q; ++t)
+      for (int64_t h = 0; h < problem.heads_q; ++h) {
+        const double expected = ref_lse[reference::token_index(problem, b, t) * problem.heads_q + h];
+        ASSERT_NEAR(lse[problem.lse_offset(b, s, t, h)], expected, rel_tol * (1 + std::abs(expected)))
+            << "lse b=" << b << " t=" << t << " h=" << h;
+      }
+  }
 }
 
 }  // namespace flashprefill::testing

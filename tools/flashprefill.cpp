@@ -164,7 +164,7 @@ double time_ms(const std::function<void()>& run, int repeats, Device device) {
 }
 
 double relative_error(const std::vector<uint16_t>& got, const std::vector<uint16_t>& want, DType dtype) {
-  auto value = [&](uint16_t bits) { return double(dtype == DType::bf16 ? detail::bf16_to_float(bits) : detail::fp16_to_float(bits)); };
+  auto value = [&](uint16_t bits) { return double(detail::half_bits_to_float(bits, dtype)); };
   double err = 0, norm = 0;
   for (size_t n = 0; n < want.size(); ++n) {
     const double d = value(got[n]) - value(want[n]);
@@ -181,7 +181,7 @@ double attention_recall(const Setup& setup, const Inputs& in, const HostLayout& 
   const int64_t B = setup.params.block_size, D = s.head_dim, group = s.heads_q / s.heads_kv;
   const int64_t nqb = num_query_blocks(s.seq_len, s.seq_len, B);
   const double scale = setup.params.scale > 0 ? setup.params.scale : 1.0 / std::sqrt(double(D));
-  auto value = [&](uint16_t bits) { return double(setup.dtype == DType::bf16 ? detail::bf16_to_float(bits) : detail::fp16_to_float(bits)); };
+  auto value = [&](uint16_t bits) { return double(detail::half_bits_to_float(bits, setup.dtype)); };
   std::mt19937_64 rng(setup.seed + 1);
   double total = 0;
   std::vector<double> logits;

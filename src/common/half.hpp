@@ -69,6 +69,14 @@ FP_HOST_DEVICE inline uint16_t float_to_fp16(float f) {
   return uint16_t(sign | ((rounded - (112u << 23)) >> 13));
 }
 
+// By run-time dtype (bf16 or fp16): for host code that reads or writes tensors of either.
+FP_HOST_DEVICE inline float half_bits_to_float(uint16_t h, DType dtype) {
+  return dtype == DType::bf16 ? bf16_to_float(h) : fp16_to_float(h);
+}
+FP_HOST_DEVICE inline uint16_t float_to_half_bits(float f, DType dtype) {
+  return dtype == DType::bf16 ? float_to_bf16(f) : float_to_fp16(f);
+}
+
 template <bool kIsBf16>
 FP_HOST_DEVICE inline float half_to_float(uint16_t h) {
   if constexpr (kIsBf16) return bf16_to_float(h); else return fp16_to_float(h);

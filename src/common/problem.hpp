@@ -74,6 +74,31 @@ struct Problem {
   }
 };
 
+// Capacities of the stage outputs (StageShapes in flashprefill.hpp), from shapes alone: exact for
+// padded batches, bounds that need no read of cu_seqlens for varlen ones. Every backend sizes its
+// buffers from this one definition.
+inline StageShapes stage_shapes_of(const Problem& p) {
+  const int64_t block = p.block();
+  StageShapes s;
+  s.num_seqs = p.num_seqs;
+  s.max_key_blocks = num_key_blocks(p.len_kv, block);
+  if (!p.varlen) {
+    const int64_t nqb = num_query_blocks(p.len_q, p.len_kv, block);
+    const int64_t first = first_query_block(p.len_q, p.len_kv, block);
+    s.pooled_key_slots = p.num_seqs * s.max_key_blocks;
+    s.max_rows = p.num_seqs * p.heads_q * nqb;
+    // sum over the query blocks i = first .. first + nqb - 1 of (i + 1) causal key blocks
+    s.max_cols = p.num_seqs * p.heads_q * (nqb * (2 * first + nqb + 1) / 2);
+  } else {
+    // Host-side bounds that need no read of cu_seqlens: each sequence has at most
+    // L_q / B + 2 query blocks and L_kv / B + 1 key blocks.
+    s.pooled_key_slots = p.total_kv / block + p.num_seqs;
+    s.max_rows = p.heads_q * (p.total_q / block + 2 * p.num_seqs);
+    s.max_cols = s.max_rows * s.max_key_blocks;
+  }
+  return s;
+}
+
 // ALGORITHM.md step 3's forced blocks, on absolute block indices: sinks, the local window and
 // the last query blocks of the sequence (counted on the key axis, so chunked prefill agrees
 // with a full prefill of the same sequence). The caller guarantees j <= i.

@@ -20,8 +20,7 @@ using detail::SeqExtent;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 float load(const Problem& p, const void* base, int64_t offset) {
-  const uint16_t bits = static_cast<const uint16_t*>(base)[offset];
-  return p.dtype == DType::bf16 ? detail::bf16_to_float(bits) : detail::fp16_to_float(bits);
+  return detail::half_bits_to_float(static_cast<const uint16_t*>(base)[offset], p.dtype);
 }
 // n contiguous 16-bit values -> fp32 (the dtype branch outside the loop, so it vectorises).
 void load_row(const Problem& p, const void* base, int64_t offset, int64_t n, float* out) {
@@ -33,7 +32,7 @@ void load_row(const Problem& p, const void* base, int64_t offset, int64_t n, flo
 }
 
 void store(const Problem& p, void* base, int64_t offset, float value) {
-  static_cast<uint16_t*>(base)[offset] = p.dtype == DType::bf16 ? detail::float_to_bf16(value) : detail::float_to_fp16(value);
+  static_cast<uint16_t*>(base)[offset] = detail::float_to_half_bits(value, p.dtype);
 }
 
 // One layout row: which sequence, head and query block, and the query rows it holds.
@@ -172,21 +171,13 @@ struct ConvertedKV {
   const float* v_block(const Problem& p, int64_t slot, int64_t kv_head) const { return &v[(slot * p.heads_kv + kv_head) * block_elems]; }
 };
 
-int64_t key_block_slots(const Problem& p) {
-  int64_t slots = 0;
-  for (int64_t b = 0; b < p.num_seqs; ++b) {
-    const SeqExtent s = p.seq(b);
-    slots = std::max(slots, p.pooled_slot0(b, s) + num_key_blocks(s.len_kv, p.block()));
-  }
-  return slots;
-}
 
 ConvertedKV convert_kv(const Problem& p) {
   ConvertedKV kv;
   const int64_t D = p.head_dim, block = p.block();
   kv.n_pad = round_up(block, kernels::kColumnTile);
   kv.block_elems = kv.n_pad * D;
-  const int64_t slots = key_block_slots(p);
+  const int64_t slots = detail::stage_shapes_of(p).pooled_key_slots;
   kv.kt.assign(static_cast<size_t>(slots * p.heads_kv * kv.block_elems), 0.0f);
   kv.v.assign(kv.kt.size(), 0.0f);
   for (int64_t b = 0; b < p.num_seqs; ++b) {
@@ -337,7 +328,7 @@ void select_blocks(const Problem& p, const float* scores, int64_t ld, const Bloc
 }
 
 void discover_layout(const Problem& p, const BlockSparseLayout& layout, void* workspace) {
-  const int64_t slots = key_block_slots(p);
+  const int64_t slots = detail::stage_shapes_of(p).pooled_key_slots;
   std::vector<float> pooled(static_cast<size_t>(slots * p.heads_kv * p.head_dim));
   pool_keys(p, pooled.data());
   std::vector<int64_t> ld_pooled;

@@ -9,7 +9,6 @@ namespace flashprefill::cpu::kernels {
   void pv(const float*, int64_t, int64_t, int64_t, const float*, int64_t, float*);                          \
   void exp2_rows(float*, int64_t, int64_t, int64_t, const float*);                                           \
   void online_softmax_block(float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*, float*, float*, int64_t); \
-  float exp2_scalar(float);                                                                                   \
   }
 FP_DECLARE_KERNELS(avx512)
 FP_DECLARE_KERNELS(avx2)
@@ -24,10 +23,9 @@ struct KernelTable {
   decltype(&generic::pv) pv;
   decltype(&generic::exp2_rows) exp2_rows;
   decltype(&generic::online_softmax_block) online_softmax_block;
-  decltype(&generic::exp2_scalar) exp2_scalar;
 };
 
-#define FP_KERNEL_TABLE(isa) KernelTable{#isa, isa::qk, isa::pv, isa::exp2_rows, isa::online_softmax_block, isa::exp2_scalar}
+#define FP_KERNEL_TABLE(isa) KernelTable{#isa, isa::qk, isa::pv, isa::exp2_rows, isa::online_softmax_block}
 
 const KernelTable& table() {
   static const KernelTable chosen = [] {
@@ -58,7 +56,6 @@ void online_softmax_block(float* s, int64_t m, int64_t m_pad, int64_t ld, int64_
                           float* row_max, float* row_sum, float* o, int64_t D) {
   table().online_softmax_block(s, m, m_pad, ld, keys, first_visible, row_max, row_sum, o, D);
 }
-float exp2_approx(float x) { return table().exp2_scalar(x); }
 const char* isa_name() { return table().name; }
 
 }  // namespace flashprefill::cpu::kernels

@@ -31,9 +31,6 @@ void exp2_rows(float* x, int64_t rows, int64_t cols, int64_t ld, const float* ro
 void online_softmax_block(float* s, int64_t m, int64_t m_pad, int64_t ld, int64_t keys, int64_t first_visible,
                           float* row_max, float* row_sum, float* o, int64_t D);
 
-// 2^x for finite x, 0 for x <= -126 or -inf (for scalar use outside the kernels).
-float exp2_approx(float x);
-
 // Which instruction set the kernels run with on this CPU: "avx512", "avx2" or "generic".
 const char* isa_name();
 

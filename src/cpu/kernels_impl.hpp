@@ -30,8 +30,6 @@ using ::flashprefill::cpu::kernels::kRowGroup;
 }
 
 
-float exp2_scalar(float x) { return exp2_approx(x); }
-
 void qk(const float* q, int64_t m, int64_t D, const float* kt, int64_t ld_kt, int64_t n, float* s, int64_t ld_s) {
   // Column panels outermost: one D x 64 panel of kt stays in L1 while every row group uses it.
   for (int64_t c0 = 0; c0 < n; c0 += kColumnTile)

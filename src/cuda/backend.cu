@@ -19,11 +19,7 @@ using detail::Problem;
 constexpr size_t kAlign = 256;
 size_t align_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
-int64_t max_rows_of(const Problem& p) {
-  const int64_t block = p.params.block_size;
-  return p.varlen ? p.heads_q * (p.total_q / block + 2 * p.num_seqs) : p.num_seqs * p.heads_q * num_query_blocks(p.len_q, p.len_kv, block);
-}
-int64_t max_key_blocks_of(const Problem& p) { return num_key_blocks(p.len_kv, p.params.block_size); }
+int64_t max_rows_of(const Problem& p) { return detail::stage_shapes_of(p).max_rows; }
 
 void check_block_size(const Problem& p) {
   if (p.params.block_size != 64 && p.params.block_size != 128)
@@ -82,7 +78,7 @@ SchedulePlan schedule_plan(int64_t max_rows) {
 
 size_t discover_workspace_size(const Problem& p) {
   check_block_size(p);
-  return discovery::plan(p, max_rows_of(p), max_key_blocks_of(p)).total();
+  return discovery::plan(p, max_rows_of(p)).total();
 }
 
 size_t attention_workspace_size(const Problem& p, const BlockSparseLayout& layout) {
@@ -95,7 +91,7 @@ void fill_seq_row_offsets(const Problem& p, const BlockSparseLayout& layout) {
 
 void pool_keys(const Problem& p, float* pooled_keys) {
   check_block_size(p);
-  const discovery::Plan plan = discovery::plan(p, 0, max_key_blocks_of(p));
+  const discovery::Plan plan = discovery::plan(p, 0);
   discovery::Buffers buffers = discovery::carve(plan, detail::cached_workspace(p.device, plan.total()));
   buffers.pooled = pooled_keys;
   discovery::pool_keys(p, buffers);
@@ -103,7 +99,7 @@ void pool_keys(const Problem& p, float* pooled_keys) {
 
 void block_scores(const Problem& p, const float* pooled_keys, float* scores, int64_t ld) {
   check_block_size(p);
-  const discovery::Plan plan = discovery::plan(p, max_rows_of(p), max_key_blocks_of(p));
+  const discovery::Plan plan = discovery::plan(p, max_rows_of(p));
   const size_t offsets_bytes = align_up(size_t(p.num_seqs + 1) * 8);
   char* scratch = static_cast<char*>(detail::cached_workspace(p.device, plan.total() + offsets_bytes));
   const discovery::Buffers buffers = discovery::carve(plan, scratch + offsets_bytes);
@@ -116,7 +112,7 @@ void block_scores(const Problem& p, const float* pooled_keys, float* scores, int
 
 void select_blocks(const Problem& p, const float* scores, int64_t ld, const BlockSparseLayout& layout) {
   check_block_size(p);
-  const discovery::Plan plan = discovery::plan(p, layout.max_rows, max_key_blocks_of(p));
+  const discovery::Plan plan = discovery::plan(p, layout.max_rows);
   const discovery::Buffers buffers = discovery::carve(plan, detail::cached_workspace(p.device, plan.total()));
   auto* seq_row_offset = layout.seq_row_offset.ptr<int64_t>();
   discovery::fill_seq_row_offsets(p, seq_row_offset);
@@ -127,7 +123,7 @@ void select_blocks(const Problem& p, const float* scores, int64_t ld, const Bloc
 
 void discover_layout(const Problem& p, const BlockSparseLayout& layout, void* workspace) {
   check_block_size(p);
-  const discovery::Plan plan = discovery::plan(p, layout.max_rows, max_key_blocks_of(p));
+  const discovery::Plan plan = discovery::plan(p, layout.max_rows);
   const discovery::Buffers buffers = discovery::carve(plan, workspace);
   auto* seq_row_offset = layout.seq_row_offset.ptr<int64_t>();
   discovery::fill_seq_row_offsets(p, seq_row_offset);

@@ -343,11 +343,12 @@ int64_t grid_query_blocks(const Problem& p) {
 
 }  // namespace
 
-Plan plan(const Problem& p, int64_t max_rows, int64_t max_key_blocks) {
+Plan plan(const Problem& p, int64_t max_rows) {
+  const StageShapes shapes = detail::stage_shapes_of(p);
   Plan plan;
   plan.max_rows = max_rows;
-  plan.words = (max_key_blocks + 31) / 32;
-  plan.slots = p.varlen ? p.total_kv / p.params.block_size + p.num_seqs : p.num_seqs * num_key_blocks(p.len_kv, p.params.block_size);
+  plan.words = (shapes.max_key_blocks + 31) / 32;
+  plan.slots = shapes.pooled_key_slots;
   plan.pooled = align_up(size_t(plan.slots * p.heads_kv * p.head_dim) * 4);
   plan.pooled_half = align_up(size_t(plan.slots * p.heads_kv * p.head_dim) * 2);
   plan.counts = align_up(size_t(max_rows) * 8);

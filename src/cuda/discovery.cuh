@@ -27,7 +27,7 @@ struct Plan {
   int64_t slots = 0, max_rows = 0, words = 0;
   size_t total() const { return pooled + 2 * pooled_half + counts + kept_bits + scan_temp; }
 };
-Plan plan(const detail::Problem& p, int64_t max_rows, int64_t max_key_blocks);
+Plan plan(const detail::Problem& p, int64_t max_rows);  // key blocks and slots from stage_shapes_of
 Buffers carve(const Plan& plan, void* workspace);
 
 void fill_seq_row_offsets(const detail::Problem& p, int64_t* seq_row_offset);

@@ -90,19 +90,8 @@ std::vector<std::vector<int32_t>> check_layout_matches_cpu(HostBatch& host, Devi
   const detail::Problem problem = make_problem(cpu_args, params, Needs::discovery);
   const StageShapes shapes = stage_shapes(cpu_args, params);
   const auto ref_scores = reference::block_scores(problem, reference::pool_keys(problem, shapes.pooled_key_slots), shapes.max_key_blocks);
-  int64_t near_threshold = 0;
-  for (size_t r = 0; r < std::min(gpu_rows.size(), cpu_rows.size()); ++r) {
-    if (gpu_rows[r] == cpu_rows[r]) continue;
-    const double* S = &ref_scores[r * shapes.max_key_blocks];
-    const double threshold = params.alpha * *std::max_element(S, S + cpu_rows[r].back() + 1);
-    std::vector<int32_t> diff;
-    std::set_symmetric_difference(gpu_rows[r].begin(), gpu_rows[r].end(), cpu_rows[r].begin(), cpu_rows[r].end(),
-                                  std::back_inserter(diff));
-    for (int32_t j : diff) {
-      EXPECT_NEAR(S[j], threshold, 1e-3 * threshold) << "row " << r << " block " << j << ": GPU and CPU differ away from the threshold";
-      ++near_threshold;
-    }
-  }
+  const int64_t near_threshold =
+      expect_rows_differ_only_at_threshold(gpu_rows, cpu_rows, ref_scores, shapes.max_key_blocks, params.alpha, 1e-3);
   if (near_threshold) std::printf("  [layout] %ld block(s) differ, all within rounding of the threshold\n", long(near_threshold));
   return gpu_rows;
 }
@@ -117,14 +106,7 @@ void check_gpu_attention(HostBatch& host, const Params& params) {
   const detail::Problem problem = make_problem(host.args(true), params, Needs::attention);
   const auto ref = reference::attention(problem, gpu_rows);
   EXPECT_LE(relative_error(host.out, host.dtype, ref.out), tolerance(host.dtype));
-  for (int64_t b = 0; b < problem.num_seqs; ++b) {
-    const auto s = problem.seq(b);
-    for (int64_t t = 0; t < s.len_q; ++t)
-      for (int64_t h = 0; h < problem.heads_q; ++h) {
-        const double expected = ref.lse[reference::token_index(problem, b, t) * problem.heads_q + h];
-        ASSERT_NEAR(host.lse[problem.lse_offset(b, s, t, h)], expected, 2e-3 * (1 + std::abs(expected))) << "lse b=" << b << " t=" << t;
-      }
-  }
+  expect_lse_near(problem, ref.lse, host.lse, 2e-3);
 }
 
 TEST(Cuda, RandomShapesMatchCpuAndReference) {
