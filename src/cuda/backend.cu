@@ -4,6 +4,8 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include <climits>
+#include <cstdlib>
+#include <string>
 
 #include "backend.hpp"
 #include "cuda/check.cuh"
@@ -37,11 +39,18 @@ DeviceInfo device_info(const Problem& p) {
   return info;
 }
 
+// FLASHPREFILL_CUDA_ATTENTION=ampere forces the sm_80 kernel on a Hopper GPU (tests run both
+// kernels on one machine; also a fallback switch for users). Read per call so tests can flip it.
+bool force_ampere_kernel() {
+  const char* choice = std::getenv("FLASHPREFILL_CUDA_ATTENTION");
+  return choice != nullptr && std::string(choice) == "ampere";
+}
+
 void run_attention(SparseAttentionParams& params) {
   const DeviceInfo info = device_info(params.problem);
   params.num_sms = info.sms;
 #ifdef FLASHPREFILL_HAS_HOPPER_KERNEL
-  if (hopper::supports(params.problem, info.major, info.minor)) return hopper::run(params);
+  if (!force_ampere_kernel() && hopper::supports(params.problem, info.major, info.minor)) return hopper::run(params);
 #endif
   if (!ampere::supports(params.problem, info.major, info.minor) && info.major < 8)
     throw Error("flashprefill: the CUDA backend needs compute capability 8.0 or newer; this GPU is " +

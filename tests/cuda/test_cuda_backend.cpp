@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "test_util.hpp"
 
@@ -109,14 +110,12 @@ void check_gpu_attention(HostBatch& host, const Params& params) {
   expect_lse_near(problem, ref.lse, host.lse, 2e-3);
 }
 
-TEST(Cuda, RandomShapesMatchCpuAndReference) {
-  FP_REQUIRE_GPU();
-  FP_SEEDED(seed);
+void check_random_shapes(uint64_t seed, int trials) {
   std::mt19937_64 rng(seed);
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
-  for (int trial = 0; trial < 10; ++trial) {
+  for (int trial = 0; trial < trials; ++trial) {
     Params params;
-    params.block_size = pick(0, 1) ? 64 : 128;
+    params.block_size = pick(0, 3) ? 128 : 64;
     params.alpha = std::uniform_real_distribution<float>(0.05f, 0.5f)(rng);
     params.min_budget = pick(0, 2) == 0 ? int(pick(1, 3)) : 0;
     Shape shape;
@@ -131,6 +130,40 @@ TEST(Cuda, RandomShapesMatchCpuAndReference) {
                  " Lkv=" + std::to_string(shape.len_kv) + " Hq=" + std::to_string(shape.heads_q) + " Hkv=" + std::to_string(shape.heads_kv) +
                  " D=" + std::to_string(shape.head_dim) + " block=" + std::to_string(params.block_size) + " " + dtype_name(dtype));
     HostBatch host = padded_batch(shape, dtype, rng());
+    check_gpu_attention(host, params);
+  }
+}
+
+// Sets FLASHPREFILL_CUDA_ATTENTION for one scope (the backend reads it on every call).
+struct ScopedKernelChoice {
+  explicit ScopedKernelChoice(const char* kernel) { setenv("FLASHPREFILL_CUDA_ATTENTION", kernel, 1); }
+  ~ScopedKernelChoice() { unsetenv("FLASHPREFILL_CUDA_ATTENTION"); }
+};
+
+// The default kernel of this GPU (Hopper's wgmma kernel on an H100 for block 128, Ampere's otherwise).
+TEST(Cuda, RandomShapesMatchCpuAndReference) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  check_random_shapes(seed, 12);
+}
+
+// The mma.sync kernel on every GPU, Hopper included (there it is the fallback).
+TEST(Cuda, RandomShapesMatchCpuAndReferenceAmpereKernel) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  ScopedKernelChoice choice("ampere");
+  check_random_shapes(seed, 6);
+}
+
+// Rows of many blocks: the K/V stage ring wraps several times (phases flip), GQA, both head dims.
+TEST(Cuda, LongRowsWrapThePipeline) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  for (int64_t head_dim : {64, 128}) {
+    SCOPED_TRACE("D=" + std::to_string(head_dim));
+    Params params;
+    params.alpha = 0.0f;
+    HostBatch host = padded_batch(Shape{1, 1500, 2100, 4, 1, head_dim}, DType::bf16, seed + uint64_t(head_dim));
     check_gpu_attention(host, params);
   }
 }
