@@ -19,9 +19,9 @@ echo "HGMMA instructions in the library: $(cuobjdump -sass $B/libflashprefill.a 
 (cd $B && ctest --output-on-failure -j 4 > "$OUT/ctest.log" 2>&1); echo "ctest exit $?"; grep -E "tests passed|FAILED|Failed" "$OUT/ctest.log" | head -20
 grep -E "differ|Expected|Which is|actual|seed=" "$OUT/ctest.log" | head -20
 if [ "${SANITIZE:-1}" = 1 ]; then
-  compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/cuda/test_cuda_backend --gtest_filter='Cuda.Varlen*:Cuda.AlphaZero*' > "$OUT/memcheck.log" 2>&1; echo "memcheck exit $?"
-  compute-sanitizer --tool racecheck --error-exitcode 9 $B/tests/cuda/test_cuda_backend --gtest_filter='Cuda.AlphaZero*' > "$OUT/racecheck.log" 2>&1; echo "racecheck exit $?"
-  tail -3 "$OUT/memcheck.log" "$OUT/racecheck.log"
+  compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/cuda/test_cuda_backend --gtest_filter='Cuda.Varlen*:Cuda.AlphaZero*:Cuda.Score*:Cuda.LongRows*' > "$OUT/memcheck.log" 2>&1; echo "memcheck exit $?"
+  compute-sanitizer --tool racecheck --error-exitcode 9 $B/tests/cuda/test_cuda_backend --gtest_filter='Cuda.AlphaZero*:Cuda.Score*' > "$OUT/racecheck.log" 2>&1; echo "racecheck exit $?"
+  tail -n 3 "$OUT/memcheck.log" "$OUT/racecheck.log"
 fi
 IFS=, read -ra LS <<< "$LENGTHS"
 for L in "${LS[@]}"; do

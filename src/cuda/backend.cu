@@ -8,6 +8,7 @@
 #include <string>
 
 #include "backend.hpp"
+#include "cuda/arch.hpp"
 #include "cuda/check.cuh"
 #include "cuda/discovery.cuh"
 #include "cuda/sparse_attention.cuh"
@@ -28,29 +29,11 @@ void check_block_size(const Problem& p) {
     throw Error("flashprefill: the CUDA backend supports block_size 64 and 128; got " + std::to_string(p.params.block_size));
 }
 
-struct DeviceInfo {
-  int major = 0, minor = 0, sms = 0;
-};
-DeviceInfo device_info(const Problem& p) {
-  DeviceInfo info;
-  FP_CUDA_CHECK(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, p.device.index));
-  FP_CUDA_CHECK(cudaDeviceGetAttribute(&info.minor, cudaDevAttrComputeCapabilityMinor, p.device.index));
-  FP_CUDA_CHECK(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, p.device.index));
-  return info;
-}
-
-// FLASHPREFILL_CUDA_ATTENTION=ampere forces the sm_80 kernel on a Hopper GPU (tests run both
-// kernels on one machine; also a fallback switch for users). Read per call so tests can flip it.
-bool force_ampere_kernel() {
-  const char* choice = std::getenv("FLASHPREFILL_CUDA_ATTENTION");
-  return choice != nullptr && std::string(choice) == "ampere";
-}
-
 void run_attention(SparseAttentionParams& params) {
   const DeviceInfo info = device_info(params.problem);
   params.num_sms = info.sms;
 #ifdef FLASHPREFILL_HAS_HOPPER_KERNEL
-  if (!force_ampere_kernel() && hopper::supports(params.problem, info.major, info.minor)) return hopper::run(params);
+  if (use_hopper_kernels(info) && hopper::supports(params.problem, info.major, info.minor)) return hopper::run(params);
 #endif
   if (!ampere::supports(params.problem, info.major, info.minor) && info.major < 8)
     throw Error("flashprefill: the CUDA backend needs compute capability 8.0 or newer; this GPU is " +
@@ -84,6 +67,23 @@ SchedulePlan schedule_plan(int64_t max_rows) {
 }
 
 }  // namespace
+
+DeviceInfo device_info(const Problem& p) {
+  DeviceInfo info;
+  FP_CUDA_CHECK(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, p.device.index));
+  FP_CUDA_CHECK(cudaDeviceGetAttribute(&info.minor, cudaDevAttrComputeCapabilityMinor, p.device.index));
+  FP_CUDA_CHECK(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, p.device.index));
+  return info;
+}
+
+bool use_hopper_kernels(const DeviceInfo& info) {
+#ifdef FLASHPREFILL_HAS_HOPPER_KERNEL
+  const char* choice = std::getenv("FLASHPREFILL_CUDA_KERNELS");
+  return info.major == 9 && info.minor == 0 && !(choice != nullptr && std::string(choice) == "ampere");
+#else
+  return false;
+#endif
+}
 
 size_t discover_workspace_size(const Problem& p) {
   check_block_size(p);

@@ -3,6 +3,8 @@
 // exact CSR layout by a device-wide scan of the kept counts and a compaction of per-row bitmasks.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 
 #include "common/problem.hpp"
@@ -42,5 +44,12 @@ void select_from_scores(const detail::Problem& p, const int64_t* seq_row_offset,
                         const Buffers& buffers);
 // counts -> row_ptr (scan), kept_bits -> col_idx.
 void compact(const detail::Problem& p, const Buffers& buffers, int64_t max_rows, int64_t* row_ptr, int32_t* col_idx);
+
+// The wgmma score kernel (src/cuda/hopper/score.cu, sm_90a): block size 128, head dim 64 or 128.
+namespace hopper {
+bool supports(const detail::Problem& p);
+void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t ld,
+                dim3 grid);
+}  // namespace hopper
 
 }  // namespace flashprefill::cuda::discovery

@@ -134,20 +134,20 @@ void check_random_shapes(uint64_t seed, int trials) {
   }
 }
 
-// Sets FLASHPREFILL_CUDA_ATTENTION for one scope (the backend reads it on every call).
+// Sets FLASHPREFILL_CUDA_KERNELS for one scope (the backend reads it on every call).
 struct ScopedKernelChoice {
-  explicit ScopedKernelChoice(const char* kernel) { setenv("FLASHPREFILL_CUDA_ATTENTION", kernel, 1); }
-  ~ScopedKernelChoice() { unsetenv("FLASHPREFILL_CUDA_ATTENTION"); }
+  explicit ScopedKernelChoice(const char* kernel) { setenv("FLASHPREFILL_CUDA_KERNELS", kernel, 1); }
+  ~ScopedKernelChoice() { unsetenv("FLASHPREFILL_CUDA_KERNELS"); }
 };
 
-// The default kernel of this GPU (Hopper's wgmma kernel on an H100 for block 128, Ampere's otherwise).
+// The default kernels of this GPU (on an H100 the wgmma ones for block 128, the sm_80 ones otherwise).
 TEST(Cuda, RandomShapesMatchCpuAndReference) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);
   check_random_shapes(seed, 12);
 }
 
-// The mma.sync kernel on every GPU, Hopper included (there it is the fallback).
+// The sm_80 kernels (mma.sync scoring and attention) on every GPU, Hopper included (there they are the fallback).
 TEST(Cuda, RandomShapesMatchCpuAndReferenceAmpereKernel) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);

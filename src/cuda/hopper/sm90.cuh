@@ -28,6 +28,10 @@ struct SwizzledPanels {
   static constexpr int kPanelCols = 64;
   static constexpr int kRowBytes = 128;
   static constexpr int kPanelBytes = kRows * kRowBytes;
+  // Byte offset of the 16-byte chunk `chunk` (8 elements, counted over the whole row) of row `row`.
+  __device__ __forceinline__ static uint32_t offset(int row, int chunk) {
+    return uint32_t((chunk / 8) * kPanelBytes + row * kRowBytes + (((chunk % 8) ^ (row % 8)) << 4));
+  }
 };
 
 // Shared-memory matrix descriptor (PTX ISA "matrix-descriptor-format") for a 128B-swizzled operand.
