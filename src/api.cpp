@@ -1,6 +1,7 @@
 // The public API: validate every argument, build a Problem, dispatch to the tensors' backend.
 // Nothing here computes; every message names the argument, its value and what was expected.
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -219,6 +220,24 @@ Problem detail::make_problem(const AttentionArgs& args, const Params& params, Ne
       p.lse_batch = varlen ? 0 : lse.stride[0];
       p.lse_head = varlen ? lse.stride[0] : lse.stride[1];
     }
+  }
+
+  if (p.device.type == DeviceType::cuda) {
+    // The CUDA kernels move rows in 16-byte pieces (cp.async, TMA, vector loads).
+    // A stride of an extent-1 dimension is never used (PyTorch may report anything there).
+    const auto check_rows_16b = [&](const void* data, const Strides& s, int64_t heads, const char* name) {
+      const auto ok = [](int64_t stride, int64_t extent) { return extent <= 1 || stride % 8 == 0; };
+      const bool aligned = reinterpret_cast<uintptr_t>(data) % 16 == 0 && ok(s.token, 2) && ok(s.head, heads) &&
+                           (varlen || ok(s.batch, p.num_seqs));
+      if (!aligned)
+        fail(std::string(name) + " is not 16-byte aligned for the CUDA backend (data pointer % 16 = " +
+             str(int64_t(reinterpret_cast<uintptr_t>(data) % 16)) + ", strides in elements: token " + str(s.token) + ", head " +
+             str(s.head) + "); expected a 16-byte aligned pointer and strides that are multiples of 8 elements");
+    };
+    check_rows_16b(p.q, p.q_stride, p.heads_q, "q");
+    check_rows_16b(p.k, p.k_stride, p.heads_kv, "k");
+    check_rows_16b(p.v, p.v_stride, p.heads_kv, "v");
+    if (p.out) check_rows_16b(p.out, p.out_stride, p.heads_q, "out");
   }
 
   if (params.check_inputs) {

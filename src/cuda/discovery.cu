@@ -30,22 +30,37 @@ __global__ void fill_seq_row_offsets_kernel(const Problem p, int64_t* seq_row_of
   seq_row_offset[p.num_seqs] = offset;
 }
 
-// Step 1: one CTA per (key block, kv head, sequence), one thread per dimension.
+// Step 1: one CTA per (key block, kv head, sequence). Each thread sums 8 dims (one 16-byte load
+// per key) over a strided subset of the block's keys; the partial sums meet in shared memory.
+constexpr int kPoolThreads = 256;
 template <bool kIsBf16>
-__global__ void pool_keys_kernel(const Problem p, float* pooled, void* pooled_hi, void* pooled_lo) {
+__global__ void __launch_bounds__(kPoolThreads) pool_keys_kernel(const Problem p, float* pooled, void* pooled_hi, void* pooled_lo) {
   using Half = sm80::HalfType<kIsBf16>;
   using Element = typename Half::type;
   const int64_t j = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
   const SeqExtent s = p.seq(b);
   const int64_t block = p.params.block_size;
   if (j >= num_key_blocks(s.len_kv, block)) return;
-  const int64_t key_end = min((j + 1) * block, s.len_kv);
+  const int64_t key_begin = j * block, key_end = min((j + 1) * block, s.len_kv);
   const auto* k = static_cast<const Element*>(p.k);
+  const int chunks = int(p.head_dim / 8), groups = kPoolThreads / chunks;  // head_dim 64..256: 32..8 key groups
+  const int chunk = threadIdx.x % chunks, group = threadIdx.x / chunks;
+  float sum[8] = {};
+  for (int64_t key = key_begin + group; key < key_end; key += groups) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(k + p.k_offset(b, s, key, kv_head) + chunk * 8);
+    const Element* e = reinterpret_cast<const Element*>(&raw);
+#pragma unroll
+    for (int d = 0; d < 8; ++d) sum[d] += Half::to_float(e[d]);
+  }
+  __shared__ float partial[kPoolThreads * 8];  // [group][chunk * 8 + d]
+#pragma unroll
+  for (int d = 0; d < 8; ++d) partial[group * p.head_dim + chunk * 8 + d] = sum[d];
+  __syncthreads();
   const int64_t slot = p.pooled_slot0(b, s) + j;
-  for (int64_t d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
-    float sum = 0.0f;
-    for (int64_t key = j * block; key < key_end; ++key) sum += Half::to_float(k[p.k_offset(b, s, key, kv_head) + d]);
-    const float mean = sum / float(key_end - j * block);
+  for (int64_t d = threadIdx.x; d < p.head_dim; d += kPoolThreads) {
+    float total = 0.0f;
+    for (int g = 0; g < groups; ++g) total += partial[g * p.head_dim + d];
+    const float mean = total / float(key_end - key_begin);
     const int64_t index = (slot * p.heads_kv + kv_head) * p.head_dim + d;
     pooled[index] = mean;
     const Element hi = Half::from_float(mean);
@@ -284,8 +299,8 @@ void pool_keys(const Problem& p, const Buffers& buffers) {
   const int64_t max_blocks = num_key_blocks(p.len_kv, p.params.block_size);  // len_kv: the max_seqlen bound for varlen
   if (max_blocks == 0 || p.num_seqs == 0) return;
   const dim3 grid(unsigned(max_blocks), unsigned(p.heads_kv), unsigned(p.num_seqs));
-  const int threads = int(p.head_dim);
   auto stream = static_cast<cudaStream_t>(p.stream);
+  const int threads = kPoolThreads;
   if (p.dtype == DType::bf16) pool_keys_kernel<true><<<grid, threads, 0, stream>>>(p, buffers.pooled, buffers.pooled_hi, buffers.pooled_lo);
   else pool_keys_kernel<false><<<grid, threads, 0, stream>>>(p, buffers.pooled, buffers.pooled_hi, buffers.pooled_lo);
   FP_CUDA_CHECK_LAUNCH();

@@ -11,7 +11,8 @@
 
 namespace flashprefill::cuda::discovery {
 
-// The layout row of a score CTA: grid (local query block, query head, sequence).
+// The layout row of a score CTA: grid (local query block, query head, sequence), the last query
+// blocks (the longest rows of the causal triangle) first so the grid ends on short ones.
 struct RowOfGrid {
   int64_t seq, head, block_local, block_abs, row, num_kv_blocks;
   detail::SeqExtent extent;
@@ -19,7 +20,7 @@ struct RowOfGrid {
 };
 __device__ inline RowOfGrid row_of_grid(const detail::Problem& p, const int64_t* seq_row_offset) {
   RowOfGrid r{};
-  r.block_local = blockIdx.x;
+  r.block_local = int64_t(gridDim.x) - 1 - blockIdx.x;
   r.head = blockIdx.y;
   r.seq = blockIdx.z;
   r.extent = p.seq(r.seq);

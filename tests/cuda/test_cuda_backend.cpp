@@ -168,6 +168,22 @@ TEST(Cuda, LongRowsWrapThePipeline) {
   }
 }
 
+// The kernels move rows in 16-byte pieces: a misaligned view is refused by name, not read.
+TEST(Cuda, MisalignedRowsAreRefused) {
+  FP_REQUIRE_GPU();
+  HostBatch host = padded_batch(Shape{1, 128, 128, 2, 1, 64}, DType::bf16, 5);
+  DeviceBatch device(host);
+  AttentionArgs args = device.args();
+  Buffer shifted = Buffer::allocate(Device::cuda(0), host.q.size() * 2 + 16);
+  args.q.data = static_cast<char*>(shifted.data()) + 2;  // one bf16 element off
+  try {
+    flash_prefill(args, Params{});
+    ADD_FAILURE() << "a misaligned q was accepted";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("q is not 16-byte aligned"), std::string::npos) << error.what();
+  }
+}
+
 TEST(Cuda, VarlenVeryDifferentLengths) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);

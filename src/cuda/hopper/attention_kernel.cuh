@@ -1,7 +1,9 @@
 // Block-sparse FlashAttention for Hopper (sm_90a), ALGORITHM.md step 5, in the shape of
-// FlashAttention-3: one CTA per layout row (128 query rows = one query block), three warpgroups.
-//  - warpgroup 0, the producer: one thread issues TMA loads of Q once and of the K and V tiles of
-//    the row's kept blocks into a ring of shared-memory stages (mbarrier full/empty pairs);
+// FlashAttention-3: a persistent CTA per SM walks layout rows (128 query rows = one query block
+// each) in the given order, longest first, with three warpgroups.
+//  - warpgroup 0, the producer: one thread issues TMA loads of each row's Q (two buffers, so the
+//    next row's Q arrives while this one runs) and of the K and V tiles of the row's kept blocks
+//    into a ring of shared-memory stages (mbarrier full/empty pairs) that runs on across rows;
 //  - warpgroups 1 and 2, the consumers, 64 query rows each: S = Q K^T and O += P V with wgmma
 //    (Q, K, V from shared memory, P from registers), online softmax in registers. The softmax of
 //    tile n overlaps the P V wgmma of tile n - 1 (issued before it, waited after it).
@@ -29,7 +31,8 @@ struct AttentionTraits {
   static constexpr int kBlockN = 128;  // keys per tile: one key block
   static constexpr int kConsumers = 2;  // consumer warpgroups, 64 rows each
   static constexpr int kThreads = 128 * (1 + kConsumers);
-  static constexpr int kStages = kHeadDim == 64 ? 4 : 2;  // K/V ring depth: what fits beside Q
+  static constexpr int kStages = kHeadDim == 64 ? 4 : 2;  // K/V ring depth: what fits beside two Q buffers
+  static constexpr int kQBuffers = 2;
   static constexpr int kPanels = kHeadDim / 64;           // 64-column TMA boxes per row
   static constexpr int kProducerRegisters = 24;
   static constexpr int kConsumerRegisters = 240;
@@ -37,9 +40,9 @@ struct AttentionTraits {
   using KVPanels = sm90::SwizzledPanels<kBlockN>;
   static constexpr int kQBytes = kPanels * QPanels::kPanelBytes;
   static constexpr int kTileBytes = kPanels * KVPanels::kPanelBytes;  // one K or V tile
-  static constexpr int kBarrierBytes = 8 * (1 + 4 * kStages);
+  static constexpr int kBarrierBytes = 8 * (2 * kQBuffers + 4 * kStages);
   // +1024: the dynamic shared window is aligned up to the swizzle atom inside the kernel.
-  static constexpr int kSmemBytes = kQBytes + 2 * kStages * kTileBytes + kBarrierBytes + 1024;
+  static constexpr int kSmemBytes = kQBuffers * kQBytes + 2 * kStages * kTileBytes + kBarrierBytes + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory budget of one H100 SM");
 };
 
@@ -47,45 +50,62 @@ struct TensorMaps {
   CUtensorMap q, k, v;  // [batch, token, head, dim] seen as 4-D (dim, head, token, batch), 128B swizzle
 };
 
+// One layout row's work, decided identically by every thread (producer and consumers agree).
+struct RowWork {
+  RowCoord coord;
+  int64_t row = 0, shift = 0, block_start = 0, pos_begin = 0, pos_end = 0, kv_head = 0;
+  const int32_t* blocks = nullptr;  // kept key blocks (nullptr when dense)
+  int num_tiles = 0;
+  bool has_rows = false;  // false: no query of this row block is in the chunk
+};
+
+template <int kBlockM>
+__device__ inline RowWork row_work(const SparseAttentionParams& params, int64_t order_index) {
+  const detail::Problem& p = params.problem;
+  RowWork w;
+  w.row = params.row_order ? params.row_order[order_index] : order_index;
+  w.coord = decode_row(params, w.row);
+  if (!w.coord.valid) return w;
+  const detail::SeqExtent& seq = w.coord.extent;
+  w.shift = seq.len_kv - seq.len_q;  // absolute position of chunk row 0
+  w.block_start = w.coord.block_abs * kBlockM;
+  w.pos_begin = w.block_start > w.shift ? w.block_start : w.shift;
+  w.pos_end = w.block_start + kBlockM < seq.len_kv ? w.block_start + kBlockM : seq.len_kv;
+  w.has_rows = w.pos_begin < w.pos_end;
+  w.kv_head = w.coord.head / p.group;
+  w.blocks = params.dense ? nullptr : params.col_idx + params.row_ptr[w.row];
+  w.num_tiles = params.dense ? int(w.coord.block_abs + 1) : int(params.row_ptr[w.row + 1] - params.row_ptr[w.row]);
+  return w;
+}
+
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     sparse_attention_kernel(const __grid_constant__ SparseAttentionParams params, const __grid_constant__ TensorMaps maps) {
   using namespace sm90;
   constexpr int D = Traits::kHeadDim, kBlockN = Traits::kBlockN, kStages = Traits::kStages, kPanels = Traits::kPanels;
+  constexpr int kQBuffers = Traits::kQBuffers;
   constexpr bool kIsBf16 = Traits::kIsBf16;
   using Half = sm80::HalfType<kIsBf16>;
   const detail::Problem& p = params.problem;
 
-  // ---- which row: the same decision in every thread, so early exits are CTA-wide
-  if (int64_t(blockIdx.x) >= params.max_rows) return;
-  const int64_t row = params.row_order ? params.row_order[blockIdx.x] : int64_t(blockIdx.x);
-  const RowCoord coord = decode_row(params, row);
-  if (!coord.valid) return;
-  const detail::SeqExtent& seq = coord.extent;
-  const int64_t shift = seq.len_kv - seq.len_q;  // absolute position of chunk row 0
-  const int64_t block_start = coord.block_abs * Traits::kBlockM;
-  const int64_t pos_begin = block_start > shift ? block_start : shift;
-  const int64_t pos_end = block_start + Traits::kBlockM < seq.len_kv ? block_start + Traits::kBlockM : seq.len_kv;
-  if (pos_begin >= pos_end) return;
-  const int64_t kv_head = coord.head / p.group;
-  const int32_t* blocks = params.dense ? nullptr : params.col_idx + params.row_ptr[row];
-  const int num_tiles = params.dense ? int(coord.block_abs + 1) : int(params.row_ptr[row + 1] - params.row_ptr[row]);
-
-  // ---- shared memory: Q | K[kStages] | V[kStages] | barriers, tiles on 1024-byte swizzle atoms
+  // ---- shared memory: Q[2] | K[kStages] | V[kStages] | barriers, tiles on 1024-byte swizzle atoms
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw_address = sm80::smem_address(smem_raw);
-  unsigned char* smem = smem_raw + ((1024 - raw_address % 1024) % 1024);
-  unsigned char* q_smem = smem;
-  unsigned char* k_smem = q_smem + Traits::kQBytes;
+  unsigned char* q_smem = smem_raw + ((1024 - raw_address % 1024) % 1024);
+  unsigned char* k_smem = q_smem + kQBuffers * Traits::kQBytes;
   unsigned char* v_smem = k_smem + kStages * Traits::kTileBytes;
   auto* barriers = reinterpret_cast<uint64_t*>(v_smem + kStages * Traits::kTileBytes);
   uint64_t* q_full = barriers;
-  uint64_t* k_full = q_full + 1;
+  uint64_t* q_empty = q_full + kQBuffers;
+  uint64_t* k_full = q_empty + kQBuffers;
   uint64_t* v_full = k_full + kStages;
   uint64_t* k_empty = v_full + kStages;
   uint64_t* v_empty = k_empty + kStages;
   if (threadIdx.x == 0) {
-    Barrier::init(q_full, 1);
+    for (int b = 0; b < kQBuffers; ++b) {
+      Barrier::init(&q_full[b], 1);
+      Barrier::init(&q_empty[b], Traits::kConsumers);
+    }
     for (int s = 0; s < kStages; ++s) {
       Barrier::init(&k_full[s], 1);
       Barrier::init(&v_full[s], 1);
@@ -96,41 +116,52 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   }
   __syncthreads();
 
-  auto key_block = [&](int tile) -> int64_t { return params.dense ? tile : blocks[tile]; };
   // Through a shuffle so the compiler knows it is warp-uniform: descriptors derived from it then
   // live in uniform registers, as wgmma needs, instead of being moved there between wgmmas.
   const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x / 128), 0);
+  // Rows this CTA runs: order_index = blockIdx.x, + gridDim.x, ... (longest first in row_order).
+  // Pipeline positions (K/V stage ring, Q buffers) run on across rows: counted, not reset.
 
   if (warpgroup == 0) {
     // ================= producer =================
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegisters>();
     if (threadIdx.x != 0) return;
     constexpr uint64_t kCacheHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
-    const int32_t batch = p.varlen ? 0 : int32_t(coord.seq);
-    // Rows of the block before the chunk start have negative coordinates: TMA fills them with zeros
-    // (padded) or reads the previous sequence (varlen); either way they are never written.
-    const int32_t q_token = int32_t(seq.q_token0 + block_start - shift);
-    if (num_tiles == 0) return;  // nothing reads Q: no copy may outlive the CTA
-    Barrier::arrive_and_expect_tx(q_full, Traits::kQBytes);
-    for (int panel = 0; panel < kPanels; ++panel)
-      cute::SM90_TMA_LOAD_4D::copy(&maps.q, q_full, kCacheHint, q_smem + panel * Traits::QPanels::kPanelBytes, panel * 64,
-                                   int32_t(coord.head), q_token, batch);
-    for (int tile = 0; tile < num_tiles; ++tile) {
-      const int stage = tile % kStages;
-      const uint32_t phase = (tile / kStages) & 1;
-      const int32_t kv_token = int32_t(seq.kv_token0 + key_block(tile) * kBlockN);
-      Barrier::wait(&k_empty[stage], phase ^ 1);  // a fresh barrier's "previous phase" is complete
-      Barrier::arrive_and_expect_tx(&k_full[stage], Traits::kTileBytes);
+    int tile_count = 0, q_count = 0;
+    for (int64_t order = blockIdx.x; order < params.max_rows; order += gridDim.x) {
+      const RowWork w = row_work<Traits::kBlockM>(params, order);
+      if (!w.coord.valid || !w.has_rows || w.num_tiles == 0) continue;  // nothing to load
+      const detail::SeqExtent& seq = w.coord.extent;
+      const int32_t batch = p.varlen ? 0 : int32_t(w.coord.seq);
+      // Rows of the block before the chunk start have negative coordinates: TMA fills them with zeros
+      // (padded) or reads the previous sequence (varlen); either way they are never written.
+      const int32_t q_token = int32_t(seq.q_token0 + w.block_start - w.shift);
+      const int q_buffer = q_count % kQBuffers;
+      Barrier::wait(&q_empty[q_buffer], ((q_count / kQBuffers) & 1) ^ 1);  // a fresh barrier's "previous phase" is complete
+      Barrier::arrive_and_expect_tx(&q_full[q_buffer], Traits::kQBytes);
       for (int panel = 0; panel < kPanels; ++panel)
-        cute::SM90_TMA_LOAD_4D::copy(&maps.k, &k_full[stage], kCacheHint,
-                                     k_smem + stage * Traits::kTileBytes + panel * Traits::KVPanels::kPanelBytes, panel * 64,
-                                     int32_t(kv_head), kv_token, batch);
-      Barrier::wait(&v_empty[stage], phase ^ 1);
-      Barrier::arrive_and_expect_tx(&v_full[stage], Traits::kTileBytes);
-      for (int panel = 0; panel < kPanels; ++panel)
-        cute::SM90_TMA_LOAD_4D::copy(&maps.v, &v_full[stage], kCacheHint,
-                                     v_smem + stage * Traits::kTileBytes + panel * Traits::KVPanels::kPanelBytes, panel * 64,
-                                     int32_t(kv_head), kv_token, batch);
+        cute::SM90_TMA_LOAD_4D::copy(&maps.q, &q_full[q_buffer], kCacheHint,
+                                     q_smem + q_buffer * Traits::kQBytes + panel * Traits::QPanels::kPanelBytes, panel * 64,
+                                     int32_t(w.coord.head), q_token, batch);
+      ++q_count;
+      for (int tile = 0; tile < w.num_tiles; ++tile, ++tile_count) {
+        const int stage = tile_count % kStages;
+        const uint32_t phase = (tile_count / kStages) & 1;
+        const int64_t key_block = params.dense ? tile : w.blocks[tile];
+        const int32_t kv_token = int32_t(seq.kv_token0 + key_block * kBlockN);
+        Barrier::wait(&k_empty[stage], phase ^ 1);
+        Barrier::arrive_and_expect_tx(&k_full[stage], Traits::kTileBytes);
+        for (int panel = 0; panel < kPanels; ++panel)
+          cute::SM90_TMA_LOAD_4D::copy(&maps.k, &k_full[stage], kCacheHint,
+                                       k_smem + stage * Traits::kTileBytes + panel * Traits::KVPanels::kPanelBytes, panel * 64,
+                                       int32_t(w.kv_head), kv_token, batch);
+        Barrier::wait(&v_empty[stage], phase ^ 1);
+        Barrier::arrive_and_expect_tx(&v_full[stage], Traits::kTileBytes);
+        for (int panel = 0; panel < kPanels; ++panel)
+          cute::SM90_TMA_LOAD_4D::copy(&maps.v, &v_full[stage], kCacheHint,
+                                       v_smem + stage * Traits::kTileBytes + panel * Traits::KVPanels::kPanelBytes, panel * 64,
+                                       int32_t(w.kv_head), kv_token, batch);
+      }
     }
     return;
   }
@@ -140,167 +171,180 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   const int consumer = warpgroup - 1;  // rows 64 * consumer .. + 63 of the block
   const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
   const int g = lane / 4, quad = lane % 4;
-  // wgmma accumulator layout (per warp, as mma.sync's): element 4 * nt + e sits at row
-  // 16 * warp + g + 8 * (e / 2), column 8 * nt + 2 * quad + (e % 2).
-  const int64_t wg_first_pos = block_start + 64 * consumer;
-  const int64_t row_pos[2] = {wg_first_pos + warp * 16 + g, wg_first_pos + warp * 16 + g + 8};
   const float scale_log2 = p.params.scale * 1.4426950408889634f;
-
-  const uint32_t q_address = sm80::smem_address(q_smem) + 64 * consumer * Traits::QPanels::kRowBytes;
   const uint32_t k_address = sm80::smem_address(k_smem);
   const uint32_t v_address = sm80::smem_address(v_smem);
+  auto* out_base = static_cast<typename Half::type*>(p.out);
+  int tile_count = 0, q_count = 0;
 
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
-  float row_max[2] = {-FLT_MAX, -FLT_MAX};  // finite sentinel: no -inf - -inf on masked tiles
-  float row_sum[2] = {0.0f, 0.0f};
-  float s[kBlockN / 2];
-  uint32_t p_frag[kBlockN / 16][4];  // P of the tile whose P V is in flight: the A operand
+  for (int64_t order = blockIdx.x; order < params.max_rows; order += gridDim.x) {
+    const RowWork w = row_work<Traits::kBlockM>(params, order);
+    if (!w.coord.valid || !w.has_rows) continue;
+    const detail::SeqExtent& seq = w.coord.extent;
+    // wgmma accumulator layout (per warp, as mma.sync's): element 4 * nt + e sits at row
+    // 16 * warp + g + 8 * (e / 2), column 8 * nt + 2 * quad + (e % 2).
+    const int64_t wg_first_pos = w.block_start + 64 * consumer;
+    const int64_t row_pos[2] = {wg_first_pos + warp * 16 + g, wg_first_pos + warp * 16 + g + 8};
 
-  // S = Q K^T for one tile: D / 16 k-steps, each inside one 128-byte row of a panel. Descriptors
-  // are computed before the wgmma fence: a register defined between the fence and the commit
-  // makes ptxas serialise the wgmmas (warning C7513).
-  auto issue_qk = [&](int stage) {
-    uint64_t a[D / 16], b[D / 16];
+    float o[D / 2];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t offset = (kk % 4) * 32;  // 16 elements along the 128-byte row
-      a[kk] = make_desc_k_major(q_address + (kk / 4) * Traits::QPanels::kPanelBytes + offset);
-      b[kk] = make_desc_k_major(k_address + stage * Traits::kTileBytes + (kk / 4) * Traits::KVPanels::kPanelBytes + offset);
-    }
-    fence_descriptors(a);
-    fence_descriptors(b);
-    fence_accumulators(s);
-    cute::warpgroup_arrive();
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+    float row_max[2] = {-FLT_MAX, -FLT_MAX};  // finite sentinel: no -inf - -inf on masked tiles
+    float row_sum[2] = {0.0f, 0.0f};
+
+    if (w.num_tiles > 0) {
+      const int q_buffer = q_count % kQBuffers;
+      const uint32_t q_address = sm80::smem_address(q_smem) + q_buffer * Traits::kQBytes + 64 * consumer * Traits::QPanels::kRowBytes;
+      float s[kBlockN / 2];
+      uint32_t p_frag[kBlockN / 16][4];  // P of the tile whose P V is in flight: the A operand
+
+      // S = Q K^T for one tile: D / 16 k-steps, each inside one 128-byte row of a panel. Descriptors
+      // are computed (and pinned) before the wgmma fence: a register defined between the fence and
+      // the commit makes ptxas serialise the wgmmas (warning C7513).
+      auto issue_qk = [&](int stage) {
+        uint64_t a[D / 16], b[D / 16];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-      gmma_ss<kIsBf16, kBlockN>(a[kk], b[kk], s, kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One);
-    cute::warpgroup_commit_batch();
-  };
-  // O += P V: kBlockN / 16 k-steps of 16 keys (2048 bytes of V each); V is MN-major (D contiguous).
-  auto issue_pv = [&](int stage) {
-    uint64_t b[kBlockN / 16];
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk)
-      b[kk] = make_desc_mn_major(v_address + stage * Traits::kTileBytes + kk * 16 * Traits::KVPanels::kRowBytes,
-                                 Traits::KVPanels::kPanelBytes);
-    fence_descriptors(b);
-    fence_accumulators(o);
-    cute::warpgroup_arrive();
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) gmma_rs<kIsBf16, D>(p_frag[kk], b[kk], o);
-    cute::warpgroup_commit_batch();
-  };
-  // Mask and online softmax on S in place (exp2 domain): S becomes P (fp32); returns the O rescale
-  // factors. Runs while the previous tile's P V wgmma is in flight, so it must not touch p_frag.
-  auto softmax = [&](int tile, float (&correction)[2]) {
-    const int64_t key0 = key_block(tile) * kBlockN;
-    const bool needs_mask = key0 + kBlockN - 1 > wg_first_pos || key0 + kBlockN > seq.len_kv;
-#pragma unroll
-    for (int i = 0; i < kBlockN / 2; ++i) {
-      s[i] *= scale_log2;
-      if (needs_mask) {
-        const int64_t key = key0 + 8 * (i / 4) + 2 * quad + (i & 1);
-        if (key > row_pos[(i % 4) / 2] || key >= seq.len_kv) s[i] = -INFINITY;
-      }
-    }
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float tile_max = row_max[half];
-#pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) tile_max = fmaxf(tile_max, fmaxf(s[4 * nt + 2 * half], s[4 * nt + 2 * half + 1]));
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-      correction[half] = fast_exp2(row_max[half] - tile_max);
-      row_max[half] = tile_max;
-      float sum = 0.0f;
-#pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt)
-#pragma unroll
-        for (int e = 2 * half; e < 2 * half + 2; ++e) {
-          s[4 * nt + e] = fast_exp2(s[4 * nt + e] - tile_max);  // masked: exp2(-inf) = 0
-          sum += s[4 * nt + e];
+        for (int kk = 0; kk < D / 16; ++kk) {
+          const uint32_t offset = (kk % 4) * 32;  // 16 elements along the 128-byte row
+          a[kk] = make_desc_k_major(q_address + (kk / 4) * Traits::QPanels::kPanelBytes + offset);
+          b[kk] = make_desc_k_major(k_address + stage * Traits::kTileBytes + (kk / 4) * Traits::KVPanels::kPanelBytes + offset);
         }
-      row_sum[half] = row_sum[half] * correction[half] + sum;  // per-thread partial; reduced at the end
-    }
-  };
-  // P to 16 bits: the accumulators of key tiles 2kk, 2kk + 1 are exactly the A fragment of k-step kk.
-  auto convert_p = [&] {
+        fence_descriptors(a);
+        fence_descriptors(b);
+        fence_accumulators(s);
+        cute::warpgroup_arrive();
 #pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      p_frag[kk][0] = sm80::pack(Half::from_floats(s[8 * kk + 0], s[8 * kk + 1]));
-      p_frag[kk][1] = sm80::pack(Half::from_floats(s[8 * kk + 2], s[8 * kk + 3]));
-      p_frag[kk][2] = sm80::pack(Half::from_floats(s[8 * kk + 4], s[8 * kk + 5]));
-      p_frag[kk][3] = sm80::pack(Half::from_floats(s[8 * kk + 6], s[8 * kk + 7]));
-    }
-  };
-  auto rescale_o = [&](const float (&correction)[2]) {
+        for (int kk = 0; kk < D / 16; ++kk)
+          gmma_ss<kIsBf16, kBlockN>(a[kk], b[kk], s, kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One);
+        cute::warpgroup_commit_batch();
+      };
+      // O += P V: kBlockN / 16 k-steps of 16 keys (2048 bytes of V each); V is MN-major (D contiguous).
+      auto issue_pv = [&](int stage) {
+        uint64_t b[kBlockN / 16];
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] *= correction[(i % 4) / 2];
-  };
-  auto release = [&](uint64_t* barrier) {
-    if (thread == 0) Barrier::arrive(barrier);
-  };
+        for (int kk = 0; kk < kBlockN / 16; ++kk)
+          b[kk] = make_desc_mn_major(v_address + stage * Traits::kTileBytes + kk * 16 * Traits::KVPanels::kRowBytes,
+                                     Traits::KVPanels::kPanelBytes);
+        fence_descriptors(b);
+        fence_accumulators(o);
+        cute::warpgroup_arrive();
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk) gmma_rs<kIsBf16, D>(p_frag[kk], b[kk], o);
+        cute::warpgroup_commit_batch();
+      };
+      // Mask and online softmax on S in place (exp2 domain): S becomes P (fp32); returns the O
+      // rescale factors. Runs while the previous tile's P V wgmma is in flight: must not touch p_frag.
+      auto softmax = [&](int tile, float (&correction)[2]) {
+        const int64_t key0 = (params.dense ? tile : w.blocks[tile]) * int64_t(kBlockN);
+        const bool needs_mask = key0 + kBlockN - 1 > wg_first_pos || key0 + kBlockN > seq.len_kv;
+#pragma unroll
+        for (int i = 0; i < kBlockN / 2; ++i) {
+          s[i] *= scale_log2;
+          if (needs_mask) {
+            const int64_t key = key0 + 8 * (i / 4) + 2 * quad + (i & 1);
+            if (key > row_pos[(i % 4) / 2] || key >= seq.len_kv) s[i] = -INFINITY;
+          }
+        }
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          float tile_max = row_max[half];
+#pragma unroll
+          for (int nt = 0; nt < kBlockN / 8; ++nt) tile_max = fmaxf(tile_max, fmaxf(s[4 * nt + 2 * half], s[4 * nt + 2 * half + 1]));
+          tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+          tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+          correction[half] = fast_exp2(row_max[half] - tile_max);
+          row_max[half] = tile_max;
+          float sum = 0.0f;
+#pragma unroll
+          for (int nt = 0; nt < kBlockN / 8; ++nt)
+#pragma unroll
+            for (int e = 2 * half; e < 2 * half + 2; ++e) {
+              s[4 * nt + e] = fast_exp2(s[4 * nt + e] - tile_max);  // masked: exp2(-inf) = 0
+              sum += s[4 * nt + e];
+            }
+          row_sum[half] = row_sum[half] * correction[half] + sum;  // per-thread partial; reduced at the end
+        }
+      };
+      // P to 16 bits: the accumulators of key tiles 2kk, 2kk + 1 are exactly the A fragment of k-step kk.
+      auto convert_p = [&] {
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
+          p_frag[kk][0] = sm80::pack(Half::from_floats(s[8 * kk + 0], s[8 * kk + 1]));
+          p_frag[kk][1] = sm80::pack(Half::from_floats(s[8 * kk + 2], s[8 * kk + 3]));
+          p_frag[kk][2] = sm80::pack(Half::from_floats(s[8 * kk + 4], s[8 * kk + 5]));
+          p_frag[kk][3] = sm80::pack(Half::from_floats(s[8 * kk + 6], s[8 * kk + 7]));
+        }
+      };
+      auto rescale_o = [&](const float (&correction)[2]) {
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) o[i] *= correction[(i % 4) / 2];
+      };
+      auto release = [&](uint64_t* barrier) {
+        if (thread == 0) Barrier::arrive(barrier);
+      };
 
-  // Tile n: S_n = Q K_n^T is issued, then O += P_{n-1} V_{n-1}; the softmax of S_n runs while
-  // that P V is in flight (FlashAttention-3's intra-warpgroup overlap). O is rescaled before the
-  // P V that adds to it; P is converted to 16 bits only once that P V has completed.
-  if (num_tiles > 0) {
-    float correction[2];
-    Barrier::wait(q_full, 0);
-    Barrier::wait(&k_full[0], 0);
-    issue_qk(0);
-    cute::warpgroup_wait<0>();
-    fence_accumulators(s);
-    release(&k_empty[0]);
-    softmax(0, correction);  // O is still zero: its rescale is harmless
-    convert_p();
-    for (int tile = 1; tile < num_tiles; ++tile) {
-      const int stage = tile % kStages, previous = (tile - 1) % kStages;
-      Barrier::wait(&k_full[stage], (tile / kStages) & 1);
-      issue_qk(stage);
-      rescale_o(correction);
-      Barrier::wait(&v_full[previous], ((tile - 1) / kStages) & 1);
-      issue_pv(previous);
-      cute::warpgroup_wait<1>();  // S_n is ready; P_{n-1} V_{n-1} may still run
+      // Tile n: S_n = Q K_n^T is issued, then O += P_{n-1} V_{n-1}; the softmax of S_n runs while
+      // that P V is in flight (FlashAttention-3's intra-warpgroup overlap). O is rescaled before the
+      // P V that adds to it; P is converted to 16 bits only once that P V has completed.
+      const int last = w.num_tiles - 1;
+      auto stage_of = [&](int tile) { return (tile_count + tile) % kStages; };
+      auto phase_of = [&](int tile) { return uint32_t(((tile_count + tile) / kStages) & 1); };
+      float correction[2];
+      Barrier::wait(&q_full[q_buffer], (q_count / kQBuffers) & 1);
+      Barrier::wait(&k_full[stage_of(0)], phase_of(0));
+      issue_qk(stage_of(0));
+      cute::warpgroup_wait<0>();
       fence_accumulators(s);
-      release(&k_empty[stage]);
-      softmax(tile, correction);
+      release(&k_empty[stage_of(0)]);
+      if (last == 0) release(&q_empty[q_buffer]);  // the row's last Q K^T has read Q
+      softmax(0, correction);  // O is still zero: its rescale is harmless
+      convert_p();
+      for (int tile = 1; tile <= last; ++tile) {
+        Barrier::wait(&k_full[stage_of(tile)], phase_of(tile));
+        issue_qk(stage_of(tile));
+        rescale_o(correction);
+        Barrier::wait(&v_full[stage_of(tile - 1)], phase_of(tile - 1));
+        issue_pv(stage_of(tile - 1));
+        cute::warpgroup_wait<1>();  // S_n is ready; P_{n-1} V_{n-1} may still run
+        fence_accumulators(s);
+        release(&k_empty[stage_of(tile)]);
+        if (tile == last) release(&q_empty[q_buffer]);
+        softmax(tile, correction);
+        cute::warpgroup_wait<0>();
+        fence_accumulators(o);
+        release(&v_empty[stage_of(tile - 1)]);
+        convert_p();
+      }
+      rescale_o(correction);
+      Barrier::wait(&v_full[stage_of(last)], phase_of(last));
+      issue_pv(stage_of(last));
       cute::warpgroup_wait<0>();
       fence_accumulators(o);
-      release(&v_empty[previous]);
-      convert_p();
+      release(&v_empty[stage_of(last)]);
+      tile_count += w.num_tiles;
+      ++q_count;
     }
-    const int last = (num_tiles - 1) % kStages;
-    rescale_o(correction);
-    Barrier::wait(&v_full[last], ((num_tiles - 1) / kStages) & 1);
-    issue_pv(last);
-    cute::warpgroup_wait<0>();
-    fence_accumulators(o);
-    release(&v_empty[last]);
-  }
 
-  // ---- epilogue: O / sum, lse = ln(sum) + max (natural log, scale included); empty rows -> 0, -inf
-  auto* out_base = static_cast<typename Half::type*>(p.out);
+    // ---- epilogue: O / sum, lse = ln(sum) + max (natural log, scale included); empty rows -> 0, -inf
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    float sum = row_sum[half];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const int64_t pos = row_pos[half];
-    if (pos < pos_begin || pos >= pos_end) continue;
-    const int64_t t = pos - shift;
-    const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
-    auto* out_row = out_base + p.out_offset(coord.seq, seq, t, coord.head);
+    for (int half = 0; half < 2; ++half) {
+      float sum = row_sum[half];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const int64_t pos = row_pos[half];
+      if (pos < w.pos_begin || pos >= w.pos_end) continue;
+      const int64_t t = pos - w.shift;
+      const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+      auto* out_row = out_base + p.out_offset(w.coord.seq, seq, t, w.coord.head);
 #pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-      const auto pair = Half::from_floats(o[4 * nt + 2 * half] * inverse, o[4 * nt + 2 * half + 1] * inverse);
-      *reinterpret_cast<typename Half::pair*>(out_row + nt * 8 + 2 * quad) = pair;
+      for (int nt = 0; nt < D / 8; ++nt) {
+        const auto pair = Half::from_floats(o[4 * nt + 2 * half] * inverse, o[4 * nt + 2 * half + 1] * inverse);
+        *reinterpret_cast<typename Half::pair*>(out_row + nt * 8 + 2 * quad) = pair;
+      }
+      if (p.lse && quad == 0)
+        p.lse[p.lse_offset(w.coord.seq, seq, t, w.coord.head)] =
+            sum > 0.0f ? (row_max[half] + log2f(sum)) * 0.6931471805599453f : -INFINITY;
     }
-    if (p.lse && quad == 0)
-      p.lse[p.lse_offset(coord.seq, seq, t, coord.head)] =
-          sum > 0.0f ? (row_max[half] + log2f(sum)) * 0.6931471805599453f : -INFINITY;
   }
 }
 
@@ -310,7 +354,9 @@ void launch_sparse_attention(const SparseAttentionParams& params, const TensorMa
   if (params.max_rows == 0) return;
   auto kernel = sparse_attention_kernel<Traits>;
   FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes));
-  kernel<<<dim3(unsigned(params.max_rows)), Traits::kThreads, Traits::kSmemBytes, params.stream>>>(params, maps);
+  // Persistent: one CTA per SM (or fewer when there are fewer rows).
+  const int64_t ctas = params.num_sms > 0 && params.num_sms < params.max_rows ? params.num_sms : params.max_rows;
+  kernel<<<dim3(unsigned(ctas)), Traits::kThreads, Traits::kSmemBytes, params.stream>>>(params, maps);
   FP_CUDA_CHECK_LAUNCH();
 }
 

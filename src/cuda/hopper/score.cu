@@ -1,16 +1,18 @@
 // Host side of the Hopper score kernel: which problems it serves and the launch per head dim/dtype.
 #include "cuda/hopper/score_kernel.cuh"
+#include "cuda/hopper/tensor_map.hpp"
 
 namespace flashprefill::cuda::discovery::hopper {
 namespace {
 
 template <int kHeadDim, bool kIsBf16>
-void launch(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t ld, dim3 grid) {
+void launch(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t ld, dim3 grid,
+            const ScoreMaps& maps) {
   using Traits = ScoreTraits<kHeadDim, kIsBf16>;
   const size_t smem = Traits::smem_bytes(num_key_blocks(p.len_kv, p.params.block_size));
   auto kernel = score_rows_kernel<Traits>;
   FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<grid, Traits::kThreads, smem, static_cast<cudaStream_t>(p.stream)>>>(p, seq_row_offset, buffers, scores, ld);
+  kernel<<<grid, Traits::kThreads, smem, static_cast<cudaStream_t>(p.stream)>>>(p, seq_row_offset, buffers, scores, ld, maps);
   FP_CUDA_CHECK_LAUNCH();
 }
 
@@ -18,16 +20,23 @@ void launch(const detail::Problem& p, const int64_t* seq_row_offset, const Buffe
 
 bool supports(const detail::Problem& p) {
   const size_t smem = ScoreTraits<128, true>::smem_bytes(num_key_blocks(p.len_kv, p.params.block_size));
-  return p.params.block_size == 128 && (p.head_dim == 64 || p.head_dim == 128) && smem <= 227 * 1024;
+  return p.params.block_size == 128 && (p.head_dim == 64 || p.head_dim == 128) && smem <= 227 * 1024 &&
+         ::flashprefill::cuda::hopper::tma_addressable(p.q, p.q_stride);
 }
 
 void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t ld,
                 dim3 grid) {
+  namespace tma = ::flashprefill::cuda::hopper;
+  const int64_t slots = detail::stage_shapes_of(p).pooled_key_slots;
+  ScoreMaps maps;
+  maps.q = tma::make_tensor_map(p, p.q, p.q_stride, p.heads_q, p.varlen ? p.total_q : p.len_q, ScoreTraits<128, true>::kBlockM, "q");
+  maps.hi = tma::make_pooled_map(p, buffers.pooled_hi, slots, ScoreTraits<128, true>::kKeyTile, "pooled keys (hi)");
+  maps.lo = tma::make_pooled_map(p, buffers.pooled_lo, slots, ScoreTraits<128, true>::kKeyTile, "pooled keys (lo)");
   const bool bf16 = p.dtype == DType::bf16;
-  if (p.head_dim == 64) return bf16 ? launch<64, true>(p, seq_row_offset, buffers, scores, ld, grid)
-                                    : launch<64, false>(p, seq_row_offset, buffers, scores, ld, grid);
-  return bf16 ? launch<128, true>(p, seq_row_offset, buffers, scores, ld, grid)
-              : launch<128, false>(p, seq_row_offset, buffers, scores, ld, grid);
+  if (p.head_dim == 64) return bf16 ? launch<64, true>(p, seq_row_offset, buffers, scores, ld, grid, maps)
+                                    : launch<64, false>(p, seq_row_offset, buffers, scores, ld, grid, maps);
+  return bf16 ? launch<128, true>(p, seq_row_offset, buffers, scores, ld, grid, maps)
+              : launch<128, false>(p, seq_row_offset, buffers, scores, ld, grid, maps);
 }
 
 }  // namespace flashprefill::cuda::discovery::hopper

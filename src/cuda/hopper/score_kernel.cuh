@@ -7,7 +7,8 @@
 // the wgmma accumulator layout keeps inside a thread and its quad (no shared-memory transposes).
 // Kbar enters as hi + lo 16-bit parts (~16 mantissa bits): both are A operands of one accumulation
 // chain against the same Q, so the scores match the fp32 CPU backend to well within the
-// threshold's rounding.
+// threshold's rounding. Q and the pooled-key tiles arrive by TMA (one thread issues, an mbarrier
+// counts the bytes), so the warps spend their instructions on the scores.
 #pragma once
 
 #include <cfloat>
@@ -21,43 +22,55 @@
 
 namespace flashprefill::cuda::discovery::hopper {
 
+struct ScoreMaps {
+  CUtensorMap q;       // as the attention kernel's (boxes of 128 tokens)
+  CUtensorMap hi, lo;  // pooled keys [slots][H_kv][D], boxes of 64 slots
+};
+
 template <int kHeadDim_, bool kIsBf16_>
 struct ScoreTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kIsBf16 = kIsBf16_;
   static constexpr int kBlockM = 128;    // queries: one query block (block_size 128)
-  static constexpr int kKeyTile = 128;   // pooled keys per step: 64 per warpgroup
-  static constexpr int kThreads = 256;   // two warpgroups
+  // One warpgroup (64 pooled keys per step) and a small footprint, so that three CTAs share an SM
+  // and one's loads and exponentials overlap another's wgmmas.
+  static constexpr int kWarpgroups = 1;
+  static constexpr int kKeyTile = 64 * kWarpgroups;
+  static constexpr int kThreads = 128 * kWarpgroups;
+  static constexpr int kMinCtasPerSm = 3;
+  // One stage: a second one (prefetch) would cost the third CTA per SM, and measured slower
+  // (H100, 128K: 4.0 -> 5.5 ms of discovery).
+  static constexpr int kStages = 1;
   using QPanels = sm90::SwizzledPanels<kBlockM>;
   using KeyPanels = sm90::SwizzledPanels<kKeyTile>;
   static constexpr int kPanels = kHeadDim / 64;
   static constexpr int kQBytes = kPanels * QPanels::kPanelBytes;
   static constexpr int kKeyBytes = kPanels * KeyPanels::kPanelBytes;  // one of hi, lo
   static constexpr int kReduceFloats = 128;
-  // Q | hi | lo | col_max[max_key_blocks] | col_sum[max_key_blocks] | reduction scratch, +1024 to align.
+  // Q | (hi | lo)[kStages] | col_max[max_key_blocks] | col_sum[max_key_blocks] | reduction scratch | barrier, +1024 to align.
   static size_t smem_bytes(int64_t max_key_blocks) {
-    return 1024 + kQBytes + 2 * kKeyBytes + size_t(2 * max_key_blocks + kReduceFloats) * 4;
+    return 1024 + kQBytes + 2 * kStages * kKeyBytes + size_t(2 * max_key_blocks + kReduceFloats) * 4 + 16;
   }
 };
 
 template <typename Traits>
-__global__ void __launch_bounds__(Traits::kThreads, 2)
-    score_rows_kernel(const detail::Problem p, const int64_t* seq_row_offset, const Buffers buffers, float* scores, int64_t scores_ld) {
+__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
+    score_rows_kernel(const detail::Problem p, const int64_t* seq_row_offset, const Buffers buffers, float* scores, int64_t scores_ld,
+                      const __grid_constant__ ScoreMaps maps) {
   using namespace sm90;
-  using Element = typename sm80::HalfType<Traits::kIsBf16>::type;
-  constexpr int D = Traits::kHeadDim, kChunks = D / 8;
+  constexpr int D = Traits::kHeadDim;
   const RowOfGrid r = row_of_grid(p, seq_row_offset);
   if (!r.valid) return;
 
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw_address = sm80::smem_address(smem_raw);
   unsigned char* q_smem = smem_raw + ((1024 - raw_address % 1024) % 1024);
-  unsigned char* hi_smem = q_smem + Traits::kQBytes;
-  unsigned char* lo_smem = hi_smem + Traits::kKeyBytes;
+  unsigned char* key_smem = q_smem + Traits::kQBytes;  // stage s: hi at 2s, lo at 2s + 1 (kKeyBytes each)
   const int64_t num_j = r.block_abs + 1;
-  auto* col_max = reinterpret_cast<float*>(lo_smem + Traits::kKeyBytes);
+  auto* col_max = reinterpret_cast<float*>(key_smem + 2 * Traits::kStages * Traits::kKeyBytes);
   float* col_sum = col_max + r.num_kv_blocks;
   float* reduce_smem = col_sum + r.num_kv_blocks;
+  auto* loaded = reinterpret_cast<uint64_t*>(reduce_smem + Traits::kReduceFloats);  // 8-byte aligned: 2n + 128 floats in
 
   const int tid = threadIdx.x;
   const int64_t block = p.params.block_size, shift = r.extent.len_kv - r.extent.len_q;
@@ -65,44 +78,53 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
   const int64_t kv_head = r.head / p.group;
   const int64_t slot0 = p.pooled_slot0(r.seq, r.extent);
 
-  // The block's queries; rows before the chunk or past the sequence are zero (and masked).
-  const auto* q_base = static_cast<const Element*>(p.q);
-  for (int index = tid; index < Traits::kBlockM * kChunks; index += Traits::kThreads) {
-    const int row = index / kChunks, chunk = index % kChunks;
-    const int64_t pos = block_start + row;
-    const bool valid = pos >= shift && pos < r.extent.len_kv;
-    sm80::cp_async_16(q_smem + Traits::QPanels::offset(row, chunk),
-                      q_base + p.q_offset(r.seq, r.extent, valid ? pos - shift : 0, r.head) + chunk * 8, valid ? 16 : 0);
-  }
+  // Rows the selection keeps whole (the last query blocks) need no scores when only the layout is
+  // wanted: every causal block is kept, so S = 1 for each (select_row then keeps them all).
+  const bool skip_scores = scores == nullptr && r.block_abs >= r.num_kv_blocks - p.params.last_full_blocks;
 
-  const int warpgroup = __shfl_sync(0xffffffffu, tid / 128, 0);  // warp-uniform: descriptors in uniform registers
-  const int warp = (tid % 128) / 32, lane = tid % 32, g = lane / 4, quad = lane % 4;
+  const int warp = tid / 32, lane = tid % 32, g = lane / 4, quad = lane % 4;
   const float scale_log2 = p.params.scale * 1.4426950408889634f;
   const bool partial_block = block_start < shift || block_start + block > r.extent.len_kv;
   const uint32_t q_address = sm80::smem_address(q_smem);
-  const uint32_t hi_address = sm80::smem_address(hi_smem) + 64 * warpgroup * Traits::KeyPanels::kRowBytes;
-  const uint32_t lo_address = sm80::smem_address(lo_smem) + 64 * warpgroup * Traits::KeyPanels::kRowBytes;
-  const auto* hi_base = static_cast<const Element*>(buffers.pooled_hi);
-  const auto* lo_base = static_cast<const Element*>(buffers.pooled_lo);
+  const uint32_t key_address = sm80::smem_address(key_smem);
+  const int num_tiles = skip_scores ? 0 : int((num_j + Traits::kKeyTile - 1) / Traits::kKeyTile);
+  if (skip_scores)
+    for (int64_t j = tid; j < num_j; j += Traits::kThreads) col_max[j] = 0.0f, col_sum[j] = 1.0f;
+  if (tid == 0) {
+    sm90::Barrier::init(loaded, 1);
+    cutlass::arch::fence_barrier_init();
+  }
 
-  for (int64_t j0 = 0; j0 < num_j; j0 += Traits::kKeyTile) {
-    __syncthreads();  // the previous step's wgmmas have read hi/lo
-    for (int index = tid; index < Traits::kKeyTile * kChunks; index += Traits::kThreads) {
-      const int row = index / kChunks, chunk = index % kChunks;
-      const bool valid = j0 + row < num_j;
-      const int64_t offset = ((slot0 + (valid ? j0 + row : 0)) * p.heads_kv + kv_head) * D + chunk * 8;
-      sm80::cp_async_16(hi_smem + Traits::KeyPanels::offset(row, chunk), hi_base + offset, valid ? 16 : 0);
-      sm80::cp_async_16(lo_smem + Traits::KeyPanels::offset(row, chunk), lo_base + offset, valid ? 16 : 0);
+  constexpr uint64_t kCacheHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    __syncthreads();  // the previous tile's wgmmas (every warp) have read the stage; the barrier is initialised
+    if (tid == 0) {
+      // Tile 0 brings the block's queries too. Rows before the chunk have negative coordinates
+      // (zeros, or the previous sequence when packed) and rows past the sequence read zeros or the
+      // next one: all are masked below. Slots past the row's blocks are masked the same way.
+      const uint32_t bytes = 2 * Traits::kKeyBytes + (tile == 0 ? Traits::kQBytes : 0);
+      sm90::Barrier::arrive_and_expect_tx(loaded, bytes);
+      if (tile == 0) {
+        const int32_t q_token = int32_t(r.extent.q_token0 + block_start - shift);
+        const int32_t batch = p.varlen ? 0 : int32_t(r.seq);
+        for (int panel = 0; panel < Traits::kPanels; ++panel)
+          cute::SM90_TMA_LOAD_4D::copy(&maps.q, loaded, kCacheHint, q_smem + panel * Traits::QPanels::kPanelBytes, panel * 64,
+                                       int32_t(r.head), q_token, batch);
+      }
+      const int32_t slot = int32_t(slot0 + int64_t(tile) * Traits::kKeyTile);
+      for (int panel = 0; panel < Traits::kPanels; ++panel) {
+        const int panel_offset = panel * Traits::KeyPanels::kPanelBytes;
+        cute::SM90_TMA_LOAD_3D::copy(&maps.hi, loaded, kCacheHint, key_smem + panel_offset, panel * 64, int32_t(kv_head), slot);
+        cute::SM90_TMA_LOAD_3D::copy(&maps.lo, loaded, kCacheHint, key_smem + Traits::kKeyBytes + panel_offset, panel * 64,
+                                     int32_t(kv_head), slot);
+      }
     }
-    sm80::cp_async_commit();
-    sm80::cp_async_wait<0>();
-    cutlass::arch::fence_view_async_shared();  // cp.async writes -> the wgmma (async proxy) reads
-    __syncthreads();
+    sm90::Barrier::wait(loaded, tile & 1);
+    const int64_t j0 = int64_t(tile) * Traits::kKeyTile;
+    const uint32_t hi_address = key_address;
+    const uint32_t lo_address = hi_address + Traits::kKeyBytes;
 
-    const int64_t wg_j0 = j0 + 64 * warpgroup;
-    if (wg_j0 >= num_j) continue;  // warpgroup-uniform: nothing of this half is causal
-
-    // x^T[j, t] for the warpgroup's 64 key blocks x 128 queries: hi then lo against the same Q.
+    // x^T[j, t] for 64 key blocks x 128 queries: hi then lo against the same Q.
     float x[64];
     {
       uint64_t a[2 * D / 16], b[D / 16];
@@ -125,15 +147,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
       fence_accumulators(x);
     }
 
-    // Element 4 * nt + e: key block wg_j0 + 16 * warp + g + 8 * (e / 2), query row 8 * nt + 2 * quad + (e % 2).
+    // Element 4 * nt + e: key block j0 + 16 * warp + g + 8 * (e / 2), query row 8 * nt + 2 * quad + (e % 2).
     // Masked (-inf): blocks past the row block, queries outside the chunk or the sequence, and the
     // diagonal block for queries that do not see all its keys (ALGORITHM.md step 2).
-    const bool needs_mask = partial_block || wg_j0 + 63 >= r.block_abs;
+    const bool needs_mask = partial_block || j0 + Traits::kKeyTile - 1 >= r.block_abs;
 #pragma unroll
     for (int i = 0; i < 64; ++i) {
       x[i] *= scale_log2;
       if (needs_mask) {
-        const int64_t j = wg_j0 + 16 * warp + g + 8 * ((i % 4) / 2);
+        const int64_t j = j0 + 16 * warp + g + 8 * ((i % 4) / 2);
         const int64_t pos = block_start + 8 * (i / 4) + 2 * quad + (i % 2);
         const bool visible = j < num_j && pos >= shift && pos < r.extent.len_kv &&
                              detail::key_block_visible(j, pos, r.extent.len_kv, block);
@@ -153,7 +175,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
       for (int nt = 0; nt < 16; ++nt) s += fast_exp2(x[4 * nt + 2 * half] - shift_m) + fast_exp2(x[4 * nt + 2 * half + 1] - shift_m);
       s += __shfl_xor_sync(0xffffffffu, s, 1);
       s += __shfl_xor_sync(0xffffffffu, s, 2);
-      const int64_t j = wg_j0 + 16 * warp + g + 8 * half;
+      const int64_t j = j0 + 16 * warp + g + 8 * half;
       if (quad == 0 && j < num_j) {
         col_max[j] = m;
         col_sum[j] = s;
