@@ -23,6 +23,11 @@ def _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min
                 softmax_scale=0.0 if softmax_scale is None else float(softmax_scale), check_inputs=bool(check_inputs))
 
 
+def _param_tuple(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs):
+    return (float(alpha), int(block_size), int(sink_blocks), int(window_blocks), int(last_full_blocks), int(min_budget),
+            0.0 if softmax_scale is None else float(softmax_scale), bool(check_inputs))
+
+
 def _stream_of(x) -> int:
     if _is_torch(x) and x.is_cuda:
         import torch
@@ -64,10 +69,11 @@ def flash_prefill(q, k, v, *, alpha: float = 0.12, block_size: int = 128, sink_b
     Returns:
         ``out`` like ``q``, or ``(out, lse)``.
     """
-    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs)
-    if _is_torch(q):
+    if _is_torch(q):  # the hot path: a params tuple in the binding's order, no dict
         from . import _torch_ops
-        return _torch_ops.flash_prefill(q, k, v, params, return_lse)
+        return _torch_ops.flash_prefill(q, k, v, _param_tuple(alpha, block_size, sink_blocks, window_blocks, last_full_blocks,
+                                                               min_budget, softmax_scale, check_inputs), return_lse)
+    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs)
     out = np.empty_like(q)
     lse = _empty_lse(q, (q.shape[0], q.shape[2], q.shape[1])) if return_lse else None
     _call(_C.flash_prefill, q, k, v, out, lse, None, None, 0, 0, params, workspace=None)
@@ -87,11 +93,12 @@ def flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
     Returns:
         ``out`` ``[total_q, H_q, D]``, or ``(out, lse)`` with lse ``[H_q, total_q]``.
     """
-    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs)
     if _is_torch(q):
         from . import _torch_ops
-        return _torch_ops.flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), params,
-                                               return_lse)
+        return _torch_ops.flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+                                               _param_tuple(alpha, block_size, sink_blocks, window_blocks, last_full_blocks,
+                                                            min_budget, softmax_scale, check_inputs), return_lse)
+    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs)
     out = np.empty_like(q)
     lse = _empty_lse(q, (q.shape[1], q.shape[0])) if return_lse else None
     _call(_C.flash_prefill, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params, workspace=None)

@@ -3,7 +3,7 @@ torch.compile (fake implementations give shapes without running) and replay in C
 and workspace come from PyTorch's allocator; the C++ call never synchronises or allocates)."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
@@ -12,20 +12,36 @@ from . import _C
 _PARAM_NAMES = ("alpha", "block_size", "sink_blocks", "window_blocks", "last_full_blocks", "min_budget", "softmax_scale",
                 "check_inputs")
 
+# Workspace bytes per call signature. The size depends only on shapes, dtype, device and params
+# (never on data: varlen bounds come from max_seqlen), so one C++ query per signature suffices and
+# the common call makes a single binding call.
+_workspace_sizes: dict = {}
+
+try:  # the raw current stream without building a torch.cuda.Stream object (~0.3 us instead of ~5 us)
+    _raw_stream = torch._C._cuda_getCurrentRawStream
+except AttributeError:  # pragma: no cover - older or CPU-only PyTorch builds
+    def _raw_stream(index):
+        return torch.cuda.current_stream(index).cuda_stream
+
 
 def _run(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, params):
-    stream = torch.cuda.current_stream(q.device).cuda_stream if q.is_cuda else 0
-    common = dict(q=q, k=k, v=v, out=out, lse=lse, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
-                  max_seqlen_k=max_k, stream=stream, **params)
-    workspace = None
-    if q.is_cuda:  # from PyTorch's caching allocator: graph-safe, and freed with the call
-        workspace = torch.empty(_C.workspace_size(**common), dtype=torch.uint8, device=q.device)
-    _C.flash_prefill(workspace=workspace, **common)
-
-
-def _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs):
-    return dict(zip(_PARAM_NAMES, (alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale,
-                                   check_inputs)))
+    """One C++ call with positional arguments (in the binding's order); `params` is a tuple in _PARAM_NAMES order."""
+    if not q.is_cuda:
+        _C.flash_prefill(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, *params, 0, None)
+        return
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    stream = _raw_stream(index)
+    key = (q.shape, k.shape, v.shape, q.dtype, index, None if cu_q is None else cu_q.shape[0], max_q, max_k, params,
+           lse is not None)
+    size = _workspace_sizes.get(key)
+    if size is None:
+        size = _C.workspace_size(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, *params, stream)
+        if len(_workspace_sizes) > 4096:  # many distinct shapes (varlen serving): start over
+            _workspace_sizes.clear()
+        _workspace_sizes[key] = size
+    # From PyTorch's caching allocator on the current stream: graph-safe, and freed with the call.
+    workspace = torch.empty(size, dtype=torch.uint8, device=q.device)
+    _C.flash_prefill(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, *params, stream, workspace)
 
 
 def _flash_prefill_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float, block_size: int, sink_blocks: int,
@@ -34,7 +50,7 @@ def _flash_prefill_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha
     out = torch.empty_like(q)
     lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]) if return_lse else (0,), dtype=torch.float32, device=q.device)
     _run(q, k, v, out, lse if return_lse else None, None, None, 0, 0,
-         _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs))
+         (alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs))
     return out, lse
 
 
@@ -55,7 +71,7 @@ def _flash_prefill_varlen_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     out = torch.empty_like(q)
     lse = torch.empty((q.shape[1], q.shape[0]) if return_lse else (0,), dtype=torch.float32, device=q.device)
     _run(q, k, v, out, lse if return_lse else None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-         _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs))
+         (alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs))
     return out, lse
 
 
@@ -70,18 +86,27 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alpha, bl
 
 
 def _eager() -> bool:
-    # Outside torch.compile the operator's dispatch (~100 us) buys nothing: call its body directly.
+    # Outside torch.compile the operator's dispatch (~100 us) buys nothing: run its body directly.
     # CUDA-graph capture is fine either way (outputs and workspace come from PyTorch's allocator).
     return not torch.compiler.is_compiling()
 
 
-def flash_prefill(q, k, v, params: dict, return_lse: bool):
-    op = _flash_prefill_impl if _eager() else _flash_prefill_op
-    out, lse = op(q, k, v, *(params[name] for name in _PARAM_NAMES), return_lse)
+def flash_prefill(q, k, v, params: tuple, return_lse: bool):
+    """``params`` in _PARAM_NAMES order. Eagerly: allocate and call; under torch.compile: the operator."""
+    if _eager():
+        out = torch.empty_like(q)
+        lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32, device=q.device) if return_lse else None
+        _run(q, k, v, out, lse, None, None, 0, 0, params)
+        return (out, lse) if return_lse else out
+    out, lse = _flash_prefill_op(q, k, v, *params, return_lse)
     return (out, lse) if return_lse else out
 
 
-def flash_prefill_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, params: dict, return_lse: bool):
-    op = _flash_prefill_varlen_impl if _eager() else _flash_prefill_varlen_op
-    out, lse = op(q, k, v, cu_q, cu_k, max_q, max_k, *(params[name] for name in _PARAM_NAMES), return_lse)
+def flash_prefill_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, params: tuple, return_lse: bool):
+    if _eager():
+        out = torch.empty_like(q)
+        lse = torch.empty((q.shape[1], q.shape[0]), dtype=torch.float32, device=q.device) if return_lse else None
+        _run(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, params)
+        return (out, lse) if return_lse else out
+    out, lse = _flash_prefill_varlen_op(q, k, v, cu_q, cu_k, max_q, max_k, *params, return_lse)
     return (out, lse) if return_lse else out

@@ -1,5 +1,6 @@
 """PyTorch tensors: the torch.library operators on CPU and CUDA, torch.compile, CUDA graphs, and the
 transformers integration. Skipped where PyTorch (or a GPU, for the CUDA tests) is missing."""
+import copy
 import time
 
 import numpy as np
@@ -98,18 +99,47 @@ def test_python_call_overhead_is_reported(rng):
           f"difference {api_us - binding_us:.1f} us")
 
 
+def _small_config(transformers, family):
+    """A few-layer GQA model of each supported family (random weights)."""
+    common = dict(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=3, num_attention_heads=8,
+                  num_key_value_heads=2, max_position_embeddings=8192)
+    if family == "llama":
+        return transformers.LlamaConfig(**common), transformers.LlamaForCausalLM
+    if family == "qwen2":
+        return transformers.Qwen2Config(**common, use_sliding_window=False), transformers.Qwen2ForCausalLM
+    if family == "qwen3":
+        return transformers.Qwen3Config(**common, head_dim=128), transformers.Qwen3ForCausalLM
+    return transformers.MistralConfig(**common, sliding_window=None), transformers.MistralForCausalLM
+
+
+def test_transformers_alpha_defaults_by_model_type():
+    pytest.importorskip("transformers", reason="transformers is not installed")
+    import flashprefill.integrations.transformers as fpt
+    from types import SimpleNamespace
+    saved = fpt.settings.alpha
+    try:
+        fpt.configure(alpha=None)
+        for model_type, alpha in [("llama", 0.18), ("qwen2", 0.08), ("qwen3", 0.12), ("mistral", fpt.DEFAULT_ALPHA)]:
+            assert fpt._alpha_for(SimpleNamespace(config=SimpleNamespace(model_type=model_type))) == alpha
+        fpt.configure(alpha=0.3)  # a global override wins over the family default ...
+        assert fpt._alpha_for(SimpleNamespace(config=SimpleNamespace(model_type="llama"))) == 0.3
+        module = SimpleNamespace(config=SimpleNamespace(model_type="llama", flashprefill_alpha=0.05))
+        assert fpt._alpha_for(module) == 0.05  # ... and a per-model config value wins over both
+    finally:
+        fpt.configure(alpha=saved)
+
+
 @needs_gpu
-def test_transformers_llama_matches_sdpa_and_generates(rng):
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral"])
+def test_transformers_model_matches_sdpa_and_generates(rng, family):
     transformers = pytest.importorskip("transformers")
     import flashprefill.integrations.transformers as fpt
-    config = transformers.LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=3,
-                                      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=8192)
+    config, model_class = _small_config(transformers, family)
     torch.manual_seed(int(rng.integers(1 << 30)))
-    import copy
     # Separate configs: the attention implementation is a config attribute.
-    ref_model = transformers.LlamaForCausalLM._from_config(copy.deepcopy(config), attn_implementation="sdpa")
+    ref_model = model_class._from_config(copy.deepcopy(config), attn_implementation="sdpa")
     ref_model = ref_model.to("cuda", torch.bfloat16).eval()
-    ours = transformers.LlamaForCausalLM._from_config(copy.deepcopy(config), attn_implementation="flashprefill")
+    ours = model_class._from_config(copy.deepcopy(config), attn_implementation="flashprefill")
     ours = ours.to("cuda", torch.bfloat16).eval()
     ours.load_state_dict(ref_model.state_dict())
     assert ours.config._attn_implementation == "flashprefill" and ref_model.config._attn_implementation == "sdpa"
