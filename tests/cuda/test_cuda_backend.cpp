@@ -168,6 +168,17 @@ TEST(Cuda, LongRowsWrapThePipeline) {
   }
 }
 
+// More layout rows than SMs, several per persistent CTA: the stage ring and the two Q buffers carry
+// their phases from row to row; chunked (L_q < L_kv, unaligned) with GQA and a threshold.
+TEST(Cuda, ManyRowsPerPersistentCta) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  Params params;
+  params.alpha = 0.1f;
+  HostBatch host = padded_batch(Shape{2, 1900, 2000, 16, 4, 64}, DType::bf16, seed);  // 2 x 16 x 15 = 480 rows
+  check_gpu_attention(host, params);
+}
+
 // The kernels move rows in 16-byte pieces: a misaligned view is refused by name, not read.
 TEST(Cuda, MisalignedRowsAreRefused) {
   FP_REQUIRE_GPU();

@@ -33,7 +33,8 @@ struct ScoreTraits {
   static constexpr bool kIsBf16 = kIsBf16_;
   static constexpr int kBlockM = 128;    // queries: one query block (block_size 128)
   // One warpgroup (64 pooled keys per step) and a small footprint, so that three CTAs share an SM
-  // and one's loads and exponentials overlap another's wgmmas.
+  // and one's loads and exponentials overlap another's wgmmas. Measured against two warpgroups
+  // (128 keys per step, two CTAs per SM), also TMA-fed: 3.8 vs 5.0 ms of discovery at 128K.
   static constexpr int kWarpgroups = 1;
   static constexpr int kKeyTile = 64 * kWarpgroups;
   static constexpr int kThreads = 128 * kWarpgroups;
