@@ -13,4 +13,4 @@ LENGTHS=${LENGTHS:-4K,16K,32K,128K}
 REF_ARG=""; [ -n "${REFERENCE:-}" ] && REF_ARG="--reference $REFERENCE"
 timeout 300 python3 bench/gpu_bench.py --lengths "$LENGTHS" $REF_ARG --json "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/gpu_bench.log" | grep -v Warning
 timeout 120 python3 bench/gpu_bench.py --fixed-density 0.01,0.035,0.1,0.176,0.29,0.46,0.704,1.0 --lengths 32K --json "$OUT/fixed_density.json" 2>&1 | tee "$OUT/fixed.log" | grep -v Warning
-timeout 120 python3 examples/transformers_ttft.py --layers 2 --lengths 32K --repeats 2 2>&1 | tee "$OUT/ttft.log" | grep -v -i warn | tail -5
+timeout 240 python3 examples/transformers_ttft.py --layers 2 --lengths 32K --repeats 2 2>&1 | tee "$OUT/ttft.log" | grep -v -i warn | tail -5

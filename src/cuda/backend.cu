@@ -157,7 +157,12 @@ void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, v
   params.col_idx = layout.col_idx.ptr<const int32_t>();
   params.max_rows = layout.max_rows;
   params.stream = stream;
-  if (layout.max_rows > 0) {
+  // Longest rows first through a sort, when there are enough rows per SM for the order to matter;
+  // below that the sort's launches cost more than the balance they buy and the kernels take the
+  // last rows first (H100, 4K llama3-8b, 7.8 rows per SM: 0.278-0.283 ms sorted, 0.272 ms not).
+  constexpr int64_t kSortRowsPerSm = 8;
+  const bool sort_rows = layout.max_rows > kSortRowsPerSm * device_info(p).sms;
+  if (sort_rows) {
     const unsigned blocks = unsigned(std::min<int64_t>((layout.max_rows + 255) / 256, 4096));
     schedule_keys_kernel<<<blocks, 256, 0, stream>>>(params.seq_row_offset, p.num_seqs, params.row_ptr, layout.max_rows, keys_in, rows_in);
     FP_CUDA_CHECK_LAUNCH();

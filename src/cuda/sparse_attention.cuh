@@ -21,12 +21,18 @@ struct SparseAttentionParams {
   const int64_t* row_ptr;         // [max_rows + 1], device (unused when dense)
   const int32_t* col_idx;         // device (unused when dense)
   bool dense = false;             // our dense path: the same kernel with every causal block kept
-  const int32_t* row_order = nullptr;  // device, rows in the order to start them (longest first); nullptr: natural order
+  const int32_t* row_order = nullptr;  // device, rows in the order to start them (longest first); nullptr: see below
+  // Without row_order: the last rows first (the last query blocks of the last head), which for causal
+  // layouts are the long ones, so short rows fill the tail.
   int64_t max_rows = 0;           // rows r >= seq_row_offset[num_seqs] are skipped
   int* work_counter = nullptr;    // device int zeroed before the launch, for persistent kernels; may be nullptr
   int num_sms = 0;
   cudaStream_t stream = nullptr;
 };
+
+__device__ inline int64_t row_at(const SparseAttentionParams& params, int64_t order_index) {
+  return params.row_order ? params.row_order[order_index] : params.max_rows - 1 - order_index;
+}
 
 struct RowCoord {
   int64_t seq = 0, head = 0, block_local = 0;

@@ -169,14 +169,18 @@ TEST(Cuda, LongRowsWrapThePipeline) {
 }
 
 // More layout rows than SMs, several per persistent CTA: the stage ring and the two Q buffers carry
-// their phases from row to row; chunked (L_q < L_kv, unaligned) with GQA and a threshold.
+// their phases from row to row; chunked (L_q < L_kv, unaligned) with GQA and a threshold. The first
+// shape runs in the unsorted order (fewer than 8 rows per SM on an H100), the second sorted.
 TEST(Cuda, ManyRowsPerPersistentCta) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);
   Params params;
   params.alpha = 0.1f;
-  HostBatch host = padded_batch(Shape{2, 1900, 2000, 16, 4, 64}, DType::bf16, seed);  // 2 x 16 x 15 = 480 rows
-  check_gpu_attention(host, params);
+  for (const Shape& shape : {Shape{2, 1900, 2000, 16, 4, 64}, Shape{2, 2900, 3000, 24, 4, 64}}) {  // 480 and 1152 rows
+    SCOPED_TRACE("Lq=" + std::to_string(shape.len_q) + " Hq=" + std::to_string(shape.heads_q));
+    HostBatch host = padded_batch(shape, DType::bf16, seed + uint64_t(shape.len_q));
+    check_gpu_attention(host, params);
+  }
 }
 
 // The kernels move rows in 16-byte pieces: a misaligned view is refused by name, not read.

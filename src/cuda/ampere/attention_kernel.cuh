@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
   const int64_t order_index = blockIdx.x / slices;
   const int slice = blockIdx.x % slices;
   if (order_index >= params.max_rows) return;
-  const int64_t row = params.row_order ? params.row_order[order_index] : order_index;
+  const int64_t row = row_at(params, order_index);
   const RowCoord coord = decode_row(params, row);
   if (!coord.valid) return;
   const detail::SeqExtent& seq = coord.extent;

@@ -63,7 +63,7 @@ template <int kBlockM>
 __device__ inline RowWork row_work(const SparseAttentionParams& params, int64_t order_index) {
   const detail::Problem& p = params.problem;
   RowWork w;
-  w.row = params.row_order ? params.row_order[order_index] : order_index;
+  w.row = row_at(params, order_index);
   w.coord = decode_row(params, w.row);
   if (!w.coord.valid) return w;
   const detail::SeqExtent& seq = w.coord.extent;
