@@ -1,9 +1,9 @@
 """The GPU benchmark of BENCHMARK.md, in one process: flashprefill (total, and discovery / attention
 split through the stage API), PyTorch SDPA (FlashAttention-2 and cuDNN backends), our dense path,
-and optionally the paper's reference Triton code, all on the same structured synthetic input,
+and optionally the paper's reference Triton code and FlashPrefillv2, all on the same structured synthetic input,
 CUDA-event medians after warm-up. A second mode times the sparse kernel alone at fixed densities.
 
-    python3 bench/gpu_bench.py --lengths 4K,16K,32K,128K [--shape llama3-8b] [--reference DIR] [--json F]
+    python3 bench/gpu_bench.py --lengths 4K,16K,32K,128K [--shape llama3-8b] [--reference DIR] [--fpv2 DIR] [--json F]
     python3 bench/gpu_bench.py --fixed-density 0.01,0.035,0.1,0.176,0.29,0.46,0.704,1.0 --lengths 32K
 """
 import argparse
@@ -50,7 +50,16 @@ def attention_recall(q, k, layout_rows, nqb, block, samples, gen):
     return total / samples
 
 
-def run_structured(args, length, reference):
+def load_fpv2(path, alpha):
+    """FlashPrefillv2 (qhfan/FlashPrefillv2), built by the trimmed recipe kept beside the reference checkout
+    (not committed): its full call, its selection and its sparse attention, on [B, L, H, D] inputs. Block 128
+    (its default is 64) and the same alpha, so that its layout has our granularity along the keys."""
+    sys.path.insert(0, path)
+    from fpv2_api import FPV2  # noqa
+    return FPV2(alpha=alpha, k_block_n=128)
+
+
+def run_structured(args, length, reference, fpv2=None):
     heads_q, heads_kv, dim = SHAPES[args.shape]
     q_np, k_np, v_np = fp.make_structured_input(length, heads_q, heads_kv, dim, seed=args.seed)
     q, k, v = (torch.from_numpy(x).view(torch.bfloat16).cuda() for x in (q_np, k_np, v_np))
@@ -76,6 +85,15 @@ def run_structured(args, length, reference):
     row["our_dense_ms"] = time_ms(lambda: fp.dense_attention(q, k, v), repeats=3 if length >= 131072 else repeats)
     row["rel_error_vs_dense"] = float((ours.float() - dense_out.float()).norm() / dense_out.float().norm())
     row["attention_recall"] = attention_recall(q, k, rows, nqb, 128, args.recall_samples, np.random.default_rng(args.seed))
+    if fpv2 is not None:
+        v2_out = fpv2(q, k, v)
+        row["fpv2_rel_error_vs_dense"] = float((v2_out.float() - dense_out.float()).norm() / dense_out.float().norm())
+        row["fpv2_ms"] = time_ms(lambda: fpv2(q, k, v), repeats=repeats)
+        row["fpv2_selection_ms"] = time_ms(lambda: fpv2.select(q, k, v), repeats=repeats)
+        index = fpv2.select(q, k, v)  # the next select would overwrite it: time its attention now
+        row["fpv2_attention_ms"] = time_ms(lambda: fpv2.attend(q, k, v, index), repeats=repeats)
+        row["fpv2_density_64_token_tiles"] = fpv2.density(index, q, k)
+        del v2_out, index
     if reference is not None:
         out = torch.empty_like(q)
         run_ref = lambda: reference(q, k, v, out, 128, 2, 4, args.alpha, 2, 0)
@@ -87,6 +105,8 @@ def run_structured(args, length, reference):
     row["speedup_vs_fa2"] = row["fa2_ms"] / row["ours_ms"]
     if "reference_ms" in row:
         row["speedup_vs_reference"] = row["reference_ms"] / row["ours_ms"]
+    if "fpv2_ms" in row:
+        row["speedup_vs_fpv2"] = row["fpv2_ms"] / row["ours_ms"]
     return row
 
 
@@ -126,6 +146,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recall-samples", type=int, default=64)
     parser.add_argument("--reference", default=None, help="path of a qhfan/FlashPrefill checkout to time beside ours")
+    parser.add_argument("--fpv2", default=None, help="folder holding fpv2_api.py and a trimmed FlashPrefillv2 build, to time beside ours")
     parser.add_argument("--fixed-density", default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -139,8 +160,9 @@ def main():
                 print(json.dumps(results[-1]), flush=True)
     else:
         reference = load_reference(args.reference) if args.reference else None
+        fpv2 = load_fpv2(args.fpv2, args.alpha) if args.fpv2 else None
         for length in lengths:
-            results.append(run_structured(args, length, reference))
+            results.append(run_structured(args, length, reference, fpv2))
             print(json.dumps(results[-1]), flush=True)
             torch.cuda.empty_cache()
     if args.json:

@@ -248,7 +248,15 @@ Problem detail::make_problem(const AttentionArgs& args, const Params& params, Ne
   p.params = params;
   if (p.params.scale == 0.0f) p.params.scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
   p.stream = args.stream;
-  if (p.device.type == DeviceType::cuda) cuda::set_device(p.device.index);
+  if (p.device.type == DeviceType::cuda) {
+    // The CUDA kernels index tokens (TMA coordinates) and layout rows in 32 bits, as col_idx does.
+    const StageShapes s = detail::stage_shapes_of(p);
+    constexpr int64_t kInt32Max = 2147483647;
+    if (p.total_q > kInt32Max || p.total_kv > kInt32Max || s.max_rows > kInt32Max)
+      fail("the problem has " + str(p.total_q) + " query tokens, " + str(p.total_kv) + " key tokens and " + str(s.max_rows) +
+           " layout rows; the CUDA backend expects each below 2^31");
+    cuda::set_device(p.device.index);
+  }
   return p;
 }
 

@@ -34,7 +34,10 @@ void check_pool_and_scores(HostBatch& batch, const Params& params) {
   std::vector<float> scores(static_cast<size_t>(shapes.max_rows * shapes.max_key_blocks), NAN);
   block_scores(args, params, pooled_view,
                TensorView::contiguous(scores.data(), DType::fp32, Device::cpu(), {shapes.max_rows, shapes.max_key_blocks}));
-  const std::vector<double> ref_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
+  // Step 2 on the backend's own pooled keys (step 1 is checked above): scoring rounds the means to
+  // the input dtype, and a mean within an fp32 ulp of a rounding boundary may round either way.
+  const std::vector<double> given_pooled(pooled.begin(), pooled.end());
+  const std::vector<double> ref_scores = reference::block_scores(problem, given_pooled, shapes.max_key_blocks);
   for (size_t n = 0; n < ref_scores.size(); ++n)
     ASSERT_NEAR(scores[n], ref_scores[n], 1e-4 * (1 + ref_scores[n])) << "score element " << n;
 }
@@ -53,7 +56,9 @@ void check_layout(HostBatch& batch, const Params& params, std::vector<std::vecto
   const auto ref_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
   const auto ref_rows = reference::select_blocks(problem, ref_scores, shapes.max_key_blocks);
   ASSERT_EQ(rows.size(), ref_rows.size());
-  expect_rows_differ_only_at_threshold(rows, ref_rows, ref_scores, shapes.max_key_blocks, params.alpha, 1e-4);
+  // 1e-3: the fp64 reference's means can round to the other neighbour in the input dtype than the
+  // backend's fp32 means (see check_pool_and_scores), which moves S by up to ~1e-4 relative.
+  expect_rows_differ_only_at_threshold(rows, ref_rows, ref_scores, shapes.max_key_blocks, params.alpha, 1e-3);
   if (kept_out) *kept_out = rows;
 }
 

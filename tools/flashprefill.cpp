@@ -11,6 +11,10 @@
 #include <random>
 #include <sstream>
 
+#ifdef FLASHPREFILL_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
 #include "common/half.hpp"
 #include "common/problem.hpp"
 #include "flashprefill/flashprefill.hpp"
@@ -148,16 +152,38 @@ class Progress {
   bool enabled_;
 };
 
-// Median wall time (ms) of `repeats` runs, each fenced by device synchronisation, after one warm-up.
+// Median time (ms) of `repeats` runs after two warm-ups: CUDA events around each run on a GPU
+// (BENCHMARK.md; what the device did, without host launch gaps before the first kernel), the wall
+// clock fenced by the run itself on the CPU.
 double time_ms(const std::function<void()>& run, int repeats, Device device) {
+  run();
   run();
   synchronize(device);
   std::vector<double> times;
-  for (int r = 0; r < repeats; ++r) {
-    const auto start = std::chrono::steady_clock::now();
-    run();
-    synchronize(device);
-    times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+#ifdef FLASHPREFILL_WITH_CUDA
+  if (device.type == DeviceType::cuda) {
+    cudaEvent_t start, stop;
+    if (cudaEventCreate(&start) != cudaSuccess || cudaEventCreate(&stop) != cudaSuccess) throw Error("cudaEventCreate failed");
+    for (int r = 0; r < repeats; ++r) {
+      cudaEventRecord(start);  // the library runs on the default stream here (args.stream is null)
+      run();
+      cudaEventRecord(stop);
+      if (cudaEventSynchronize(stop) != cudaSuccess) throw Error("cudaEventSynchronize failed");
+      float ms = 0.0f;
+      cudaEventElapsedTime(&ms, start, stop);
+      times.push_back(ms);
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+  }
+#endif
+  if (times.empty()) {
+    for (int r = 0; r < repeats; ++r) {
+      const auto start = std::chrono::steady_clock::now();
+      run();
+      synchronize(device);
+      times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    }
   }
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];

@@ -124,14 +124,16 @@ void score_row(const Problem& p, const Row& r, const float* pooled_t, int64_t ld
     for (int64_t j = 0; j < num_j; ++j) scores[j] += ws.s[t * n_pad + j];
 }
 
-// Pooled keys of (sequence, kv head) transposed to [D][ld], zero-padded columns.
+// Pooled keys of (sequence, kv head), rounded to the input dtype, transposed to [D][ld], zero-padded columns.
 std::vector<float> transpose_pooled(const Problem& p, const float* pooled_keys, int64_t seq, const SeqExtent& s,
                                     int64_t kv_head, int64_t& ld) {
   const int64_t D = p.head_dim, nkb = num_key_blocks(s.len_kv, p.block()), slot0 = p.pooled_slot0(seq, s);
   ld = round_up(std::max<int64_t>(nkb, 1), kernels::kColumnTile);
   std::vector<float> pooled_t(static_cast<size_t>(D * ld), 0.0f);
   for (int64_t j = 0; j < nkb; ++j)
-    for (int64_t d = 0; d < D; ++d) pooled_t[d * ld + j] = pooled_keys[((slot0 + j) * p.heads_kv + kv_head) * D + d];
+    for (int64_t d = 0; d < D; ++d)  // scoring reads the means rounded to the input dtype (as the GPU's tensor cores do)
+      pooled_t[d * ld + j] = detail::half_bits_to_float(
+          detail::float_to_half_bits(pooled_keys[((slot0 + j) * p.heads_kv + kv_head) * D + d], p.dtype), p.dtype);
   return pooled_t;
 }
 

@@ -12,7 +12,8 @@ namespace flashprefill::reference {
 // Step 1: pooled keys, [slot][kv head][d] in the slot numbering of flashprefill.hpp.
 std::vector<double> pool_keys(const detail::Problem& p, int64_t num_slots);
 
-// Step 2: S for every layout row, row-major [row][max_key_blocks] (0 where j > i).
+// Step 2: S for every layout row, row-major [row][max_key_blocks] (0 where j > i), scoring
+// against the pooled keys rounded to the input dtype, as every backend does.
 std::vector<double> block_scores(const detail::Problem& p, const std::vector<double>& pooled, int64_t max_key_blocks);
 
 // Steps 3-4: the kept key blocks of every layout row, ascending.

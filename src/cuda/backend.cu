@@ -51,12 +51,18 @@ __global__ void schedule_keys_kernel(const int64_t* seq_row_offset, int64_t num_
   }
 }
 
+// Attention scratch: the persistent kernel's row counter, then (varlen only) the row sort.
 struct SchedulePlan {
-  size_t keys = 0, sort_temp = 0;
-  size_t total() const { return 4 * keys + sort_temp; }
+  size_t counter = kAlign, keys = 0, sort_temp = 0;
+  size_t total() const { return counter + 4 * keys + sort_temp; }
 };
-SchedulePlan schedule_plan(int64_t max_rows) {
+// Varlen batches are sorted by kept-block count, longest first; padded batches need no sort:
+// row_at's natural order (last query blocks first) already starts the long rows of a causal layout
+// first, and the kernels take rows dynamically, so the tail is short rows.
+bool sorts_rows(const Problem& p) { return p.varlen; }
+SchedulePlan schedule_plan(const Problem& p, int64_t max_rows) {
   SchedulePlan plan;
+  if (!sorts_rows(p)) return plan;
   plan.keys = align_up(size_t(max_rows) * 4);
   size_t sort_bytes = 0;
   FP_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
@@ -91,7 +97,7 @@ size_t discover_workspace_size(const Problem& p) {
 }
 
 size_t attention_workspace_size(const Problem& p, const BlockSparseLayout& layout) {
-  return schedule_plan(layout.max_rows).total();
+  return schedule_plan(p, layout.max_rows).total();
 }
 
 void fill_seq_row_offsets(const Problem& p, const BlockSparseLayout& layout) {
@@ -114,7 +120,7 @@ void block_scores(const Problem& p, const float* pooled_keys, float* scores, int
   const discovery::Buffers buffers = discovery::carve(plan, scratch + offsets_bytes);
   auto* seq_row_offset = reinterpret_cast<int64_t*>(scratch);
   discovery::fill_seq_row_offsets(p, seq_row_offset);
-  discovery::split_pooled(p, pooled_keys, plan.slots, buffers);
+  discovery::round_pooled(p, pooled_keys, plan.slots, buffers);
   FP_CUDA_CHECK(cudaMemsetAsync(scores, 0, size_t(max_rows_of(p) * ld) * 4, static_cast<cudaStream_t>(p.stream)));
   discovery::score_rows(p, seq_row_offset, buffers, scores, ld);
 }
@@ -143,12 +149,8 @@ void discover_layout(const Problem& p, const BlockSparseLayout& layout, void* wo
 }
 
 void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, void* workspace) {
-  const SchedulePlan plan = schedule_plan(layout.max_rows);
+  const SchedulePlan plan = schedule_plan(p, layout.max_rows);
   char* cursor = static_cast<char*>(workspace);
-  auto* keys_in = reinterpret_cast<int32_t*>(cursor);
-  auto* keys_out = reinterpret_cast<int32_t*>(cursor + plan.keys);
-  auto* rows_in = reinterpret_cast<int32_t*>(cursor + 2 * plan.keys);
-  auto* rows_out = reinterpret_cast<int32_t*>(cursor + 3 * plan.keys);
   auto stream = static_cast<cudaStream_t>(p.stream);
   SparseAttentionParams params;
   params.problem = p;
@@ -157,12 +159,14 @@ void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, v
   params.col_idx = layout.col_idx.ptr<const int32_t>();
   params.max_rows = layout.max_rows;
   params.stream = stream;
-  // Longest rows first through a sort, when there are enough rows per SM for the order to matter;
-  // below that the sort's launches cost more than the balance they buy and the kernels take the
-  // last rows first (H100, 4K llama3-8b, 7.8 rows per SM: 0.278-0.283 ms sorted, 0.272 ms not).
-  constexpr int64_t kSortRowsPerSm = 8;
-  const bool sort_rows = layout.max_rows > kSortRowsPerSm * device_info(p).sms;
-  if (sort_rows) {
+  params.work_counter = reinterpret_cast<int*>(cursor);
+  FP_CUDA_CHECK(cudaMemsetAsync(params.work_counter, 0, sizeof(int), stream));
+  cursor += plan.counter;
+  if (sorts_rows(p) && layout.max_rows > 0) {
+    auto* keys_in = reinterpret_cast<int32_t*>(cursor);
+    auto* keys_out = reinterpret_cast<int32_t*>(cursor + plan.keys);
+    auto* rows_in = reinterpret_cast<int32_t*>(cursor + 2 * plan.keys);
+    auto* rows_out = reinterpret_cast<int32_t*>(cursor + 3 * plan.keys);
     const unsigned blocks = unsigned(std::min<int64_t>((layout.max_rows + 255) / 256, 4096));
     schedule_keys_kernel<<<blocks, 256, 0, stream>>>(params.seq_row_offset, p.num_seqs, params.row_ptr, layout.max_rows, keys_in, rows_in);
     FP_CUDA_CHECK_LAUNCH();
@@ -180,7 +184,10 @@ void dense_attention(const Problem& p) {
   params.dense = true;
   params.max_rows = max_rows_of(p);
   params.stream = static_cast<cudaStream_t>(p.stream);
-  auto* seq_row_offset = static_cast<int64_t*>(detail::cached_workspace(p.device, size_t(p.num_seqs + 1) * 8));
+  char* scratch = static_cast<char*>(detail::cached_workspace(p.device, kAlign + size_t(p.num_seqs + 1) * 8));
+  params.work_counter = reinterpret_cast<int*>(scratch);
+  FP_CUDA_CHECK(cudaMemsetAsync(params.work_counter, 0, sizeof(int), params.stream));
+  auto* seq_row_offset = reinterpret_cast<int64_t*>(scratch + kAlign);
   discovery::fill_seq_row_offsets(p, seq_row_offset);
   params.seq_row_offset = seq_row_offset;
   run_attention(params);

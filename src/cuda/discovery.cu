@@ -31,10 +31,11 @@ __global__ void fill_seq_row_offsets_kernel(const Problem p, int64_t* seq_row_of
 }
 
 // Step 1: one CTA per (key block, kv head, sequence). Each thread sums 8 dims (one 16-byte load
-// per key) over a strided subset of the block's keys; the partial sums meet in shared memory.
+// per key) over a strided subset of the block's keys; the partial sums meet in shared memory. The
+// mean is kept in fp32 when asked (the pool_keys stage) and rounded to the input dtype for scoring.
 constexpr int kPoolThreads = 256;
 template <bool kIsBf16>
-__global__ void __launch_bounds__(kPoolThreads) pool_keys_kernel(const Problem p, float* pooled, void* pooled_hi, void* pooled_lo) {
+__global__ void __launch_bounds__(kPoolThreads) pool_keys_kernel(const Problem p, float* pooled, void* pooled_half) {
   using Half = sm80::HalfType<kIsBf16>;
   using Element = typename Half::type;
   const int64_t j = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
@@ -62,28 +63,23 @@ __global__ void __launch_bounds__(kPoolThreads) pool_keys_kernel(const Problem p
     for (int g = 0; g < groups; ++g) total += partial[g * p.head_dim + d];
     const float mean = total / float(key_end - key_begin);
     const int64_t index = (slot * p.heads_kv + kv_head) * p.head_dim + d;
-    pooled[index] = mean;
-    const Element hi = Half::from_float(mean);
-    static_cast<Element*>(pooled_hi)[index] = hi;
-    static_cast<Element*>(pooled_lo)[index] = Half::from_float(mean - Half::to_float(hi));
+    if (pooled) pooled[index] = mean;
+    static_cast<Element*>(pooled_half)[index] = Half::from_float(mean);
   }
 }
 
-// hi/lo 16-bit parts of given fp32 pooled keys (for block_scores on caller-provided means).
+// Caller-given fp32 pooled keys rounded to the input dtype (the block_scores stage).
 template <bool kIsBf16>
-__global__ void split_pooled_kernel(const float* pooled, int64_t count, void* pooled_hi, void* pooled_lo) {
+__global__ void round_pooled_kernel(const float* pooled, int64_t count, void* pooled_half) {
   using Half = sm80::HalfType<kIsBf16>;
   using Element = typename Half::type;
-  for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < count; n += int64_t(gridDim.x) * blockDim.x) {
-    const Element hi = Half::from_float(pooled[n]);
-    static_cast<Element*>(pooled_hi)[n] = hi;
-    static_cast<Element*>(pooled_lo)[n] = Half::from_float(pooled[n] - Half::to_float(hi));
-  }
+  for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < count; n += int64_t(gridDim.x) * blockDim.x)
+    static_cast<Element*>(pooled_half)[n] = Half::from_float(pooled[n]);
 }
 
 // Step 2 for one layout row per CTA (kBlockM query rows = kBlockM / 16 warps), then either the
-// selection (fused path) or the S row written out. x = scale * q . Kbar is computed with tensor
-// cores as q . hi + q . lo (hi + lo = Kbar to ~16 mantissa bits), fp32 accumulation.
+// selection (fused path) or the S row written out. x = scale * q . Kbar with tensor cores (Kbar in
+// the input dtype), fp32 accumulation; each key block's log2-domain score lands in shared memory.
 template <int kHeadDim, bool kIsBf16, int kBlockM>
 __global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const Problem p, const int64_t* seq_row_offset, Buffers buffers,
                                                                   float* scores, int64_t scores_ld) {
@@ -97,14 +93,12 @@ __global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const Problem p
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   Element* q_smem = reinterpret_cast<Element*>(smem_raw);           // [kBlockM][D]
-  Element* hi_smem = q_smem + kBlockM * D;                           // [kKeyChunk][D]
-  Element* lo_smem = hi_smem + kKeyChunk * D;                        // [kKeyChunk][D]
-  float* col_max = reinterpret_cast<float*>(lo_smem + kKeyChunk * D);  // [num_j]
-  const int64_t num_j = r.block_abs + 1;
-  float* col_sum = col_max + num_j;                                  // [num_j], later S
-  float* warp_max = col_sum + num_j;                                 // [kWarps][kKeyChunk]
+  Element* key_smem = q_smem + kBlockM * D;                          // [kKeyChunk][D]
+  float* warp_max = reinterpret_cast<float*>(key_smem + kKeyChunk * D);  // [kWarps][kKeyChunk]
   float* warp_sum = warp_max + kWarps * kKeyChunk;                   // [kWarps][kKeyChunk]
   float* reduce_smem = warp_sum + kWarps * kKeyChunk;                // 128 floats
+  float* log_score = reduce_smem + 128;                              // [log_score_capacity(num_kv_blocks)]
+  const int64_t num_j = r.block_abs + 1;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, quad = lane % 4;
   const int64_t block = p.params.block_size, shift = r.extent.len_kv - r.extent.len_q;
@@ -127,15 +121,15 @@ __global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const Problem p
   const int64_t row_pos[2] = {block_start + warp * 16 + g, block_start + warp * 16 + g + 8};
   bool row_in_block[2];
   for (int h = 0; h < 2; ++h) row_in_block[h] = row_pos[h] >= shift && row_pos[h] < r.extent.len_kv;
+  float thread_max_x2 = -INFINITY, thread_max_log_score = -INFINITY;
 
   for (int64_t j0 = 0; j0 < num_j; j0 += kKeyChunk) {
-    // This chunk's pooled keys, hi and lo parts (past num_j: zero, masked below).
+    // This chunk's pooled keys (past num_j: zero, masked below).
     for (int chunk = tid; chunk < kKeyChunk * Swizzle::kChunks; chunk += kThreads) {
       const int row = chunk / Swizzle::kChunks, c = chunk % Swizzle::kChunks;
       const bool valid = j0 + row < num_j;
       const int64_t index = ((slot0 + (valid ? j0 + row : 0)) * p.heads_kv + kv_head) * D + c * 8;
-      cp_async_16(hi_smem + Swizzle::offset(row, c), static_cast<const Element*>(buffers.pooled_hi) + index, valid ? 16 : 0);
-      cp_async_16(lo_smem + Swizzle::offset(row, c), static_cast<const Element*>(buffers.pooled_lo) + index, valid ? 16 : 0);
+      cp_async_16(key_smem + Swizzle::offset(row, c), static_cast<const Element*>(buffers.pooled_half) + index, valid ? 16 : 0);
     }
     cp_async_commit();
     cp_async_wait<0>();
@@ -149,14 +143,11 @@ __global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const Problem p
 #pragma unroll
       for (int np = 0; np < kKeyChunk / 16; ++np) {
         const int key_row = 16 * np + (lane % 8) + (lane / 16) * 8, key_chunk = 2 * kk + (lane / 8) % 2;
-        uint32_t hi[4], lo[4];
-        ldmatrix_x4(hi, hi_smem + Swizzle::offset(key_row, key_chunk));
-        ldmatrix_x4(lo, lo_smem + Swizzle::offset(key_row, key_chunk));
-        const uint32_t hi0[2] = {hi[0], hi[1]}, hi1[2] = {hi[2], hi[3]}, lo0[2] = {lo[0], lo[1]}, lo1[2] = {lo[2], lo[3]};
-        mma_16816<kIsBf16>(x[2 * np], q_frag, hi0);
-        mma_16816<kIsBf16>(x[2 * np], q_frag, lo0);
-        mma_16816<kIsBf16>(x[2 * np + 1], q_frag, hi1);
-        mma_16816<kIsBf16>(x[2 * np + 1], q_frag, lo1);
+        uint32_t key[4];
+        ldmatrix_x4(key, key_smem + Swizzle::offset(key_row, key_chunk));
+        const uint32_t key0[2] = {key[0], key[1]}, key1[2] = {key[2], key[3]};
+        mma_16816<kIsBf16>(x[2 * np], q_frag, key0);
+        mma_16816<kIsBf16>(x[2 * np + 1], q_frag, key1);
       }
     }
     // Mask: rows not in the block, blocks past the row (j > i), and the diagonal block for rows
@@ -192,25 +183,35 @@ __global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const Problem p
       float s = 0.0f;
       if (m != -INFINITY)
         for (int w = 0; w < kWarps; ++w) s += warp_sum[w * kKeyChunk + c] * exp2f(warp_max[w * kKeyChunk + c] - m);
-      col_max[j0 + c] = m;
-      col_sum[j0 + c] = s;
+      const float value = m == -INFINITY ? -INFINITY : m + log2f(s);
+      log_score[j0 + c] = value;
+      thread_max_x2 = fmaxf(thread_max_x2, m);
+      thread_max_log_score = fmaxf(thread_max_log_score, value);
     }
     __syncthreads();
   }
 
-  finish_row(p, col_max, col_sum, num_j, r.block_abs, r.num_kv_blocks, r.row, buffers, scores, scores_ld, reduce_smem);
+  finish_row(p, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs, r.num_kv_blocks, r.row, buffers, scores, scores_ld,
+             reduce_smem);
 }
 
+// Steps 3-4 from a given score matrix (the select_blocks stage): S -> log2 S, then select_row.
 __global__ void select_from_scores_kernel(const Problem p, const int64_t* seq_row_offset, const float* scores, int64_t ld,
                                           Buffers buffers) {
   const RowOfGrid r = row_of_grid(p, seq_row_offset);
   if (!r.valid) return;
-  extern __shared__ float row_scores[];  // [num_j] then 64 floats of reduction scratch
+  extern __shared__ float log_score[];  // [log_score_capacity(num_j)] then 128 floats of reduction scratch
   const int64_t num_j = r.block_abs + 1;
-  for (int64_t j = threadIdx.x; j < num_j; j += blockDim.x) row_scores[j] = scores[r.row * ld + j];
+  float* reduce_smem = log_score + log_score_capacity(num_j);
+  float thread_max = -INFINITY;
+  for (int64_t j = threadIdx.x; j < num_j; j += blockDim.x) {
+    log_score[j] = log2f(scores[r.row * ld + j]);  // log2(0) = -inf
+    thread_max = fmaxf(thread_max, log_score[j]);
+  }
   __syncthreads();
-  select_row(p, row_scores, num_j, r.block_abs, r.num_kv_blocks, buffers.kept_bits + r.row * buffers.words, buffers.words,
-             buffers.counts + r.row, row_scores + num_j + (num_j & 1));
+  const float max_log_score = block_max(thread_max, reduce_smem);
+  select_row(p, log_score, max_log_score, num_j, r.block_abs, r.num_kv_blocks, buffers.kept_bits + r.row * buffers.words, buffers.words,
+             buffers.counts + r.row, reduce_smem);
 }
 
 // One warp per row: the set bits of the row's mask, in ascending order, at row_ptr[row].
@@ -239,7 +240,7 @@ template <int kHeadDim, bool kIsBf16, int kBlockM>
 void launch_score_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t ld,
                        dim3 grid, int64_t max_key_blocks) {
   constexpr int kWarps = kBlockM / 16;
-  const size_t smem = size_t(kBlockM + 2 * kKeyChunk) * kHeadDim * 2 + size_t(2 * max_key_blocks + 2 * kWarps * kKeyChunk + 128) * 4;
+  const size_t smem = size_t(kBlockM + kKeyChunk) * kHeadDim * 2 + size_t(log_score_capacity(max_key_blocks) + 2 * kWarps * kKeyChunk + 128) * 4;
   auto kernel = score_rows_kernel<kHeadDim, kIsBf16, kBlockM>;
   FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<grid, kWarps * 32, smem, static_cast<cudaStream_t>(p.stream)>>>(p, seq_row_offset, buffers, scores, ld);
@@ -260,7 +261,6 @@ Plan plan(const Problem& p, int64_t max_rows) {
   plan.max_rows = max_rows;
   plan.words = (shapes.max_key_blocks + 31) / 32;
   plan.slots = shapes.pooled_key_slots;
-  plan.pooled = align_up(size_t(plan.slots * p.heads_kv * p.head_dim) * 4);
   plan.pooled_half = align_up(size_t(plan.slots * p.heads_kv * p.head_dim) * 2);
   plan.counts = align_up(size_t(max_rows) * 8);
   plan.kept_bits = align_up(size_t(max_rows * plan.words) * 4);
@@ -274,11 +274,8 @@ Plan plan(const Problem& p, int64_t max_rows) {
 Buffers carve(const Plan& plan, void* workspace) {
   char* cursor = static_cast<char*>(workspace);
   Buffers b;
-  b.pooled = reinterpret_cast<float*>(cursor);
-  cursor += plan.pooled;
-  b.pooled_hi = cursor;
-  cursor += plan.pooled_half;
-  b.pooled_lo = cursor;
+  b.pooled = nullptr;  // the fp32 means are the pool_keys stage's output, in the caller's memory
+  b.pooled_half = cursor;
   cursor += plan.pooled_half;
   b.counts = reinterpret_cast<int64_t*>(cursor);
   cursor += plan.counts;
@@ -301,25 +298,26 @@ void pool_keys(const Problem& p, const Buffers& buffers) {
   const dim3 grid(unsigned(max_blocks), unsigned(p.heads_kv), unsigned(p.num_seqs));
   auto stream = static_cast<cudaStream_t>(p.stream);
   const int threads = kPoolThreads;
-  if (p.dtype == DType::bf16) pool_keys_kernel<true><<<grid, threads, 0, stream>>>(p, buffers.pooled, buffers.pooled_hi, buffers.pooled_lo);
-  else pool_keys_kernel<false><<<grid, threads, 0, stream>>>(p, buffers.pooled, buffers.pooled_hi, buffers.pooled_lo);
+  if (p.dtype == DType::bf16) pool_keys_kernel<true><<<grid, threads, 0, stream>>>(p, buffers.pooled, buffers.pooled_half);
+  else pool_keys_kernel<false><<<grid, threads, 0, stream>>>(p, buffers.pooled, buffers.pooled_half);
   FP_CUDA_CHECK_LAUNCH();
 }
 
-void split_pooled(const Problem& p, const float* pooled, int64_t slots, const Buffers& buffers) {
+void round_pooled(const Problem& p, const float* pooled, int64_t slots, const Buffers& buffers) {
   const int64_t count = slots * p.heads_kv * p.head_dim;
   if (count == 0) return;
   const unsigned blocks = unsigned(std::min<int64_t>((count + 255) / 256, 4096));
   auto stream = static_cast<cudaStream_t>(p.stream);
-  if (p.dtype == DType::bf16) split_pooled_kernel<true><<<blocks, 256, 0, stream>>>(pooled, count, buffers.pooled_hi, buffers.pooled_lo);
-  else split_pooled_kernel<false><<<blocks, 256, 0, stream>>>(pooled, count, buffers.pooled_hi, buffers.pooled_lo);
+  if (p.dtype == DType::bf16) round_pooled_kernel<true><<<blocks, 256, 0, stream>>>(pooled, count, buffers.pooled_half);
+  else round_pooled_kernel<false><<<blocks, 256, 0, stream>>>(pooled, count, buffers.pooled_half);
   FP_CUDA_CHECK_LAUNCH();
 }
 
+dim3 score_grid(const Problem& p) { return dim3(unsigned(grid_query_blocks(p) * p.heads_q), unsigned(p.num_seqs)); }
+
 void score_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t scores_ld) {
-  const int64_t nqb = grid_query_blocks(p);
-  if (nqb == 0 || p.num_seqs == 0) return;
-  const dim3 grid(unsigned(nqb), unsigned(p.heads_q), unsigned(p.num_seqs));
+  if (grid_query_blocks(p) == 0 || p.num_seqs == 0) return;
+  const dim3 grid = score_grid(p);
 #ifdef FLASHPREFILL_HAS_HOPPER_KERNEL
   if (use_hopper_kernels(device_info(p)) && hopper::supports(p)) return hopper::score_rows(p, seq_row_offset, buffers, scores, scores_ld, grid);
 #endif
@@ -340,10 +338,9 @@ void score_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers& 
 }
 
 void select_from_scores(const Problem& p, const int64_t* seq_row_offset, const float* scores, int64_t ld, const Buffers& buffers) {
-  const int64_t nqb = grid_query_blocks(p);
-  if (nqb == 0 || p.num_seqs == 0) return;
-  const dim3 grid(unsigned(nqb), unsigned(p.heads_q), unsigned(p.num_seqs));
-  const size_t smem = size_t(num_key_blocks(p.len_kv, p.params.block_size) + 2 + 128) * 4;
+  if (grid_query_blocks(p) == 0 || p.num_seqs == 0) return;
+  const dim3 grid = score_grid(p);
+  const size_t smem = size_t(log_score_capacity(num_key_blocks(p.len_kv, p.params.block_size)) + 128) * 4;
   FP_CUDA_CHECK(cudaFuncSetAttribute(select_from_scores_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   select_from_scores_kernel<<<grid, 256, smem, static_cast<cudaStream_t>(p.stream)>>>(p, seq_row_offset, scores, ld, buffers);
   FP_CUDA_CHECK_LAUNCH();

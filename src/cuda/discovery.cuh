@@ -13,9 +13,8 @@ namespace flashprefill::cuda::discovery {
 
 // Device buffers of one discovery pass, carved from the caller's workspace.
 struct Buffers {
-  float* pooled = nullptr;         // [slots][H_kv][D] fp32 means (step 1)
-  void* pooled_hi = nullptr;       // [slots][H_kv][D] 16-bit: the mean rounded to q's dtype ...
-  void* pooled_lo = nullptr;       // ... and the rounding remainder, so hi + lo carries ~16 mantissa bits
+  float* pooled = nullptr;         // [slots][H_kv][D] fp32 means (step 1); nullptr: not wanted
+  void* pooled_half = nullptr;     // [slots][H_kv][D] the means rounded to the input dtype: what scoring reads
   int64_t* counts = nullptr;       // [max_rows] kept blocks per row
   uint32_t* kept_bits = nullptr;   // [max_rows][words] kept-block bitmask
   int64_t words = 0;               // bitmask words per row
@@ -25,17 +24,17 @@ struct Buffers {
 
 // Sizes of the pieces (in this order) for a problem; total() is the workspace size.
 struct Plan {
-  size_t pooled = 0, pooled_half = 0, counts = 0, kept_bits = 0, scan_temp = 0;
+  size_t pooled_half = 0, counts = 0, kept_bits = 0, scan_temp = 0;
   int64_t slots = 0, max_rows = 0, words = 0;
-  size_t total() const { return pooled + 2 * pooled_half + counts + kept_bits + scan_temp; }
+  size_t total() const { return pooled_half + counts + kept_bits + scan_temp; }
 };
 Plan plan(const detail::Problem& p, int64_t max_rows);  // key blocks and slots from stage_shapes_of
 Buffers carve(const Plan& plan, void* workspace);
 
 void fill_seq_row_offsets(const detail::Problem& p, int64_t* seq_row_offset);
 void pool_keys(const detail::Problem& p, const Buffers& buffers);
-// hi/lo parts of caller-given fp32 pooled keys ([slots][H_kv][D]).
-void split_pooled(const detail::Problem& p, const float* pooled, int64_t slots, const Buffers& buffers);
+// Caller-given fp32 pooled keys ([slots][H_kv][D]) rounded to the input dtype, for scoring.
+void round_pooled(const detail::Problem& p, const float* pooled, int64_t slots, const Buffers& buffers);
 // Scores every row; writes S (scores != nullptr) or selects (kept_bits + counts).
 void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores,
                 int64_t scores_ld);
@@ -44,6 +43,9 @@ void select_from_scores(const detail::Problem& p, const int64_t* seq_row_offset,
                         const Buffers& buffers);
 // counts -> row_ptr (scan), kept_bits -> col_idx.
 void compact(const detail::Problem& p, const Buffers& buffers, int64_t max_rows, int64_t* row_ptr, int32_t* col_idx);
+
+// Score CTAs: x over (query block, head), heads fastest (see row_of_grid), y over sequences.
+dim3 score_grid(const detail::Problem& p);
 
 // The wgmma score kernel (src/cuda/hopper/score.cu, sm_90a): block size 128, head dim 64 or 128.
 namespace hopper {

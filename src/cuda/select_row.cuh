@@ -1,6 +1,12 @@
-// The end of step 2 and steps 3-4 for one layout row whose per-block column statistics sit in
-// shared memory: shared by the score kernels of every architecture (src/cuda/discovery.cu,
-// src/cuda/hopper/score_kernel.cuh). Every function is called by all threads of the CTA.
+// The end of step 2 and steps 3-4 for one layout row, shared by the score kernels of every
+// architecture (src/cuda/discovery.cu, src/cuda/hopper/score_kernel.cuh). Every function here is
+// called by all threads of the CTA.
+//
+// The row's block scores arrive as one float per key block j in shared memory, in log2 units:
+//   log_score[j] = log2 sum_t exp2(x2[t, j])      (x2 = x * log2(e); -inf where every x is -inf)
+// so S[i, j] of ALGORITHM.md is exp2(log_score[j] - M2), M2 = max_{t, j} x2[t, j]. The threshold
+// S[i, j] >= alpha * max_j S[i, j] is then log_score[j] >= max_j log_score[j] + log2(alpha): the
+// row maximum M2 cancels, and one float per block is all that shared memory holds.
 #pragma once
 
 #include <cfloat>
@@ -11,8 +17,9 @@
 
 namespace flashprefill::cuda::discovery {
 
-// The layout row of a score CTA: grid (local query block, query head, sequence), the last query
-// blocks (the longest rows of the causal triangle) first so the grid ends on short ones.
+// The layout row of a score CTA. Grid: x over (query block, head) with heads fastest and the last
+// query blocks (the longest rows of the causal triangle) first, so the grid ends on short rows and
+// the heads of one GQA group run side by side; y is the sequence.
 struct RowOfGrid {
   int64_t seq, head, block_local, block_abs, row, num_kv_blocks;
   detail::SeqExtent extent;
@@ -20,9 +27,11 @@ struct RowOfGrid {
 };
 __device__ inline RowOfGrid row_of_grid(const detail::Problem& p, const int64_t* seq_row_offset) {
   RowOfGrid r{};
-  r.block_local = int64_t(gridDim.x) - 1 - blockIdx.x;
-  r.head = blockIdx.y;
-  r.seq = blockIdx.z;
+  const int32_t heads = int32_t(p.heads_q);
+  const int32_t grid_blocks = int32_t(gridDim.x) / heads;
+  r.head = int32_t(blockIdx.x) % heads;
+  r.block_local = grid_blocks - 1 - int32_t(blockIdx.x) / heads;
+  r.seq = blockIdx.y;
   r.extent = p.seq(r.seq);
   const int64_t block = p.params.block_size;
   const int64_t nqb = num_query_blocks(r.extent.len_q, r.extent.len_kv, block);
@@ -33,57 +42,69 @@ __device__ inline RowOfGrid row_of_grid(const detail::Problem& p, const int64_t*
   return r;
 }
 
-// Steps 3-4 for one row whose scores S[0 .. num_j) sit in shared memory; called by all threads.
-// Writes the kept bitmask and count. min_budget ties go to the smaller j (as the CPU backend).
-__device__ inline void select_row(const detail::Problem& p, const float* S, int64_t num_j, int64_t block_abs, int64_t num_kv_blocks,
-                           uint32_t* bits, int64_t words, int64_t* count, float* reduce_smem) {
+// Floats of shared memory for a row's log_score: whole 32-block words, so the selection's
+// vectorised reads of a word stay inside the array (and what follows stays 8-byte aligned).
+__host__ __device__ inline int64_t log_score_capacity(int64_t num_key_blocks) { return (num_key_blocks + 31) / 32 * 32; }
+
+// Max of a value over the CTA; `scratch` holds one float per warp. Ends with a barrier, so the
+// scratch can be reused at once.
+__device__ inline float block_max(float value, float* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  for (int offset = 16; offset > 0; offset /= 2) value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  if (lane == 0) scratch[warp] = value;
+  __syncthreads();
+  float result = -INFINITY;
+  for (int w = 0; w < warps; ++w) result = fmaxf(result, scratch[w]);
+  __syncthreads();
+  return result;
+}
+
+// Steps 3-4 for one row: the kept bitmask (`words` 32-bit words) and its popcount. min_budget
+// ties go to the smaller j (as the CPU backend). reduce_smem: at least 64 floats.
+__device__ inline void select_row(const detail::Problem& p, const float* log_score, float max_log_score, int64_t num_j,
+                                  int64_t block_abs, int64_t num_kv_blocks, uint32_t* bits, int64_t words, int64_t* count,
+                                  float* reduce_smem) {
   const int tid = threadIdx.x, threads = blockDim.x;
-  float local_max = 0.0f;
-  for (int64_t j = tid; j < num_j; j += threads) local_max = fmaxf(local_max, S[j]);
-  for (int offset = 16; offset > 0; offset /= 2) local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, offset));
-  if (tid % 32 == 0) reduce_smem[tid / 32] = local_max;
-  __syncthreads();
-  float row_max = 0.0f;
-  for (int w = 0; w < threads / 32; ++w) row_max = fmaxf(row_max, reduce_smem[w]);
-  const float threshold = p.params.alpha * row_max;
-  __syncthreads();
+  // alpha = 0: log2(0) = -inf keeps every block, blocks with S = 0 included (S >= 0 * max).
+  const float threshold = max_log_score + log2f(p.params.alpha);
   // Budget: the min_budget best blocks, found one by one (min_budget is small).
   __shared__ int64_t budget_pick[64];
   const int budget = int(min(int64_t(min(p.params.min_budget, 64)), num_j));
   for (int n = 0; n < budget; ++n) {
-    float best = -1.0f;
+    float best = -INFINITY;
     int64_t best_j = num_j;
     for (int64_t j = tid; j < num_j; j += threads) {
       bool taken = false;
       for (int m = 0; m < n; ++m) taken |= budget_pick[m] == j;
-      if (!taken && (S[j] > best || (S[j] == best && j < best_j))) best = S[j], best_j = j;
+      if (!taken && (best_j == num_j || log_score[j] > best || (log_score[j] == best && j < best_j))) best = log_score[j], best_j = j;
     }
     for (int offset = 16; offset > 0; offset /= 2) {
       const float other = __shfl_xor_sync(0xffffffffu, best, offset);
       const int64_t other_j = __shfl_xor_sync(0xffffffffu, best_j, offset);
-      if (other > best || (other == best && other_j < best_j)) best = other, best_j = other_j;
+      if (other_j != num_j && (best_j == num_j || other > best || (other == best && other_j < best_j))) best = other, best_j = other_j;
     }
     if (tid % 32 == 0) reduce_smem[tid / 32] = best, reinterpret_cast<int64_t*>(reduce_smem + 32)[tid / 32] = best_j;
     __syncthreads();
     if (tid == 0) {
-      float b = -1.0f;
+      float b = -INFINITY;
       int64_t bj = num_j;
       for (int w = 0; w < threads / 32; ++w) {
         const float v = reduce_smem[w];
         const int64_t vj = reinterpret_cast<int64_t*>(reduce_smem + 32)[w];
-        if (v > b || (v == b && vj < bj)) b = v, bj = vj;
+        if (vj != num_j && (bj == num_j || v > b || (v == b && vj < bj))) b = v, bj = vj;
       }
       budget_pick[n] = bj;
     }
     __syncthreads();
   }
-  int64_t kept = 0;
+  int kept = 0;
   for (int64_t w = tid; w < words; w += threads) {
     uint32_t word = 0;
-    for (int bit = 0; bit < 32; ++bit) {
-      const int64_t j = w * 32 + bit;
-      if (j >= num_j) break;
-      bool keep = S[j] >= threshold || detail::always_kept(block_abs, j, num_kv_blocks, p.params);
+    const int64_t j0 = w * 32;
+    const int bits_here = int(min(int64_t(32), num_j - j0));
+    for (int bit = 0; bit < bits_here; ++bit) {
+      const int64_t j = j0 + bit;
+      bool keep = log_score[j] >= threshold || detail::always_kept(block_abs, j, num_kv_blocks, p.params);
       for (int m = 0; m < budget; ++m) keep |= budget_pick[m] == j;
       word |= uint32_t(keep) << bit;
     }
@@ -92,38 +113,32 @@ __device__ inline void select_row(const detail::Problem& p, const float* S, int6
   }
   for (int offset = 16; offset > 0; offset /= 2) kept += __shfl_xor_sync(0xffffffffu, kept, offset);
   __syncthreads();
-  if (tid % 32 == 0) reinterpret_cast<int64_t*>(reduce_smem)[tid / 32] = kept;
+  if (tid % 32 == 0) reinterpret_cast<int*>(reduce_smem)[tid / 32] = kept;
   __syncthreads();
   if (tid == 0) {
     int64_t total = 0;
-    for (int w = 0; w < threads / 32; ++w) total += reinterpret_cast<int64_t*>(reduce_smem)[w];
+    for (int w = 0; w < threads / 32; ++w) total += reinterpret_cast<int*>(reduce_smem)[w];
     *count = total;
   }
 }
 
-// col_max[j] = max_t x[t, j] and col_sum[j] = sum_t exp2(x[t, j] - col_max[j]) (x in log2 units)
-// become S[j] = sum_t exp2(x[t, j] - M), M the row block's maximum (in place in col_sum); then
-// either the S row is written out (scores != nullptr) or the row is selected into buffers.
-__device__ inline void finish_row(const detail::Problem& p, const float* col_max, float* col_sum, int64_t num_j, int64_t block_abs,
-                                  int64_t num_kv_blocks, int64_t row, const Buffers& buffers, float* scores, int64_t scores_ld,
-                                  float* reduce_smem) {
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, warps = blockDim.x / 32;
-  float local_max = -INFINITY;
-  for (int64_t j = tid; j < num_j; j += blockDim.x) local_max = fmaxf(local_max, col_max[j]);
-  for (int offset = 16; offset > 0; offset /= 2) local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, offset));
-  if (lane == 0) reduce_smem[warp] = local_max;
-  __syncthreads();
-  float block_max = -INFINITY;
-  for (int w = 0; w < warps; ++w) block_max = fmaxf(block_max, reduce_smem[w]);
-  __syncthreads();
-  for (int64_t j = tid; j < num_j; j += blockDim.x)
-    col_sum[j] = (block_max == -INFINITY || col_max[j] == -INFINITY) ? 0.0f : col_sum[j] * exp2f(col_max[j] - block_max);
-  __syncthreads();
+// The row's log-domain scores are complete in shared memory: either write S (scores != nullptr,
+// the block_scores stage) or select the row into buffers. thread_max_x2 and thread_max_log_score
+// are each thread's maxima over what it wrote (M2 and max log_score once reduced).
+__device__ inline void finish_row(const detail::Problem& p, const float* log_score, float thread_max_x2, float thread_max_log_score,
+                                  int64_t num_j, int64_t block_abs, int64_t num_kv_blocks, int64_t row, const Buffers& buffers,
+                                  float* scores, int64_t scores_ld, float* reduce_smem) {
+  __syncthreads();  // every log_score is written
+  const float max_log_score = block_max(thread_max_log_score, reduce_smem);
   if (scores) {
-    for (int64_t j = tid; j < scores_ld; j += blockDim.x) scores[row * scores_ld + j] = j < num_j ? col_sum[j] : 0.0f;
+    const float max_x2 = block_max(thread_max_x2, reduce_smem);
+    for (int64_t j = threadIdx.x; j < scores_ld; j += blockDim.x) {
+      const bool some = j < num_j && log_score[j] != -INFINITY;
+      scores[row * scores_ld + j] = some ? exp2f(log_score[j] - max_x2) : 0.0f;
+    }
     return;
   }
-  select_row(p, col_sum, num_j, block_abs, num_kv_blocks, buffers.kept_bits + row * buffers.words, buffers.words,
+  select_row(p, log_score, max_log_score, num_j, block_abs, num_kv_blocks, buffers.kept_bits + row * buffers.words, buffers.words,
              buffers.counts + row, reduce_smem);
 }
 

@@ -21,17 +21,28 @@ struct SparseAttentionParams {
   const int64_t* row_ptr;         // [max_rows + 1], device (unused when dense)
   const int32_t* col_idx;         // device (unused when dense)
   bool dense = false;             // our dense path: the same kernel with every causal block kept
-  const int32_t* row_order = nullptr;  // device, rows in the order to start them (longest first); nullptr: see below
-  // Without row_order: the last rows first (the last query blocks of the last head), which for causal
-  // layouts are the long ones, so short rows fill the tail.
+  const int32_t* row_order = nullptr;  // device, rows in the order to start them (longest first); nullptr: see row_at
   int64_t max_rows = 0;           // rows r >= seq_row_offset[num_seqs] are skipped
-  int* work_counter = nullptr;    // device int zeroed before the launch, for persistent kernels; may be nullptr
+  int* work_counter = nullptr;    // device int, zero at launch: persistent kernels take rows from it (required by them)
   int num_sms = 0;
   cudaStream_t stream = nullptr;
 };
 
+// The row started order_index-th. Without row_order: padded batches go by query block, last first
+// (causal rows grow with the block, so the long rows start first and short ones fill the tail),
+// then sequence, then head, so the query heads of one GQA group run side by side and read the same
+// K/V tiles while they are in L2; varlen batches take the last rows first.
 __device__ inline int64_t row_at(const SparseAttentionParams& params, int64_t order_index) {
-  return params.row_order ? params.row_order[order_index] : params.max_rows - 1 - order_index;
+  if (params.row_order) return params.row_order[order_index];
+  const detail::Problem& p = params.problem;
+  if (p.varlen) return params.max_rows - 1 - order_index;
+  // padded: row = (b * H_q + h) * nqb + i for the B * H_q * nqb rows (a caller's layout may have
+  // room for more: those indices stay past the end, where decode_row finds no row). Rows fit int32
+  // (as col_idx does), and 32-bit division is a few instructions where 64-bit is a subroutine call.
+  const int32_t heads = int32_t(p.num_seqs * p.heads_q), order = int32_t(order_index);
+  const int32_t nqb = int32_t(num_query_blocks(p.len_q, p.len_kv, p.params.block_size));
+  if (order >= heads * nqb) return order_index;
+  return int64_t(order % heads) * nqb + (nqb - 1 - order / heads);
 }
 
 struct RowCoord {
@@ -54,8 +65,8 @@ __device__ inline RowCoord decode_row(const SparseAttentionParams& params, int64
   c.seq = lo;
   c.extent = p.seq(c.seq);
   const int64_t block = p.params.block_size;
-  const int64_t nqb = num_query_blocks(c.extent.len_q, c.extent.len_kv, block);
-  const int64_t local = row - params.seq_row_offset[c.seq];
+  const int32_t nqb = int32_t(num_query_blocks(c.extent.len_q, c.extent.len_kv, block));
+  const int32_t local = int32_t(row - params.seq_row_offset[c.seq]);  // rows fit int32, as col_idx does
   c.head = local / nqb;
   c.block_local = local % nqb;
   c.block_abs = first_query_block(c.extent.len_q, c.extent.len_kv, block) + c.block_local;

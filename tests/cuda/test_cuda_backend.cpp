@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "flashprefill/synthetic.hpp"
 #include "test_util.hpp"
 
 namespace flashprefill::testing {
@@ -289,6 +290,83 @@ TEST(Cuda, GraphCaptureWithCallerWorkspace) {
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
+}
+
+// The structured input of BENCHMARK.md (strong sinks): most blocks are hopeless, so the fused score
+// kernel skips their exponentials. The layout must still equal the CPU's (which computes every S),
+// and equal the GPU's own score-matrix path (block_scores + select_blocks, which never skips);
+// min_budget > 0 turns skipping off and must agree too.
+TEST(Cuda, SkippedExponentialsKeepTheLayout) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  const SyntheticInput input = make_structured_input(SyntheticShape{1, 6000, 8, 2, 128}, seed);
+  HostBatch host;
+  host.shape = Shape{1, 6000, 6000, 8, 2, 128};
+  host.q = input.q, host.k = input.k, host.v = input.v;
+  host.out.assign(host.q.size(), to_half(NAN, DType::bf16));
+  host.lse.assign(size_t(6000 * 8), NAN);
+  DeviceBatch device(host);
+  for (int min_budget : {0, 3}) {
+    SCOPED_TRACE("min_budget=" + std::to_string(min_budget));
+    Params params;
+    params.min_budget = min_budget;
+    const auto fused_rows = check_layout_matches_cpu(host, device, params);
+    AttentionArgs args = device.args();
+    const StageShapes shapes = stage_shapes(args, params);
+    Buffer pooled = Buffer::allocate(Device::cuda(0), size_t(shapes.pooled_key_slots * 2 * 128) * 4);
+    Buffer scores = Buffer::allocate(Device::cuda(0), size_t(shapes.max_rows * shapes.max_key_blocks) * 4);
+    const TensorView pooled_view = TensorView::contiguous(pooled.data(), DType::fp32, Device::cuda(0), {shapes.pooled_key_slots, 2, 128});
+    const TensorView scores_view =
+        TensorView::contiguous(scores.data(), DType::fp32, Device::cuda(0), {shapes.max_rows, shapes.max_key_blocks});
+    pool_keys(args, params, pooled_view);
+    block_scores(args, params, pooled_view, scores_view);
+    LayoutStorage staged = allocate_layout(args, params);
+    select_blocks(args, params, scores_view, staged.view);
+    const auto staged_rows = device_rows(staged.view);
+    int64_t kept = 0, differing = 0;
+    for (size_t r = 0; r < fused_rows.size(); ++r) {
+      kept += int64_t(fused_rows[r].size());
+      differing += fused_rows[r] != staged_rows[r];
+    }
+    // Rounding of the threshold may flip a block between the two GPU paths (S is computed in two
+    // ways); anything more is a wrong skip.
+    EXPECT_LE(differing, int64_t(fused_rows.size()) / 200) << differing << " of " << fused_rows.size() << " rows differ";
+    const int64_t causal = 8 * 47 * 48 / 2;
+    EXPECT_LT(kept, causal / 2) << "the structured input should be sparse: the test would not exercise skipping";
+  }
+}
+
+// A caller's layout with each row's blocks in descending order: the diagonal block comes first, and
+// the kernel must still mask it (it finds the diagonal by its index, not its position).
+TEST(Cuda, UnsortedCallerLayoutIsMasked) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  for (const char* kernels : {"default", "ampere"}) {
+    SCOPED_TRACE(kernels);
+    ScopedKernelChoice choice(kernels);
+    Params params;
+    params.alpha = 0.0f;
+    HostBatch host = padded_batch(Shape{1, 700, 700, 4, 2, 128}, DType::bf16, seed);
+    DeviceBatch device(host);
+    AttentionArgs args = device.args();
+    LayoutStorage layout = allocate_layout(args, params);
+    discover_layout(args, params, layout.view);
+    auto rows = device_rows(layout.view);
+    std::vector<int64_t> row_ptr{0};
+    std::vector<int32_t> col_idx;
+    for (auto& row : rows) {
+      std::reverse(row.begin(), row.end());
+      col_idx.insert(col_idx.end(), row.begin(), row.end());
+      row_ptr.push_back(int64_t(col_idx.size()));
+    }
+    copy_bytes(layout.view.row_ptr.data, Device::cuda(0), row_ptr.data(), Device::cpu(), row_ptr.size() * 8);
+    copy_bytes(layout.view.col_idx.data, Device::cuda(0), col_idx.data(), Device::cpu(), col_idx.size() * 4);
+    block_sparse_attention(args, params, layout.view);
+    synchronize(Device::cuda(0));
+    device.download_out();
+    const auto ref = reference::attention(make_problem(host.args(), params, Needs::attention), {});
+    EXPECT_LE(relative_error(host.out, host.dtype, ref.out), tolerance(host.dtype));
+  }
 }
 
 TEST(Cuda, UnsupportedConfigurationsAreNamed) {

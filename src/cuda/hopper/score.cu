@@ -30,8 +30,7 @@ void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const B
   const int64_t slots = detail::stage_shapes_of(p).pooled_key_slots;
   ScoreMaps maps;
   maps.q = tma::make_tensor_map(p, p.q, p.q_stride, p.heads_q, p.varlen ? p.total_q : p.len_q, ScoreTraits<128, true>::kBlockM, "q");
-  maps.hi = tma::make_pooled_map(p, buffers.pooled_hi, slots, ScoreTraits<128, true>::kKeyTile, "pooled keys (hi)");
-  maps.lo = tma::make_pooled_map(p, buffers.pooled_lo, slots, ScoreTraits<128, true>::kKeyTile, "pooled keys (lo)");
+  maps.pooled = tma::make_pooled_map(p, buffers.pooled_half, slots, ScoreTraits<128, true>::kKeyTile, "pooled keys");
   const bool bf16 = p.dtype == DType::bf16;
   if (p.head_dim == 64) return bf16 ? launch<64, true>(p, seq_row_offset, buffers, scores, ld, grid, maps)
                                     : launch<64, false>(p, seq_row_offset, buffers, scores, ld, grid, maps);

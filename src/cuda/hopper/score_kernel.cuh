@@ -1,14 +1,22 @@
 // Step 2 of ALGORITHM.md on Hopper: block scores of one layout row (query block i, query head h)
 // per CTA with wgmma, then steps 3-4 in shared memory (select_row.cuh, shared with sm_80).
 //
-// The product is computed transposed, x^T = Kbar Q^T: pooled keys are the M side (64 per
-// warpgroup, 128 per step), the block's 128 queries the N side. The per-key-block statistics
-// step 2 needs, max_t x[t, j] and sum_t exp(x[t, j] - max), are then reductions along N, which
-// the wgmma accumulator layout keeps inside a thread and its quad (no shared-memory transposes).
-// Kbar enters as hi + lo 16-bit parts (~16 mantissa bits): both are A operands of one accumulation
-// chain against the same Q, so the scores match the fp32 CPU backend to well within the
-// threshold's rounding. Q and the pooled-key tiles arrive by TMA (one thread issues, an mbarrier
-// counts the bytes), so the warps spend their instructions on the scores.
+// The product is computed transposed, x^T = Kbar Q^T: pooled keys are the M side (64 per tile),
+// the block's 128 queries the N side. The per-key-block statistics step 2 needs, max_t x[t, j] and
+// sum_t exp(x[t, j] - max), are then reductions along N, which the wgmma accumulator layout keeps
+// inside a thread and its quad (no shared-memory transposes). Kbar enters in the input dtype (as
+// the paper's reference stores its pooled keys), so one bf16/fp16 wgmma chain computes x.
+//
+// One warpgroup per CTA and a small footprint, so that three CTAs share an SM and one's
+// exponentials overlap another's wgmmas. Q and the pooled-key tiles arrive by TMA into a ring of
+// kStages stages: the tile `kStages` ahead is requested as soon as a tile's wgmma has read its
+// stage, so loads land while the warps score.
+//
+// Exponentials are skipped where they cannot matter (the fused path without min_budget): a block
+// whose best query scores m_j with m_j - M <= log(alpha / (2 * 128)), M any score seen so far in
+// the row, has S[i, j] <= 128 exp(m_j - M_row) < alpha / 2 <= alpha * max_j S[i, j] / 2 (the
+// block holding M_row has S >= 1): it is dropped whatever its sum, with a factor 2 to spare for
+// rounding. A warp skips its exponentials when all 16 of its blocks qualify.
 #pragma once
 
 #include <cfloat>
@@ -24,167 +32,202 @@ namespace flashprefill::cuda::discovery::hopper {
 
 struct ScoreMaps {
   CUtensorMap q;       // as the attention kernel's (boxes of 128 tokens)
-  CUtensorMap hi, lo;  // pooled keys [slots][H_kv][D], boxes of 64 slots
+  CUtensorMap pooled;  // pooled keys [slots][H_kv][D] in the input dtype, boxes of 64 slots
 };
 
 template <int kHeadDim_, bool kIsBf16_>
 struct ScoreTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kIsBf16 = kIsBf16_;
-  static constexpr int kBlockM = 128;    // queries: one query block (block_size 128)
-  // One warpgroup (64 pooled keys per step) and a small footprint, so that three CTAs share an SM
-  // and one's loads and exponentials overlap another's wgmmas. Measured against two warpgroups
-  // (128 keys per step, two CTAs per SM), also TMA-fed: 3.8 vs 5.0 ms of discovery at 128K.
-  static constexpr int kWarpgroups = 1;
-  static constexpr int kKeyTile = 64 * kWarpgroups;
-  static constexpr int kThreads = 128 * kWarpgroups;
+  static constexpr int kBlockM = 128;  // queries: one query block (block_size 128)
+  static constexpr int kKeyTile = 64;  // pooled keys per wgmma tile (its M)
+  static constexpr int kThreads = 128;
   static constexpr int kMinCtasPerSm = 3;
-  // One stage: a second one (prefetch) would cost the third CTA per SM, and measured slower
-  // (H100, 128K: 4.0 -> 5.5 ms of discovery).
-  static constexpr int kStages = 1;
+  static constexpr int kStages = 2;
   using QPanels = sm90::SwizzledPanels<kBlockM>;
   using KeyPanels = sm90::SwizzledPanels<kKeyTile>;
   static constexpr int kPanels = kHeadDim / 64;
   static constexpr int kQBytes = kPanels * QPanels::kPanelBytes;
-  static constexpr int kKeyBytes = kPanels * KeyPanels::kPanelBytes;  // one of hi, lo
+  static constexpr int kKeyBytes = kPanels * KeyPanels::kPanelBytes;
   static constexpr int kReduceFloats = 128;
-  // Q | (hi | lo)[kStages] | col_max[max_key_blocks] | col_sum[max_key_blocks] | reduction scratch | barrier, +1024 to align.
+  // Q | keys[kStages] | log_score[max_key_blocks, padded] | reduction scratch | barriers, +1024 to align.
   static size_t smem_bytes(int64_t max_key_blocks) {
-    return 1024 + kQBytes + 2 * kStages * kKeyBytes + size_t(2 * max_key_blocks + kReduceFloats) * 4 + 16;
+    return 1024 + kQBytes + size_t(kStages) * kKeyBytes + size_t(log_score_capacity(max_key_blocks) + kReduceFloats) * 4 +
+           8 * (kStages + 1);
   }
 };
+
+// Named barrier of the CTA's one warpgroup (id 1: 0 is __syncthreads, which is the same here but
+// says more than is meant).
+__device__ __forceinline__ void warpgroup_barrier() { asm volatile("bar.sync 1, 128;" ::: "memory"); }
 
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     score_rows_kernel(const detail::Problem p, const int64_t* seq_row_offset, const Buffers buffers, float* scores, int64_t scores_ld,
                       const __grid_constant__ ScoreMaps maps) {
   using namespace sm90;
-  constexpr int D = Traits::kHeadDim;
+  constexpr int D = Traits::kHeadDim, kStages = Traits::kStages, kKeyTile = Traits::kKeyTile;
   const RowOfGrid r = row_of_grid(p, seq_row_offset);
   if (!r.valid) return;
 
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw_address = sm80::smem_address(smem_raw);
   unsigned char* q_smem = smem_raw + ((1024 - raw_address % 1024) % 1024);
-  unsigned char* key_smem = q_smem + Traits::kQBytes;  // stage s: hi at 2s, lo at 2s + 1 (kKeyBytes each)
-  const int64_t num_j = r.block_abs + 1;
-  auto* col_max = reinterpret_cast<float*>(key_smem + 2 * Traits::kStages * Traits::kKeyBytes);
-  float* col_sum = col_max + r.num_kv_blocks;
-  float* reduce_smem = col_sum + r.num_kv_blocks;
-  auto* loaded = reinterpret_cast<uint64_t*>(reduce_smem + Traits::kReduceFloats);  // 8-byte aligned: 2n + 128 floats in
+  unsigned char* key_smem = q_smem + Traits::kQBytes;  // stage s at s * kKeyBytes
+  auto* log_score = reinterpret_cast<float*>(key_smem + kStages * Traits::kKeyBytes);
+  float* reduce_smem = log_score + log_score_capacity(r.num_kv_blocks);
+  auto* key_full = reinterpret_cast<uint64_t*>(reduce_smem + Traits::kReduceFloats);  // 8-byte aligned: n + 128 floats in
+  uint64_t* q_full = key_full + kStages;
 
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, quad = lane % 4;
   const int64_t block = p.params.block_size, shift = r.extent.len_kv - r.extent.len_q;
   const int64_t block_start = r.block_abs * block;
   const int64_t kv_head = r.head / p.group;
-  const int64_t slot0 = p.pooled_slot0(r.seq, r.extent);
+  const int32_t slot0 = int32_t(p.pooled_slot0(r.seq, r.extent));
+  const int64_t num_j = r.block_abs + 1;
 
   // Rows the selection keeps whole (the last query blocks) need no scores when only the layout is
-  // wanted: every causal block is kept, so S = 1 for each (select_row then keeps them all).
+  // wanted: every causal block is kept whatever its score.
   const bool skip_scores = scores == nullptr && r.block_abs >= r.num_kv_blocks - p.params.last_full_blocks;
+  const int num_tiles = skip_scores ? 0 : int((num_j + kKeyTile - 1) / kKeyTile);
+  float thread_max_x2 = -INFINITY, thread_max_log_score = -INFINITY;
+  if (skip_scores)
+    for (int64_t j = tid; j < num_j; j += Traits::kThreads) log_score[j] = 0.0f;
 
-  const int warp = tid / 32, lane = tid % 32, g = lane / 4, quad = lane % 4;
   const float scale_log2 = p.params.scale * 1.4426950408889634f;
+  // Skipping exponentials (see the header) needs the exact scores of every candidate: only on the
+  // fused path, without min_budget. In raw score units: skip when m_j < M + skip_offset.
+  const bool may_skip = scores == nullptr && p.params.min_budget == 0 && p.params.alpha > 0.0f;
+  const float skip_offset = (log2f(p.params.alpha) - log2f(float(Traits::kBlockM)) - 1.0f) / scale_log2;
+  // [2][4]: each warp's largest score so far, exchanged once per tile; written at the end of tile t
+  // into slot (t + 1) % 2 and read after tile t + 1's barrier, so no write races a read.
+  float* warp_running_max = reduce_smem;
+  if (tid < 8) warp_running_max[tid] = -INFINITY;
+
+  constexpr uint64_t kCacheHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+  const auto load_keys = [&](int tile) {  // one thread
+    const int stage = tile % kStages;
+    barrier_arrive_expect_tx(&key_full[stage], Traits::kKeyBytes);
+    for (int panel = 0; panel < Traits::kPanels; ++panel)
+      cute::SM90_TMA_LOAD_3D::copy(&maps.pooled, &key_full[stage], kCacheHint,
+                                   key_smem + stage * Traits::kKeyBytes + panel * Traits::KeyPanels::kPanelBytes, panel * 64,
+                                   int32_t(kv_head), slot0 + tile * kKeyTile);
+  };
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) Barrier::init(&key_full[s], 1);
+    Barrier::init(q_full, 1);
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+  if (tid == 0 && num_tiles > 0) {
+    // Rows before the chunk have negative coordinates (zeros, or the previous sequence when packed)
+    // and rows past the sequence read zeros or the next one: all are masked below. Slots past the
+    // row's blocks are masked the same way.
+    const int32_t q_token = int32_t(r.extent.q_token0 + block_start - shift);
+    const int32_t batch = p.varlen ? 0 : int32_t(r.seq);
+    barrier_arrive_expect_tx(q_full, Traits::kQBytes);
+    for (int panel = 0; panel < Traits::kPanels; ++panel)
+      cute::SM90_TMA_LOAD_4D::copy(&maps.q, q_full, kCacheHint, q_smem + panel * Traits::QPanels::kPanelBytes, panel * 64,
+                                   int32_t(r.head), q_token, batch);
+    for (int tile = 0; tile < kStages && tile < num_tiles; ++tile) load_keys(tile);
+  }
+  if (num_tiles > 0) barrier_wait(q_full, 0);
+
   const bool partial_block = block_start < shift || block_start + block > r.extent.len_kv;
   const uint32_t q_address = sm80::smem_address(q_smem);
   const uint32_t key_address = sm80::smem_address(key_smem);
-  const int num_tiles = skip_scores ? 0 : int((num_j + Traits::kKeyTile - 1) / Traits::kKeyTile);
-  if (skip_scores)
-    for (int64_t j = tid; j < num_j; j += Traits::kThreads) col_max[j] = 0.0f, col_sum[j] = 1.0f;
-  if (tid == 0) {
-    sm90::Barrier::init(loaded, 1);
-    cutlass::arch::fence_barrier_init();
-  }
-
-  constexpr uint64_t kCacheHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
   for (int tile = 0; tile < num_tiles; ++tile) {
-    __syncthreads();  // the previous tile's wgmmas (every warp) have read the stage; the barrier is initialised
-    if (tid == 0) {
-      // Tile 0 brings the block's queries too. Rows before the chunk have negative coordinates
-      // (zeros, or the previous sequence when packed) and rows past the sequence read zeros or the
-      // next one: all are masked below. Slots past the row's blocks are masked the same way.
-      const uint32_t bytes = 2 * Traits::kKeyBytes + (tile == 0 ? Traits::kQBytes : 0);
-      sm90::Barrier::arrive_and_expect_tx(loaded, bytes);
-      if (tile == 0) {
-        const int32_t q_token = int32_t(r.extent.q_token0 + block_start - shift);
-        const int32_t batch = p.varlen ? 0 : int32_t(r.seq);
-        for (int panel = 0; panel < Traits::kPanels; ++panel)
-          cute::SM90_TMA_LOAD_4D::copy(&maps.q, loaded, kCacheHint, q_smem + panel * Traits::QPanels::kPanelBytes, panel * 64,
-                                       int32_t(r.head), q_token, batch);
-      }
-      const int32_t slot = int32_t(slot0 + int64_t(tile) * Traits::kKeyTile);
-      for (int panel = 0; panel < Traits::kPanels; ++panel) {
-        const int panel_offset = panel * Traits::KeyPanels::kPanelBytes;
-        cute::SM90_TMA_LOAD_3D::copy(&maps.hi, loaded, kCacheHint, key_smem + panel_offset, panel * 64, int32_t(kv_head), slot);
-        cute::SM90_TMA_LOAD_3D::copy(&maps.lo, loaded, kCacheHint, key_smem + Traits::kKeyBytes + panel_offset, panel * 64,
-                                     int32_t(kv_head), slot);
-      }
-    }
-    sm90::Barrier::wait(loaded, tile & 1);
-    const int64_t j0 = int64_t(tile) * Traits::kKeyTile;
-    const uint32_t hi_address = key_address;
-    const uint32_t lo_address = hi_address + Traits::kKeyBytes;
+    const int stage = tile % kStages;
+    barrier_wait(&key_full[stage], (tile / kStages) & 1);
 
-    // x^T[j, t] for 64 key blocks x 128 queries: hi then lo against the same Q.
+    // x^T[j, t] for 64 key blocks x 128 queries.
     float x[64];
     {
-      uint64_t a[2 * D / 16], b[D / 16];
+      uint64_t a[D / 16], b[D / 16];
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t offset = (kk / 4) * Traits::KeyPanels::kPanelBytes + (kk % 4) * 32;
-        a[kk] = make_desc_k_major(hi_address + offset);
-        a[D / 16 + kk] = make_desc_k_major(lo_address + offset);
-        b[kk] = make_desc_k_major(q_address + (kk / 4) * Traits::QPanels::kPanelBytes + (kk % 4) * 32);
+        const uint32_t offset = (kk % 4) * 32;  // 16 elements along the 128-byte row
+        a[kk] = make_desc_k_major(key_address + stage * Traits::kKeyBytes + (kk / 4) * Traits::KeyPanels::kPanelBytes + offset);
+        b[kk] = make_desc_k_major(q_address + (kk / 4) * Traits::QPanels::kPanelBytes + offset);
       }
       fence_descriptors(a);
       fence_descriptors(b);
       fence_accumulators(x);
       cute::warpgroup_arrive();
 #pragma unroll
-      for (int kk = 0; kk < 2 * D / 16; ++kk)
-        gmma_ss<Traits::kIsBf16, 128>(a[kk], b[kk % (D / 16)], x, kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One);
+      for (int kk = 0; kk < D / 16; ++kk)
+        gmma_ss<Traits::kIsBf16, 128>(a[kk], b[kk], x, kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One);
       cute::warpgroup_commit_batch();
       cute::warpgroup_wait<0>();
       fence_accumulators(x);
     }
+    // Every warp's wgmma has read the stage (and written its warp_running_max): refill it with the
+    // tile kStages ahead, which then lands while this one is scored.
+    warpgroup_barrier();
+    if (tid == 0 && tile + kStages < num_tiles) load_keys(tile + kStages);
+    const float* seen = warp_running_max + 4 * (tile % 2);
+    float running_max = fmaxf(fmaxf(seen[0], seen[1]), fmaxf(seen[2], seen[3]));
 
-    // Element 4 * nt + e: key block j0 + 16 * warp + g + 8 * (e / 2), query row 8 * nt + 2 * quad + (e % 2).
+    // Element i: key block j0 + 16 * warp + g + 8 * ((i % 4) / 2), query row 8 * (i / 4) + 2 * quad + (i % 2).
     // Masked (-inf): blocks past the row block, queries outside the chunk or the sequence, and the
     // diagonal block for queries that do not see all its keys (ALGORITHM.md step 2).
-    const bool needs_mask = partial_block || j0 + Traits::kKeyTile - 1 >= r.block_abs;
+    const int64_t j0 = int64_t(tile) * kKeyTile;
+    if (partial_block || j0 + kKeyTile - 1 >= r.block_abs) {
+      // In 32 bits (positions fit, see make_problem): query position pos sees block j when
+      // pos >= first_visible[half] (the block's last key, or the chunk start) and pos < len_kv.
+      int32_t first_visible[2];
 #pragma unroll
-    for (int i = 0; i < 64; ++i) {
-      x[i] *= scale_log2;
-      if (needs_mask) {
-        const int64_t j = j0 + 16 * warp + g + 8 * ((i % 4) / 2);
-        const int64_t pos = block_start + 8 * (i / 4) + 2 * quad + (i % 2);
-        const bool visible = j < num_j && pos >= shift && pos < r.extent.len_kv &&
-                             detail::key_block_visible(j, pos, r.extent.len_kv, block);
-        if (!visible) x[i] = -INFINITY;
+      for (int half = 0; half < 2; ++half) {
+        const int32_t j = int32_t(j0) + 16 * warp + g + 8 * half;
+        const int32_t last_key = min((j + 1) * int32_t(block), int32_t(r.extent.len_kv)) - 1;
+        first_visible[half] = j < int32_t(num_j) ? max(last_key, int32_t(shift)) : INT32_MAX;
+      }
+      const int32_t pos0 = int32_t(block_start) + 2 * quad, len_kv = int32_t(r.extent.len_kv);
+#pragma unroll
+      for (int i = 0; i < 64; ++i) {
+        const int32_t pos = pos0 + 8 * (i / 4) + (i % 2);
+        if (pos < first_visible[(i % 4) / 2] || pos >= len_kv) x[i] = -INFINITY;
       }
     }
+    float m[2];
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      float m = -INFINITY;
+      m[half] = -INFINITY;
 #pragma unroll
-      for (int nt = 0; nt < 16; ++nt) m = fmaxf(m, fmaxf(x[4 * nt + 2 * half], x[4 * nt + 2 * half + 1]));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-      const float shift_m = m == -INFINITY ? 0.0f : m;
-      float s = 0.0f;
-#pragma unroll
-      for (int nt = 0; nt < 16; ++nt) s += fast_exp2(x[4 * nt + 2 * half] - shift_m) + fast_exp2(x[4 * nt + 2 * half + 1] - shift_m);
-      s += __shfl_xor_sync(0xffffffffu, s, 1);
-      s += __shfl_xor_sync(0xffffffffu, s, 2);
-      const int64_t j = j0 + 16 * warp + g + 8 * half;
-      if (quad == 0 && j < num_j) {
-        col_max[j] = m;
-        col_sum[j] = s;
-      }
+      for (int nt = 0; nt < 16; ++nt) m[half] = fmaxf(m[half], fmaxf(x[4 * nt + 2 * half], x[4 * nt + 2 * half + 1]));
+      m[half] = fmaxf(m[half], __shfl_xor_sync(0xffffffffu, m[half], 1));
+      m[half] = fmaxf(m[half], __shfl_xor_sync(0xffffffffu, m[half], 2));
     }
+    float warp_max = fmaxf(m[0], m[1]);
+#pragma unroll
+    for (int offset = 4; offset < 32; offset *= 2) warp_max = fmaxf(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, offset));
+    running_max = fmaxf(running_max, warp_max);
+    const bool hopeless = m[0] < running_max + skip_offset && m[1] < running_max + skip_offset;
+    const bool skip = may_skip && __all_sync(0xffffffffu, hopeless);
+    thread_max_x2 = fmaxf(thread_max_x2, warp_max * scale_log2);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float log_sum = -INFINITY;
+      if (!skip) {  // warp-uniform: every lane takes part in the shuffles (a masked block has m = -inf, s = 0)
+        const bool masked = m[half] == -INFINITY;
+        const float shift_x2 = masked ? 0.0f : m[half] * scale_log2;
+        float s = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < 16; ++nt)
+          s += fast_exp2(fmaf(x[4 * nt + 2 * half], scale_log2, -shift_x2)) +
+               fast_exp2(fmaf(x[4 * nt + 2 * half + 1], scale_log2, -shift_x2));
+        s += __shfl_xor_sync(0xffffffffu, s, 1);
+        s += __shfl_xor_sync(0xffffffffu, s, 2);
+        log_sum = masked ? -INFINITY : shift_x2 + __log2f(s);  // s >= 1: the maximum's own term
+      }
+      const int64_t j = j0 + 16 * warp + g + 8 * half;
+      if (quad == 0 && j < num_j) log_score[j] = log_sum;
+      thread_max_log_score = fmaxf(thread_max_log_score, log_sum);
+    }
+    if (lane == 0) warp_running_max[4 * ((tile + 1) % 2) + warp] = running_max;  // read after the next tile's barrier
   }
-  __syncthreads();
-  finish_row(p, col_max, col_sum, num_j, r.block_abs, r.num_kv_blocks, r.row, buffers, scores, scores_ld, reduce_smem);
+  finish_row(p, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs, r.num_kv_blocks, r.row, buffers, scores, scores_ld,
+             reduce_smem + 8);
 }
 
 }  // namespace flashprefill::cuda::discovery::hopper

@@ -12,6 +12,7 @@
 #include <cutlass/arch/reg_reconfig.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <type_traits>
 #include <utility>
 
@@ -120,6 +121,34 @@ template <int kCount>
 __device__ __forceinline__ void fence_descriptors(uint64_t (&desc)[kCount]) {
 #pragma unroll
   for (int i = 0; i < kCount; ++i) asm volatile("" : "+l"(desc[i])::"memory");
+}
+
+// CUTLASS's mbarrier wait and arrive are asm volatile without a memory clobber, so the compiler may
+// move ordinary shared-memory accesses across them. Data handed over beside a barrier (a row index,
+// a key block) is read after barrier_wait and written before barrier_arrive*, which fence it.
+__device__ __forceinline__ void barrier_wait(uint64_t* barrier, uint32_t phase) {
+#ifdef FLASHPREFILL_HANG_CHECK
+  // Debug builds (-DFLASHPREFILL_HANG_CHECK=ON): a wait that lasts seconds names itself and traps
+  // instead of hanging the GPU.
+  for (int attempt = 0; !Barrier::test_wait(barrier, phase, 1); ++attempt) {
+    if (attempt == (1 << 24)) {
+      printf("flashprefill: mbarrier wait timed out: block %d thread %d barrier smem+%u phase %u\n", int(blockIdx.x), int(threadIdx.x),
+             unsigned(__cvta_generic_to_shared(barrier)), phase);
+      __trap();
+    }
+  }
+#else
+  Barrier::wait(barrier, phase);
+#endif
+  asm volatile("" ::: "memory");
+}
+__device__ __forceinline__ void barrier_arrive(uint64_t* barrier) {
+  asm volatile("" ::: "memory");
+  Barrier::arrive(barrier);
+}
+__device__ __forceinline__ void barrier_arrive_expect_tx(uint64_t* barrier, uint32_t bytes) {
+  asm volatile("" ::: "memory");
+  Barrier::arrive_and_expect_tx(barrier, bytes);
 }
 
 // 2^x on the SFU (ex2.approx: ~2 ulp, far below bf16/fp16 output precision); exp2(-inf) = 0.
