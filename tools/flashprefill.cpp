@@ -152,9 +152,9 @@ class Progress {
   bool enabled_;
 };
 
-// Median time (ms) of `repeats` runs after two warm-ups: CUDA events around each run on a GPU
-// (BENCHMARK.md; what the device did, without host launch gaps before the first kernel), the wall
-// clock fenced by the run itself on the CPU.
+// Median time (ms) of `repeats` runs after two warm-ups: on a GPU, CUDA events recorded before and
+// after each call (BENCHMARK.md; host work inside the call that leaves the GPU idle is counted);
+// on the CPU, the wall clock around each call and a synchronisation.
 double time_ms(const std::function<void()>& run, int repeats, Device device) {
   run();
   run();

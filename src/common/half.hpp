@@ -76,6 +76,8 @@ FP_HOST_DEVICE inline float half_bits_to_float(uint16_t h, DType dtype) {
 FP_HOST_DEVICE inline uint16_t float_to_half_bits(float f, DType dtype) {
   return dtype == DType::bf16 ? float_to_bf16(f) : float_to_fp16(f);
 }
+// The value as the 16-bit dtype holds it (round to nearest even).
+FP_HOST_DEVICE inline float rounded_to(float f, DType dtype) { return half_bits_to_float(float_to_half_bits(f, dtype), dtype); }
 
 template <bool kIsBf16>
 FP_HOST_DEVICE inline float half_to_float(uint16_t h) {

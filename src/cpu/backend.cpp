@@ -132,8 +132,7 @@ std::vector<float> transpose_pooled(const Problem& p, const float* pooled_keys, 
   std::vector<float> pooled_t(static_cast<size_t>(D * ld), 0.0f);
   for (int64_t j = 0; j < nkb; ++j)
     for (int64_t d = 0; d < D; ++d)  // scoring reads the means rounded to the input dtype (as the GPU's tensor cores do)
-      pooled_t[d * ld + j] = detail::half_bits_to_float(
-          detail::float_to_half_bits(pooled_keys[((slot0 + j) * p.heads_kv + kv_head) * D + d], p.dtype), p.dtype);
+      pooled_t[d * ld + j] = detail::rounded_to(pooled_keys[((slot0 + j) * p.heads_kv + kv_head) * D + d], p.dtype);
   return pooled_t;
 }
 

@@ -31,12 +31,6 @@ void for_each_row(const Problem& p, Visit&& visit) {
   }
 }
 
-// Scoring reads the pooled keys rounded to the input dtype (ALGORITHM.md step 1 accumulates in
-// fp32; the paper's reference stores its pooled keys in k's dtype, and so do our backends).
-double rounded_to_dtype(const Problem& p, double value) {
-  return detail::half_bits_to_float(detail::float_to_half_bits(float(value), p.dtype), p.dtype);
-}
-
 }  // namespace
 
 int64_t token_index(const Problem& p, int64_t b, int64_t t) {
@@ -72,9 +66,11 @@ std::vector<double> block_scores(const Problem& p, const std::vector<double>& po
     for (int64_t t = t0; t < t1; ++t)
       for (int64_t j = 0; j <= i; ++j) {
         if (!detail::key_block_visible(j, shift + t, s.len_kv, B)) continue;
+        // Scoring reads the pooled keys rounded to the input dtype (ALGORITHM.md step 1 accumulates
+        // in fp32; the paper's reference stores its pooled keys in k's dtype, and so do our backends).
         const double* kbar = &pooled[((p.pooled_slot0(b, s) + j) * p.heads_kv + h / p.group) * D];
         double dot = 0.0;
-        for (int64_t d = 0; d < D; ++d) dot += load(p, p.q, p.q_offset(b, s, t, h) + d) * rounded_to_dtype(p, kbar[d]);
+        for (int64_t d = 0; d < D; ++d) dot += load(p, p.q, p.q_offset(b, s, t, h) + d) * detail::rounded_to(float(kbar[d]), p.dtype);
         x[(t - t0) * (i + 1) + j] = p.params.scale * dot;
         row_max = std::max(row_max, x[(t - t0) * (i + 1) + j]);
       }

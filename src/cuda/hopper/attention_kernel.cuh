@@ -1,10 +1,10 @@
 // Block-sparse FlashAttention for Hopper (sm_90a), ALGORITHM.md step 5, in the shape of
 // FlashAttention-3: a persistent CTA per SM takes layout rows (128 query rows = one query block
 // each) from a global counter, in row_at's order (long rows first), with three warpgroups.
-//  - warpgroup 0, the producer: one thread takes the next row, issues TMA loads of its Q (two
-//    buffers, so the next row's Q arrives while this one runs; the row's index travels with its Q
-//    buffer) and of the K and V tiles of its kept blocks into a ring of shared-memory stages
-//    (mbarrier full/empty pairs) that runs on across rows;
+//  - warpgroup 0, the producer: one warp takes the next row, issues TMA loads of its Q (two
+//    buffers, so the next row's Q arrives while this one runs) and of the K and V tiles of its kept
+//    blocks into a ring of shared-memory stages (mbarrier full/empty pairs) that runs on across
+//    rows, and hands the row's index to the consumers at a named-barrier rendezvous;
 //  - warpgroups 1 and 2, the consumers, 64 query rows each: S = Q K^T and O += P V with wgmma
 //    (Q, K, V from shared memory, P from registers), online softmax in registers. The softmax of
 //    tile n overlaps the P V wgmma of tile n - 1 (issued before it, waited after it), and the two
@@ -85,14 +85,6 @@ __device__ inline RowWork row_work(const SparseAttentionParams& params, int64_t 
   w.blocks = params.dense ? nullptr : params.col_idx + params.row_ptr[w.row];
   w.num_tiles = params.dense ? int(w.coord.block_abs + 1) : int(params.row_ptr[w.row + 1] - params.row_ptr[w.row]);
   return w;
-}
-
-// Named barriers among the consumer warpgroups (the producer never takes part).
-__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
-__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
 template <typename Traits>
@@ -196,22 +188,18 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         const int stage = tile_count % kStages;
         const uint32_t phase = (tile_count / kStages) & 1;
         const int32_t kv_token = int32_t(seq.kv_token0 + int64_t(params.dense ? tile : w.blocks[tile]) * kBlockN);
-        barrier_wait(&k_empty[stage], phase ^ 1);
-        if (leader) {
-          barrier_arrive_expect_tx(&k_full[stage], Traits::kTileBytes);
+        // K, then V, of this tile into the stage once its consumers have released it.
+        const auto load_tile = [&](const CUtensorMap* map, uint64_t* empty, uint64_t* full, unsigned char* tiles) {
+          barrier_wait(&empty[stage], phase ^ 1);
+          if (!leader) return;
+          barrier_arrive_expect_tx(&full[stage], Traits::kTileBytes);
           for (int panel = 0; panel < kPanels; ++panel)
-            cute::SM90_TMA_LOAD_4D::copy(&maps.k, &k_full[stage], kCacheHint,
-                                         k_smem + stage * Traits::kTileBytes + panel * Traits::KVPanels::kPanelBytes, panel * 64,
+            cute::SM90_TMA_LOAD_4D::copy(map, &full[stage], kCacheHint,
+                                         tiles + stage * Traits::kTileBytes + panel * Traits::KVPanels::kPanelBytes, panel * 64,
                                          int32_t(w.kv_head), kv_token, batch);
-        }
-        barrier_wait(&v_empty[stage], phase ^ 1);
-        if (leader) {
-          barrier_arrive_expect_tx(&v_full[stage], Traits::kTileBytes);
-          for (int panel = 0; panel < kPanels; ++panel)
-            cute::SM90_TMA_LOAD_4D::copy(&maps.v, &v_full[stage], kCacheHint,
-                                         v_smem + stage * Traits::kTileBytes + panel * Traits::KVPanels::kPanelBytes, panel * 64,
-                                         int32_t(w.kv_head), kv_token, batch);
-        }
+        };
+        load_tile(&maps.k, k_empty, k_full, k_smem);
+        load_tile(&maps.v, v_empty, v_full, v_smem);
       }
       if (before_handover == w.num_tiles) publish(int32_t(order));
     }

@@ -50,16 +50,15 @@ struct ScoreTraits {
   static constexpr int kQBytes = kPanels * QPanels::kPanelBytes;
   static constexpr int kKeyBytes = kPanels * KeyPanels::kPanelBytes;
   static constexpr int kReduceFloats = 128;
+  // Named barrier of the CTA's one warpgroup (1: barrier 0, __syncthreads, is the same here but says
+  // more than is meant).
+  static constexpr int kWarpgroupBarrier = 1;
   // Q | keys[kStages] | log_score[max_key_blocks, padded] | reduction scratch | barriers, +1024 to align.
   static size_t smem_bytes(int64_t max_key_blocks) {
     return 1024 + kQBytes + size_t(kStages) * kKeyBytes + size_t(log_score_capacity(max_key_blocks) + kReduceFloats) * 4 +
            8 * (kStages + 1);
   }
 };
-
-// Named barrier of the CTA's one warpgroup (id 1: 0 is __syncthreads, which is the same here but
-// says more than is meant).
-__device__ __forceinline__ void warpgroup_barrier() { asm volatile("bar.sync 1, 128;" ::: "memory"); }
 
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
@@ -163,7 +162,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     }
     // Every warp's wgmma has read the stage (and written its warp_running_max): refill it with the
     // tile kStages ahead, which then lands while this one is scored.
-    warpgroup_barrier();
+    named_barrier_sync(Traits::kWarpgroupBarrier, Traits::kThreads);
     if (tid == 0 && tile + kStages < num_tiles) load_keys(tile + kStages);
     const float* seen = warp_running_max + 4 * (tile % 2);
     float running_max = fmaxf(fmaxf(seen[0], seen[1]), fmaxf(seen[2], seen[3]));

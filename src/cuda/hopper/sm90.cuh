@@ -124,8 +124,8 @@ __device__ __forceinline__ void fence_descriptors(uint64_t (&desc)[kCount]) {
 }
 
 // CUTLASS's mbarrier wait and arrive are asm volatile without a memory clobber, so the compiler may
-// move ordinary shared-memory accesses across them. Data handed over beside a barrier (a row index,
-// a key block) is read after barrier_wait and written before barrier_arrive*, which fence it.
+// move ordinary memory accesses across them; these wrappers add the clobber, so that what a thread
+// reads after a wait or writes before an arrive stays on that side of it.
 __device__ __forceinline__ void barrier_wait(uint64_t* barrier, uint32_t phase) {
 #ifdef FLASHPREFILL_HANG_CHECK
   // Debug builds (-DFLASHPREFILL_HANG_CHECK=ON): a wait that lasts seconds names itself and traps
@@ -149,6 +149,15 @@ __device__ __forceinline__ void barrier_arrive(uint64_t* barrier) {
 __device__ __forceinline__ void barrier_arrive_expect_tx(uint64_t* barrier, uint32_t bytes) {
   asm volatile("" ::: "memory");
   Barrier::arrive_and_expect_tx(barrier, bytes);
+}
+
+// Named barriers (bar.sync / bar.arrive, ids 1-15; 0 is __syncthreads) among `threads` threads,
+// a multiple of 32: the warps that take part.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
 // 2^x on the SFU (ex2.approx: ~2 ulp, far below bf16/fp16 output precision); exp2(-inf) = 0.
