@@ -25,13 +25,13 @@ struct RowOfGrid {
   detail::SeqExtent extent;
   bool valid;
 };
-__device__ inline RowOfGrid row_of_grid(const detail::Problem& p, const int64_t* seq_row_offset) {
+__device__ inline RowOfGrid row_of_grid(const detail::Problem& p, const int64_t* seq_row_offset, int32_t x, int32_t y, uint32_t grid_x) {
   RowOfGrid r{};
   const int32_t heads = int32_t(p.heads_q);
-  const int32_t grid_blocks = int32_t(gridDim.x) / heads;
-  r.head = int32_t(blockIdx.x) % heads;
-  r.block_local = grid_blocks - 1 - int32_t(blockIdx.x) / heads;
-  r.seq = blockIdx.y;
+  const int32_t grid_blocks = int32_t(grid_x) / heads;
+  r.head = x % heads;
+  r.block_local = grid_blocks - 1 - x / heads;
+  r.seq = y;
   r.extent = p.seq(r.seq);
   const int64_t block = p.params.block_size;
   const int64_t nqb = num_query_blocks(r.extent.len_q, r.extent.len_kv, block);
@@ -40,6 +40,10 @@ __device__ inline RowOfGrid row_of_grid(const detail::Problem& p, const int64_t*
   r.row = seq_row_offset[r.seq] + r.head * nqb + r.block_local;
   r.num_kv_blocks = num_key_blocks(r.extent.len_kv, block);
   return r;
+}
+// The row of this CTA in a grid of one CTA per row.
+__device__ inline RowOfGrid row_of_grid(const detail::Problem& p, const int64_t* seq_row_offset) {
+  return row_of_grid(p, seq_row_offset, int32_t(blockIdx.x), int32_t(blockIdx.y), gridDim.x);
 }
 
 // Floats of shared memory for a row's log_score: whole 32-block words, so the selection's
@@ -97,19 +101,20 @@ __device__ inline void select_row(const detail::Problem& p, const float* log_sco
     }
     __syncthreads();
   }
+  // One block per thread, a word per warp by ballot (threads is a multiple of 32): no serial loop
+  // over a word's bits. Words past the row's blocks are written as zeros.
   int kept = 0;
-  for (int64_t w = tid; w < words; w += threads) {
-    uint32_t word = 0;
-    const int64_t j0 = w * 32;
-    const int bits_here = int(min(int64_t(32), num_j - j0));
-    for (int bit = 0; bit < bits_here; ++bit) {
-      const int64_t j = j0 + bit;
-      bool keep = log_score[j] >= threshold || detail::always_kept(block_abs, j, num_kv_blocks, p.params);
+  for (int64_t j = tid; j < words * 32; j += threads) {
+    bool keep = false;
+    if (j < num_j) {
+      keep = log_score[j] >= threshold || detail::always_kept(block_abs, j, num_kv_blocks, p.params);
       for (int m = 0; m < budget; ++m) keep |= budget_pick[m] == j;
-      word |= uint32_t(keep) << bit;
     }
-    bits[w] = word;
-    kept += __popc(word);
+    const uint32_t word = __ballot_sync(0xffffffffu, keep);
+    if (tid % 32 == 0) {
+      bits[j / 32] = word;
+      kept += __popc(word);
+    }
   }
   for (int offset = 16; offset > 0; offset /= 2) kept += __shfl_xor_sync(0xffffffffu, kept, offset);
   __syncthreads();

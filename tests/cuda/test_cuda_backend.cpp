@@ -170,14 +170,15 @@ TEST(Cuda, LongRowsWrapThePipeline) {
 }
 
 // More layout rows than SMs, several per persistent CTA: the stage ring and the two Q buffers carry
-// their phases from row to row; chunked (L_q < L_kv, unaligned) with GQA and a threshold. The first
-// shape runs in the unsorted order (fewer than 8 rows per SM on an H100), the second sorted.
+// their phases from row to row; chunked (L_q < L_kv, unaligned) with GQA and a threshold; padded
+// batches take rows in their natural order from the scheduler's counter.
 TEST(Cuda, ManyRowsPerPersistentCta) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);
   Params params;
   params.alpha = 0.1f;
-  for (const Shape& shape : {Shape{2, 1900, 2000, 16, 4, 64}, Shape{2, 2900, 3000, 24, 4, 64}}) {  // 480 and 1152 rows
+  // 512 and 1296 rows, of few blocks each: the fp64 reference stays quick (the test once took 70 s).
+  for (const Shape& shape : {Shape{2, 900, 1000, 32, 4, 64}, Shape{3, 1000, 1100, 48, 4, 64}}) {
     SCOPED_TRACE("Lq=" + std::to_string(shape.len_q) + " Hq=" + std::to_string(shape.heads_q));
     HostBatch host = padded_batch(shape, DType::bf16, seed + uint64_t(shape.len_q));
     check_gpu_attention(host, params);
@@ -334,6 +335,35 @@ TEST(Cuda, SkippedExponentialsKeepTheLayout) {
     const int64_t causal = 8 * 47 * 48 / 2;
     EXPECT_LT(kept, causal / 2) << "the structured input should be sparse: the test would not exercise skipping";
   }
+}
+
+// Rows of three or more key tiles (over 128 key blocks): the score kernel's tile order (diagonal,
+// sinks, then descending) and its stage ring wrapping within a row, against the CPU backend.
+// Structured input (most exponentials skipped) with and without min_budget, then random chunked
+// fp16 input (few skipped).
+TEST(Cuda, ScoreRowsOfManyTiles) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  const int64_t length = 20000;
+  const SyntheticInput input = make_structured_input(SyntheticShape{1, length, 4, 2, 64}, seed);
+  HostBatch host;
+  host.shape = Shape{1, length, length, 4, 2, 64};
+  host.q = input.q, host.k = input.k, host.v = input.v;
+  host.out.assign(host.q.size(), to_half(NAN, DType::bf16));
+  host.lse.assign(size_t(length * 4), NAN);
+  DeviceBatch device(host);
+  for (int min_budget : {0, 2}) {
+    SCOPED_TRACE("structured, min_budget=" + std::to_string(min_budget));
+    Params params;
+    params.min_budget = min_budget;
+    check_layout_matches_cpu(host, device, params);
+  }
+  SCOPED_TRACE("random, chunked");
+  HostBatch random = padded_batch(Shape{2, 9000, 17000, 4, 2, 64}, DType::fp16, seed + 1);
+  DeviceBatch random_device(random);
+  Params params;
+  params.alpha = 0.3f;
+  check_layout_matches_cpu(random, random_device, params);
 }
 
 // A caller's layout with each row's blocks in descending order: the diagonal block comes first, and

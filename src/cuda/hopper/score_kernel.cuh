@@ -16,7 +16,11 @@
 // whose best query scores m_j with m_j - M <= log(alpha / (2 * 128)), M any score seen so far in
 // the row, has S[i, j] <= 128 exp(m_j - M_row) < alpha / 2 <= alpha * max_j S[i, j] / 2 (the
 // block holding M_row has S >= 1): it is dropped whatever its sum, with a factor 2 to spare for
-// rounding. A warp skips its exponentials when all 16 of its blocks qualify.
+// rounding. A warp skips its exponentials when all 16 of its blocks qualify. The key tiles are
+// visited diagonal tile first, then the sink tile, then the rest from the diagonal back: the largest
+// scores of a row usually lie on the local band or the sinks, so M is high from the first steps and
+// most far tiles skip (a CPU simulation of the structured input: 87% of warp-tiles skip in this
+// order at 32K and 96% at 128K, against 28% and 20% in ascending order).
 #pragma once
 
 #include <cfloat>
@@ -60,6 +64,13 @@ struct ScoreTraits {
   }
 };
 
+// The key tile scored at step `step` of a row of `num_tiles` tiles: the diagonal tile, tile 0, then
+// descending (see the header).
+__device__ inline int key_tile_at(int step, int num_tiles) {
+  if (step == 0) return num_tiles - 1;
+  return step == 1 ? 0 : num_tiles - step;
+}
+
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     score_rows_kernel(const detail::Problem p, const int64_t* seq_row_offset, const Buffers buffers, float* scores, int64_t scores_ld,
@@ -98,14 +109,14 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   // fused path, without min_budget. In raw score units: skip when m_j < M + skip_offset.
   const bool may_skip = scores == nullptr && p.params.min_budget == 0 && p.params.alpha > 0.0f;
   const float skip_offset = (log2f(p.params.alpha) - log2f(float(Traits::kBlockM)) - 1.0f) / scale_log2;
-  // [2][4]: each warp's largest score so far, exchanged once per tile; written at the end of tile t
-  // into slot (t + 1) % 2 and read after tile t + 1's barrier, so no write races a read.
+  // [2][4]: each warp's largest score so far, exchanged once per step; written at the end of step t
+  // into slot (t + 1) % 2 and read after step t + 1's barrier, so no write races a read.
   float* warp_running_max = reduce_smem;
   if (tid < 8) warp_running_max[tid] = -INFINITY;
 
   constexpr uint64_t kCacheHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
-  const auto load_keys = [&](int tile) {  // one thread
-    const int stage = tile % kStages;
+  const auto load_keys = [&](int step) {  // one thread
+    const int stage = step % kStages, tile = key_tile_at(step, num_tiles);
     barrier_arrive_expect_tx(&key_full[stage], Traits::kKeyBytes);
     for (int panel = 0; panel < Traits::kPanels; ++panel)
       cute::SM90_TMA_LOAD_3D::copy(&maps.pooled, &key_full[stage], kCacheHint,
@@ -128,16 +139,16 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     for (int panel = 0; panel < Traits::kPanels; ++panel)
       cute::SM90_TMA_LOAD_4D::copy(&maps.q, q_full, kCacheHint, q_smem + panel * Traits::QPanels::kPanelBytes, panel * 64,
                                    int32_t(r.head), q_token, batch);
-    for (int tile = 0; tile < kStages && tile < num_tiles; ++tile) load_keys(tile);
+    for (int step = 0; step < kStages && step < num_tiles; ++step) load_keys(step);
   }
   if (num_tiles > 0) barrier_wait(q_full, 0);
 
   const bool partial_block = block_start < shift || block_start + block > r.extent.len_kv;
   const uint32_t q_address = sm80::smem_address(q_smem);
   const uint32_t key_address = sm80::smem_address(key_smem);
-  for (int tile = 0; tile < num_tiles; ++tile) {
-    const int stage = tile % kStages;
-    barrier_wait(&key_full[stage], (tile / kStages) & 1);
+  for (int step = 0; step < num_tiles; ++step) {
+    const int stage = step % kStages;
+    barrier_wait(&key_full[stage], (step / kStages) & 1);
 
     // x^T[j, t] for 64 key blocks x 128 queries.
     float x[64];
@@ -163,14 +174,14 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     // Every warp's wgmma has read the stage (and written its warp_running_max): refill it with the
     // tile kStages ahead, which then lands while this one is scored.
     named_barrier_sync(Traits::kWarpgroupBarrier, Traits::kThreads);
-    if (tid == 0 && tile + kStages < num_tiles) load_keys(tile + kStages);
-    const float* seen = warp_running_max + 4 * (tile % 2);
+    if (tid == 0 && step + kStages < num_tiles) load_keys(step + kStages);
+    const float* seen = warp_running_max + 4 * (step % 2);
     float running_max = fmaxf(fmaxf(seen[0], seen[1]), fmaxf(seen[2], seen[3]));
 
     // Element i: key block j0 + 16 * warp + g + 8 * ((i % 4) / 2), query row 8 * (i / 4) + 2 * quad + (i % 2).
     // Masked (-inf): blocks past the row block, queries outside the chunk or the sequence, and the
     // diagonal block for queries that do not see all its keys (ALGORITHM.md step 2).
-    const int64_t j0 = int64_t(tile) * kKeyTile;
+    const int64_t j0 = int64_t(key_tile_at(step, num_tiles)) * kKeyTile;
     if (partial_block || j0 + kKeyTile - 1 >= r.block_abs) {
       // In 32 bits (positions fit, see make_problem): query position pos sees block j when
       // pos >= first_visible[half] (the block's last key, or the chunk start) and pos < len_kv.
@@ -223,7 +234,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
       if (quad == 0 && j < num_j) log_score[j] = log_sum;
       thread_max_log_score = fmaxf(thread_max_log_score, log_sum);
     }
-    if (lane == 0) warp_running_max[4 * ((tile + 1) % 2) + warp] = running_max;  // read after the next tile's barrier
+    if (lane == 0) warp_running_max[4 * ((step + 1) % 2) + warp] = running_max;  // read after the next step's barrier
   }
   finish_row(p, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs, r.num_kv_blocks, r.row, buffers, scores, scores_ld,
              reduce_smem + 8);
