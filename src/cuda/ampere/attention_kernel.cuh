@@ -28,6 +28,9 @@ struct AttentionTraits {
   using Swizzle = sm80::SwizzledTile<kHeadDim>;
   static constexpr int kTileElems = kBlockN * kHeadDim;
   static constexpr int kSmemBytes = (kBlockM * kHeadDim + 4 * kTileElems) * 2;  // Q, K[2], V[2]
+  // Q's mma fragments stay in registers up to head dim 128; at 256 they would take 64 registers
+  // beside O's 128, so each k-step re-reads its fragment from shared memory instead.
+  static constexpr bool kQInRegisters = kHeadDim <= 128;
 };
 
 template <typename Traits>
@@ -118,8 +121,11 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
   float o[Traits::kDimTiles][4] = {};
   float row_max[2] = {-FLT_MAX, -FLT_MAX};  // finite sentinel: no -inf arithmetic on the fast path
   float row_sum[2] = {0.0f, 0.0f};
-  uint32_t q_frag[Traits::kKSteps][4];
-  bool q_loaded = false;
+  uint32_t q_frag[Traits::kQInRegisters ? Traits::kKSteps : 1][4];
+  const auto load_q_frag = [&](uint32_t(&frag)[4], int kk) {
+    ldmatrix_x4(frag, q_smem + Swizzle::offset(warp * 16 + (lane % 16), 2 * kk + lane / 16));
+  };
+  bool q_loaded = !Traits::kQInRegisters;
   int stage = 0;
 
   while (tile < num_tiles) {
@@ -132,10 +138,11 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
       cp_async_wait<0>();
     }
     __syncthreads();
-    if (!q_loaded) {
-      for (int kk = 0; kk < Traits::kKSteps; ++kk)
-        ldmatrix_x4(q_frag[kk], q_smem + Swizzle::offset(warp * 16 + (lane % 16), 2 * kk + lane / 16));
-      q_loaded = true;
+    if constexpr (Traits::kQInRegisters) {
+      if (!q_loaded) {
+        for (int kk = 0; kk < Traits::kKSteps; ++kk) load_q_frag(q_frag[kk], kk);
+        q_loaded = true;
+      }
     }
     const Element* k_tile = k_smem + stage * Traits::kTileElems;
     const Element* v_tile = v_smem + stage * Traits::kTileElems;
@@ -143,15 +150,18 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
     // S = Q K^T for the warp's 16 rows x 64 keys.
     float s[Traits::kKeyTiles][4] = {};
 #pragma unroll
-    for (int kk = 0; kk < Traits::kKSteps; ++kk)
+    for (int kk = 0; kk < Traits::kKSteps; ++kk) {
+      const int qk = Traits::kQInRegisters ? kk : 0;
+      if constexpr (!Traits::kQInRegisters) load_q_frag(q_frag[0], kk);
 #pragma unroll
       for (int np = 0; np < Traits::kKeyTiles / 2; ++np) {
         uint32_t k_frag[4];
         ldmatrix_x4(k_frag, k_tile + Swizzle::offset(16 * np + (lane % 8) + (lane / 16) * 8, 2 * kk + (lane / 8) % 2));
         const uint32_t b0[2] = {k_frag[0], k_frag[1]}, b1[2] = {k_frag[2], k_frag[3]};
-        mma_16816<Traits::kIsBf16>(s[2 * np], q_frag[kk], b0);
-        mma_16816<Traits::kIsBf16>(s[2 * np + 1], q_frag[kk], b1);
+        mma_16816<Traits::kIsBf16>(s[2 * np], q_frag[qk], b0);
+        mma_16816<Traits::kIsBf16>(s[2 * np + 1], q_frag[qk], b1);
       }
+    }
 
     // Mask keys past a row's position or past the sequence (only tiles that reach them).
     const int64_t key0 = tile_key0(tile);

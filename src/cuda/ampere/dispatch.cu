@@ -10,7 +10,7 @@ template <int kHeadDim, bool kIsBf16>
 void launch_sparse_attention(const SparseAttentionParams& params);
 
 bool supports(const detail::Problem& p, int device_major, int device_minor) {
-  return device_major >= 8 && (p.head_dim == 64 || p.head_dim == 128) && p.params.block_size % 64 == 0;
+  return device_major >= 8 && (p.head_dim == 64 || p.head_dim == 128 || p.head_dim == 256) && p.params.block_size % 64 == 0;
 }
 
 void run(const SparseAttentionParams& params) {
@@ -20,8 +20,8 @@ void run(const SparseAttentionParams& params) {
   const bool bf16 = p.dtype == DType::bf16;
   if (p.head_dim == 64) return bf16 ? launch_sparse_attention<64, true>(params) : launch_sparse_attention<64, false>(params);
   if (p.head_dim == 128) return bf16 ? launch_sparse_attention<128, true>(params) : launch_sparse_attention<128, false>(params);
-  throw Error("flashprefill: the CUDA attention kernel supports head dim 64 and 128; got " + std::to_string(p.head_dim) +
-              " (use the CPU backend for 256)");
+  if (p.head_dim == 256) return bf16 ? launch_sparse_attention<256, true>(params) : launch_sparse_attention<256, false>(params);
+  throw Error("flashprefill: the CUDA attention kernel supports head dim 64, 128 and 256; got " + std::to_string(p.head_dim));
 }
 
 }  // namespace flashprefill::cuda::ampere
