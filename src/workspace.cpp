@@ -2,15 +2,16 @@
 
 #include <map>
 #include <mutex>
+#include <tuple>
 #include <utility>
 
 namespace flashprefill::detail {
 
-void* cached_workspace(Device device, size_t bytes) {
+void* cached_workspace(Device device, const void* stream, size_t bytes) {
   static std::mutex mutex;
-  static std::map<std::pair<int, int>, Buffer> cache;  // (device type, index) -> buffer
+  static std::map<std::tuple<int, int, const void*>, Buffer> cache;  // (device type, index, stream) -> buffer
   std::lock_guard<std::mutex> lock(mutex);
-  Buffer& buffer = cache[{static_cast<int>(device.type), device.index}];
+  Buffer& buffer = cache[{static_cast<int>(device.type), device.index, stream}];
   if (buffer.bytes() < bytes) {
     buffer = Buffer();  // free first: the old and new buffers need not both fit
     buffer = Buffer::allocate(device, bytes + bytes / 4);

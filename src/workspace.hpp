@@ -1,4 +1,4 @@
-// The per-device workspace cache used when a caller passes no Workspace.
+// The per-(device, stream) workspace cache used when a caller passes no Workspace.
 #pragma once
 
 #include <cstddef>
@@ -7,9 +7,10 @@
 
 namespace flashprefill::detail {
 
-// Returns at least `bytes` of scratch on `device`, reused across calls; grows, never shrinks.
-// Growing a CUDA buffer frees the old one, so a call must not overlap another call on the same
-// device that still reads the old workspace (the library's calls are stream-ordered).
-void* cached_workspace(Device device, size_t bytes);
+// Returns at least `bytes` of scratch on `device` for calls on `stream`, reused across those calls
+// (they are stream-ordered, so one never overlaps the next); grows, never shrinks. One buffer per
+// stream, so calls on two streams never share scratch. Growing a CUDA buffer frees the old one
+// (cudaFree waits for the device), so no queued call still reads it.
+void* cached_workspace(Device device, const void* stream, size_t bytes);
 
 }  // namespace flashprefill::detail

@@ -37,8 +37,8 @@ struct AttentionArgs {
 };
 
 // Caller-provided scratch memory on the tensors' device. Empty: the library allocates from a
-// per-device cache that grows and is kept (so the first call allocates; later calls and CUDA graph
-// capture after one warm-up call do not).
+// per-(device, stream) cache that grows and is kept (so the first call allocates; later calls and
+// CUDA graph capture after one warm-up call do not; a graph must not outlive a later growth).
 struct Workspace {
   void* data = nullptr;
   size_t bytes = 0;

@@ -17,6 +17,18 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
 
 
+_torch_ops_module = None
+
+
+def _torch_ops():
+    """flashprefill._torch_ops, imported on first use (NumPy users need no PyTorch)."""
+    global _torch_ops_module
+    if _torch_ops_module is None:
+        from . import _torch_ops as module
+        _torch_ops_module = module
+    return _torch_ops_module
+
+
 def _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs):
     return dict(alpha=float(alpha), block_size=int(block_size), sink_blocks=int(sink_blocks), window_blocks=int(window_blocks),
                 last_full_blocks=int(last_full_blocks), min_budget=int(min_budget),
@@ -60,7 +72,7 @@ def flash_prefill(q, k, v, *, alpha: float = 0.12, block_size: int = 128, sink_b
     """FlashPrefill attention (ALGORITHM.md steps 1-5) on a padded batch.
 
     Args:
-        q: ``[B, L_q, H_q, D]``, bf16 or fp16 (NumPy: float16), head dim 64, 128 or 256 (CUDA: 64 or 128).
+        q: ``[B, L_q, H_q, D]``, bf16 or fp16 (NumPy: float16), head dim 64, 128 or 256 (CUDA: 256 runs on the sm_80 kernels, also on Hopper).
         k, v: ``[B, L_kv, H_kv, D]``, same dtype and device, ``L_q <= L_kv``.
         alpha: keep key blocks whose score is at least ``alpha`` times the row's maximum, in [0, 1];
             0 keeps every causal block (dense attention).
@@ -70,8 +82,7 @@ def flash_prefill(q, k, v, *, alpha: float = 0.12, block_size: int = 128, sink_b
         ``out`` like ``q``, or ``(out, lse)``.
     """
     if _is_torch(q):  # the hot path: a params tuple in the binding's order, no dict
-        from . import _torch_ops
-        return _torch_ops.flash_prefill(q, k, v, _param_tuple(alpha, block_size, sink_blocks, window_blocks, last_full_blocks,
+        return _torch_ops().flash_prefill(q, k, v, _param_tuple(alpha, block_size, sink_blocks, window_blocks, last_full_blocks,
                                                                min_budget, softmax_scale, check_inputs), return_lse)
     params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs)
     out = np.empty_like(q)
@@ -94,8 +105,7 @@ def flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
         ``out`` ``[total_q, H_q, D]``, or ``(out, lse)`` with lse ``[H_q, total_q]``.
     """
     if _is_torch(q):
-        from . import _torch_ops
-        return _torch_ops.flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+        return _torch_ops().flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
                                                _param_tuple(alpha, block_size, sink_blocks, window_blocks, last_full_blocks,
                                                             min_budget, softmax_scale, check_inputs), return_lse)
     params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs)

@@ -12,9 +12,9 @@ from . import _C
 _PARAM_NAMES = ("alpha", "block_size", "sink_blocks", "window_blocks", "last_full_blocks", "min_budget", "softmax_scale",
                 "check_inputs")
 
-# Workspace bytes per call signature. The size depends only on shapes, dtype, device and params
-# (never on data: varlen bounds come from max_seqlen), so one C++ query per signature suffices and
-# the common call makes a single binding call.
+# Workspace bytes per call signature, for calls under CUDA-graph capture. The size depends only on
+# shapes, dtype, device and params (never on data: varlen bounds come from max_seqlen), so one C++
+# query per signature suffices.
 _workspace_sizes: dict = {}
 
 try:  # the raw current stream without building a torch.cuda.Stream object (~0.3 us instead of ~5 us)
@@ -23,25 +23,64 @@ except AttributeError:  # pragma: no cover - older or CPU-only PyTorch builds
     def _raw_stream(index):
         return torch.cuda.current_stream(index).cuda_stream
 
+# flashprefill::DType codes (include/flashprefill/tensor.hpp).
+_DTYPE_CODES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2, torch.int32: 3, torch.int64: 4}
+_EXPECTED_DTYPE = {"q": "bfloat16 or float16", "k": "bfloat16 or float16", "v": "bfloat16 or float16",
+                   "cu_seqlens_q": "int32", "cu_seqlens_k": "int32"}
+
+
+def _describe(t, name):
+    """(data_ptr, shape, stride, dtype code, device ordinal or -1): what the C++ call reads of a tensor. A few
+    attribute reads, where DLPack export costs several microseconds per tensor in PyTorch's __dlpack__."""
+    if t is None:
+        return None
+    code = _DTYPE_CODES.get(t.dtype)
+    if code is None:
+        raise _C.FlashPrefillError(f"{name} has dtype {t.dtype}; expected {_EXPECTED_DTYPE.get(name, 'a supported dtype')}")
+    return (t.data_ptr(), t.shape, t.stride(), code, t.get_device())
+
+
+def _check_no_grad(q, k, v):
+    # Without a backward, a silent detach would break training: say so (DLPack export used to refuse too).
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        raise _C.FlashPrefillError("q, k or v requires grad; flashprefill has no backward: call it under torch.no_grad() "
+                                   "or pass detached tensors")
+
+
+try:
+    _is_capturing = torch._C._cuda_isCurrentStreamCapturing
+except AttributeError:  # pragma: no cover - CPU-only PyTorch builds
+    def _is_capturing():
+        return False
+
 
 def _run(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, params):
     """One C++ call with positional arguments (in the binding's order); `params` is a tuple in _PARAM_NAMES order."""
+    _check_no_grad(q, k, v)
+    described = (_describe(q, "q"), _describe(k, "k"), _describe(v, "v"), _describe(out, "out"), _describe(lse, "lse"),
+                 _describe(cu_q, "cu_seqlens_q"), _describe(cu_k, "cu_seqlens_k"), max_q, max_k, *params)
     if not q.is_cuda:
-        _C.flash_prefill(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, *params, 0, None)
+        _C.flash_prefill_described(*described, 0, 0, 0)
         return
-    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    stream = _raw_stream(index)
-    key = (q.shape, k.shape, v.shape, q.dtype, index, None if cu_q is None else cu_q.shape[0], max_q, max_k, params,
+    device = q.get_device()
+    stream = _raw_stream(device)
+    if not _is_capturing():
+        # Eager: the library's workspace cache for this device and stream (stream-ordered calls
+        # reuse it; it grows and is kept), so no allocation per call.
+        _C.flash_prefill_described(*described, stream, 0, 0)
+        return
+    # Under CUDA-graph capture the workspace comes from PyTorch's allocator (graph-private pool), so
+    # the captured graph owns it; the size depends only on shapes, dtype and params.
+    key = (q.shape, k.shape, v.shape, q.dtype, device, None if cu_q is None else cu_q.shape[0], max_q, max_k, params,
            lse is not None)
     size = _workspace_sizes.get(key)
     if size is None:
-        size = _C.workspace_size(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, *params, stream)
+        size = _C.workspace_size_described(*described, stream)
         if len(_workspace_sizes) > 4096:  # many distinct shapes (varlen serving): start over
             _workspace_sizes.clear()
         _workspace_sizes[key] = size
-    # From PyTorch's caching allocator on the current stream: graph-safe, and freed with the call.
     workspace = torch.empty(size, dtype=torch.uint8, device=q.device)
-    _C.flash_prefill(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, *params, stream, workspace)
+    _C.flash_prefill_described(*described, stream, workspace.data_ptr(), size)
 
 
 def _flash_prefill_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float, block_size: int, sink_blocks: int,

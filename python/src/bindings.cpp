@@ -7,6 +7,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 
+#include <chrono>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -49,6 +50,36 @@ TensorView view_of(const Array& a, const char* name) {
 
 TensorView optional_view(const OptionalArray& a, const char* name) { return a ? view_of(*a, name) : TensorView{}; }
 
+// A tensor described by Python as (data_ptr, shape, stride, dtype code, device ordinal or -1 for the
+// CPU): the PyTorch fast path. Building one costs a few attribute reads, where DLPack export runs
+// PyTorch's Python-level __dlpack__ per tensor. The dtype code is DType's value (the caller maps
+// unknown dtypes to an error first); None is "not given".
+TensorView view_of_descriptor(nb::handle descriptor, const char* name) {
+  if (descriptor.is_none()) return TensorView{};
+  if (!nb::isinstance<nb::tuple>(descriptor)) throw Error(std::string(name) + ": expected a tensor descriptor tuple");
+  const nb::tuple d = nb::borrow<nb::tuple>(descriptor);
+  if (d.size() != 5) throw Error(std::string(name) + ": expected a (data_ptr, shape, stride, dtype, device) descriptor");
+  TensorView v;
+  if (!nb::isinstance<nb::tuple>(d[1]) || !nb::isinstance<nb::tuple>(d[2]))
+    throw Error(std::string(name) + ": the descriptor's shape and stride must be tuples");
+  const nb::tuple shape = nb::borrow<nb::tuple>(d[1]), stride = nb::borrow<nb::tuple>(d[2]);
+  if (shape.size() > size_t(TensorView::kMaxRank))
+    throw Error(std::string(name) + " has " + std::to_string(shape.size()) + " dimensions; expected at most 4");
+  if (stride.size() != shape.size()) throw Error(std::string(name) + ": shape and stride of different ranks");
+  const int code = nb::cast<int>(d[3]);
+  if (code < int(DType::bf16) || code > int(DType::int64)) throw Error(std::string(name) + " has an unsupported dtype");
+  v.dtype = static_cast<DType>(code);
+  const int device = nb::cast<int>(d[4]);
+  v.device = device < 0 ? Device::cpu() : Device::cuda(device);
+  v.data = reinterpret_cast<void*>(nb::cast<uintptr_t>(d[0]));
+  v.rank = int(shape.size());
+  for (int i = 0; i < v.rank; ++i) {
+    v.shape[i] = nb::cast<int64_t>(shape[i]);
+    v.stride[i] = nb::cast<int64_t>(stride[i]);
+  }
+  return v;
+}
+
 struct CallArgs {
   AttentionArgs args;
   Params params;
@@ -67,6 +98,33 @@ CallArgs make_args(const Array& q, const Array& k, const Array& v, const Optiona
   c.args.lse = optional_view(lse, "lse");
   c.args.varlen.cu_seqlens_q = optional_view(cu_seqlens_q, "cu_seqlens_q");
   c.args.varlen.cu_seqlens_kv = optional_view(cu_seqlens_k, "cu_seqlens_k");
+  c.args.varlen.max_seqlen_q = max_seqlen_q;
+  c.args.varlen.max_seqlen_kv = max_seqlen_k;
+  c.args.stream = reinterpret_cast<void*>(stream);
+  c.params.alpha = alpha;
+  c.params.block_size = block_size;
+  c.params.sink_blocks = sink_blocks;
+  c.params.window_blocks = window_blocks;
+  c.params.last_full_blocks = last_full_blocks;
+  c.params.min_budget = min_budget;
+  c.params.scale = softmax_scale;
+  c.params.check_inputs = check_inputs;
+  return c;
+}
+
+// As make_args, from descriptors (view_of_descriptor).
+CallArgs make_described_args(nb::handle q, nb::handle k, nb::handle v, nb::handle out, nb::handle lse, nb::handle cu_seqlens_q,
+                             nb::handle cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, float alpha, int block_size,
+                             int sink_blocks, int window_blocks, int last_full_blocks, int min_budget, float softmax_scale,
+                             bool check_inputs, uintptr_t stream) {
+  CallArgs c;
+  c.args.q = view_of_descriptor(q, "q");
+  c.args.k = view_of_descriptor(k, "k");
+  c.args.v = view_of_descriptor(v, "v");
+  c.args.out = view_of_descriptor(out, "out");
+  c.args.lse = view_of_descriptor(lse, "lse");
+  c.args.varlen.cu_seqlens_q = view_of_descriptor(cu_seqlens_q, "cu_seqlens_q");
+  c.args.varlen.cu_seqlens_kv = view_of_descriptor(cu_seqlens_k, "cu_seqlens_k");
   c.args.varlen.max_seqlen_q = max_seqlen_q;
   c.args.varlen.max_seqlen_kv = max_seqlen_k;
   c.args.stream = reinterpret_cast<void*>(stream);
@@ -114,6 +172,18 @@ nb::ndarray<nb::numpy, uint16_t> numpy_u16(std::vector<uint16_t>&& data, const S
       const OptionalArray &cu_q, const OptionalArray &cu_k, int64_t max_q, int64_t max_k, float alpha, int block_size,  \
       int sink_blocks, int window_blocks, int last_full_blocks, int min_budget, float scale, bool check_inputs,         \
       uintptr_t stream
+#define FP_DESCRIBED_PARAMS                                                                                          \
+  nb::handle q, nb::handle k, nb::handle v, nb::handle out, nb::handle lse, nb::handle cu_q, nb::handle cu_k, int64_t max_q, \
+      int64_t max_k, float alpha, int block_size, int sink_blocks, int window_blocks, int last_full_blocks, int min_budget,   \
+      float scale, bool check_inputs, uintptr_t stream
+#define FP_DESCRIBED_ARGS                                                                                          \
+  nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out").none(), nb::arg("lse").none(), nb::arg("cu_seqlens_q").none(), \
+      nb::arg("cu_seqlens_k").none(), nb::arg("max_seqlen_q"), nb::arg("max_seqlen_k"), nb::arg("alpha"),               \
+      nb::arg("block_size"), nb::arg("sink_blocks"), nb::arg("window_blocks"), nb::arg("last_full_blocks"),            \
+      nb::arg("min_budget"), nb::arg("softmax_scale"), nb::arg("check_inputs"), nb::arg("stream")
+#define FP_MAKE_DESCRIBED_ARGS                                                                                         \
+  make_described_args(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, alpha, block_size, sink_blocks, window_blocks,     \
+                      last_full_blocks, min_budget, scale, check_inputs, stream)
 #define FP_MAKE_ARGS                                                                                                  \
   make_args(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, alpha, block_size, sink_blocks, window_blocks,              \
             last_full_blocks, min_budget, scale, check_inputs, stream)
@@ -139,6 +209,37 @@ NB_MODULE(_C, m) {
         flash_prefill(c.args, c.params, ws);
       },
       FP_COMMON_ARGS, nb::arg("workspace").none());
+
+  // The PyTorch eager path: tensors as descriptors, the workspace as (pointer, bytes) on q's device.
+  m.def("flash_prefill_described", [](FP_DESCRIBED_PARAMS, uintptr_t workspace, size_t workspace_bytes) {
+    const CallArgs c = FP_MAKE_DESCRIBED_ARGS;
+    nb::gil_scoped_release release;
+    flash_prefill(c.args, c.params, Workspace{reinterpret_cast<void*>(workspace), workspace_bytes});
+  }, FP_DESCRIBED_ARGS, nb::arg("workspace"), nb::arg("workspace_bytes"));
+
+  m.def("workspace_size_described", [](FP_DESCRIBED_PARAMS) {
+    const CallArgs c = FP_MAKE_DESCRIBED_ARGS;
+    return flash_prefill_workspace_size(c.args, c.params);
+  }, FP_DESCRIBED_ARGS);
+
+  // For the overhead benchmark: the host time of `repeats` C++ flash_prefill calls, in microseconds
+  // per call, with no Python between them. The device is synchronised every `batch` calls, outside
+  // the timed span, so a queue of kernels never throttles the host and only host work is counted.
+  m.def("host_time_of_cpp_call", [](FP_DESCRIBED_PARAMS, uintptr_t workspace, size_t workspace_bytes, int repeats, int batch) {
+    const CallArgs c = FP_MAKE_DESCRIBED_ARGS;
+    const Workspace ws{reinterpret_cast<void*>(workspace), workspace_bytes};
+    nb::gil_scoped_release release;
+    double seconds = 0.0;
+    if (repeats < 1 || batch < 1) throw Error("host_time_of_cpp_call: repeats and batch must be >= 1");
+    for (int done = 0; done < repeats; done += batch) {
+      synchronize(c.args.q.device);
+      const auto start = std::chrono::steady_clock::now();
+      for (int n = 0; n < batch && done + n < repeats; ++n) flash_prefill(c.args, c.params, ws);
+      seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+    synchronize(c.args.q.device);
+    return seconds / double(repeats) * 1e6;
+  }, FP_DESCRIBED_ARGS, nb::arg("workspace"), nb::arg("workspace_bytes"), nb::arg("repeats"), nb::arg("batch"));
 
   m.def(
       "workspace_size", [](FP_COMMON_PARAMS) {

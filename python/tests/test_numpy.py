@@ -125,3 +125,27 @@ def test_structured_input_is_deterministic():
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(a[0], c[0])
     assert a[0].dtype == np.uint16 and a[0].shape == (1, 512, 4, 64)
+
+
+def _describe(a):
+    """What flashprefill._torch_ops passes for a tensor, built from a NumPy array (bf16 as float16 bits
+    would differ in value, so the codes here are the arrays' own: float16 = 1, float32 = 2)."""
+    code = {np.dtype(np.float16): 1, np.dtype(np.float32): 2}[a.dtype]
+    return (a.ctypes.data, a.shape, tuple(s // a.itemsize for s in a.strides), code, -1)
+
+
+def test_descriptor_entry_point_matches_dlpack_one(rng):
+    """The PyTorch fast path's binding (tensors as (pointer, shape, stride, dtype, device) descriptors,
+    None for absent ones) computes what the DLPack binding computes, here on the CPU backend."""
+    from flashprefill import _C
+    q, k, v = make(rng, 2, 200, 300, 4, 2, 64)
+    params = (0.12, 128, 2, 4, 2, 0, 0.0, False)
+    expected = fp.flash_prefill(q, k, v, alpha=0.12)
+    out = np.full_like(q, np.nan)
+    described = (_describe(q), _describe(k), _describe(v), _describe(out), None, None, None, 0, 0, *params, 0)
+    assert _C.workspace_size_described(*described) > 0
+    _C.flash_prefill_described(*described, 0, 0)
+    np.testing.assert_array_equal(out, expected)
+    with pytest.raises(fp.FlashPrefillError, match="q has 5 dimensions"):
+        bad = (q.ctypes.data, (1,) * 5, (1,) * 5, 1, -1)
+        _C.flash_prefill_described(bad, *described[1:], 0, 0)

@@ -107,7 +107,7 @@ void fill_seq_row_offsets(const Problem& p, const BlockSparseLayout& layout) {
 void pool_keys(const Problem& p, float* pooled_keys) {
   check_block_size(p);
   const discovery::Plan plan = discovery::plan(p, 0);
-  discovery::Buffers buffers = discovery::carve(plan, detail::cached_workspace(p.device, plan.total()));
+  discovery::Buffers buffers = discovery::carve(plan, detail::cached_workspace(p.device, p.stream, plan.total()));
   buffers.pooled = pooled_keys;
   discovery::pool_keys(p, buffers);
 }
@@ -116,7 +116,7 @@ void block_scores(const Problem& p, const float* pooled_keys, float* scores, int
   check_block_size(p);
   const discovery::Plan plan = discovery::plan(p, max_rows_of(p));
   const size_t offsets_bytes = align_up(size_t(p.num_seqs + 1) * 8);
-  char* scratch = static_cast<char*>(detail::cached_workspace(p.device, plan.total() + offsets_bytes));
+  char* scratch = static_cast<char*>(detail::cached_workspace(p.device, p.stream, plan.total() + offsets_bytes));
   const discovery::Buffers buffers = discovery::carve(plan, scratch + offsets_bytes);
   auto* seq_row_offset = reinterpret_cast<int64_t*>(scratch);
   discovery::fill_seq_row_offsets(p, seq_row_offset);
@@ -128,7 +128,7 @@ void block_scores(const Problem& p, const float* pooled_keys, float* scores, int
 void select_blocks(const Problem& p, const float* scores, int64_t ld, const BlockSparseLayout& layout) {
   check_block_size(p);
   const discovery::Plan plan = discovery::plan(p, layout.max_rows);
-  const discovery::Buffers buffers = discovery::carve(plan, detail::cached_workspace(p.device, plan.total()));
+  const discovery::Buffers buffers = discovery::carve(plan, detail::cached_workspace(p.device, p.stream, plan.total()));
   auto* seq_row_offset = layout.seq_row_offset.ptr<int64_t>();
   discovery::fill_seq_row_offsets(p, seq_row_offset);
   FP_CUDA_CHECK(cudaMemsetAsync(buffers.counts, 0, size_t(layout.max_rows) * 8, static_cast<cudaStream_t>(p.stream)));
@@ -184,7 +184,7 @@ void dense_attention(const Problem& p) {
   params.dense = true;
   params.max_rows = max_rows_of(p);
   params.stream = static_cast<cudaStream_t>(p.stream);
-  char* scratch = static_cast<char*>(detail::cached_workspace(p.device, kAlign + size_t(p.num_seqs + 1) * 8));
+  char* scratch = static_cast<char*>(detail::cached_workspace(p.device, p.stream, kAlign + size_t(p.num_seqs + 1) * 8));
   params.work_counter = reinterpret_cast<int*>(scratch);
   FP_CUDA_CHECK(cudaMemsetAsync(params.work_counter, 0, sizeof(int), params.stream));
   auto* seq_row_offset = reinterpret_cast<int64_t*>(scratch + kAlign);
