@@ -85,46 +85,25 @@ struct CallArgs {
   Params params;
 };
 
+// A tensor argument as a view: a DLPack array, an optional one, or a descriptor.
+TensorView to_view(const Array& a, const char* name) { return view_of(a, name); }
+TensorView to_view(const OptionalArray& a, const char* name) { return optional_view(a, name); }
+TensorView to_view(nb::handle descriptor, const char* name) { return view_of_descriptor(descriptor, name); }
+
 // The arguments every entry point shares, in FlashAttention's order and names.
-CallArgs make_args(const Array& q, const Array& k, const Array& v, const OptionalArray& out, const OptionalArray& lse,
-                   const OptionalArray& cu_seqlens_q, const OptionalArray& cu_seqlens_k, int64_t max_seqlen_q,
+template <typename Tensor, typename OptionalTensor>
+CallArgs make_args(const Tensor& q, const Tensor& k, const Tensor& v, const OptionalTensor& out, const OptionalTensor& lse,
+                   const OptionalTensor& cu_seqlens_q, const OptionalTensor& cu_seqlens_k, int64_t max_seqlen_q,
                    int64_t max_seqlen_k, float alpha, int block_size, int sink_blocks, int window_blocks,
                    int last_full_blocks, int min_budget, float softmax_scale, bool check_inputs, uintptr_t stream) {
   CallArgs c;
-  c.args.q = view_of(q, "q");
-  c.args.k = view_of(k, "k");
-  c.args.v = view_of(v, "v");
-  c.args.out = optional_view(out, "out");
-  c.args.lse = optional_view(lse, "lse");
-  c.args.varlen.cu_seqlens_q = optional_view(cu_seqlens_q, "cu_seqlens_q");
-  c.args.varlen.cu_seqlens_kv = optional_view(cu_seqlens_k, "cu_seqlens_k");
-  c.args.varlen.max_seqlen_q = max_seqlen_q;
-  c.args.varlen.max_seqlen_kv = max_seqlen_k;
-  c.args.stream = reinterpret_cast<void*>(stream);
-  c.params.alpha = alpha;
-  c.params.block_size = block_size;
-  c.params.sink_blocks = sink_blocks;
-  c.params.window_blocks = window_blocks;
-  c.params.last_full_blocks = last_full_blocks;
-  c.params.min_budget = min_budget;
-  c.params.scale = softmax_scale;
-  c.params.check_inputs = check_inputs;
-  return c;
-}
-
-// As make_args, from descriptors (view_of_descriptor).
-CallArgs make_described_args(nb::handle q, nb::handle k, nb::handle v, nb::handle out, nb::handle lse, nb::handle cu_seqlens_q,
-                             nb::handle cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, float alpha, int block_size,
-                             int sink_blocks, int window_blocks, int last_full_blocks, int min_budget, float softmax_scale,
-                             bool check_inputs, uintptr_t stream) {
-  CallArgs c;
-  c.args.q = view_of_descriptor(q, "q");
-  c.args.k = view_of_descriptor(k, "k");
-  c.args.v = view_of_descriptor(v, "v");
-  c.args.out = view_of_descriptor(out, "out");
-  c.args.lse = view_of_descriptor(lse, "lse");
-  c.args.varlen.cu_seqlens_q = view_of_descriptor(cu_seqlens_q, "cu_seqlens_q");
-  c.args.varlen.cu_seqlens_kv = view_of_descriptor(cu_seqlens_k, "cu_seqlens_k");
+  c.args.q = to_view(q, "q");
+  c.args.k = to_view(k, "k");
+  c.args.v = to_view(v, "v");
+  c.args.out = to_view(out, "out");
+  c.args.lse = to_view(lse, "lse");
+  c.args.varlen.cu_seqlens_q = to_view(cu_seqlens_q, "cu_seqlens_q");
+  c.args.varlen.cu_seqlens_kv = to_view(cu_seqlens_k, "cu_seqlens_k");
   c.args.varlen.max_seqlen_q = max_seqlen_q;
   c.args.varlen.max_seqlen_kv = max_seqlen_k;
   c.args.stream = reinterpret_cast<void*>(stream);
@@ -182,8 +161,8 @@ nb::ndarray<nb::numpy, uint16_t> numpy_u16(std::vector<uint16_t>&& data, const S
       nb::arg("block_size"), nb::arg("sink_blocks"), nb::arg("window_blocks"), nb::arg("last_full_blocks"),            \
       nb::arg("min_budget"), nb::arg("softmax_scale"), nb::arg("check_inputs"), nb::arg("stream")
 #define FP_MAKE_DESCRIBED_ARGS                                                                                         \
-  make_described_args(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, alpha, block_size, sink_blocks, window_blocks,     \
-                      last_full_blocks, min_budget, scale, check_inputs, stream)
+  make_args(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, alpha, block_size, sink_blocks, window_blocks,               \
+            last_full_blocks, min_budget, scale, check_inputs, stream)
 #define FP_MAKE_ARGS                                                                                                  \
   make_args(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, alpha, block_size, sink_blocks, window_blocks,              \
             last_full_blocks, min_budget, scale, check_inputs, stream)
