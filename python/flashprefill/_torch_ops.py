@@ -1,8 +1,8 @@
 """PyTorch operators ``torch.ops.flashprefill.*``: registered with torch.library so they trace under
 torch.compile (fake implementations give shapes without running) and replay in CUDA graphs (outputs,
 and the workspace under capture, come from PyTorch's allocator). Eager calls use the library's
-workspace cache of their device and stream, which allocates only when a call needs more than before;
-the C++ call never synchronises the host."""
+workspace cache of their device and stream: it allocates only when a call needs more than any before
+(freeing the smaller buffer then waits for the device); other calls neither allocate nor wait."""
 from __future__ import annotations
 
 from typing import Tuple
