@@ -297,15 +297,21 @@ TEST(Cuda, GraphCaptureWithCallerWorkspace) {
 // kernel skips their exponentials. The layout must still equal the CPU's (which computes every S),
 // and equal the GPU's own score-matrix path (block_scores + select_blocks, which never skips);
 // min_budget > 0 turns skipping off and must agree too.
+// BENCHMARK.md's structured input (bf16, padded, L_q == L_kv) as a HostBatch with poisoned outputs.
+HostBatch structured_batch(const SyntheticShape& shape, uint64_t seed) {
+  const SyntheticInput input = make_structured_input(shape, seed);
+  HostBatch host;
+  host.shape = Shape{shape.batch, shape.seq_len, shape.seq_len, shape.heads_q, shape.heads_kv, shape.head_dim};
+  host.q = input.q, host.k = input.k, host.v = input.v;
+  host.out.assign(host.q.size(), to_half(NAN, DType::bf16));
+  host.lse.assign(size_t(shape.batch * shape.seq_len * shape.heads_q), NAN);
+  return host;
+}
+
 TEST(Cuda, SkippedExponentialsKeepTheLayout) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);
-  const SyntheticInput input = make_structured_input(SyntheticShape{1, 6000, 8, 2, 128}, seed);
-  HostBatch host;
-  host.shape = Shape{1, 6000, 6000, 8, 2, 128};
-  host.q = input.q, host.k = input.k, host.v = input.v;
-  host.out.assign(host.q.size(), to_half(NAN, DType::bf16));
-  host.lse.assign(size_t(6000 * 8), NAN);
+  HostBatch host = structured_batch(SyntheticShape{1, 6000, 8, 2, 128}, seed);
   DeviceBatch device(host);
   for (int min_budget : {0, 3}) {
     SCOPED_TRACE("min_budget=" + std::to_string(min_budget));
@@ -344,13 +350,7 @@ TEST(Cuda, SkippedExponentialsKeepTheLayout) {
 TEST(Cuda, ScoreRowsOfManyTiles) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);
-  const int64_t length = 20000;
-  const SyntheticInput input = make_structured_input(SyntheticShape{1, length, 4, 2, 64}, seed);
-  HostBatch host;
-  host.shape = Shape{1, length, length, 4, 2, 64};
-  host.q = input.q, host.k = input.k, host.v = input.v;
-  host.out.assign(host.q.size(), to_half(NAN, DType::bf16));
-  host.lse.assign(size_t(length * 4), NAN);
+  HostBatch host = structured_batch(SyntheticShape{1, 20000, 4, 2, 64}, seed);
   DeviceBatch device(host);
   for (int min_budget : {0, 2}) {
     SCOPED_TRACE("structured, min_budget=" + std::to_string(min_budget));
