@@ -25,13 +25,13 @@ struct RowOfGrid {
   detail::SeqExtent extent;
   bool valid;
 };
-__device__ inline RowOfGrid row_of_grid(const detail::Problem& p, const int64_t* seq_row_offset, int32_t x, int32_t y, uint32_t grid_x) {
+__device__ inline RowOfGrid row_of_grid(const detail::Problem& p, const int64_t* seq_row_offset) {
   RowOfGrid r{};
   const int32_t heads = int32_t(p.heads_q);
-  const int32_t grid_blocks = int32_t(grid_x) / heads;
-  r.head = x % heads;
-  r.block_local = grid_blocks - 1 - x / heads;
-  r.seq = y;
+  const int32_t grid_blocks = int32_t(gridDim.x) / heads;
+  r.head = int32_t(blockIdx.x) % heads;
+  r.block_local = grid_blocks - 1 - int32_t(blockIdx.x) / heads;
+  r.seq = blockIdx.y;
   r.extent = p.seq(r.seq);
   const int64_t block = p.params.block_size;
   const int64_t nqb = num_query_blocks(r.extent.len_q, r.extent.len_kv, block);
@@ -40,10 +40,6 @@ __device__ inline RowOfGrid row_of_grid(const detail::Problem& p, const int64_t*
   r.row = seq_row_offset[r.seq] + r.head * nqb + r.block_local;
   r.num_kv_blocks = num_key_blocks(r.extent.len_kv, block);
   return r;
-}
-// The row of this CTA in a grid of one CTA per row.
-__device__ inline RowOfGrid row_of_grid(const detail::Problem& p, const int64_t* seq_row_offset) {
-  return row_of_grid(p, seq_row_offset, int32_t(blockIdx.x), int32_t(blockIdx.y), gridDim.x);
 }
 
 // Floats of shared memory for a row's log_score: whole 32-block words, so the selection's
