@@ -348,7 +348,7 @@ WorkspacePlan plan_workspace(const Problem& p) {
 // The caller's workspace, or the cached one; checked for size either way.
 char* take_workspace(const Problem& p, Workspace workspace, size_t needed, const char* stage) {
   if (needed == 0) return nullptr;
-  if (workspace.data == nullptr) return static_cast<char*>(detail::cached_workspace(p.device, p.device.type == DeviceType::cuda ? p.stream : nullptr, needed));
+  if (workspace.data == nullptr) return static_cast<char*>(detail::cached_workspace(p.device, p.stream, needed));
   if (workspace.bytes < needed)
     fail(std::string(stage) + ": workspace has " + std::to_string(workspace.bytes) + " bytes; expected at least " +
          std::to_string(needed) + " (see the *_workspace_size functions)");
