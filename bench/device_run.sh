@@ -1,40 +1,74 @@
 #!/usr/bin/env bash
-# One bundled run on the GPU machine: build, every test, compute-sanitizer on a representative
-# subset, then the CLI benchmark per length (ours: total, discovery / attention split, density,
-# error, recall; our dense path up to DENSE_MAX tokens) and the SDPA baselines.
+# One bundled run on the GPU machine: build, tests, compute-sanitizer on a representative subset,
+# the CLI benchmark per length, and optionally the discovery micro-benchmark, a profile of the score
+# kernel, the Python package and its one-process benchmark against the baselines.
 # Usage (on the device): bash bench/device_run.sh "4K,16K,32K,128K"   (results under $OUT)
-# Switches: TESTS=0 skips CTest, SANITIZE=0 skips compute-sanitizer, SDPA=0 skips the baselines,
-# DENSE_MAX=32768 (tokens) bounds the lengths whose dense path is timed.
+# Switches:
+#   TESTS=0 skips CTest; CTEST_REGEX=... runs only the matching tests
+#   SANITIZE=0 skips compute-sanitizer; MEMCHECK_FILTER / RACECHECK_FILTER override its gtest filters
+#   CLI=0 skips the CLI benchmark; DENSE_MAX=32768 (tokens) bounds the lengths whose dense path is timed
+#   SDPA=1 adds bench/sdpa_baseline.py (PyTorch SDPA) in a separate process
+#   DISCOVERY=4K,128K runs build/discovery_bench (score filter off / default / always) at those lengths
+#   NCU_SCORE=128K profiles one launch of the score kernel at that length (ncu, no clock control)
+#   PYEXT=1 builds the Python extension in the same build and puts it in python/flashprefill
+#   GPU_BENCH="--lengths ... [--reference .ext --fpv2 .ext]" runs bench/gpu_bench.py with those arguments
+#   BASELINES=1 runs .ext/check_baselines.py first (the external baselines against SDPA)
 set -uo pipefail
 LENGTHS=${1:-4K,16K,32K}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 B=/tmp/fp-build
+export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 GTEST_ARG=""; [ -d .ext/googletest ] && GTEST_ARG="-DFLASHPREFILL_GTEST_SOURCE=$PWD/.ext/googletest"
 # The device has no nvidia-cutlass wheel: the same pinned headers travel in .ext/cutlass/include.
 CUTLASS_ARG=""; [ -d .ext/cutlass/include ] && CUTLASS_ARG="-DFLASHPREFILL_CUTLASS_INCLUDE=$PWD/.ext/cutlass/include"
-cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release $GTEST_ARG $CUTLASS_ARG > "$OUT/configure.log" 2>&1 || { tail -20 "$OUT/configure.log"; exit 1; }
+PY_ARG=""; [ "${PYEXT:-0}" = 1 ] && PY_ARG="-DFLASHPREFILL_BUILD_PYTHON=ON"
+cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release $GTEST_ARG $CUTLASS_ARG $PY_ARG > "$OUT/configure.log" 2>&1 || { tail -20 "$OUT/configure.log"; exit 1; }
 start=$(date +%s)
 cmake --build $B -j 16 > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -40; exit 1; }
-echo "build: $(( $(date +%s) - start )) s; HGMMA instructions in the library: $(cuobjdump -sass $B/libflashprefill.a 2>/dev/null | grep -c HGMMA)"
+echo "build: $(( $(date +%s) - start )) s; HGMMA / IGMMA instructions in the library: $(cuobjdump -sass $B/libflashprefill.a 2>/dev/null | grep -c HGMMA) / $(cuobjdump -sass $B/libflashprefill.a 2>/dev/null | grep -c IGMMA)"
+if [ "${PYEXT:-0}" = 1 ]; then cp $B/python/_C*.so python/flashprefill/ && echo "python extension: $(ls python/flashprefill/_C*.so)"; fi
+if [ "${BASELINES:-0}" = 1 ]; then
+  timeout 300 python3 .ext/check_baselines.py > "$OUT/baselines.log" 2>&1; echo "baselines check exit $?"; grep -v -i warn "$OUT/baselines.log" | tail -6
+fi
 if [ "${TESTS:-1}" = 1 ]; then
   start=$(date +%s)
-  (cd $B && timeout 300 ctest --output-on-failure --timeout 90 -j 4 > "$OUT/ctest.log" 2>&1); echo "ctest exit $? ($(( $(date +%s) - start )) s)"
-  grep -E "tests passed|FAILED|Failed|\[layout\]" "$OUT/ctest.log" | head -20
+  REGEX_ARG=""; [ -n "${CTEST_REGEX:-}" ] && REGEX_ARG="-R ${CTEST_REGEX}"
+  (cd $B && timeout 330 ctest --output-on-failure --timeout 150 -j 4 $REGEX_ARG > "$OUT/ctest.log" 2>&1); echo "ctest exit $? ($(( $(date +%s) - start )) s)"
+  grep -E "tests passed|FAILED|Failed|\[layout\]|Timeout" "$OUT/ctest.log" | head -20
   grep -E "differ|Expected|Which is|actual|seed=|error" "$OUT/ctest.log" | head -20
 fi
 if [ "${SANITIZE:-1}" = 1 ]; then
-  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/cuda/test_cuda_backend --gtest_filter='Cuda.Varlen*:Cuda.AlphaZero*:Cuda.Score*:Cuda.LongRows*:Cuda.Unsorted*' > "$OUT/memcheck.log" 2>&1; echo "memcheck exit $?"
-  timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 $B/tests/cuda/test_cuda_backend --gtest_filter='Cuda.AlphaZero*:Cuda.Score*:Cuda.ManyRows*' > "$OUT/racecheck.log" 2>&1; echo "racecheck exit $?"
+  start=$(date +%s)
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/cuda/test_cuda_backend \
+    --gtest_filter="${MEMCHECK_FILTER:-Cuda.Varlen*:Cuda.AlphaZero*:Cuda.Score*:Cuda.LongRows*:Cuda.Unsorted*}" > "$OUT/memcheck.log" 2>&1; echo "memcheck exit $?"
+  timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 $B/tests/cuda/test_cuda_backend \
+    --gtest_filter="${RACECHECK_FILTER:-Cuda.AlphaZero*:Cuda.Score*:Cuda.ManyRows*}" > "$OUT/racecheck.log" 2>&1; echo "racecheck exit $? (sanitizers $(( $(date +%s) - start )) s)"
   tail -n 2 "$OUT/memcheck.log" "$OUT/racecheck.log"
 fi
-IFS=, read -ra LS <<< "$LENGTHS"
-for L in "${LS[@]}"; do
-  tokens=$(python3 -c "s='$L'.upper(); print(int(s[:-1]) * 1024 if s.endswith('K') else int(s))")
-  DENSE_ARG=""; [ "$tokens" -gt "${DENSE_MAX:-32768}" ] && DENSE_ARG="--no-dense"
-  timeout 120 $B/flashprefill bench --backend cuda --shape llama3-8b --seq-len "$L" --repeats 10 $DENSE_ARG --recall-samples 32 --json | tee -a "$OUT/ours.jsonl"
-done
-if [ "${SDPA:-1}" = 1 ]; then
+if [ -n "${DISCOVERY:-}" ]; then
+  timeout 240 $B/discovery_bench --lengths "$DISCOVERY" --repeats 10 2>&1 | tee "$OUT/discovery.txt"
+fi
+if [ -n "${NCU_SCORE:-}" ]; then
+  SECTIONS="--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats --section SchedulerStats --section InstructionStats"
+  FLASHPREFILL_SCORE_FILTER=default timeout 200 ncu --clock-control none $SECTIONS --kernel-name regex:score_rows_kernel --launch-skip 2 --launch-count 1 \
+    $B/flashprefill bench --backend cuda --shape llama3-8b --seq-len "$NCU_SCORE" --no-dense --repeats 1 --recall-samples 1 > "$OUT/ncu_score.txt" 2>&1
+  echo "ncu exit $?"
+  grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L2 Cache Throughput|L1/TEX Cache Throughput|Executed Ipc Active|Issue Slots Busy|No Eligible|Achieved Occupancy|Registers Per Thread|Warp Cycles Per Issued|Block Limit|Tensor|Shared Memory Configuration Size|Dynamic Shared" "$OUT/ncu_score.txt" | head -30
+  grep -E "^ +Stall|stall" "$OUT/ncu_score.txt" | head -8
+fi
+if [ "${CLI:-1}" = 1 ]; then
+  IFS=, read -ra LS <<< "$LENGTHS"
+  for L in "${LS[@]}"; do
+    tokens=$(python3 -c "s='$L'.upper(); print(int(s[:-1]) * 1024 if s.endswith('K') else int(s))")
+    DENSE_ARG=""; [ "$tokens" -gt "${DENSE_MAX:-32768}" ] && DENSE_ARG="--no-dense"
+    timeout 120 $B/flashprefill bench --backend cuda --shape llama3-8b --seq-len "$L" --repeats 10 $DENSE_ARG --recall-samples 32 --json | tee -a "$OUT/ours.jsonl"
+  done
+fi
+if [ "${SDPA:-0}" = 1 ]; then
   python3 bench/sdpa_baseline.py --lengths "$(echo $LENGTHS | sed 's/K/*1024/g' | python3 -c 'import sys; print(",".join(str(eval(x)) for x in sys.stdin.read().strip().split(",")))')" --json "$OUT/sdpa.json"
+fi
+if [ -n "${GPU_BENCH:-}" ]; then
+  PYTHONPATH=$PWD/python:$PWD/bench timeout 420 python3 bench/gpu_bench.py $GPU_BENCH --json "$OUT/gpu_bench.json" 2>&1 | grep -v -i warn | tee "$OUT/gpu_bench.log" | tail -20
 fi
