@@ -29,23 +29,12 @@ start=$(date +%s)
 cmake --build $B -j 16 > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -40; exit 1; }
 echo "build: $(( $(date +%s) - start )) s; HGMMA / IGMMA instructions in the library: $(cuobjdump -sass $B/libflashprefill.a 2>/dev/null | grep -c HGMMA) / $(cuobjdump -sass $B/libflashprefill.a 2>/dev/null | grep -c IGMMA)"
 if [ "${PYEXT:-0}" = 1 ]; then cp $B/python/_C*.so python/flashprefill/ && echo "python extension: $(ls python/flashprefill/_C*.so)"; fi
-if [ "${BASELINES:-0}" = 1 ]; then
-  timeout 300 python3 .ext/check_baselines.py > "$OUT/baselines.log" 2>&1; echo "baselines check exit $?"; grep -v -i warn "$OUT/baselines.log" | tail -6
-fi
 if [ "${TESTS:-1}" = 1 ]; then
   start=$(date +%s)
   REGEX_ARG=""; [ -n "${CTEST_REGEX:-}" ] && REGEX_ARG="-R ${CTEST_REGEX}"
-  (cd $B && timeout 330 ctest --output-on-failure --timeout 150 -j 4 $REGEX_ARG > "$OUT/ctest.log" 2>&1); echo "ctest exit $? ($(( $(date +%s) - start )) s)"
+  (cd $B && timeout ${CTEST_TIMEOUT:-300} ctest --output-on-failure --timeout 150 -j 4 $REGEX_ARG > "$OUT/ctest.log" 2>&1); echo "ctest exit $? ($(( $(date +%s) - start )) s)"
   grep -E "tests passed|FAILED|Failed|\[layout\]|Timeout" "$OUT/ctest.log" | head -20
   grep -E "differ|Expected|Which is|actual|seed=|error" "$OUT/ctest.log" | head -20
-fi
-if [ "${SANITIZE:-1}" = 1 ]; then
-  start=$(date +%s)
-  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/cuda/test_cuda_backend \
-    --gtest_filter="${MEMCHECK_FILTER:-Cuda.Varlen*:Cuda.AlphaZero*:Cuda.Score*:Cuda.LongRows*:Cuda.Unsorted*}" > "$OUT/memcheck.log" 2>&1; echo "memcheck exit $?"
-  timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 $B/tests/cuda/test_cuda_backend \
-    --gtest_filter="${RACECHECK_FILTER:-Cuda.AlphaZero*:Cuda.Score*:Cuda.ManyRows*}" > "$OUT/racecheck.log" 2>&1; echo "racecheck exit $? (sanitizers $(( $(date +%s) - start )) s)"
-  tail -n 2 "$OUT/memcheck.log" "$OUT/racecheck.log"
 fi
 if [ -n "${DISCOVERY:-}" ]; then
   timeout 240 $B/discovery_bench --lengths "$DISCOVERY" --repeats 10 2>&1 | tee "$OUT/discovery.txt"
@@ -57,6 +46,17 @@ if [ -n "${NCU_SCORE:-}" ]; then
   echo "ncu exit $?"
   grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L2 Cache Throughput|L1/TEX Cache Throughput|Executed Ipc Active|Issue Slots Busy|No Eligible|Achieved Occupancy|Registers Per Thread|Warp Cycles Per Issued|Block Limit|Tensor|Shared Memory Configuration Size|Dynamic Shared" "$OUT/ncu_score.txt" | head -30
   grep -E "^ +Stall|stall" "$OUT/ncu_score.txt" | head -8
+fi
+if [ "${BASELINES:-0}" = 1 ]; then
+  timeout 300 python3 .ext/check_baselines.py > "$OUT/baselines.log" 2>&1; echo "baselines check exit $?"; grep -v -i warn "$OUT/baselines.log" | tail -6
+fi
+if [ "${SANITIZE:-1}" = 1 ]; then
+  start=$(date +%s)
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/cuda/test_cuda_backend \
+    --gtest_filter="${MEMCHECK_FILTER:-Cuda.Varlen*:Cuda.AlphaZero*:Cuda.Score*:Cuda.LongRows*:Cuda.Unsorted*}" > "$OUT/memcheck.log" 2>&1; echo "memcheck exit $?"
+  timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 $B/tests/cuda/test_cuda_backend \
+    --gtest_filter="${RACECHECK_FILTER:-Cuda.AlphaZero*:Cuda.Score*:Cuda.ManyRows*}" > "$OUT/racecheck.log" 2>&1; echo "racecheck exit $? (sanitizers $(( $(date +%s) - start )) s)"
+  tail -n 2 "$OUT/memcheck.log" "$OUT/racecheck.log"
 fi
 if [ "${CLI:-1}" = 1 ]; then
   IFS=, read -ra LS <<< "$LENGTHS"
