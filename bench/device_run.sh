@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # One bundled run on the GPU machine: build, tests, compute-sanitizer on a representative subset,
 # the CLI benchmark per length, and optionally the discovery micro-benchmark, a profile of the score
-# kernel, the Python package and its one-process benchmark against the baselines.
+# kernel, the Python package's one-process benchmark against the baselines.
 # Usage (on the device): bash bench/device_run.sh "4K,16K,32K,128K"   (results under $OUT)
 # Switches:
 #   TESTS=0 skips CTest; CTEST_REGEX=... runs only the matching tests
 #   SANITIZE=0 skips compute-sanitizer; MEMCHECK_FILTER / RACECHECK_FILTER override its gtest filters
 #   CLI=0 skips the CLI benchmark; DENSE_MAX=32768 (tokens) bounds the lengths whose dense path is timed
 #   SDPA=1 adds bench/sdpa_baseline.py (PyTorch SDPA) in a separate process
-#   DISCOVERY=4K,128K runs build/discovery_bench (score filter off / default / always) at those lengths
 #   NCU_SCORE=128K profiles one launch of the score kernel at that length (ncu, no clock control)
 #   PYEXT=1 builds the Python extension in the same build and puts it in python/flashprefill
 #   GPU_BENCH="--lengths ... [--reference .ext --fpv2 .ext]" runs bench/gpu_bench.py with those arguments
@@ -27,7 +26,7 @@ PY_ARG=""; [ "${PYEXT:-0}" = 1 ] && PY_ARG="-DFLASHPREFILL_BUILD_PYTHON=ON"
 cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release $GTEST_ARG $CUTLASS_ARG $PY_ARG > "$OUT/configure.log" 2>&1 || { tail -20 "$OUT/configure.log"; exit 1; }
 start=$(date +%s)
 cmake --build $B -j 16 > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -40; exit 1; }
-echo "build: $(( $(date +%s) - start )) s; HGMMA / IGMMA instructions in the library: $(cuobjdump -sass $B/libflashprefill.a 2>/dev/null | grep -c HGMMA) / $(cuobjdump -sass $B/libflashprefill.a 2>/dev/null | grep -c IGMMA)"
+echo "build: $(( $(date +%s) - start )) s; HGMMA instructions in the library: $(cuobjdump -sass $B/libflashprefill.a 2>/dev/null | grep -c HGMMA)"
 if [ "${PYEXT:-0}" = 1 ]; then cp $B/python/_C*.so python/flashprefill/ && echo "python extension: $(ls python/flashprefill/_C*.so)"; fi
 if [ "${TESTS:-1}" = 1 ]; then
   start=$(date +%s)
@@ -36,12 +35,9 @@ if [ "${TESTS:-1}" = 1 ]; then
   grep -E "tests passed|FAILED|Failed|\[layout\]|Timeout" "$OUT/ctest.log" | head -20
   grep -E "differ|Expected|Which is|actual|seed=|error" "$OUT/ctest.log" | head -20
 fi
-if [ -n "${DISCOVERY:-}" ]; then
-  timeout 240 $B/discovery_bench --lengths "$DISCOVERY" --repeats 10 2>&1 | tee "$OUT/discovery.txt"
-fi
 if [ -n "${NCU_SCORE:-}" ]; then
   SECTIONS="--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats --section SchedulerStats --section InstructionStats"
-  FLASHPREFILL_SCORE_FILTER=default timeout 200 ncu --clock-control none $SECTIONS --kernel-name regex:score_rows_kernel --launch-skip 2 --launch-count 1 \
+  timeout 200 ncu --clock-control none $SECTIONS --kernel-name regex:score_rows_kernel --launch-skip 2 --launch-count 1 \
     $B/flashprefill bench --backend cuda --shape llama3-8b --seq-len "$NCU_SCORE" --no-dense --repeats 1 --recall-samples 1 > "$OUT/ncu_score.txt" 2>&1
   echo "ncu exit $?"
   grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L2 Cache Throughput|L1/TEX Cache Throughput|Executed Ipc Active|Issue Slots Busy|No Eligible|Achieved Occupancy|Registers Per Thread|Warp Cycles Per Issued|Block Limit|Tensor|Shared Memory Configuration Size|Dynamic Shared" "$OUT/ncu_score.txt" | head -30

@@ -109,7 +109,6 @@ void pool_keys(const Problem& p, float* pooled_keys) {
   const discovery::Plan plan = discovery::plan(p, 0);
   discovery::Buffers buffers = discovery::carve(plan, detail::cached_workspace(p.device, p.stream, plan.total()));
   buffers.pooled = pooled_keys;
-  buffers.pooled_int8 = nullptr;  // the stage returns the fp32 means only
   discovery::pool_keys(p, buffers);
 }
 
@@ -140,14 +139,12 @@ void select_blocks(const Problem& p, const float* scores, int64_t ld, const Bloc
 void discover_layout(const Problem& p, const BlockSparseLayout& layout, void* workspace) {
   check_block_size(p);
   const discovery::Plan plan = discovery::plan(p, layout.max_rows);
-  discovery::Buffers buffers = discovery::carve(plan, workspace);
-  const int filter_min_tiles = discovery::filter_min_tiles(p);
-  if (filter_min_tiles == 0) buffers.pooled_int8 = nullptr;  // no int8 keys to write
+  const discovery::Buffers buffers = discovery::carve(plan, workspace);
   auto* seq_row_offset = layout.seq_row_offset.ptr<int64_t>();
   discovery::fill_seq_row_offsets(p, seq_row_offset);
   FP_CUDA_CHECK(cudaMemsetAsync(buffers.counts, 0, size_t(layout.max_rows) * 8, static_cast<cudaStream_t>(p.stream)));
   discovery::pool_keys(p, buffers);
-  discovery::score_rows(p, seq_row_offset, buffers, nullptr, 0, filter_min_tiles);
+  discovery::score_rows(p, seq_row_offset, buffers, nullptr, 0);
   discovery::compact(p, buffers, layout.max_rows, layout.row_ptr.ptr<int64_t>(), layout.col_idx.ptr<int32_t>());
 }
 

@@ -2,11 +2,8 @@
 #include <cub/device/device_scan.cuh>
 
 #include <cfloat>
-#include <cstdlib>
-#include <cstring>
 
 #include "cuda/arch.hpp"
-#include "common/int8_filter.hpp"
 #include "cuda/check.cuh"
 #include "cuda/discovery.cuh"
 #include "cuda/mma.cuh"
@@ -35,12 +32,10 @@ __global__ void fill_seq_row_offsets_kernel(const Problem p, int64_t* seq_row_of
 
 // Step 1: one CTA per (key block, kv head, sequence). Each thread sums 8 dims (one 16-byte load
 // per key) over a strided subset of the block's keys; the partial sums meet in shared memory. The
-// mean is kept in fp32 when asked (the pool_keys stage) and rounded to the input dtype for scoring;
-// for the int8 pre-filter that rounded mean is also quantized, with its scale and L1 norm.
+// mean is kept in fp32 when asked (the pool_keys stage) and rounded to the input dtype for scoring.
 constexpr int kPoolThreads = 256;
 template <bool kIsBf16>
-__global__ void __launch_bounds__(kPoolThreads) pool_keys_kernel(const Problem p, float* pooled, void* pooled_half, int8_t* pooled_int8,
-                                                                  float2* pooled_int8_stats) {
+__global__ void __launch_bounds__(kPoolThreads) pool_keys_kernel(const Problem p, float* pooled, void* pooled_half) {
   using Half = sm80::HalfType<kIsBf16>;
   using Element = typename Half::type;
   const int64_t j = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
@@ -59,42 +54,18 @@ __global__ void __launch_bounds__(kPoolThreads) pool_keys_kernel(const Problem p
     for (int d = 0; d < 8; ++d) sum[d] += Half::to_float(e[d]);
   }
   __shared__ float partial[kPoolThreads * 8];  // [group][chunk * 8 + d]
-  __shared__ float reduce[kPoolThreads / 32];
 #pragma unroll
   for (int d = 0; d < 8; ++d) partial[group * p.head_dim + chunk * 8 + d] = sum[d];
   __syncthreads();
   const int64_t slot = p.pooled_slot0(b, s) + j;
-  const int d = threadIdx.x;  // head_dim <= kPoolThreads: one dim per thread
-  float rounded = 0.0f;
-  if (d < p.head_dim) {
+  for (int64_t d = threadIdx.x; d < p.head_dim; d += kPoolThreads) {
     float total = 0.0f;
     for (int g = 0; g < groups; ++g) total += partial[g * p.head_dim + d];
     const float mean = total / float(key_end - key_begin);
     const int64_t index = (slot * p.heads_kv + kv_head) * p.head_dim + d;
     if (pooled) pooled[index] = mean;
-    const Element half = Half::from_float(mean);
-    static_cast<Element*>(pooled_half)[index] = half;
-    rounded = Half::to_float(half);
+    static_cast<Element*>(pooled_half)[index] = Half::from_float(mean);
   }
-  if (pooled_int8 == nullptr) return;
-  // Block-wide sum or max of one value per thread (threads past head_dim give 0).
-  const auto reduce_block = [&](float value, bool is_max) {
-    for (int offset = 16; offset > 0; offset /= 2) {
-      const float other = __shfl_xor_sync(0xffffffffu, value, offset);
-      value = is_max ? fmaxf(value, other) : value + other;
-    }
-    __syncthreads();  // the previous reduction's reads of `reduce` are done
-    if (threadIdx.x % 32 == 0) reduce[threadIdx.x / 32] = value;
-    __syncthreads();
-    float result = 0.0f;
-    for (int w = 0; w < kPoolThreads / 32; ++w) result = is_max ? fmaxf(result, reduce[w]) : result + reduce[w];
-    return result;
-  };
-  const float inverse = detail::int8_filter::inverse_scale(reduce_block(fabsf(rounded), true));
-  const int8_t quantized = detail::int8_filter::quantize(rounded, inverse);
-  const float l1 = reduce_block(d < p.head_dim ? float(abs(int(quantized))) : 0.0f, false);  // integers < 2^24: exact
-  if (d < p.head_dim) pooled_int8[(slot * p.heads_kv + kv_head) * p.head_dim + d] = quantized;
-  if (d == 0) pooled_int8_stats[slot * p.heads_kv + kv_head] = make_float2(1.0f / inverse, l1);
 }
 
 // Caller-given fp32 pooled keys rounded to the input dtype (the block_scores stage).
@@ -291,8 +262,6 @@ Plan plan(const Problem& p, int64_t max_rows) {
   plan.words = (shapes.max_key_blocks + 31) / 32;
   plan.slots = shapes.pooled_key_slots;
   plan.pooled_half = align_up(size_t(plan.slots * p.heads_kv * p.head_dim) * 2);
-  plan.pooled_int8 = align_up(size_t(plan.slots * p.heads_kv * p.head_dim));
-  plan.pooled_int8_stats = align_up(size_t(plan.slots * p.heads_kv) * sizeof(float2));
   plan.counts = align_up(size_t(max_rows) * 8);
   plan.kept_bits = align_up(size_t(max_rows * plan.words) * 4);
   size_t scan_bytes = 0;
@@ -308,10 +277,6 @@ Buffers carve(const Plan& plan, void* workspace) {
   b.pooled = nullptr;  // the fp32 means are the pool_keys stage's output, in the caller's memory
   b.pooled_half = cursor;
   cursor += plan.pooled_half;
-  b.pooled_int8 = reinterpret_cast<int8_t*>(cursor);
-  cursor += plan.pooled_int8;
-  b.pooled_int8_stats = reinterpret_cast<float2*>(cursor);
-  cursor += plan.pooled_int8_stats;
   b.counts = reinterpret_cast<int64_t*>(cursor);
   cursor += plan.counts;
   b.kept_bits = reinterpret_cast<uint32_t*>(cursor);
@@ -333,10 +298,8 @@ void pool_keys(const Problem& p, const Buffers& buffers) {
   const dim3 grid(unsigned(max_blocks), unsigned(p.heads_kv), unsigned(p.num_seqs));
   auto stream = static_cast<cudaStream_t>(p.stream);
   const int threads = kPoolThreads;
-  if (p.dtype == DType::bf16)
-    pool_keys_kernel<true><<<grid, threads, 0, stream>>>(p, buffers.pooled, buffers.pooled_half, buffers.pooled_int8, buffers.pooled_int8_stats);
-  else
-    pool_keys_kernel<false><<<grid, threads, 0, stream>>>(p, buffers.pooled, buffers.pooled_half, buffers.pooled_int8, buffers.pooled_int8_stats);
+  if (p.dtype == DType::bf16) pool_keys_kernel<true><<<grid, threads, 0, stream>>>(p, buffers.pooled, buffers.pooled_half);
+  else pool_keys_kernel<false><<<grid, threads, 0, stream>>>(p, buffers.pooled, buffers.pooled_half);
   FP_CUDA_CHECK_LAUNCH();
 }
 
@@ -352,31 +315,11 @@ void round_pooled(const Problem& p, const float* pooled, int64_t slots, const Bu
 
 dim3 score_grid(const Problem& p) { return dim3(unsigned(grid_query_blocks(p) * p.heads_q), unsigned(p.num_seqs)); }
 
-// Rows of at least this many 64-block key tiles are pre-filtered: below it the int8 pass and the
-// gathered exact tile cost about what scoring every tile exactly does.
-constexpr int kDefaultFilterMinTiles = 4;
-
-int filter_min_tiles(const Problem& p) {
-#ifdef FLASHPREFILL_HAS_HOPPER_KERNEL
-  if (!(use_hopper_kernels(device_info(p)) && hopper::supports(p)) || p.head_dim != 128 || p.params.min_budget > 0 ||
-      !(p.params.alpha > 0.0f))
-    return 0;
-  const char* mode = std::getenv("FLASHPREFILL_SCORE_FILTER");
-  if (mode != nullptr && (std::strcmp(mode, "off") == 0 || std::strcmp(mode, "0") == 0)) return 0;
-  if (mode != nullptr && std::strcmp(mode, "always") == 0) return 1;
-  return kDefaultFilterMinTiles;
-#else
-  return 0;
-#endif
-}
-
-void score_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t scores_ld,
-                int filter_min_tiles) {
+void score_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t scores_ld) {
   if (grid_query_blocks(p) == 0 || p.num_seqs == 0) return;
   const dim3 grid = score_grid(p);
 #ifdef FLASHPREFILL_HAS_HOPPER_KERNEL
-  if (use_hopper_kernels(device_info(p)) && hopper::supports(p))
-    return hopper::score_rows(p, seq_row_offset, buffers, scores, scores_ld, grid, scores == nullptr ? filter_min_tiles : 0);
+  if (use_hopper_kernels(device_info(p)) && hopper::supports(p)) return hopper::score_rows(p, seq_row_offset, buffers, scores, scores_ld, grid);
 #endif
   const int64_t max_key_blocks = num_key_blocks(p.len_kv, p.params.block_size);
   const bool bf16 = p.dtype == DType::bf16;

@@ -15,10 +15,6 @@ namespace flashprefill::cuda::discovery {
 struct Buffers {
   float* pooled = nullptr;         // [slots][H_kv][D] fp32 means (step 1); nullptr: not wanted
   void* pooled_half = nullptr;     // [slots][H_kv][D] the means rounded to the input dtype: what scoring reads
-  // The int8 pre-filter's keys (common/int8_filter.hpp): pooled_half quantized, and per (slot, kv
-  // head) {scale, L1 of the int8 values}. nullptr: pool_keys writes none (no filter this call).
-  int8_t* pooled_int8 = nullptr;   // [slots][H_kv][D]
-  float2* pooled_int8_stats = nullptr;  // [slots][H_kv]
   int64_t* counts = nullptr;       // [max_rows] kept blocks per row
   uint32_t* kept_bits = nullptr;   // [max_rows][words] kept-block bitmask
   int64_t words = 0;               // bitmask words per row
@@ -28,9 +24,9 @@ struct Buffers {
 
 // Sizes of the pieces (in this order) for a problem; total() is the workspace size.
 struct Plan {
-  size_t pooled_half = 0, pooled_int8 = 0, pooled_int8_stats = 0, counts = 0, kept_bits = 0, scan_temp = 0;
+  size_t pooled_half = 0, counts = 0, kept_bits = 0, scan_temp = 0;
   int64_t slots = 0, max_rows = 0, words = 0;
-  size_t total() const { return pooled_half + pooled_int8 + pooled_int8_stats + counts + kept_bits + scan_temp; }
+  size_t total() const { return pooled_half + counts + kept_bits + scan_temp; }
 };
 Plan plan(const detail::Problem& p, int64_t max_rows);  // key blocks and slots from stage_shapes_of
 Buffers carve(const Plan& plan, void* workspace);
@@ -39,16 +35,9 @@ void fill_seq_row_offsets(const detail::Problem& p, int64_t* seq_row_offset);
 void pool_keys(const detail::Problem& p, const Buffers& buffers);
 // Caller-given fp32 pooled keys ([slots][H_kv][D]) rounded to the input dtype, for scoring.
 void round_pooled(const detail::Problem& p, const float* pooled, int64_t slots, const Buffers& buffers);
-// Scores every row; writes S (scores != nullptr) or selects (kept_bits + counts). With
-// filter_min_tiles > 0 (from filter_min_tiles(), on the fused path), rows of at least that many
-// 64-block key tiles are pre-filtered in int8 and scored exactly only where the bound allows
-// (needs buffers.pooled_int8 written by pool_keys).
+// Scores every row; writes S (scores != nullptr) or selects (kept_bits + counts).
 void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores,
-                int64_t scores_ld, int filter_min_tiles = 0);
-// Whether (0: no) and from which row length (in 64-block key tiles) the fused path pre-filters in
-// int8: the Hopper score kernel, head dim 128, min_budget 0, alpha > 0. FLASHPREFILL_SCORE_FILTER=off
-// turns it off, =always applies it to every row it can (the tests use both).
-int filter_min_tiles(const detail::Problem& p);
+                int64_t scores_ld);
 // Selection from a given score matrix.
 void select_from_scores(const detail::Problem& p, const int64_t* seq_row_offset, const float* scores, int64_t ld,
                         const Buffers& buffers);
@@ -62,7 +51,7 @@ dim3 score_grid(const detail::Problem& p);
 namespace hopper {
 bool supports(const detail::Problem& p);
 void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t ld,
-                dim3 grid, int filter_min_tiles);
+                dim3 grid);
 }  // namespace hopper
 
 }  // namespace flashprefill::cuda::discovery

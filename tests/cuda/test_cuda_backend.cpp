@@ -75,36 +75,27 @@ std::vector<std::vector<int32_t>> device_rows(const BlockSparseLayout& layout) {
   return rows;
 }
 
-// The CPU backend's layout and the fp64 reference's block scores of one input and parameter set.
-struct CpuLayout {
-  std::vector<std::vector<int32_t>> rows;
-  std::vector<double> ref_scores;
-  int64_t max_key_blocks = 0;
-};
-CpuLayout cpu_layout_of(HostBatch& host, const Params& params) {
+// GPU layout == CPU layout except blocks whose fp64 score lies within 1e-3 of the threshold;
+// returns the GPU rows.
+std::vector<std::vector<int32_t>> check_layout_matches_cpu(HostBatch& host, DeviceBatch& device, const Params& params) {
   AttentionArgs cpu_args = host.args();
   LayoutStorage cpu_layout = allocate_layout(cpu_args, params);
   discover_layout(cpu_args, params, cpu_layout.view);
-  const detail::Problem problem = make_problem(cpu_args, params, Needs::discovery);
-  const StageShapes shapes = stage_shapes(cpu_args, params);
-  return {rows_of(cpu_layout.view), reference::block_scores(problem, reference::pool_keys(problem, shapes.pooled_key_slots), shapes.max_key_blocks),
-          shapes.max_key_blocks};
-}
+  const auto cpu_rows = rows_of(cpu_layout.view);
 
-// GPU layout == CPU layout except blocks whose fp64 score lies within 1e-3 of the threshold;
-// returns the GPU rows.
-std::vector<std::vector<int32_t>> check_layout_matches(const CpuLayout& cpu, DeviceBatch& device, const Params& params) {
   AttentionArgs gpu_args = device.args();
   LayoutStorage gpu_layout = allocate_layout(gpu_args, params);
   discover_layout(gpu_args, params, gpu_layout.view);
   const auto gpu_rows = device_rows(gpu_layout.view);
-  EXPECT_EQ(gpu_rows.size(), cpu.rows.size());
-  const int64_t near_threshold = expect_rows_differ_only_at_threshold(gpu_rows, cpu.rows, cpu.ref_scores, cpu.max_key_blocks, params.alpha, 1e-3);
+  EXPECT_EQ(gpu_rows.size(), cpu_rows.size());
+
+  const detail::Problem problem = make_problem(cpu_args, params, Needs::discovery);
+  const StageShapes shapes = stage_shapes(cpu_args, params);
+  const auto ref_scores = reference::block_scores(problem, reference::pool_keys(problem, shapes.pooled_key_slots), shapes.max_key_blocks);
+  const int64_t near_threshold =
+      expect_rows_differ_only_at_threshold(gpu_rows, cpu_rows, ref_scores, shapes.max_key_blocks, params.alpha, 1e-3);
   if (near_threshold) std::printf("  [layout] %ld block(s) differ, all within rounding of the threshold\n", long(near_threshold));
   return gpu_rows;
-}
-std::vector<std::vector<int32_t>> check_layout_matches_cpu(HostBatch& host, DeviceBatch& device, const Params& params) {
-  return check_layout_matches(cpu_layout_of(host, params), device, params);
 }
 
 void check_gpu_attention(HostBatch& host, const Params& params) {
@@ -144,34 +135,16 @@ void check_random_shapes(uint64_t seed, int trials) {
   }
 }
 
-// Sets an environment switch of the backend for one scope (it reads them on every call).
-struct ScopedEnv {
-  const char* name;
-  ScopedEnv(const char* variable, const char* value) : name(variable) { setenv(name, value, 1); }
-  ~ScopedEnv() { unsetenv(name); }
-};
-struct ScopedKernelChoice : ScopedEnv {
-  explicit ScopedKernelChoice(const char* kernel) : ScopedEnv("FLASHPREFILL_CUDA_KERNELS", kernel) {}
-};
-// FLASHPREFILL_SCORE_FILTER: "always" pre-filters every row the int8 filter can take (head dim 128,
-// full query blocks), "off" none; by default only long rows.
-struct ScopedFilter : ScopedEnv {
-  explicit ScopedFilter(const char* mode) : ScopedEnv("FLASHPREFILL_SCORE_FILTER", mode) {}
+// Sets FLASHPREFILL_CUDA_KERNELS for one scope (the backend reads it on every call).
+struct ScopedKernelChoice {
+  explicit ScopedKernelChoice(const char* kernel) { setenv("FLASHPREFILL_CUDA_KERNELS", kernel, 1); }
+  ~ScopedKernelChoice() { unsetenv("FLASHPREFILL_CUDA_KERNELS"); }
 };
 
 // The default kernels of this GPU (on an H100 the wgmma ones for block 128, the sm_80 ones otherwise).
 TEST(Cuda, RandomShapesMatchCpuAndReference) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);
-  check_random_shapes(seed, 12);
-}
-
-// The same with the score kernel's int8 pre-filter on every row it can take (on Hopper; elsewhere
-// the switch changes nothing and the test repeats the one above).
-TEST(Cuda, RandomShapesMatchCpuAndReferenceWithScoreFilter) {
-  FP_REQUIRE_GPU();
-  FP_SEEDED(seed);
-  ScopedFilter filter("always");
   check_random_shapes(seed, 12);
 }
 
@@ -391,36 +364,6 @@ TEST(Cuda, ScoreRowsOfManyTiles) {
   Params params;
   params.alpha = 0.3f;
   check_layout_matches_cpu(random, random_device, params);
-}
-
-// The int8 pre-filter on rows long enough to take it by default (over 192 key blocks), on the
-// structured input (most blocks dropped by the bound: pass 2 scores a few candidates) and on random
-// chunked input (most blocks near the threshold: many candidates, several gathered tiles), bf16 and
-// fp16, with the filter by default, on every row, and off: each layout equals the CPU's.
-TEST(Cuda, ScoreFilterKeepsTheLayout) {
-  FP_REQUIRE_GPU();
-  FP_SEEDED(seed);
-  HostBatch structured = structured_batch(SyntheticShape{1, 26000, 2, 1, 128}, seed);
-  DeviceBatch structured_device(structured);
-  HostBatch random = padded_batch(Shape{1, 20000, 26000, 2, 1, 128}, DType::fp16, seed + 1);
-  DeviceBatch random_device(random);
-  Params params, random_params;
-  random_params.alpha = 0.3f;
-  const CpuLayout structured_cpu = cpu_layout_of(structured, params), random_cpu = cpu_layout_of(random, random_params);
-  for (const char* mode : {"default", "always", "off"}) {
-    ScopedFilter filter(mode);
-    {
-      SCOPED_TRACE(std::string("structured, filter ") + mode);
-      check_layout_matches(structured_cpu, structured_device, params);
-    }
-    SCOPED_TRACE(std::string("random, chunked, alpha 0.3, filter ") + mode);
-    check_layout_matches(random_cpu, random_device, random_params);
-  }
-  // And the attention on a filtered layout.
-  SCOPED_TRACE("attention, filter always");
-  ScopedFilter filter("always");
-  HostBatch host = structured_batch(SyntheticShape{1, 3000, 4, 2, 128}, seed + 2);
-  check_gpu_attention(host, Params{});
 }
 
 // Head dim 256 (the sm_80 kernels, also on Hopper): partial blocks, GQA, chunked, both dtypes.

@@ -7,13 +7,12 @@ namespace {
 
 template <int kHeadDim, bool kIsBf16>
 void launch(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t ld, dim3 grid,
-            const ScoreMaps& maps, int filter_min_tiles) {
+            const ScoreMaps& maps) {
   using Traits = ScoreTraits<kHeadDim, kIsBf16>;
   const size_t smem = Traits::smem_bytes(num_key_blocks(p.len_kv, p.params.block_size));
   auto kernel = score_rows_kernel<Traits>;
   FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<grid, Traits::kThreads, smem, static_cast<cudaStream_t>(p.stream)>>>(p, seq_row_offset, buffers, scores, ld, maps,
-                                                                                filter_min_tiles);
+  kernel<<<grid, Traits::kThreads, smem, static_cast<cudaStream_t>(p.stream)>>>(p, seq_row_offset, buffers, scores, ld, maps);
   FP_CUDA_CHECK_LAUNCH();
 }
 
@@ -26,21 +25,17 @@ bool supports(const detail::Problem& p) {
 }
 
 void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t ld,
-                dim3 grid, int filter_min_tiles) {
+                dim3 grid) {
   namespace tma = ::flashprefill::cuda::hopper;
   const int64_t slots = detail::stage_shapes_of(p).pooled_key_slots;
-  ScoreMaps maps{};
+  ScoreMaps maps;
   maps.q = tma::make_tensor_map(p, p.q, p.q_stride, p.heads_q, p.varlen ? p.total_q : p.len_q, ScoreTraits<128, true>::kBlockM, "q");
   maps.pooled = tma::make_pooled_map(p, buffers.pooled_half, slots, ScoreTraits<128, true>::kKeyTile, "pooled keys");
-  // The int8 pre-filter: head dim 128, and only where pool_keys wrote the int8 keys.
-  if (p.head_dim != 128 || buffers.pooled_int8 == nullptr) filter_min_tiles = 0;
-  if (filter_min_tiles > 0)
-    maps.pooled_int8 = tma::make_pooled_int8_map(p, buffers.pooled_int8, slots, ScoreTraits<128, true>::kKeyTile, "int8 pooled keys");
   const bool bf16 = p.dtype == DType::bf16;
-  if (p.head_dim == 64) return bf16 ? launch<64, true>(p, seq_row_offset, buffers, scores, ld, grid, maps, 0)
-                                    : launch<64, false>(p, seq_row_offset, buffers, scores, ld, grid, maps, 0);
-  return bf16 ? launch<128, true>(p, seq_row_offset, buffers, scores, ld, grid, maps, filter_min_tiles)
-              : launch<128, false>(p, seq_row_offset, buffers, scores, ld, grid, maps, filter_min_tiles);
+  if (p.head_dim == 64) return bf16 ? launch<64, true>(p, seq_row_offset, buffers, scores, ld, grid, maps)
+                                    : launch<64, false>(p, seq_row_offset, buffers, scores, ld, grid, maps);
+  return bf16 ? launch<128, true>(p, seq_row_offset, buffers, scores, ld, grid, maps)
+              : launch<128, false>(p, seq_row_offset, buffers, scores, ld, grid, maps);
 }
 
 }  // namespace flashprefill::cuda::discovery::hopper

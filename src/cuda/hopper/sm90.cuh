@@ -49,6 +49,12 @@ __device__ __forceinline__ uint64_t make_desc_k_major(uint32_t smem_byte_address
   desc.bitfield.layout_type_ = uint8_t(gmma::LayoutType::B128);
   return desc.desc_;
 }
+// The descriptor of the operand `bytes` further on: start_address_ is the low 14-bit field (address /
+// 16) and shared memory ends below 2^18 bytes, so the add never carries out of it. One 32-bit add
+// instead of rebuilding the bit fields.
+__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
+  return (desc & 0xffffffff00000000ull) | uint32_t(uint32_t(desc) + (bytes >> 4));
+}
 __device__ __forceinline__ uint64_t make_desc_mn_major(uint32_t smem_byte_address, uint32_t panel_bytes) {
   cute::GmmaDescriptor desc;
   desc.bitfield.start_address_ = uint16_t(smem_byte_address >> 4);
@@ -88,8 +94,8 @@ FP_GMMA_ATOMS(128)
 #undef FP_GMMA_ATOMS
 
 // The atoms take their N/2 accumulators as separate references; expand an array into them.
-template <typename Op, typename Accumulator, int kCount, size_t... I>
-__device__ __forceinline__ void gmma_ss_impl(uint64_t a, uint64_t b, Accumulator (&d)[kCount], gmma::ScaleOut scale,
+template <typename Op, int kCount, size_t... I>
+__device__ __forceinline__ void gmma_ss_impl(uint64_t a, uint64_t b, float (&d)[kCount], gmma::ScaleOut scale,
                                              std::index_sequence<I...>) {
   Op::fma(a, b, d[I]..., scale);
 }
@@ -107,16 +113,10 @@ template <bool kIsBf16, int N>
 __device__ __forceinline__ void gmma_rs(const uint32_t (&a)[4], uint64_t b_desc, float (&d)[N / 2]) {
   gmma_rs_impl<typename GmmaRS<kIsBf16, N>::Op>(a, b_desc, d, std::make_index_sequence<N / 2>{});
 }
-// wgmma m64n128k32, int8 x int8 -> int32 (exact), both K-major from shared memory: the score
-// kernel's pre-filter. One 128-byte swizzled row holds 128 int8 values, so a k32 step moves 32 bytes
-// along the row exactly as a bf16 k16 step does (the same descriptors serve).
-__device__ __forceinline__ void gmma_s8_ss(uint64_t a_desc, uint64_t b_desc, uint32_t (&d)[64], gmma::ScaleOut scale) {
-  gmma_ss_impl<gmma::MMA_64x128x32_S32S8S8_SS_TN>(a_desc, b_desc, d, scale, std::make_index_sequence<64>{});
-}
 
 // Keeps the compiler from moving accumulator reads/writes across the asynchronous wgmma.
-template <typename Accumulator, int kCount>
-__device__ __forceinline__ void fence_accumulators(Accumulator (&d)[kCount]) {
+template <int kCount>
+__device__ __forceinline__ void fence_accumulators(float (&d)[kCount]) {
 #pragma unroll
   for (int i = 0; i < kCount; ++i) cute::warpgroup_fence_operand(d[i]);
 }
@@ -156,10 +156,6 @@ __device__ __forceinline__ void barrier_arrive_expect_tx(uint64_t* barrier, uint
   asm volatile("" ::: "memory");
   Barrier::arrive_and_expect_tx(barrier, bytes);
 }
-
-// Orders this thread's generic-proxy shared-memory writes (st.shared, cp.async) before later reads
-// by the async proxy (wgmma, TMA), and earlier async-proxy accesses before its later generic writes.
-__device__ __forceinline__ void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 
 // Named barriers (bar.sync / bar.arrive, ids 1-15; 0 is __syncthreads) among `threads` threads,
 // a multiple of 32: the warps that take part.

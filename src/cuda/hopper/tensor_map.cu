@@ -23,15 +23,13 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_function() {
   return function;
 }
 
-// A tensor of `rank` dims (innermost first), boxes of 128 bytes x 1 x ... x rows x 1, 128B swizzle;
-// 16-bit elements of q's dtype unless `type` says otherwise.
+// A 16-bit tensor of `rank` dims (innermost first), boxes of 64 x 1 x ... x rows x 1, 128B swizzle.
 CUtensorMap encode(const detail::Problem& p, const void* base, int rank, const cuuint64_t* dims, const cuuint64_t* byte_strides,
-                   const cuuint32_t* box, const char* name, int type = -1) {
+                   const cuuint32_t* box, const char* name) {
   const cuuint32_t element_strides[5] = {1, 1, 1, 1, 1};
-  if (type < 0) type = p.dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
   CUtensorMap map;
   const CUresult result = encode_function()(
-      &map, CUtensorMapDataType(type), cuuint32_t(rank),
+      &map, p.dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, cuuint32_t(rank),
       const_cast<void*>(base), dims, byte_strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
       CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (result != CUDA_SUCCESS)
@@ -65,13 +63,6 @@ CUtensorMap make_pooled_map(const detail::Problem& p, const void* base, int64_t 
   const cuuint64_t byte_strides[2] = {cuuint64_t(p.head_dim * kElementBytes), cuuint64_t(p.heads_kv * p.head_dim * kElementBytes)};
   const cuuint32_t box[3] = {64, 1, cuuint32_t(rows)};
   return encode(p, base, 3, dims, byte_strides, box, name);
-}
-
-CUtensorMap make_pooled_int8_map(const detail::Problem& p, const void* base, int64_t slots, int rows, const char* name) {
-  const cuuint64_t dims[3] = {cuuint64_t(p.head_dim), cuuint64_t(p.heads_kv), cuuint64_t(slots > 0 ? slots : 1)};
-  const cuuint64_t byte_strides[2] = {cuuint64_t(p.head_dim), cuuint64_t(p.heads_kv * p.head_dim)};
-  const cuuint32_t box[3] = {128, 1, cuuint32_t(rows)};
-  return encode(p, base, 3, dims, byte_strides, box, name, CU_TENSOR_MAP_DATA_TYPE_UINT8);
 }
 
 }  // namespace flashprefill::cuda::hopper

@@ -20,8 +20,4 @@ CUtensorMap make_tensor_map(const detail::Problem& p, const void* base, const de
 // `rows` slots of one kv head, 128-byte swizzled.
 CUtensorMap make_pooled_map(const detail::Problem& p, const void* base, int64_t slots, int rows, const char* name);
 
-// (byte, kv head, slot) view of the int8 pooled keys [slots][H_kv][D] (head dim 128: one 128-byte
-// row per slot); boxes of 128 bytes x `rows` slots, 128-byte swizzled.
-CUtensorMap make_pooled_int8_map(const detail::Problem& p, const void* base, int64_t slots, int rows, const char* name);
-
 }  // namespace flashprefill::cuda::hopper
