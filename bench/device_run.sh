@@ -36,12 +36,14 @@ if [ "${TESTS:-1}" = 1 ]; then
   grep -E "differ|Expected|Which is|actual|seed=|error" "$OUT/ctest.log" | head -20
 fi
 if [ -n "${NCU_SCORE:-}" ]; then
+  # Stall reasons and tensor-pipe activity, by the names this ncu knows (queried, not guessed).
+  EXTRA=$(ncu --query-metrics 2>/dev/null | grep -oE "^(smsp__average_warps_issue_stalled_[a-z_]+_per_issue_active|sm__pipe_tensor_op_[a-z_]*cycles_active|sm__inst_executed_pipe_uniform)" | sort -u | sed -E 's/(_per_issue_active)$/\1.ratio/; s/(cycles_active)$/\1.avg.pct_of_peak_sustained_active/; s/(pipe_uniform)$/\1.sum/' | paste -sd, -)
   SECTIONS="--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats --section SchedulerStats --section InstructionStats"
-  timeout 200 ncu --clock-control none $SECTIONS --kernel-name regex:score_rows_kernel --launch-skip 2 --launch-count 1 \
+  timeout 200 ncu --clock-control none $SECTIONS ${EXTRA:+--metrics $EXTRA} --kernel-name regex:score_rows_kernel --launch-skip 2 --launch-count 1 \
     $B/flashprefill bench --backend cuda --shape llama3-8b --seq-len "$NCU_SCORE" --no-dense --repeats 1 --recall-samples 1 > "$OUT/ncu_score.txt" 2>&1
   echo "ncu exit $?"
-  grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L2 Cache Throughput|L1/TEX Cache Throughput|Executed Ipc Active|Issue Slots Busy|No Eligible|Achieved Occupancy|Registers Per Thread|Warp Cycles Per Issued|Block Limit|Tensor|Shared Memory Configuration Size|Dynamic Shared" "$OUT/ncu_score.txt" | head -30
-  grep -E "^ +Stall|stall" "$OUT/ncu_score.txt" | head -8
+  grep -E "Duration|Compute \(SM\) Throughput|L2 Cache Throughput|Executed Ipc Active|Issue Slots Busy|No Eligible|Achieved Active Warps|Registers Per Thread|Executed Instructions  " "$OUT/ncu_score.txt" | head -12
+  grep -E "stalled|pipe_tensor|pipe_uniform" "$OUT/ncu_score.txt" | awk '$NF+0 > 0.05 || /tensor|uniform/' | head -24
 fi
 if [ "${BASELINES:-0}" = 1 ]; then
   timeout 300 python3 .ext/check_baselines.py > "$OUT/baselines.log" 2>&1; echo "baselines check exit $?"; grep -v -i warn "$OUT/baselines.log" | tail -6
