@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One bundled run on the GPU machine: build, tests, compute-sanitizer on a representative subset,
-# the CLI benchmark per length, and optionally the discovery micro-benchmark, a profile of the score
-# kernel, the Python package's one-process benchmark against the baselines.
+# the CLI benchmark per length, and optionally a profile of the score kernel and the Python
+# package's one-process benchmark against the baselines.
 # Usage (on the device): bash bench/device_run.sh "4K,16K,32K,128K"   (results under $OUT)
 # Switches:
 #   TESTS=0 skips CTest; CTEST_REGEX=... runs only the matching tests

@@ -57,7 +57,6 @@ struct ScoreTraits {
   // Named barrier of the CTA's one warpgroup (1: barrier 0, __syncthreads, is the same here but says
   // more than is meant).
   static constexpr int kWarpgroupBarrier = 1;
-
   // Q | keys[kStages] | log_score[max_key_blocks, padded] | reduction scratch | barriers, +1024 to align.
   static size_t smem_bytes(int64_t max_key_blocks) {
     return 1024 + kQBytes + size_t(kStages) * kKeyBytes + size_t(log_score_capacity(max_key_blocks) + kReduceFloats) * 4 +

@@ -49,12 +49,6 @@ __device__ __forceinline__ uint64_t make_desc_k_major(uint32_t smem_byte_address
   desc.bitfield.layout_type_ = uint8_t(gmma::LayoutType::B128);
   return desc.desc_;
 }
-// The descriptor of the operand `bytes` further on: start_address_ is the low 14-bit field (address /
-// 16) and shared memory ends below 2^18 bytes, so the add never carries out of it. One 32-bit add
-// instead of rebuilding the bit fields.
-__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
-  return (desc & 0xffffffff00000000ull) | uint32_t(uint32_t(desc) + (bytes >> 4));
-}
 __device__ __forceinline__ uint64_t make_desc_mn_major(uint32_t smem_byte_address, uint32_t panel_bytes) {
   cute::GmmaDescriptor desc;
   desc.bitfield.start_address_ = uint16_t(smem_byte_address >> 4);
@@ -63,6 +57,12 @@ __device__ __forceinline__ uint64_t make_desc_mn_major(uint32_t smem_byte_addres
   desc.bitfield.base_offset_ = 0;
   desc.bitfield.layout_type_ = uint8_t(gmma::LayoutType::B128);
   return desc.desc_;
+}
+// The descriptor of the operand `bytes` further on: start_address_ is the low 14-bit field (address /
+// 16) and shared memory ends below 2^18 bytes, so the add never carries out of it. One 32-bit add
+// instead of rebuilding the bit fields.
+__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
+  return (desc & 0xffffffff00000000ull) | uint32_t(uint32_t(desc) + (bytes >> 4));
 }
 
 // wgmma m64nNk16 with fp32 accumulators, A and B both from shared memory (K-major).
