@@ -59,8 +59,22 @@ __device__ inline float block_max(float value, float* scratch) {
   return result;
 }
 
+// Layout of the selection's scratch (`reduce_smem`, at least kSelectScratchFloats floats, up to 8
+// warps): the min_budget search's per-warp bests, then the row maxima and the kept counts per warp.
+// Separate regions, so that a warp writing one never races a slower warp still reading another.
+constexpr int kBudgetScratch = 0;      // [32] floats, then [32] int64 (floats 32..95)
+constexpr int kMaxLogScratch = 96;     // [8]
+constexpr int kMaxX2Scratch = 104;     // [8]
+constexpr int kCountScratch = 112;     // [8] ints
+constexpr int kSelectScratchFloats = 120;
+// Named barrier (bar.sync / bar.arrive) on which warp 0 collects the other warps' kept counts.
+constexpr int kCountBarrier = 2;
+
 // Steps 3-4 for one row: the kept bitmask (`words` 32-bit words) and its popcount. min_budget
-// ties go to the smaller j (as the CPU backend). reduce_smem: at least 64 floats.
+// ties go to the smaller j (as the CPU backend). reduce_smem: the scratch above. Without
+// min_budget there is no full barrier: warp 0 waits for the others' counts and writes the total,
+// the other warps go on (a persistent caller must not let them rewrite log_score or the scratch
+// before every warp has passed a barrier of its next row).
 __device__ inline void select_row(const detail::Problem& p, const float* log_score, float max_log_score, int64_t num_j,
                                   int64_t block_abs, int64_t num_kv_blocks, uint32_t* bits, int64_t words, int64_t* count,
                                   float* reduce_smem) {
@@ -98,12 +112,16 @@ __device__ inline void select_row(const detail::Problem& p, const float* log_sco
     __syncthreads();
   }
   // One block per thread, a word per warp by ballot (threads is a multiple of 32): no serial loop
-  // over a word's bits. Words past the row's blocks are written as zeros.
+  // over a word's bits. Words past the row's blocks are written as zeros. detail::always_kept as
+  // bounds on j, in 32 bits (block indices fit, see make_problem): sinks below, window above.
+  const bool row_whole = block_abs >= num_kv_blocks - p.params.last_full_blocks;
+  const int32_t sink_end = p.params.sink_blocks, window_start = int32_t(block_abs) - p.params.window_blocks + 1;
+  const int32_t blocks = int32_t(num_j);
   int kept = 0;
-  for (int64_t j = tid; j < words * 32; j += threads) {
+  for (int32_t j = tid; j < int32_t(words) * 32; j += threads) {
     bool keep = false;
-    if (j < num_j) {
-      keep = log_score[j] >= threshold || detail::always_kept(block_abs, j, num_kv_blocks, p.params);
+    if (j < blocks) {
+      keep = row_whole || j < sink_end || j >= window_start || log_score[j] >= threshold;
       for (int m = 0; m < budget; ++m) keep |= budget_pick[m] == j;
     }
     const uint32_t word = __ballot_sync(0xffffffffu, keep);
@@ -113,26 +131,38 @@ __device__ inline void select_row(const detail::Problem& p, const float* log_sco
     }
   }
   for (int offset = 16; offset > 0; offset /= 2) kept += __shfl_xor_sync(0xffffffffu, kept, offset);
-  __syncthreads();
-  if (tid % 32 == 0) reinterpret_cast<int*>(reduce_smem)[tid / 32] = kept;
-  __syncthreads();
+  int* warp_kept = reinterpret_cast<int*>(reduce_smem + kCountScratch);
+  if (tid % 32 == 0) warp_kept[tid / 32] = kept;
+  if (tid >= 32) {
+    asm volatile("bar.arrive %0, %1;" ::"r"(kCountBarrier), "r"(threads) : "memory");
+    return;
+  }
+  asm volatile("bar.sync %0, %1;" ::"r"(kCountBarrier), "r"(threads) : "memory");
   if (tid == 0) {
     int64_t total = 0;
-    for (int w = 0; w < threads / 32; ++w) total += reinterpret_cast<int*>(reduce_smem)[w];
+    for (int w = 0; w < threads / 32; ++w) total += warp_kept[w];
     *count = total;
   }
 }
 
-// The row's log-domain scores are complete in shared memory: either write S (scores != nullptr,
-// the block_scores stage) or select the row into buffers. thread_max_x2 and thread_max_log_score
-// are each thread's maxima over what it wrote (M2 and max log_score once reduced).
+// The row's log-domain scores are complete in shared memory, or about to be: every thread calls
+// this after writing its own. Either write S (scores != nullptr, the block_scores stage) or select
+// the row into buffers. thread_max_x2 and thread_max_log_score are each thread's maxima over what
+// it wrote (M2 and max log_score once reduced). One full barrier; see select_row for the rest.
 __device__ inline void finish_row(const detail::Problem& p, const float* log_score, float thread_max_x2, float thread_max_log_score,
                                   int64_t num_j, int64_t block_abs, int64_t num_kv_blocks, int64_t row, const Buffers& buffers,
                                   float* scores, int64_t scores_ld, float* reduce_smem) {
-  __syncthreads();  // every log_score is written
-  const float max_log_score = block_max(thread_max_log_score, reduce_smem);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  for (int offset = 16; offset > 0; offset /= 2) {
+    thread_max_log_score = fmaxf(thread_max_log_score, __shfl_xor_sync(0xffffffffu, thread_max_log_score, offset));
+    thread_max_x2 = fmaxf(thread_max_x2, __shfl_xor_sync(0xffffffffu, thread_max_x2, offset));
+  }
+  if (lane == 0) reduce_smem[kMaxLogScratch + warp] = thread_max_log_score, reduce_smem[kMaxX2Scratch + warp] = thread_max_x2;
+  __syncthreads();  // every log_score and every warp's maxima are written
+  float max_log_score = -INFINITY, max_x2 = -INFINITY;
+  for (int w = 0; w < warps; ++w)
+    max_log_score = fmaxf(max_log_score, reduce_smem[kMaxLogScratch + w]), max_x2 = fmaxf(max_x2, reduce_smem[kMaxX2Scratch + w]);
   if (scores) {
-    const float max_x2 = block_max(thread_max_x2, reduce_smem);
     for (int64_t j = threadIdx.x; j < scores_ld; j += blockDim.x) {
       const bool some = j < num_j && log_score[j] != -INFINITY;
       scores[row * scores_ld + j] = some ? exp2f(log_score[j] - max_x2) : 0.0f;

@@ -214,6 +214,24 @@ TEST(Cuda, VarlenVeryDifferentLengths) {
   check_gpu_attention(host, params);
 }
 
+// Over 2000 score rows of a varlen batch: rows of zero (kept whole), one and two key tiles, grid
+// gaps (sequences shorter than the longest), chunked sequences, and the selection's warps leaving
+// a row without a full barrier (select_row); the layouts must match the CPU's.
+TEST(Cuda, ScoreRowsOfAVarlenBatch) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  Params params;
+  params.alpha = 0.1f;
+  Shape shape;
+  shape.heads_q = 16;
+  shape.heads_kv = 4;
+  shape.head_dim = 128;
+  HostBatch host =
+      varlen_batch({{9000, 9000}, {130, 130}, {1, 1}, {3000, 5000}, {700, 700}, {0, 0}, {2900, 2900}, {64, 8300}}, shape, DType::bf16, seed);
+  DeviceBatch device(host);
+  check_layout_matches_cpu(host, device, params);
+}
+
 TEST(Cuda, AlphaZeroAndDenseMatchReference) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);

@@ -53,7 +53,7 @@ struct ScoreTraits {
   static constexpr int kPanels = kHeadDim / 64;
   static constexpr int kQBytes = kPanels * QPanels::kPanelBytes;
   static constexpr int kKeyBytes = kPanels * KeyPanels::kPanelBytes;
-  static constexpr int kReduceFloats = 128;
+  static constexpr int kReduceFloats = 8 + kSelectScratchFloats;  // warp_running_max, then select_row's scratch
   // Named barrier of the CTA's one warpgroup (1: barrier 0, __syncthreads, is the same here but says
   // more than is meant).
   static constexpr int kWarpgroupBarrier = 1;
@@ -105,21 +105,38 @@ __device__ __forceinline__ void exact_tile_product(uint32_t key_address, uint64_
   fence_accumulators(x);
 }
 
+// Largest of a thread's 32 scores of one key block (x element 4 * nt + 2 * half + {0, 1}), as a
+// tree: five dependent steps instead of a chain of 31.
+__device__ __forceinline__ float max_of_half(const float (&x)[64], int half) {
+  float level[16];
+#pragma unroll
+  for (int nt = 0; nt < 16; ++nt) level[nt] = fmaxf(x[4 * nt + 2 * half], x[4 * nt + 2 * half + 1]);
+#pragma unroll
+  for (int k = 0; k < 8; ++k) level[k] = fmaxf(level[k], level[k + 8]);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) level[k] = fmaxf(level[k], level[k + 4]);
+  return fmaxf(fmaxf(level[0], level[2]), fmaxf(level[1], level[3]));
+}
+
 // Step 2's statistics of one exact tile. x holds x^T[64 key blocks][128 queries]; element i is key
 // block j[(i % 4) / 2] (j >= num_j: none, masked) and query row 8 * (i / 4) + 2 * quad + (i % 2).
-// Writes log_score[j] (select_row.cuh) for the thread's two blocks and updates its maxima. `mask`:
-// the tile may hold blocks past the row, queries outside the chunk or the sequence, or the diagonal
-// block, which queries that do not see all its keys must not score (ALGORITHM.md step 2). The warps
-// exchange their running maxima through warp_running_max: written at the end of step t into slot
-// (t + 1) % 2 and read after step t + 1's barrier, so no write races a read.
+// Writes log_score[j] (select_row.cuh) for the thread's two blocks. `mask`: the tile may hold blocks
+// past the row, queries outside the chunk or the sequence, or the diagonal block, which queries
+// that do not see all its keys must not score (ALGORITHM.md step 2).
+//
+// The warps share their largest scores so far through warp_running_max: written at the end of step
+// t into slot (t + 1) % 2 and read after step t + 1's barrier, so no write races a read. A warp
+// skips a tile when every lane's scores lie below that maximum + skip_offset (the header): its own
+// maxima need no shuffles then, and they cannot raise the row maximum, so warp_max_so_far (the
+// warp's largest score, the row maximum once reduced over warps) is updated only on tiles it scores.
 template <typename Traits>
 __device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t (&j)[2], bool mask, const RowGeometry& row,
                                                   float scale_log2, bool may_skip, float skip_offset, float* warp_running_max,
-                                                  int step, float* log_score, float& thread_max_x2, float& thread_max_log_score) {
+                                                  int step, float* log_score, float& warp_max_so_far, float& thread_max_log_score) {
   using namespace sm90;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, quad = lane % 4;
-  const float* seen = warp_running_max + 4 * (step % 2);
-  float running_max = fmaxf(fmaxf(seen[0], seen[1]), fmaxf(seen[2], seen[3]));
+  const float4 seen = *reinterpret_cast<const float4*>(warp_running_max + 4 * (step % 2));
+  const float running_max = fmaxf(fmaxf(seen.x, seen.y), fmaxf(seen.z, seen.w));
   if (mask) {
     // Query position pos sees block j when pos >= first_visible[half] (the block's last key, or the
     // chunk start) and pos < len_kv.
@@ -136,40 +153,40 @@ __device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t 
       if (pos < first_visible[(i % 4) / 2] || pos >= row.len_kv) x[i] = -INFINITY;
     }
   }
-  float m[2];
+  float m[2] = {max_of_half(x, 0), max_of_half(x, 1)};
+  const bool skip = may_skip && __all_sync(0xffffffffu, fmaxf(m[0], m[1]) < running_max + skip_offset);
+  if (skip) {
+    // Every block of the warp is dropped (S = 0 is below any threshold; log2 0 = -inf).
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    m[half] = -INFINITY;
+    for (int half = 0; half < 2; ++half)
+      if (quad == 0 && j[half] < row.num_j) log_score[j[half]] = -INFINITY;
+  } else {
 #pragma unroll
-    for (int nt = 0; nt < 16; ++nt) m[half] = fmaxf(m[half], fmaxf(x[4 * nt + 2 * half], x[4 * nt + 2 * half + 1]));
-    m[half] = fmaxf(m[half], __shfl_xor_sync(0xffffffffu, m[half], 1));
-    m[half] = fmaxf(m[half], __shfl_xor_sync(0xffffffffu, m[half], 2));
-  }
-  float warp_max = fmaxf(m[0], m[1]);
+    for (int half = 0; half < 2; ++half) {
+      m[half] = fmaxf(m[half], __shfl_xor_sync(0xffffffffu, m[half], 1));
+      m[half] = fmaxf(m[half], __shfl_xor_sync(0xffffffffu, m[half], 2));
+    }
+    float warp_max = fmaxf(m[0], m[1]);
 #pragma unroll
-  for (int offset = 4; offset < 32; offset *= 2) warp_max = fmaxf(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, offset));
-  running_max = fmaxf(running_max, warp_max);
-  const bool hopeless = m[0] < running_max + skip_offset && m[1] < running_max + skip_offset;
-  const bool skip = may_skip && __all_sync(0xffffffffu, hopeless);
-  thread_max_x2 = fmaxf(thread_max_x2, warp_max * scale_log2);
+    for (int offset = 4; offset < 32; offset *= 2) warp_max = fmaxf(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, offset));
+    warp_max_so_far = fmaxf(warp_max_so_far, warp_max);
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    float log_sum = -INFINITY;
-    if (!skip) {  // warp-uniform: every lane takes part in the shuffles (a masked block has m = -inf, s = 0)
-      const bool masked = m[half] == -INFINITY;
+    for (int half = 0; half < 2; ++half) {
+      const bool masked = m[half] == -INFINITY;  // every lane of the quad agrees (a masked block has s = 0)
       const float shift_x2 = masked ? 0.0f : m[half] * scale_log2;
-      float s = 0.0f;
+      float s[4] = {};  // four partial sums: independent adds
 #pragma unroll
       for (int nt = 0; nt < 16; ++nt)
-        s += fast_exp2(fmaf(x[4 * nt + 2 * half], scale_log2, -shift_x2)) + fast_exp2(fmaf(x[4 * nt + 2 * half + 1], scale_log2, -shift_x2));
-      s += __shfl_xor_sync(0xffffffffu, s, 1);
-      s += __shfl_xor_sync(0xffffffffu, s, 2);
-      log_sum = masked ? -INFINITY : shift_x2 + __log2f(s);  // s >= 1: the maximum's own term
+        s[nt % 4] += fast_exp2(fmaf(x[4 * nt + 2 * half], scale_log2, -shift_x2)) + fast_exp2(fmaf(x[4 * nt + 2 * half + 1], scale_log2, -shift_x2));
+      float sum = (s[0] + s[1]) + (s[2] + s[3]);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float log_sum = masked ? -INFINITY : shift_x2 + __log2f(sum);  // sum >= 1: the maximum's own term
+      if (quad == 0 && j[half] < row.num_j) log_score[j[half]] = log_sum;
+      thread_max_log_score = fmaxf(thread_max_log_score, log_sum);
     }
-    if (quad == 0 && j[half] < row.num_j) log_score[j[half]] = log_sum;
-    thread_max_log_score = fmaxf(thread_max_log_score, log_sum);
   }
-  if (lane == 0) warp_running_max[4 * ((step + 1) % 2) + warp] = running_max;  // read after the next step's barrier
+  if (lane == 0) warp_running_max[4 * ((step + 1) % 2) + warp] = warp_max_so_far;  // read after the next step's barrier
 }
 
 template <typename Traits>
@@ -203,7 +220,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   const bool skip_scores = scores == nullptr && r.block_abs >= r.num_kv_blocks - p.params.last_full_blocks;
   const int num_tiles = skip_scores ? 0 : int((num_j + kKeyTile - 1) / kKeyTile);
   const bool partial_block = block_start < shift || block_start + block > r.extent.len_kv;
-  float thread_max_x2 = -INFINITY, thread_max_log_score = -INFINITY;
+  float warp_max_so_far = -INFINITY, thread_max_log_score = -INFINITY;
   if (skip_scores)
     for (int64_t j = tid; j < num_j; j += Traits::kThreads) log_score[j] = 0.0f;
 
@@ -212,7 +229,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   // fused path, without min_budget. In raw score units: skip when m_j < M + skip_offset.
   const bool may_skip = scores == nullptr && p.params.min_budget == 0 && p.params.alpha > 0.0f;
   const float skip_offset = (log2f(p.params.alpha) - log2f(float(2 * Traits::kBlockM))) / scale_log2;
-  // [2][4]: each warp's largest score so far (reduce_exact_tile).
+  // [2][4]: each warp's largest score so far (reduce_exact_tile); 16-byte aligned.
   float* warp_running_max = reduce_smem;
   if (tid < 8) warp_running_max[tid] = -INFINITY;
 
@@ -260,8 +277,10 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     const int32_t j0 = key_tile_at(step, num_tiles) * kKeyTile;
     const int32_t j[2] = {j0 + 16 * warp + g, j0 + 16 * warp + g + 8};
     reduce_exact_tile<Traits>(x, j, partial_block || j0 + kKeyTile - 1 >= r.block_abs, geometry, scale_log2, may_skip, skip_offset,
-                              warp_running_max, step, log_score, thread_max_x2, thread_max_log_score);
+                              warp_running_max, step, log_score, warp_max_so_far, thread_max_log_score);
   }
+  // M2 = the row's largest score (every tile is scored without skipping when scores are wanted).
+  const float thread_max_x2 = warp_max_so_far * scale_log2;
   finish_row(p, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs, r.num_kv_blocks, r.row, buffers, scores, scores_ld,
              reduce_smem + 8);
 }
