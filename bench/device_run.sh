@@ -9,9 +9,11 @@
 #   CLI=0 skips the CLI benchmark; DENSE_MAX=32768 (tokens) bounds the lengths whose dense path is timed
 #   SDPA=1 adds bench/sdpa_baseline.py (PyTorch SDPA) in a separate process
 #   NCU_SCORE=128K profiles one launch of the score kernel at that length (ncu, no clock control)
+#   NCU_SOURCE=1 (with NCU_SCORE) adds per-instruction stall samples of that launch ($OUT/score_source.csv)
 #   PYEXT=1 builds the Python extension in the same build and puts it in python/flashprefill
 #   GPU_BENCH="--lengths ... [--reference .ext --fpv2 .ext]" runs bench/gpu_bench.py with those arguments
 #   BASELINES=1 runs .ext/check_baselines.py first (the external baselines against SDPA)
+#   WGMMA_PROBE=1 builds and runs bench/wgmma_probe.cu (wgmma throughput by shape and CTAs per SM)
 set -uo pipefail
 LENGTHS=${1:-4K,16K,32K}
 OUT=${OUT:-/tmp/out}
@@ -44,6 +46,17 @@ if [ -n "${NCU_SCORE:-}" ]; then
   echo "ncu exit $?"
   grep -E "Duration|Compute \(SM\) Throughput|L2 Cache Throughput|Executed Ipc Active|Issue Slots Busy|No Eligible|Achieved Active Warps|Registers Per Thread|Executed Instructions  " "$OUT/ncu_score.txt" | head -12
   grep -E "stalled|pipe_tensor|pipe_uniform" "$OUT/ncu_score.txt" | awk '$NF+0 > 0.05 || /tensor|uniform/' | head -24
+  if [ "${NCU_SOURCE:-0}" = 1 ]; then
+    timeout 200 ncu --clock-control none --section SourceCounters --import-source no --kernel-name regex:score_rows_kernel --launch-skip 2 \
+      --launch-count 1 -f -o /tmp/score_source $B/flashprefill bench --backend cuda --shape llama3-8b --seq-len "$NCU_SCORE" --no-dense \
+      --repeats 1 --recall-samples 1 > "$OUT/ncu_source.log" 2>&1; echo "ncu source exit $?"
+    ncu -i /tmp/score_source.ncu-rep --page source --csv --print-source sass > "$OUT/score_source.csv" 2>> "$OUT/ncu_source.log"
+    echo "source rows: $(wc -l < "$OUT/score_source.csv")"; head -c 600 "$OUT/score_source.csv"; echo
+  fi
+fi
+if [ "${WGMMA_PROBE:-0}" = 1 ]; then
+  nvcc -std=c++20 -O3 -arch=sm_90a -I src -I "${CUTLASS_INCLUDE:-.ext/cutlass/include}" bench/wgmma_probe.cu -o /tmp/wgmma_probe > "$OUT/wgmma_probe_build.log" 2>&1 \
+    && /tmp/wgmma_probe | tee "$OUT/wgmma_probe.txt"
 fi
 if [ "${BASELINES:-0}" = 1 ]; then
   timeout 300 python3 .ext/check_baselines.py > "$OUT/baselines.log" 2>&1; echo "baselines check exit $?"; grep -v -i warn "$OUT/baselines.log" | tail -6
