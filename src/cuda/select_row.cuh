@@ -14,6 +14,7 @@
 
 #include "common/problem.hpp"
 #include "cuda/discovery.cuh"
+#include "cuda/mma.cuh"
 
 namespace flashprefill::cuda::discovery {
 
@@ -73,8 +74,8 @@ constexpr int kCountBarrier = 2;
 // Steps 3-4 for one row: the kept bitmask (`words` 32-bit words) and its popcount. min_budget
 // ties go to the smaller j (as the CPU backend). reduce_smem: the scratch above. Without
 // min_budget there is no full barrier: warp 0 waits for the others' counts and writes the total,
-// the other warps go on (a persistent caller must not let them rewrite log_score or the scratch
-// before every warp has passed a barrier of its next row).
+// the other warps return at once (so a caller may not reuse log_score or the scratch after this
+// without a barrier first).
 __device__ inline void select_row(const detail::Problem& p, const float* log_score, float max_log_score, int64_t num_j,
                                   int64_t block_abs, int64_t num_kv_blocks, uint32_t* bits, int64_t words, int64_t* count,
                                   float* reduce_smem) {
@@ -84,6 +85,7 @@ __device__ inline void select_row(const detail::Problem& p, const float* log_sco
   // Budget: the min_budget best blocks, found one by one (min_budget is small).
   __shared__ int64_t budget_pick[64];
   const int budget = int(min(int64_t(min(p.params.min_budget, 64)), num_j));
+  float* best_of_warp = reduce_smem + kBudgetScratch;
   for (int n = 0; n < budget; ++n) {
     float best = -INFINITY;
     int64_t best_j = num_j;
@@ -97,14 +99,14 @@ __device__ inline void select_row(const detail::Problem& p, const float* log_sco
       const int64_t other_j = __shfl_xor_sync(0xffffffffu, best_j, offset);
       if (other_j != num_j && (best_j == num_j || other > best || (other == best && other_j < best_j))) best = other, best_j = other_j;
     }
-    if (tid % 32 == 0) reduce_smem[tid / 32] = best, reinterpret_cast<int64_t*>(reduce_smem + 32)[tid / 32] = best_j;
+    if (tid % 32 == 0) best_of_warp[tid / 32] = best, reinterpret_cast<int64_t*>(best_of_warp + 32)[tid / 32] = best_j;
     __syncthreads();
     if (tid == 0) {
       float b = -INFINITY;
       int64_t bj = num_j;
       for (int w = 0; w < threads / 32; ++w) {
-        const float v = reduce_smem[w];
-        const int64_t vj = reinterpret_cast<int64_t*>(reduce_smem + 32)[w];
+        const float v = best_of_warp[w];
+        const int64_t vj = reinterpret_cast<int64_t*>(best_of_warp + 32)[w];
         if (vj != num_j && (bj == num_j || v > b || (v == b && vj < bj))) b = v, bj = vj;
       }
       budget_pick[n] = bj;
@@ -134,10 +136,10 @@ __device__ inline void select_row(const detail::Problem& p, const float* log_sco
   int* warp_kept = reinterpret_cast<int*>(reduce_smem + kCountScratch);
   if (tid % 32 == 0) warp_kept[tid / 32] = kept;
   if (tid >= 32) {
-    asm volatile("bar.arrive %0, %1;" ::"r"(kCountBarrier), "r"(threads) : "memory");
+    sm80::named_barrier_arrive(kCountBarrier, threads);
     return;
   }
-  asm volatile("bar.sync %0, %1;" ::"r"(kCountBarrier), "r"(threads) : "memory");
+  sm80::named_barrier_sync(kCountBarrier, threads);
   if (tid == 0) {
     int64_t total = 0;
     for (int w = 0; w < threads / 32; ++w) total += warp_kept[w];

@@ -16,6 +16,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "cuda/mma.cuh"
+
 namespace flashprefill::cuda::sm90 {
 
 namespace gmma = cute::SM90::GMMA;
@@ -157,14 +159,9 @@ __device__ __forceinline__ void barrier_arrive_expect_tx(uint64_t* barrier, uint
   Barrier::arrive_and_expect_tx(barrier, bytes);
 }
 
-// Named barriers (bar.sync / bar.arrive, ids 1-15; 0 is __syncthreads) among `threads` threads,
-// a multiple of 32: the warps that take part.
-__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
-__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
+// Named barriers: the sm_80 ones (cuda/mma.cuh), which the selection shared by both kernel families uses too.
+using sm80::named_barrier_arrive;
+using sm80::named_barrier_sync;
 
 // 2^x on the SFU (ex2.approx: ~2 ulp, far below bf16/fp16 output precision); exp2(-inf) = 0.
 __device__ __forceinline__ float fast_exp2(float x) {
