@@ -361,14 +361,15 @@ TEST(Cuda, SkippedExponentialsKeepTheLayout) {
   }
 }
 
-// Rows of three or more key tiles (over 128 key blocks): the score kernel's tile order (diagonal,
-// sinks, then descending) and its stage ring wrapping within a row, against the CPU backend.
+// Rows of one to five key tiles (up to 282 key blocks): the score kernel's tile order (diagonal,
+// sinks, then descending), its tiles in pairs on two accumulators with an odd last tile, and its
+// stage ring wrapping within a row, against the CPU backend.
 // Structured input (most exponentials skipped) with and without min_budget, then random chunked
 // fp16 input (few skipped).
 TEST(Cuda, ScoreRowsOfManyTiles) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);
-  HostBatch host = structured_batch(SyntheticShape{1, 20000, 4, 2, 64}, seed);
+  HostBatch host = structured_batch(SyntheticShape{1, 36000, 4, 2, 64}, seed);
   DeviceBatch device(host);
   for (int min_budget : {0, 2}) {
     SCOPED_TRACE("structured, min_budget=" + std::to_string(min_budget));
@@ -377,7 +378,7 @@ TEST(Cuda, ScoreRowsOfManyTiles) {
     check_layout_matches_cpu(host, device, params);
   }
   SCOPED_TRACE("random, chunked");
-  HostBatch random = padded_batch(Shape{2, 9000, 17000, 4, 2, 64}, DType::fp16, seed + 1);
+  HostBatch random = padded_batch(Shape{2, 9000, 30000, 4, 2, 64}, DType::fp16, seed + 1);  // rows of 3-4 tiles
   DeviceBatch random_device(random);
   Params params;
   params.alpha = 0.3f;
