@@ -69,8 +69,11 @@ struct Problem {
   }
   // First pooled-key slot of sequence b (see pool_keys in flashprefill.hpp): varlen slots need no
   // prefix sum because cu_seqlens_kv[b] / B + b never overlaps the next sequence's first slot.
-  FP_HOST_DEVICE int64_t pooled_slot0(int64_t b, const SeqExtent& s) const {
-    return varlen ? s.kv_token0 / params.block_size + b : b * num_key_blocks(len_kv, params.block_size);
+  // `block`: params.block_size, which a kernel specialised for one block size may pass as a
+  // constant (the divisions become shifts).
+  FP_HOST_DEVICE int64_t pooled_slot0(int64_t b, const SeqExtent& s) const { return pooled_slot0(b, s, params.block_size); }
+  FP_HOST_DEVICE int64_t pooled_slot0(int64_t b, const SeqExtent& s, int64_t block) const {
+    return varlen ? s.kv_token0 / block + b : b * num_key_blocks(len_kv, block);
   }
 };
 

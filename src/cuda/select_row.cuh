@@ -20,12 +20,15 @@ namespace flashprefill::cuda::discovery {
 
 // The layout row of a score CTA. Grid: x over (query block, head) with heads fastest and the last
 // query blocks (the longest rows of the causal triangle) first, so the grid ends on short rows and
-// the heads of one GQA group run side by side; y is the sequence.
+// the heads of one GQA group run side by side; y is the sequence. kBlock: the block size when the
+// kernel is specialised for one (its 64-bit divisions, a subroutine call each, become shifts), 0
+// for params.block_size.
 struct RowOfGrid {
   int64_t seq, head, block_local, block_abs, row, num_kv_blocks;
   detail::SeqExtent extent;
   bool valid;
 };
+template <int kBlock = 0>
 __device__ inline RowOfGrid row_of_grid(const detail::Problem& p, const int64_t* seq_row_offset) {
   RowOfGrid r{};
   const int32_t heads = int32_t(p.heads_q);
@@ -34,7 +37,7 @@ __device__ inline RowOfGrid row_of_grid(const detail::Problem& p, const int64_t*
   r.block_local = grid_blocks - 1 - int32_t(blockIdx.x) / heads;
   r.seq = blockIdx.y;
   r.extent = p.seq(r.seq);
-  const int64_t block = p.params.block_size;
+  const int64_t block = kBlock > 0 ? kBlock : p.params.block_size;
   const int64_t nqb = num_query_blocks(r.extent.len_q, r.extent.len_kv, block);
   r.valid = r.block_local < nqb;
   r.block_abs = first_query_block(r.extent.len_q, r.extent.len_kv, block) + r.block_local;

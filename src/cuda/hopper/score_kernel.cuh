@@ -196,7 +196,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
                       const __grid_constant__ ScoreMaps maps) {
   using namespace sm90;
   constexpr int kStages = Traits::kStages, kKeyTile = Traits::kKeyTile;
-  const RowOfGrid r = row_of_grid(p, seq_row_offset);
+  constexpr int kBlock = Traits::kBlockM;  // == params.block_size (supports() in score.cu)
+  const RowOfGrid r = row_of_grid<kBlock>(p, seq_row_offset);
   if (!r.valid) return;
 
   extern __shared__ unsigned char smem_raw[];
@@ -209,18 +210,18 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   uint64_t* q_full = key_full + kStages;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4;
-  const int64_t block = p.params.block_size, shift = r.extent.len_kv - r.extent.len_q;
-  const int64_t block_start = r.block_abs * block;
-  const int64_t kv_head = r.head / p.group;
-  const int32_t slot0 = int32_t(p.pooled_slot0(r.seq, r.extent));
+  const int64_t shift = r.extent.len_kv - r.extent.len_q;
+  const int64_t block_start = r.block_abs * kBlock;
+  const int32_t kv_head = int32_t(r.head) / int32_t(p.group);  // 32-bit: no 64-bit division call
+  const int32_t slot0 = int32_t(p.pooled_slot0(r.seq, r.extent, kBlock));
   const int64_t num_j = r.block_abs + 1;
-  const RowGeometry geometry{int32_t(block_start), int32_t(shift), int32_t(r.extent.len_kv), int32_t(num_j), int32_t(block)};
+  const RowGeometry geometry{int32_t(block_start), int32_t(shift), int32_t(r.extent.len_kv), int32_t(num_j), kBlock};
 
   // Rows the selection keeps whole (the last query blocks) need no scores when only the layout is
   // wanted: every causal block is kept whatever its score.
   const bool skip_scores = scores == nullptr && r.block_abs >= r.num_kv_blocks - p.params.last_full_blocks;
   const int num_tiles = skip_scores ? 0 : int((num_j + kKeyTile - 1) / kKeyTile);
-  const bool partial_block = block_start < shift || block_start + block > r.extent.len_kv;
+  const bool partial_block = block_start < shift || block_start + kBlock > r.extent.len_kv;
   float warp_max_so_far = -INFINITY, thread_max_log_score = -INFINITY;
   if (skip_scores)
     for (int64_t j = tid; j < num_j; j += Traits::kThreads) log_score[j] = 0.0f;
