@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A/B of the C++ CLI in one device call: the working tree (B) against a git revision (A), both built
 # here, their runs interleaved (A B A B ...) so that clock drift lands on both. Prints, per length,
-# the median discovery / attention / total of each side and B/A.
+# the median discovery / attention / total of each side and B/A. The device's git history can lag
+# behind local commits (there, HEAD was the session's first commit): the line "A = ..." names the
+# revision actually built.
 # Usage (on the device, after bench/device_run.sh built the working tree in /tmp/fp-build):
 #   BASE=HEAD ROUNDS=3 bash bench/ab_cli.sh 32K,128K,256K
 # Extra CMake flags for either side: A_FLAGS / B_FLAGS (e.g. B_FLAGS=-DCMAKE_CUDA_FLAGS=-DX=1
