@@ -8,6 +8,11 @@ bash scripts/build.sh
 PY=${PYTHON:-python3}
 export PATH="$($PY -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 (cd build && ctest --output-on-failure -j "$(nproc)")
+# CTest lists skipped tests without their output: say why the CUDA ones skipped.
+skipped_gpu=$(grep -c "no CUDA device" build/Testing/Temporary/LastTest.log 2>/dev/null || true)
+if [ "${skipped_gpu:-0}" -gt 0 ]; then
+  echo "$skipped_gpu CUDA tests skipped: $(grep -m1 "no CUDA device" build/Testing/Temporary/LastTest.log)"
+fi
 if [ -d python/tests ]; then
   $PY -m pip install -q --no-build-isolation ./python
   set +e
