@@ -102,11 +102,22 @@ inline StageShapes stage_shapes_of(const Problem& p) {
   return s;
 }
 
-// ALGORITHM.md step 3's forced blocks, on absolute block indices: sinks, the local window and
-// the last query blocks of the sequence (counted on the key axis, so chunked prefill agrees
-// with a full prefill of the same sequence). The caller guarantees j <= i.
+// ALGORITHM.md step 3's forced blocks of one row (query block i), on absolute block indices: the
+// sinks (j < sink_end), the local window (i - j < window_blocks, so j >= window_start) and every
+// block of the last query blocks of the sequence (counted on the key axis, so chunked prefill
+// agrees with a full prefill of the same sequence). Its bounds are made once per row; `Index` is
+// the caller's block index type (int32 in kernels: block indices fit, see make_problem). The caller
+// guarantees j <= i.
+template <typename Index>
+struct ForcedBlocks {
+  bool whole_row;
+  Index sink_end, window_start;
+  FP_HOST_DEVICE ForcedBlocks(int64_t i, int64_t num_kv_blocks, const Params& p)
+      : whole_row(i >= num_kv_blocks - p.last_full_blocks), sink_end(Index(p.sink_blocks)), window_start(Index(i - p.window_blocks + 1)) {}
+  FP_HOST_DEVICE bool contains(Index j) const { return whole_row || j < sink_end || j >= window_start; }
+};
 FP_HOST_DEVICE inline bool always_kept(int64_t i, int64_t j, int64_t num_kv_blocks, const Params& p) {
-  return j < p.sink_blocks || i - j < p.window_blocks || i >= num_kv_blocks - p.last_full_blocks;
+  return ForcedBlocks<int64_t>(i, num_kv_blocks, p).contains(j);
 }
 
 // Step 2's visibility rule: key block j counts for query position pos only if all its valid

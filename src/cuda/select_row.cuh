@@ -117,16 +117,14 @@ __device__ inline void select_row(const detail::Problem& p, const float* log_sco
     __syncthreads();
   }
   // One block per thread, a word per warp by ballot (threads is a multiple of 32): no serial loop
-  // over a word's bits. Words past the row's blocks are written as zeros. detail::always_kept as
-  // bounds on j, in 32 bits (block indices fit, see make_problem): sinks below, window above.
-  const bool row_whole = block_abs >= num_kv_blocks - p.params.last_full_blocks;
-  const int32_t sink_end = p.params.sink_blocks, window_start = int32_t(block_abs) - p.params.window_blocks + 1;
+  // over a word's bits. Words past the row's blocks are written as zeros.
+  const detail::ForcedBlocks<int32_t> forced(block_abs, num_kv_blocks, p.params);
   const int32_t blocks = int32_t(num_j);
   int kept = 0;
   for (int32_t j = tid; j < int32_t(words) * 32; j += threads) {
     bool keep = false;
     if (j < blocks) {
-      keep = row_whole || j < sink_end || j >= window_start || log_score[j] >= threshold;
+      keep = forced.contains(j) || log_score[j] >= threshold;
       for (int m = 0; m < budget; ++m) keep |= budget_pick[m] == j;
     }
     const uint32_t word = __ballot_sync(0xffffffffu, keep);

@@ -75,7 +75,7 @@ __device__ inline int key_tile_at(int step, int num_tiles) {
 
 // What the tile epilogues need of the row (32-bit: positions fit, see make_problem).
 struct RowGeometry {
-  int32_t block_start, shift, len_kv, num_j, block;
+  int32_t block_start, shift, len_kv, num_j;
 };
 
 // Descriptors of a K-major operand of `Panels` (64-column panels) at `address`, one per k16 step:
@@ -145,7 +145,7 @@ __device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t 
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       first_visible[half] = INT32_MAX;
-      if (j[half] < row.num_j) first_visible[half] = max(min((j[half] + 1) * row.block, row.len_kv) - 1, row.shift);
+      if (j[half] < row.num_j) first_visible[half] = max(min((j[half] + 1) * Traits::kBlockM, row.len_kv) - 1, row.shift);
     }
     const int32_t pos0 = row.block_start + 2 * quad;
 #pragma unroll
@@ -215,7 +215,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   const int32_t kv_head = int32_t(r.head) / int32_t(p.group);  // 32-bit: no 64-bit division call
   const int32_t slot0 = int32_t(p.pooled_slot0(r.seq, r.extent, kBlock));
   const int64_t num_j = r.block_abs + 1;
-  const RowGeometry geometry{int32_t(block_start), int32_t(shift), int32_t(r.extent.len_kv), int32_t(num_j), kBlock};
+  const RowGeometry geometry{int32_t(block_start), int32_t(shift), int32_t(r.extent.len_kv), int32_t(num_j)};
 
   // Rows the selection keeps whole (the last query blocks) need no scores when only the layout is
   // wanted: every causal block is kept whatever its score.
