@@ -3,7 +3,7 @@
 # Python package's tests). GPU tests skip with a message where there is no GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install_deps.sh
+bash scripts/install_deps.sh --test
 bash scripts/build.sh
 PY=${PYTHON:-python3}
 export PATH="$($PY -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"

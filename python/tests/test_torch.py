@@ -194,21 +194,21 @@ def test_transformers_alpha_defaults_by_model_type():
         fpt.configure(alpha=saved)
 
 
-@needs_gpu
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_gpu)])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral"])
-def test_transformers_model_matches_sdpa_and_generates(rng, family):
-    transformers = pytest.importorskip("transformers")
+def test_transformers_model_matches_sdpa_and_generates(rng, family, device):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
     import flashprefill.integrations.transformers as fpt
     config, model_class = _small_config(transformers, family)
     torch.manual_seed(int(rng.integers(1 << 30)))
     # Separate configs: the attention implementation is a config attribute.
     ref_model = model_class._from_config(copy.deepcopy(config), attn_implementation="sdpa")
-    ref_model = ref_model.to("cuda", torch.bfloat16).eval()
+    ref_model = ref_model.to(device, torch.bfloat16).eval()
     ours = model_class._from_config(copy.deepcopy(config), attn_implementation="flashprefill")
-    ours = ours.to("cuda", torch.bfloat16).eval()
+    ours = ours.to(device, torch.bfloat16).eval()
     ours.load_state_dict(ref_model.state_dict())
     assert ours.config._attn_implementation == "flashprefill" and ref_model.config._attn_implementation == "sdpa"
-    ids = torch.randint(0, 512, (1, 2048), device="cuda")
+    ids = torch.randint(0, 512, (1, 2048), device=device)
     fpt.configure(alpha=0.0, threshold=1024, collect_density=True)
     fpt.settings.densities.clear()
     with torch.no_grad():
