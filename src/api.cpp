@@ -310,15 +310,6 @@ void check_pooled(const Problem& p, const TensorView& pooled) {
   check_same_device(pooled, "pooled_keys", p.device);
 }
 
-constexpr size_t kAlign = 256;
-size_t align_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
-
-// The pieces of flash_prefill's workspace, in order.
-struct WorkspacePlan {
-  size_t seq_row_offset = 0, row_ptr = 0, col_idx = 0, discover = 0, attention = 0;
-  size_t total() const { return seq_row_offset + row_ptr + col_idx + discover + attention; }
-};
-
 BlockSparseLayout layout_view(const Problem& p, void* seq_row_offset, void* row_ptr, void* col_idx) {
   const StageShapes s = detail::stage_shapes_of(p);
   BlockSparseLayout layout;
@@ -333,15 +324,33 @@ BlockSparseLayout layout_view(const Problem& p, void* seq_row_offset, void* row_
   return layout;
 }
 
-WorkspacePlan plan_workspace(const Problem& p) {
+detail::DiscoveryPlan plan_discovery(const Problem& p, int64_t max_rows) {
+  return is_cpu(p) ? cpu::plan_discovery(p, max_rows) : cuda::plan_discovery(p, max_rows);
+}
+detail::AttentionPlan plan_attention(const Problem& p, int64_t max_rows) {
+  return is_cpu(p) ? cpu::plan_attention(p, max_rows) : cuda::plan_attention(p, max_rows);
+}
+
+// flash_prefill's workspace: the layout, then discovery's scratch, then attention's.
+struct FlashPrefillPlan {
+  detail::Region seq_row_offset, row_ptr, col_idx, discovery, attention;
+  detail::DiscoveryPlan discovery_plan;  // offsets from discovery.offset
+  detail::AttentionPlan attention_plan;  // offsets from attention.offset
+  size_t bytes = 0;
+};
+
+FlashPrefillPlan plan_flash_prefill(const Problem& p) {
   const StageShapes s = detail::stage_shapes_of(p);
-  WorkspacePlan plan;
-  plan.seq_row_offset = align_up(size_t(p.num_seqs + 1) * 8);
-  plan.row_ptr = align_up(size_t(s.max_rows + 1) * 8);
-  plan.col_idx = align_up(size_t(s.max_cols) * 4);
-  const BlockSparseLayout sized = layout_view(p, nullptr, nullptr, nullptr);
-  plan.discover = align_up(is_cpu(p) ? cpu::discover_workspace_size(p) : cuda::discover_workspace_size(p));
-  plan.attention = align_up(is_cpu(p) ? cpu::attention_workspace_size(p, sized) : cuda::attention_workspace_size(p, sized));
+  FlashPrefillPlan plan;
+  detail::RegionAllocator regions;
+  plan.seq_row_offset = regions.take(size_t(p.num_seqs + 1) * 8);
+  plan.row_ptr = regions.take(size_t(s.max_rows + 1) * 8);
+  plan.col_idx = regions.take(size_t(s.max_cols) * 4);
+  plan.discovery_plan = plan_discovery(p, s.max_rows);
+  plan.discovery = regions.take(plan.discovery_plan.bytes);
+  plan.attention_plan = plan_attention(p, s.max_rows);
+  plan.attention = regions.take(plan.attention_plan.bytes);
+  plan.bytes = regions.bytes();
   return plan;
 }
 
@@ -418,20 +427,20 @@ void select_blocks(const AttentionArgs& args, const Params& params, const Tensor
 void discover_layout(const AttentionArgs& args, const Params& params, const BlockSparseLayout& layout, Workspace workspace) {
   const Problem p = make_problem(args, params, Needs::discovery);
   check_layout(p, layout, "discover_layout");
-  const size_t needed = is_cpu(p) ? cpu::discover_workspace_size(p) : cuda::discover_workspace_size(p);
-  char* scratch = take_workspace(p, workspace, needed, "discover_layout");
-  if (is_cpu(p)) cpu::discover_layout(p, layout, scratch);
-  else cuda::discover_layout(p, layout, scratch);
+  const detail::DiscoveryPlan plan = plan_discovery(p, layout.max_rows);
+  char* scratch = take_workspace(p, workspace, plan.bytes, "discover_layout");
+  if (is_cpu(p)) cpu::discover_layout(p, layout, plan, scratch);
+  else cuda::discover_layout(p, layout, plan, scratch);
 }
 
 void block_sparse_attention(const AttentionArgs& args, const Params& params, const BlockSparseLayout& layout, Workspace workspace) {
   const Problem p = make_problem(args, params, Needs::attention);
   check_layout(p, layout, "block_sparse_attention");
   if (nothing_to_do(p)) return;
-  const size_t needed = is_cpu(p) ? cpu::attention_workspace_size(p, layout) : cuda::attention_workspace_size(p, layout);
-  char* scratch = take_workspace(p, workspace, needed, "block_sparse_attention");
-  if (is_cpu(p)) cpu::block_sparse_attention(p, layout, scratch);
-  else cuda::block_sparse_attention(p, layout, scratch);
+  const detail::AttentionPlan plan = plan_attention(p, layout.max_rows);
+  char* scratch = take_workspace(p, workspace, plan.bytes, "block_sparse_attention");
+  if (is_cpu(p)) cpu::block_sparse_attention(p, layout, plan, scratch);
+  else cuda::block_sparse_attention(p, layout, plan, scratch);
 }
 
 void dense_attention(const AttentionArgs& args, const Params& params) {
@@ -442,26 +451,24 @@ void dense_attention(const AttentionArgs& args, const Params& params) {
 }
 
 size_t flash_prefill_workspace_size(const AttentionArgs& args, const Params& params) {
-  return plan_workspace(make_problem(args, params, Needs::attention)).total();
+  return plan_flash_prefill(make_problem(args, params, Needs::attention)).bytes;
 }
 
 void flash_prefill(const AttentionArgs& args, const Params& params, Workspace workspace) {
   const Problem p = make_problem(args, params, Needs::attention);
   if (nothing_to_do(p)) return;
-  const WorkspacePlan plan = plan_workspace(p);
-  char* base = take_workspace(p, workspace, plan.total(), "flash_prefill");
-  char* seq_row_offset = base;
-  char* row_ptr = seq_row_offset + plan.seq_row_offset;
-  char* col_idx = row_ptr + plan.row_ptr;
-  char* discover_scratch = col_idx + plan.col_idx;
-  char* attention_scratch = discover_scratch + plan.discover;
-  const BlockSparseLayout layout = layout_view(p, seq_row_offset, row_ptr, col_idx);
+  const FlashPrefillPlan plan = plan_flash_prefill(p);
+  char* base = take_workspace(p, workspace, plan.bytes, "flash_prefill");
+  const BlockSparseLayout layout = layout_view(p, plan.seq_row_offset.in<void>(base), plan.row_ptr.in<void>(base),
+                                               plan.col_idx.in<void>(base));
+  void* discovery_scratch = plan.discovery.in<void>(base);
+  void* attention_scratch = plan.attention.in<void>(base);
   if (is_cpu(p)) {
-    cpu::discover_layout(p, layout, discover_scratch);
-    cpu::block_sparse_attention(p, layout, attention_scratch);
+    cpu::discover_layout(p, layout, plan.discovery_plan, discovery_scratch);
+    cpu::block_sparse_attention(p, layout, plan.attention_plan, attention_scratch);
   } else {
-    cuda::discover_layout(p, layout, discover_scratch);
-    cuda::block_sparse_attention(p, layout, attention_scratch);
+    cuda::discover_layout(p, layout, plan.discovery_plan, discovery_scratch);
+    cuda::block_sparse_attention(p, layout, plan.attention_plan, attention_scratch);
   }
 }
 

@@ -79,13 +79,4 @@ FP_HOST_DEVICE inline uint16_t float_to_half_bits(float f, DType dtype) {
 // The value as the 16-bit dtype holds it (round to nearest even).
 FP_HOST_DEVICE inline float rounded_to(float f, DType dtype) { return half_bits_to_float(float_to_half_bits(f, dtype), dtype); }
 
-template <bool kIsBf16>
-FP_HOST_DEVICE inline float half_to_float(uint16_t h) {
-  if constexpr (kIsBf16) return bf16_to_float(h); else return fp16_to_float(h);
-}
-template <bool kIsBf16>
-FP_HOST_DEVICE inline uint16_t float_to_half(float f) {
-  if constexpr (kIsBf16) return float_to_bf16(f); else return float_to_fp16(f);
-}
-
 }  // namespace flashprefill::detail

@@ -271,8 +271,8 @@ void build_layout(const Problem& p, const BlockSparseLayout& layout, SelectRow&&
 
 }  // namespace
 
-size_t discover_workspace_size(const Problem& p) { return 0; }
-size_t attention_workspace_size(const Problem& p, const BlockSparseLayout& layout) { return 0; }
+detail::DiscoveryPlan plan_discovery(const Problem& p, int64_t max_rows) { return {}; }  // no scratch
+detail::AttentionPlan plan_attention(const Problem& p, int64_t max_rows) { return {}; }
 
 void fill_seq_row_offsets(const Problem& p, const BlockSparseLayout& layout) {
   const std::vector<int64_t> offsets = seq_row_offsets(p);
@@ -328,7 +328,7 @@ void select_blocks(const Problem& p, const float* scores, int64_t ld, const Bloc
   build_layout(p, layout, [&](int64_t n, const Row& r, int32_t* kept, Scratch&) { return select_row(p, r, scores + n * ld, kept); });
 }
 
-void discover_layout(const Problem& p, const BlockSparseLayout& layout, void* workspace) {
+void discover_layout(const Problem& p, const BlockSparseLayout& layout, const detail::DiscoveryPlan&, void*) {
   const int64_t slots = detail::stage_shapes_of(p).pooled_key_slots;
   std::vector<float> pooled(static_cast<size_t>(slots * p.heads_kv * p.head_dim));
   pool_keys(p, pooled.data());
@@ -343,7 +343,7 @@ void discover_layout(const Problem& p, const BlockSparseLayout& layout, void* wo
   });
 }
 
-void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, void* workspace) {
+void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, const detail::AttentionPlan&, void*) {
   const std::vector<Row> rows = enumerate_rows(p);
   const int64_t* row_ptr = layout.row_ptr.ptr<const int64_t>();
   const int32_t* col_idx = layout.col_idx.ptr<const int32_t>();

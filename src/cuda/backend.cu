@@ -19,9 +19,6 @@ namespace {
 
 using detail::Problem;
 
-constexpr size_t kAlign = 256;
-size_t align_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
-
 int64_t max_rows_of(const Problem& p) { return detail::stage_shapes_of(p).max_rows; }
 
 void check_block_size(const Problem& p) {
@@ -51,26 +48,10 @@ __global__ void schedule_keys_kernel(const int64_t* seq_row_offset, int64_t num_
   }
 }
 
-// Attention scratch: the persistent kernel's row counter, then (varlen only) the row sort.
-struct SchedulePlan {
-  size_t counter = kAlign, keys = 0, sort_temp = 0;
-  size_t total() const { return counter + 4 * keys + sort_temp; }
-};
 // Varlen batches are sorted by kept-block count, longest first; padded batches need no sort:
 // row_at's natural order (last query blocks first) already starts the long rows of a causal layout
 // first, and the kernels take rows dynamically, so the tail is short rows.
 bool sorts_rows(const Problem& p) { return p.varlen; }
-SchedulePlan schedule_plan(const Problem& p, int64_t max_rows) {
-  SchedulePlan plan;
-  if (!sorts_rows(p)) return plan;
-  plan.keys = align_up(size_t(max_rows) * 4);
-  size_t sort_bytes = 0;
-  FP_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
-                                                static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
-                                                int(max_rows > 0 ? max_rows : 1)));
-  plan.sort_temp = align_up(sort_bytes);
-  return plan;
-}
 
 }  // namespace
 
@@ -91,13 +72,31 @@ bool use_hopper_kernels(const DeviceInfo& info) {
 #endif
 }
 
-size_t discover_workspace_size(const Problem& p) {
+detail::DiscoveryPlan plan_discovery(const Problem& p, int64_t max_rows) {
   check_block_size(p);
-  return discovery::plan(p, max_rows_of(p)).total();
+  return discovery::plan(p, max_rows);
 }
 
-size_t attention_workspace_size(const Problem& p, const BlockSparseLayout& layout) {
-  return schedule_plan(p, layout.max_rows).total();
+// The persistent kernel's row counter, then (varlen only) the row sort.
+detail::AttentionPlan plan_attention(const Problem& p, int64_t max_rows) {
+  detail::AttentionPlan plan;
+  plan.max_rows = max_rows;
+  detail::RegionAllocator regions;
+  plan.work_counter = regions.take(sizeof(int));
+  if (sorts_rows(p)) {
+    const size_t keys = size_t(max_rows) * 4;
+    plan.sort_keys_in = regions.take(keys);
+    plan.sort_keys_out = regions.take(keys);
+    plan.sort_rows_in = regions.take(keys);
+    plan.sort_rows_out = regions.take(keys);
+    size_t sort_bytes = 0;
+    FP_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const int32_t*>(nullptr),
+                                                  static_cast<int32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+                                                  static_cast<int32_t*>(nullptr), int(max_rows > 0 ? max_rows : 1)));
+    plan.sort_temp = regions.take(sort_bytes);
+  }
+  plan.bytes = regions.bytes();
+  return plan;
 }
 
 void fill_seq_row_offsets(const Problem& p, const BlockSparseLayout& layout) {
@@ -106,19 +105,21 @@ void fill_seq_row_offsets(const Problem& p, const BlockSparseLayout& layout) {
 
 void pool_keys(const Problem& p, float* pooled_keys) {
   check_block_size(p);
-  const discovery::Plan plan = discovery::plan(p, 0);
-  discovery::Buffers buffers = discovery::carve(plan, detail::cached_workspace(p.device, p.stream, plan.total()));
+  const detail::DiscoveryPlan plan = discovery::plan(p, 0);
+  discovery::Buffers buffers = discovery::carve(plan, detail::cached_workspace(p.device, p.stream, plan.bytes));
   buffers.pooled = pooled_keys;
   discovery::pool_keys(p, buffers);
 }
 
 void block_scores(const Problem& p, const float* pooled_keys, float* scores, int64_t ld) {
   check_block_size(p);
-  const discovery::Plan plan = discovery::plan(p, max_rows_of(p));
-  const size_t offsets_bytes = align_up(size_t(p.num_seqs + 1) * 8);
-  char* scratch = static_cast<char*>(detail::cached_workspace(p.device, p.stream, plan.total() + offsets_bytes));
-  const discovery::Buffers buffers = discovery::carve(plan, scratch + offsets_bytes);
-  auto* seq_row_offset = reinterpret_cast<int64_t*>(scratch);
+  const detail::DiscoveryPlan plan = discovery::plan(p, max_rows_of(p));
+  detail::RegionAllocator regions;
+  const detail::Region offsets = regions.take(size_t(p.num_seqs + 1) * 8);
+  const detail::Region discovery_scratch = regions.take(plan.bytes);
+  void* scratch = detail::cached_workspace(p.device, p.stream, regions.bytes());
+  const discovery::Buffers buffers = discovery::carve(plan, discovery_scratch.in<void>(scratch));
+  auto* seq_row_offset = offsets.in<int64_t>(scratch);
   discovery::fill_seq_row_offsets(p, seq_row_offset);
   discovery::round_pooled(p, pooled_keys, plan.slots, buffers);
   FP_CUDA_CHECK(cudaMemsetAsync(scores, 0, size_t(max_rows_of(p) * ld) * 4, static_cast<cudaStream_t>(p.stream)));
@@ -127,8 +128,8 @@ void block_scores(const Problem& p, const float* pooled_keys, float* scores, int
 
 void select_blocks(const Problem& p, const float* scores, int64_t ld, const BlockSparseLayout& layout) {
   check_block_size(p);
-  const discovery::Plan plan = discovery::plan(p, layout.max_rows);
-  const discovery::Buffers buffers = discovery::carve(plan, detail::cached_workspace(p.device, p.stream, plan.total()));
+  const detail::DiscoveryPlan plan = discovery::plan(p, layout.max_rows);
+  const discovery::Buffers buffers = discovery::carve(plan, detail::cached_workspace(p.device, p.stream, plan.bytes));
   auto* seq_row_offset = layout.seq_row_offset.ptr<int64_t>();
   discovery::fill_seq_row_offsets(p, seq_row_offset);
   FP_CUDA_CHECK(cudaMemsetAsync(buffers.counts, 0, size_t(layout.max_rows) * 8, static_cast<cudaStream_t>(p.stream)));
@@ -136,9 +137,8 @@ void select_blocks(const Problem& p, const float* scores, int64_t ld, const Bloc
   discovery::compact(p, buffers, layout.max_rows, layout.row_ptr.ptr<int64_t>(), layout.col_idx.ptr<int32_t>());
 }
 
-void discover_layout(const Problem& p, const BlockSparseLayout& layout, void* workspace) {
+void discover_layout(const Problem& p, const BlockSparseLayout& layout, const detail::DiscoveryPlan& plan, void* workspace) {
   check_block_size(p);
-  const discovery::Plan plan = discovery::plan(p, layout.max_rows);
   const discovery::Buffers buffers = discovery::carve(plan, workspace);
   auto* seq_row_offset = layout.seq_row_offset.ptr<int64_t>();
   discovery::fill_seq_row_offsets(p, seq_row_offset);
@@ -148,9 +148,7 @@ void discover_layout(const Problem& p, const BlockSparseLayout& layout, void* wo
   discovery::compact(p, buffers, layout.max_rows, layout.row_ptr.ptr<int64_t>(), layout.col_idx.ptr<int32_t>());
 }
 
-void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, void* workspace) {
-  const SchedulePlan plan = schedule_plan(p, layout.max_rows);
-  char* cursor = static_cast<char*>(workspace);
+void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, const detail::AttentionPlan& plan, void* workspace) {
   auto stream = static_cast<cudaStream_t>(p.stream);
   SparseAttentionParams params;
   params.problem = p;
@@ -159,19 +157,17 @@ void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, v
   params.col_idx = layout.col_idx.ptr<const int32_t>();
   params.max_rows = layout.max_rows;
   params.stream = stream;
-  params.work_counter = reinterpret_cast<int*>(cursor);
-  FP_CUDA_CHECK(cudaMemsetAsync(params.work_counter, 0, sizeof(int), stream));
-  cursor += plan.counter;
-  if (sorts_rows(p) && layout.max_rows > 0) {
-    auto* keys_in = reinterpret_cast<int32_t*>(cursor);
-    auto* keys_out = reinterpret_cast<int32_t*>(cursor + plan.keys);
-    auto* rows_in = reinterpret_cast<int32_t*>(cursor + 2 * plan.keys);
-    auto* rows_out = reinterpret_cast<int32_t*>(cursor + 3 * plan.keys);
+  params.work_counter = plan.work_counter.in<int>(workspace);
+  if (plan.sorts_rows() && layout.max_rows > 0) {
+    auto* keys_in = plan.sort_keys_in.in<int32_t>(workspace);
+    auto* keys_out = plan.sort_keys_out.in<int32_t>(workspace);
+    auto* rows_in = plan.sort_rows_in.in<int32_t>(workspace);
+    auto* rows_out = plan.sort_rows_out.in<int32_t>(workspace);
     const unsigned blocks = unsigned(std::min<int64_t>((layout.max_rows + 255) / 256, 4096));
     schedule_keys_kernel<<<blocks, 256, 0, stream>>>(params.seq_row_offset, p.num_seqs, params.row_ptr, layout.max_rows, keys_in, rows_in);
     FP_CUDA_CHECK_LAUNCH();
-    size_t sort_bytes = plan.sort_temp;
-    FP_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(cursor + 4 * plan.keys, sort_bytes, keys_in, keys_out, rows_in, rows_out,
+    size_t sort_bytes = plan.sort_temp.bytes;
+    FP_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(plan.sort_temp.in<void>(workspace), sort_bytes, keys_in, keys_out, rows_in, rows_out,
                                                   int(layout.max_rows), 0, 32, stream));
     params.row_order = rows_out;
   }
@@ -184,10 +180,12 @@ void dense_attention(const Problem& p) {
   params.dense = true;
   params.max_rows = max_rows_of(p);
   params.stream = static_cast<cudaStream_t>(p.stream);
-  char* scratch = static_cast<char*>(detail::cached_workspace(p.device, p.stream, kAlign + size_t(p.num_seqs + 1) * 8));
-  params.work_counter = reinterpret_cast<int*>(scratch);
-  FP_CUDA_CHECK(cudaMemsetAsync(params.work_counter, 0, sizeof(int), params.stream));
-  auto* seq_row_offset = reinterpret_cast<int64_t*>(scratch + kAlign);
+  detail::RegionAllocator regions;
+  const detail::Region counter = regions.take(sizeof(int));
+  const detail::Region offsets = regions.take(size_t(p.num_seqs + 1) * 8);
+  void* scratch = detail::cached_workspace(p.device, p.stream, regions.bytes());
+  params.work_counter = counter.in<int>(scratch);
+  auto* seq_row_offset = offsets.in<int64_t>(scratch);
   discovery::fill_seq_row_offsets(p, seq_row_offset);
   params.seq_row_offset = seq_row_offset;
   run_attention(params);

@@ -3,9 +3,11 @@
 
 #include <cfloat>
 
+#include "common/constants.hpp"
 #include "cuda/arch.hpp"
 #include "cuda/check.cuh"
 #include "cuda/discovery.cuh"
+#include "cuda/dispatch.hpp"
 #include "cuda/mma.cuh"
 #include "cuda/select_row.cuh"
 
@@ -15,8 +17,6 @@ namespace {
 using detail::Problem;
 using detail::SeqExtent;
 
-constexpr size_t kAlign = 256;
-size_t align_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 constexpr int kKeyChunk = 64;  // pooled keys scored per step
 
 __global__ void fill_seq_row_offsets_kernel(const Problem p, int64_t* seq_row_offset) {
@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const Problem p
   }
   cp_async_commit();
 
-  const float scale_log2 = p.params.scale * 1.4426950408889634f;
+  const float scale_log2 = p.params.scale * detail::kLog2e;
   const int64_t row_pos[2] = {block_start + warp * 16 + g, block_start + warp * 16 + g + 8};
   bool row_in_block[2];
   for (int h = 0; h < 2; ++h) row_in_block[h] = row_pos[h] >= shift && row_pos[h] < r.extent.len_kv;
@@ -255,34 +255,32 @@ int64_t grid_query_blocks(const Problem& p) {
 
 }  // namespace
 
-Plan plan(const Problem& p, int64_t max_rows) {
+detail::DiscoveryPlan plan(const Problem& p, int64_t max_rows) {
   const StageShapes shapes = detail::stage_shapes_of(p);
-  Plan plan;
+  detail::DiscoveryPlan plan;
   plan.max_rows = max_rows;
   plan.words = (shapes.max_key_blocks + 31) / 32;
   plan.slots = shapes.pooled_key_slots;
-  plan.pooled_half = align_up(size_t(plan.slots * p.heads_kv * p.head_dim) * 2);
-  plan.counts = align_up(size_t(max_rows) * 8);
-  plan.kept_bits = align_up(size_t(max_rows * plan.words) * 4);
+  detail::RegionAllocator regions;
+  plan.pooled_half = regions.take(size_t(plan.slots * p.heads_kv * p.head_dim) * 2);
+  plan.counts = regions.take(size_t(max_rows) * 8);
+  plan.kept_bits = regions.take(size_t(max_rows * plan.words) * 4);
   size_t scan_bytes = 0;
   FP_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, static_cast<const int64_t*>(nullptr),
                                               static_cast<int64_t*>(nullptr), max_rows > 0 ? max_rows : 1));
-  plan.scan_temp = align_up(scan_bytes);
+  plan.scan_temp = regions.take(scan_bytes);
+  plan.bytes = regions.bytes();
   return plan;
 }
 
-Buffers carve(const Plan& plan, void* workspace) {
-  char* cursor = static_cast<char*>(workspace);
+Buffers carve(const detail::DiscoveryPlan& plan, void* workspace) {
   Buffers b;
   b.pooled = nullptr;  // the fp32 means are the pool_keys stage's output, in the caller's memory
-  b.pooled_half = cursor;
-  cursor += plan.pooled_half;
-  b.counts = reinterpret_cast<int64_t*>(cursor);
-  cursor += plan.counts;
-  b.kept_bits = reinterpret_cast<uint32_t*>(cursor);
-  cursor += plan.kept_bits;
-  b.scan_temp = cursor;
-  b.scan_temp_bytes = plan.scan_temp;
+  b.pooled_half = plan.pooled_half.in<void>(workspace);
+  b.counts = plan.counts.in<int64_t>(workspace);
+  b.kept_bits = plan.kept_bits.in<uint32_t>(workspace);
+  b.scan_temp = plan.scan_temp.in<void>(workspace);
+  b.scan_temp_bytes = plan.scan_temp.bytes;
   b.words = plan.words;
   return b;
 }
@@ -297,9 +295,9 @@ void pool_keys(const Problem& p, const Buffers& buffers) {
   if (max_blocks == 0 || p.num_seqs == 0) return;
   const dim3 grid(unsigned(max_blocks), unsigned(p.heads_kv), unsigned(p.num_seqs));
   auto stream = static_cast<cudaStream_t>(p.stream);
-  const int threads = kPoolThreads;
-  if (p.dtype == DType::bf16) pool_keys_kernel<true><<<grid, threads, 0, stream>>>(p, buffers.pooled, buffers.pooled_half);
-  else pool_keys_kernel<false><<<grid, threads, 0, stream>>>(p, buffers.pooled, buffers.pooled_half);
+  dispatch_dtype(p, [&](auto is_bf16) {
+    pool_keys_kernel<decltype(is_bf16)::value><<<grid, kPoolThreads, 0, stream>>>(p, buffers.pooled, buffers.pooled_half);
+  });
   FP_CUDA_CHECK_LAUNCH();
 }
 
@@ -308,8 +306,9 @@ void round_pooled(const Problem& p, const float* pooled, int64_t slots, const Bu
   if (count == 0) return;
   const unsigned blocks = unsigned(std::min<int64_t>((count + 255) / 256, 4096));
   auto stream = static_cast<cudaStream_t>(p.stream);
-  if (p.dtype == DType::bf16) round_pooled_kernel<true><<<blocks, 256, 0, stream>>>(pooled, count, buffers.pooled_half);
-  else round_pooled_kernel<false><<<blocks, 256, 0, stream>>>(pooled, count, buffers.pooled_half);
+  dispatch_dtype(p, [&](auto is_bf16) {
+    round_pooled_kernel<decltype(is_bf16)::value><<<blocks, 256, 0, stream>>>(pooled, count, buffers.pooled_half);
+  });
   FP_CUDA_CHECK_LAUNCH();
 }
 
@@ -322,19 +321,14 @@ void score_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers& 
   if (use_hopper_kernels(device_info(p)) && hopper::supports(p)) return hopper::score_rows(p, seq_row_offset, buffers, scores, scores_ld, grid);
 #endif
   const int64_t max_key_blocks = num_key_blocks(p.len_kv, p.params.block_size);
-  const bool bf16 = p.dtype == DType::bf16;
-  const int block = p.params.block_size;
-#define FP_SCORE_CASE(D, BF16, BM)                                                                 \
-  if (p.head_dim == D && bf16 == BF16 && block == BM) {                                            \
-    launch_score_rows<D, BF16, BM>(p, seq_row_offset, buffers, scores, scores_ld, grid, max_key_blocks); \
-    return;                                                                                         \
-  }
-  FP_SCORE_CASE(64, true, 128) FP_SCORE_CASE(64, false, 128) FP_SCORE_CASE(128, true, 128) FP_SCORE_CASE(128, false, 128)
-  FP_SCORE_CASE(256, true, 128) FP_SCORE_CASE(256, false, 128) FP_SCORE_CASE(64, true, 64) FP_SCORE_CASE(64, false, 64)
-  FP_SCORE_CASE(128, true, 64) FP_SCORE_CASE(128, false, 64) FP_SCORE_CASE(256, true, 64) FP_SCORE_CASE(256, false, 64)
-#undef FP_SCORE_CASE
-  throw Error("flashprefill: the CUDA backend scores blocks of 64 or 128 tokens with head dim 64, 128 or 256; got block_size " +
-              std::to_string(block) + ", head dim " + std::to_string(p.head_dim));
+  const bool found = dispatch_int<64, 128>(p.params.block_size, [&](auto block) {
+    dispatch_head_dim_and_dtype<64, 128, 256>(p, "the sm_80 score kernel", [&](auto head_dim, auto is_bf16) {
+      launch_score_rows<decltype(head_dim)::value, decltype(is_bf16)::value, decltype(block)::value>(
+          p, seq_row_offset, buffers, scores, scores_ld, grid, max_key_blocks);
+    });
+  });
+  if (!found)
+    throw Error("flashprefill: the sm_80 score kernel supports block_size 64 and 128; got " + std::to_string(p.params.block_size));
 }
 
 void select_from_scores(const Problem& p, const int64_t* seq_row_offset, const float* scores, int64_t ld, const Buffers& buffers) {

@@ -8,10 +8,11 @@
 #include <cstdint>
 
 #include "common/problem.hpp"
+#include "workspace.hpp"
 
 namespace flashprefill::cuda::discovery {
 
-// Device buffers of one discovery pass, carved from the caller's workspace.
+// Device buffers of one discovery pass, carved from the workspace by its plan.
 struct Buffers {
   float* pooled = nullptr;         // [slots][H_kv][D] fp32 means (step 1); nullptr: not wanted
   void* pooled_half = nullptr;     // [slots][H_kv][D] the means rounded to the input dtype: what scoring reads
@@ -22,14 +23,10 @@ struct Buffers {
   size_t scan_temp_bytes = 0;
 };
 
-// Sizes of the pieces (in this order) for a problem; total() is the workspace size.
-struct Plan {
-  size_t pooled_half = 0, counts = 0, kept_bits = 0, scan_temp = 0;
-  int64_t slots = 0, max_rows = 0, words = 0;
-  size_t total() const { return pooled_half + counts + kept_bits + scan_temp; }
-};
-Plan plan(const detail::Problem& p, int64_t max_rows);  // key blocks and slots from stage_shapes_of
-Buffers carve(const Plan& plan, void* workspace);
+// The workspace of one discovery pass for a layout of max_rows rows (key blocks and slots from
+// stage_shapes_of), and the buffers at its offsets.
+detail::DiscoveryPlan plan(const detail::Problem& p, int64_t max_rows);
+Buffers carve(const detail::DiscoveryPlan& plan, void* workspace);
 
 void fill_seq_row_offsets(const detail::Problem& p, int64_t* seq_row_offset);
 void pool_keys(const detail::Problem& p, const Buffers& buffers);

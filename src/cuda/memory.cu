@@ -29,10 +29,6 @@ void memcpy_any(void* dst, const void* src, size_t bytes) {
   FP_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
 }
 
-void memset_async(void* dst, int value, size_t bytes, void* stream) {
-  FP_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, static_cast<cudaStream_t>(stream)));
-}
-
 int device_count() noexcept {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) {

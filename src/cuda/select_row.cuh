@@ -15,6 +15,7 @@
 #include "common/problem.hpp"
 #include "cuda/discovery.cuh"
 #include "cuda/mma.cuh"
+#include "cuda/named_barrier.cuh"
 
 namespace flashprefill::cuda::discovery {
 
@@ -71,8 +72,6 @@ constexpr int kMaxLogScratch = 96;     // [8]
 constexpr int kMaxX2Scratch = 104;     // [8]
 constexpr int kCountScratch = 112;     // [8] ints
 constexpr int kSelectScratchFloats = 120;
-// Named barrier (bar.sync / bar.arrive) on which warp 0 collects the other warps' kept counts.
-constexpr int kCountBarrier = 2;
 
 // Steps 3-4 for one row: the kept bitmask (`words` 32-bit words) and its popcount. min_budget
 // ties go to the smaller j (as the CPU backend). reduce_smem: the scratch above. Without
@@ -137,10 +136,10 @@ __device__ inline void select_row(const detail::Problem& p, const float* log_sco
   int* warp_kept = reinterpret_cast<int*>(reduce_smem + kCountScratch);
   if (tid % 32 == 0) warp_kept[tid / 32] = kept;
   if (tid >= 32) {
-    sm80::named_barrier_arrive(kCountBarrier, threads);
+    named_barrier_arrive(NamedBarrier::kSelectCount, threads);
     return;
   }
-  sm80::named_barrier_sync(kCountBarrier, threads);
+  named_barrier_sync(NamedBarrier::kSelectCount, threads);
   if (tid == 0) {
     int64_t total = 0;
     for (int w = 0; w < threads / 32; ++w) total += warp_kept[w];

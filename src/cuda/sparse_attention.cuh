@@ -23,7 +23,7 @@ struct SparseAttentionParams {
   bool dense = false;             // our dense path: the same kernel with every causal block kept
   const int32_t* row_order = nullptr;  // device, rows in the order to start them (longest first); nullptr: see row_at
   int64_t max_rows = 0;           // rows r >= seq_row_offset[num_seqs] are skipped
-  int* work_counter = nullptr;    // device int, zero at launch: persistent kernels take rows from it (required by them)
+  int* work_counter = nullptr;    // device int: persistent kernels zero it at launch and take rows from it
   int num_sms = 0;
   cudaStream_t stream = nullptr;
 };

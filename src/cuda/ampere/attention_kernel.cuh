@@ -6,6 +6,7 @@
 
 #include <cfloat>
 
+#include "common/constants.hpp"
 #include "common/problem.hpp"
 #include "cuda/check.cuh"
 #include "cuda/mma.cuh"
@@ -117,7 +118,7 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
   // Per thread: rows g and g + 8 of the warp's 16, as in the mma accumulator layout.
   const int g = lane / 4, quad = lane % 4;
   const int64_t row_pos[2] = {slice_start + warp * 16 + g, slice_start + warp * 16 + g + 8};
-  const float scale_log2 = p.params.scale * 1.4426950408889634f;
+  const float scale_log2 = p.params.scale * detail::kLog2e;
   float o[Traits::kDimTiles][4] = {};
   float row_max[2] = {-FLT_MAX, -FLT_MAX};  // finite sentinel: no -inf arithmetic on the fast path
   float row_sum[2] = {0.0f, 0.0f};
@@ -245,7 +246,7 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
     }
     if (p.lse && quad == 0)
       p.lse[p.lse_offset(coord.seq, seq, t, coord.head)] =
-          sum > 0.0f ? (row_max[half] + log2f(sum)) * 0.6931471805599453f : -INFINITY;
+          sum > 0.0f ? (row_max[half] + log2f(sum)) * detail::kLn2 : -INFINITY;
   }
 }
 

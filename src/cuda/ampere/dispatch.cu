@@ -2,6 +2,7 @@
 #include <string>
 
 #include "cuda/check.cuh"
+#include "cuda/dispatch.hpp"
 #include "cuda/sparse_attention.cuh"
 
 namespace flashprefill::cuda::ampere {
@@ -17,11 +18,9 @@ void run(const SparseAttentionParams& params) {
   const detail::Problem& p = params.problem;
   if (p.params.block_size % 64 != 0)
     throw Error("flashprefill: the CUDA attention kernel needs block_size a multiple of 64; got " + std::to_string(p.params.block_size));
-  const bool bf16 = p.dtype == DType::bf16;
-  if (p.head_dim == 64) return bf16 ? launch_sparse_attention<64, true>(params) : launch_sparse_attention<64, false>(params);
-  if (p.head_dim == 128) return bf16 ? launch_sparse_attention<128, true>(params) : launch_sparse_attention<128, false>(params);
-  if (p.head_dim == 256) return bf16 ? launch_sparse_attention<256, true>(params) : launch_sparse_attention<256, false>(params);
-  throw Error("flashprefill: the CUDA attention kernel supports head dim 64, 128 and 256; got " + std::to_string(p.head_dim));
+  dispatch_head_dim_and_dtype<64, 128, 256>(p, "the sm_80 attention kernel", [&](auto head_dim, auto is_bf16) {
+    launch_sparse_attention<decltype(head_dim)::value, decltype(is_bf16)::value>(params);
+  });
 }
 
 }  // namespace flashprefill::cuda::ampere

@@ -18,6 +18,7 @@
 
 #include <cfloat>
 
+#include "common/constants.hpp"
 #include "common/problem.hpp"
 #include "cuda/check.cuh"
 #include "cuda/hopper/sm90.cuh"
@@ -47,11 +48,7 @@ struct AttentionTraits {
   static constexpr int kBarrierBytes = 8 * (2 * kQBuffers + 4 * kStages) + 4 * 2;
   // +1024: the dynamic shared window is aligned up to the swizzle atom inside the kernel.
   static constexpr int kSmemBytes = kQBuffers * kQBytes + 2 * kStages * kTileBytes + kBarrierBytes + 1024;
-  // Named barriers (0 is __syncthreads): the consumers' turns (1, 2), and the rendezvous at which
-  // the producer warp hands the consumers their next row (3).
-  static constexpr int kTurnBarrier = 1;
-  static constexpr int kRowBarrier = 3;
-  static constexpr int kRowBarrierThreads = 32 + 128 * kConsumers;
+  static constexpr int kRowHandoverThreads = 32 + 128 * kConsumers;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory budget of one H100 SM");
 };
 
@@ -146,7 +143,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     // Hands a row (or the end, -1) to the consumers; they arrive once they have finished the last.
     const auto publish = [&](int32_t value) {
       if (leader) row_slot[rendezvous % 2] = value;
-      named_barrier_sync(Traits::kRowBarrier, Traits::kRowBarrierThreads);
+      named_barrier_sync(NamedBarrier::kRowHandover, Traits::kRowHandoverThreads);
       ++rendezvous;
     };
     // Rows come from the global counter as the CTA gets free for them: CTAs that drew long rows
@@ -211,7 +208,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   const int consumer = warpgroup - 1;  // rows 64 * consumer .. + 63 of the block
   const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
   const int g = lane / 4, quad = lane % 4;
-  const float scale_log2 = p.params.scale * 1.4426950408889634f;
+  const float scale_log2 = p.params.scale * detail::kLog2e;
   const uint32_t k_address = sm80::smem_address(k_smem);
   const uint32_t v_address = sm80::smem_address(v_smem);
   auto* out_base = static_cast<typename Half::type*>(p.out);
@@ -219,13 +216,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   // arrival completes. Consumer 0 goes first (consumer 1 pre-arrives, and consumer 0 takes one last
   // turn at the end, so no arrival is left pending). Both run the same rows and tiles, so every
   // turn taken is matched by one handed over.
-  const auto wait_turn = [&] { named_barrier_sync(Traits::kTurnBarrier + consumer, 256); };
-  const auto pass_turn = [&] { named_barrier_arrive(Traits::kTurnBarrier + (1 - consumer), 256); };
+  constexpr int kTurn0 = int(NamedBarrier::kConsumerTurn0);
+  const auto wait_turn = [&] { named_barrier_sync(NamedBarrier(kTurn0 + consumer), 256); };
+  const auto pass_turn = [&] { named_barrier_arrive(NamedBarrier(kTurn0 + (1 - consumer)), 256); };
   if (consumer == 1) pass_turn();
   int tile_count = 0, q_count = 0;
 
   for (int rendezvous = 0;; ++rendezvous) {
-    named_barrier_sync(Traits::kRowBarrier, Traits::kRowBarrierThreads);
+    named_barrier_sync(NamedBarrier::kRowHandover, Traits::kRowHandoverThreads);
     const int32_t order = row_slot[rendezvous % 2];
     if (order < 0) break;
     const RowWork w = row_work<Traits::kBlockM>(params, order);
@@ -406,7 +404,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       }
       if (p.lse && quad == 0)
         p.lse[p.lse_offset(w.coord.seq, seq, t, w.coord.head)] =
-            sum > 0.0f ? (row_max[half] * scale_log2 + log2f(sum)) * 0.6931471805599453f : -INFINITY;
+            sum > 0.0f ? (row_max[half] * scale_log2 + log2f(sum)) * detail::kLn2 : -INFINITY;
     }
   }
   if (consumer == 0) wait_turn();  // takes consumer 1's last hand-over
@@ -420,6 +418,7 @@ void launch_sparse_attention(const SparseAttentionParams& params, const TensorMa
   FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes));
   // Persistent: one CTA per SM (or fewer when there are fewer rows), rows from params.work_counter.
   if (params.work_counter == nullptr) throw Error("flashprefill: internal: the Hopper attention kernel needs a work counter");
+  FP_CUDA_CHECK(cudaMemsetAsync(params.work_counter, 0, sizeof(int), params.stream));
   const int64_t ctas = params.num_sms > 0 && params.num_sms < params.max_rows ? params.num_sms : params.max_rows;
   kernel<<<dim3(unsigned(ctas)), Traits::kThreads, Traits::kSmemBytes, params.stream>>>(params, maps);
   FP_CUDA_CHECK_LAUNCH();

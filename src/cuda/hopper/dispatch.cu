@@ -3,6 +3,7 @@
 #include <string>
 
 #include "cuda/check.cuh"
+#include "cuda/dispatch.hpp"
 #include "cuda/hopper/attention_kernel.cuh"
 #include "cuda/hopper/tensor_map.hpp"
 
@@ -26,10 +27,9 @@ void run(const SparseAttentionParams& params) {
   maps.q = make_tensor_map(p, p.q, p.q_stride, p.heads_q, tokens_q, Traits::kBlockM, "q");
   maps.k = make_tensor_map(p, p.k, p.k_stride, p.heads_kv, tokens_kv, Traits::kBlockN, "k");
   maps.v = make_tensor_map(p, p.v, p.v_stride, p.heads_kv, tokens_kv, Traits::kBlockN, "v");
-  const bool bf16 = p.dtype == DType::bf16;
-  if (p.head_dim == 64) return bf16 ? launch_sparse_attention<64, true>(params, maps) : launch_sparse_attention<64, false>(params, maps);
-  if (p.head_dim == 128) return bf16 ? launch_sparse_attention<128, true>(params, maps) : launch_sparse_attention<128, false>(params, maps);
-  throw Error("flashprefill: the Hopper attention kernel supports head dim 64 and 128; got " + std::to_string(p.head_dim));
+  dispatch_head_dim_and_dtype<64, 128>(p, "the sm_90 attention kernel", [&](auto head_dim, auto is_bf16) {
+    launch_sparse_attention<decltype(head_dim)::value, decltype(is_bf16)::value>(params, maps);
+  });
 }
 
 }  // namespace flashprefill::cuda::hopper

@@ -1,4 +1,5 @@
 // Host side of the Hopper score kernel: which problems it serves and the launch per head dim/dtype.
+#include "cuda/dispatch.hpp"
 #include "cuda/hopper/score_kernel.cuh"
 #include "cuda/hopper/tensor_map.hpp"
 
@@ -31,11 +32,9 @@ void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const B
   ScoreMaps maps;
   maps.q = tma::make_tensor_map(p, p.q, p.q_stride, p.heads_q, p.varlen ? p.total_q : p.len_q, ScoreTraits<128, true>::kBlockM, "q");
   maps.pooled = tma::make_pooled_map(p, buffers.pooled_half, slots, ScoreTraits<128, true>::kKeyTile, "pooled keys");
-  const bool bf16 = p.dtype == DType::bf16;
-  if (p.head_dim == 64) return bf16 ? launch<64, true>(p, seq_row_offset, buffers, scores, ld, grid, maps)
-                                    : launch<64, false>(p, seq_row_offset, buffers, scores, ld, grid, maps);
-  return bf16 ? launch<128, true>(p, seq_row_offset, buffers, scores, ld, grid, maps)
-              : launch<128, false>(p, seq_row_offset, buffers, scores, ld, grid, maps);
+  dispatch_head_dim_and_dtype<64, 128>(p, "the sm_90 score kernel", [&](auto head_dim, auto is_bf16) {
+    launch<decltype(head_dim)::value, decltype(is_bf16)::value>(p, seq_row_offset, buffers, scores, ld, grid, maps);
+  });
 }
 
 }  // namespace flashprefill::cuda::discovery::hopper

@@ -27,6 +27,7 @@
 
 #include <cfloat>
 
+#include "common/constants.hpp"
 #include "common/problem.hpp"
 #include "cuda/check.cuh"
 #include "cuda/discovery.cuh"
@@ -56,9 +57,6 @@ struct ScoreTraits {
   static constexpr int kQBytes = kPanels * QPanels::kPanelBytes;
   static constexpr int kKeyBytes = kPanels * KeyPanels::kPanelBytes;
   static constexpr int kReduceFloats = 8 + kSelectScratchFloats;  // warp_running_max, then select_row's scratch
-  // Named barrier of the CTA's one warpgroup (1: barrier 0, __syncthreads, is the same here but says
-  // more than is meant).
-  static constexpr int kWarpgroupBarrier = 1;
   // Q | keys[kStages] | log_score[max_key_blocks, padded] | reduction scratch | barriers, +1024 to align.
   static size_t smem_bytes(int64_t max_key_blocks) {
     return 1024 + kQBytes + size_t(kStages) * kKeyBytes + size_t(log_score_capacity(max_key_blocks) + kReduceFloats) * 4 +
@@ -226,7 +224,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   if (skip_scores)
     for (int64_t j = tid; j < num_j; j += Traits::kThreads) log_score[j] = 0.0f;
 
-  const float scale_log2 = p.params.scale * 1.4426950408889634f;
+  const float scale_log2 = p.params.scale * detail::kLog2e;
   // Skipping exponentials (see the header) needs the exact scores of every candidate: only on the
   // fused path, without min_budget. In raw score units: skip when m_j < M + skip_offset.
   const bool may_skip = scores == nullptr && p.params.min_budget == 0 && p.params.alpha > 0.0f;
@@ -274,7 +272,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   const auto score_tile = [&](int step, float(&x)[64]) {
     // Every warp's wgmma has read the stage (and written its warp_running_max): refill it with the
     // tile kStages ahead, which then lands while this one is scored.
-    named_barrier_sync(Traits::kWarpgroupBarrier, Traits::kThreads);
+    named_barrier_sync(NamedBarrier::kScoreWarpgroup, Traits::kThreads);
     if (tid == 0 && step + kStages < num_tiles) load_keys(step + kStages);
     const int32_t j0 = key_tile_at(step, num_tiles) * kKeyTile;
     const int32_t j[2] = {j0 + 16 * warp + g, j0 + 16 * warp + g + 8};

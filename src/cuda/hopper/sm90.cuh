@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "cuda/mma.cuh"
+#include "cuda/named_barrier.cuh"
 
 namespace flashprefill::cuda::sm90 {
 
@@ -158,10 +159,6 @@ __device__ __forceinline__ void barrier_arrive_expect_tx(uint64_t* barrier, uint
   asm volatile("" ::: "memory");
   Barrier::arrive_and_expect_tx(barrier, bytes);
 }
-
-// Named barriers: the sm_80 ones (cuda/mma.cuh), which the selection shared by both kernel families uses too.
-using sm80::named_barrier_arrive;
-using sm80::named_barrier_sync;
 
 // 2^x on the SFU (ex2.approx: ~2 ulp, far below bf16/fp16 output precision); exp2(-inf) = 0.
 __device__ __forceinline__ float fast_exp2(float x) {
