@@ -8,6 +8,7 @@
 #include "backend.hpp"
 #include "common/half.hpp"
 #include "common/problem.hpp"
+#include "common/row_geometry.hpp"
 #include "common/validate.hpp"
 #include "device_memory.hpp"
 #include "workspace.hpp"
@@ -480,23 +481,23 @@ LayoutStats layout_stats(const AttentionArgs& args, const Params& params, const 
   const int64_t rows = seq_row_offset.back();
   std::vector<int64_t> row_ptr(size_t(rows + 1));
   copy_bytes(row_ptr.data(), Device::cpu(), layout.row_ptr.data, p.device, row_ptr.size() * 8);
+  // The row geometry reads cu_seqlens: give it host copies.
+  Problem host = p;
   std::vector<int32_t> cu_q, cu_kv;
   if (p.varlen) {
     cu_q = read_cu_seqlens(args.varlen.cu_seqlens_q);
     cu_kv = read_cu_seqlens(args.varlen.cu_seqlens_kv);
+    host.cu_seqlens_q = cu_q.data();
+    host.cu_seqlens_kv = cu_kv.data();
   }
   LayoutStats stats;
-  for (int64_t b = 0; b < p.num_seqs; ++b) {
-    const int64_t lq = p.varlen ? cu_q[b + 1] - cu_q[b] : p.len_q;
-    const int64_t lkv = p.varlen ? cu_kv[b + 1] - cu_kv[b] : p.len_kv;
-    const int64_t nqb = num_query_blocks(lq, lkv, p.block()), first = first_query_block(lq, lkv, p.block());
-    for (int64_t h = 0; h < p.heads_q; ++h)
-      for (int64_t i = 0; i < nqb; ++i) {
-        const int64_t row = seq_row_offset[b] + h * nqb + i;
-        stats.kept_blocks += row_ptr[row + 1] - row_ptr[row];
-        stats.causal_blocks += first + i + 1;
-      }
-  }
+  detail::for_each_layout_row(host, [&](const detail::LayoutRow& r, int64_t) {
+    // Numbered by the layout's own seq_row_offset (the layout may be the caller's).
+    const int64_t nqb = num_query_blocks(r.extent.len_q, r.extent.len_kv, p.block());
+    const int64_t row = seq_row_offset[r.seq] + r.head * nqb + r.block_local;
+    stats.kept_blocks += row_ptr[row + 1] - row_ptr[row];
+    stats.causal_blocks += r.num_causal_blocks();
+  });
   return stats;
 }
 

@@ -15,7 +15,7 @@
 
 #include "common/half.hpp"
 #include "common/validate.hpp"
-#include "cpu/reference.hpp"
+#include "reference.hpp"
 #include "flashprefill/flashprefill.hpp"
 
 namespace flashprefill::testing {

@@ -17,6 +17,8 @@
 
 #include "common/half.hpp"
 #include "common/problem.hpp"
+#include "common/row_geometry.hpp"
+#include "common/validate.hpp"
 #include "flashprefill/flashprefill.hpp"
 #include "flashprefill/synthetic.hpp"
 #include "options.hpp"
@@ -357,16 +359,32 @@ int run_inspect(int argc, char** argv) {
   const HostLayout host = download(layout.view, setup.device);
   const auto& s = setup.shape;
   const int64_t B = setup.params.block_size, nqb = num_query_blocks(s.seq_len, s.seq_len, B), nkb = num_key_blocks(s.seq_len, B);
+  // The synthetic batch is padded, so its rows' geometry reads nothing from the device.
+  const detail::Problem problem = detail::make_problem(in.args, setup.params, detail::Needs::discovery);
+  // Sequence 0's rows, by head: where each starts in the layout.
+  std::vector<std::vector<detail::LayoutRow>> rows_of_head(static_cast<size_t>(s.heads_q));
+  std::vector<std::vector<int64_t>> index_of_head(static_cast<size_t>(s.heads_q));
+  detail::for_each_layout_row(problem, [&](const detail::LayoutRow& r, int64_t index) {
+    if (r.seq != 0) return;
+    rows_of_head[r.head].push_back(r);
+    index_of_head[r.head].push_back(index);
+  });
+  const auto kept_in = [&](int64_t index) { return double(host.row_ptr[index + 1] - host.row_ptr[index]); };
 
   // Sequence 0 only: density per head.
   std::printf("per-head density (sequence 0, %ld x %ld blocks):\n", long(nqb), long(nkb));
   double kept_all = 0, causal_all = 0;
+  std::vector<double> density(static_cast<size_t>(s.heads_q));
   for (int64_t h = 0; h < s.heads_q; ++h) {
-    const double kept = double(host.row_ptr[(h + 1) * nqb] - host.row_ptr[h * nqb]);
-    const double causal = double(nqb) * double(nqb + 1) / 2;
+    double kept = 0, causal = 0;
+    for (size_t n = 0; n < rows_of_head[h].size(); ++n) {
+      kept += kept_in(index_of_head[h][n]);
+      causal += double(rows_of_head[h][n].num_causal_blocks());
+    }
     kept_all += kept;
     causal_all += causal;
-    std::printf("  head %3ld: %6.2f%%\n", long(h), 100 * kept / causal);
+    density[h] = 100 * kept / causal;
+    std::printf("  head %3ld: %6.2f%%\n", long(h), density[h]);
   }
   std::printf("  all heads: %6.2f%%\n", 100 * kept_all / causal_all);
 
@@ -391,26 +409,29 @@ int run_inspect(int argc, char** argv) {
   for (size_t n = 0; n < heads.size(); ++n) {
     const int64_t h = heads[n];
     const int x0 = margin + int(n % columns) * (panel + margin), y0 = margin + int(n / columns) * (panel + title + margin);
-    const double kept = double(host.row_ptr[(h + 1) * nqb] - host.row_ptr[h * nqb]);
     std::ostringstream label;
     label.precision(3);
-    label << "HEAD " << h << "  " << 100 * kept / (double(nqb) * double(nqb + 1) / 2) << "%";
+    label << "HEAD " << h << "  " << density[h] << "%";
     image.draw_text(x0, y0, label.str(), {0, 0, 0});
-    for (int64_t i = 0; i < nqb; ++i) {
+    for (size_t k = 0; k < rows_of_head[h].size(); ++k) {
+      const detail::LayoutRow& r = rows_of_head[h][k];
+      const int64_t row = index_of_head[h][k], i = r.block_abs;
       std::vector<char> is_kept(static_cast<size_t>(nkb), 0);
-      const int64_t row = h * nqb + i;
       for (int64_t e = host.row_ptr[row]; e < host.row_ptr[row + 1]; ++e) is_kept[host.col_idx[e]] = 1;
+      // Why a kept block is kept: step 3's forced blocks, as the selection applies them.
+      const detail::ForcedBlocks<int64_t> forced(i, r.key_blocks(B), setup.params);
+      using Rule = detail::ForcedBlocks<int64_t>::Rule;
       for (int64_t j = 0; j < nkb; ++j) {
         Cell c = Cell::not_causal;
-        if (j <= i) {
-          const Params& p = setup.params;
-          if (!is_kept[j]) c = Cell::dropped;
-          else if (i >= nkb - p.last_full_blocks) c = Cell::last_full;
-          else if (j < p.sink_blocks) c = Cell::sink;
-          else if (i - j < p.window_blocks) c = Cell::window;
-          else c = Cell::kept_by_score;
+        if (j < r.num_causal_blocks()) {
+          const Rule rule = forced.rule(j);
+          c = !is_kept[j] ? Cell::dropped
+              : rule == Rule::last_rows ? Cell::last_full
+              : rule == Rule::sink      ? Cell::sink
+              : rule == Rule::window    ? Cell::window
+                                        : Cell::kept_by_score;
         }
-        image.fill_rect(x0 + int(j) * cell, y0 + title + int(i) * cell, cell, cell, colour_of(c));
+        image.fill_rect(x0 + int(j) * cell, y0 + title + int(r.block_local) * cell, cell, cell, colour_of(c));
       }
     }
   }

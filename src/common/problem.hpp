@@ -42,7 +42,7 @@ struct Problem {
   int64_t lse_batch = 0, lse_head = 0;  // padded [B, H_q, L_q]; varlen [H_q, T_q] (lse_batch unused)
   void* stream = nullptr;
 
-  int block() const { return params.block_size; }
+  FP_HOST_DEVICE int block() const { return params.block_size; }
 
   FP_HOST_DEVICE SeqExtent seq(int64_t b) const {
     if (varlen) {
@@ -115,6 +115,11 @@ struct ForcedBlocks {
   FP_HOST_DEVICE ForcedBlocks(int64_t i, int64_t num_kv_blocks, const Params& p)
       : whole_row(i >= num_kv_blocks - p.last_full_blocks), sink_end(Index(p.sink_blocks)), window_start(Index(i - p.window_blocks + 1)) {}
   FP_HOST_DEVICE bool contains(Index j) const { return whole_row || j < sink_end || j >= window_start; }
+  // Which rule keeps j (the first that does, in this order), for tools that show why.
+  enum class Rule { none, last_rows, sink, window };
+  FP_HOST_DEVICE Rule rule(Index j) const {
+    return whole_row ? Rule::last_rows : j < sink_end ? Rule::sink : j >= window_start ? Rule::window : Rule::none;
+  }
 };
 FP_HOST_DEVICE inline bool always_kept(int64_t i, int64_t j, int64_t num_kv_blocks, const Params& p) {
   return ForcedBlocks<int64_t>(i, num_kv_blocks, p).contains(j);

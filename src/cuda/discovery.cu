@@ -24,8 +24,7 @@ __global__ void fill_seq_row_offsets_kernel(const Problem p, int64_t* seq_row_of
   int64_t offset = 0;
   for (int64_t b = 0; b < p.num_seqs; ++b) {
     seq_row_offset[b] = offset;
-    const SeqExtent s = p.seq(b);
-    offset += p.heads_q * num_query_blocks(s.len_q, s.len_kv, p.params.block_size);
+    offset += detail::layout_rows_of(p, p.seq(b));
   }
   seq_row_offset[p.num_seqs] = offset;
 }
@@ -98,12 +97,12 @@ __global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const Problem p
   float* warp_sum = warp_max + kWarps * kKeyChunk;                   // [kWarps][kKeyChunk]
   float* reduce_smem = warp_sum + kWarps * kKeyChunk;                // 128 floats
   float* log_score = reduce_smem + 128;                              // [log_score_capacity(num_kv_blocks)]
-  const int64_t num_j = r.block_abs + 1;
+  const int64_t num_j = r.num_causal_blocks();
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, quad = lane % 4;
-  const int64_t block = p.params.block_size, shift = r.extent.len_kv - r.extent.len_q;
-  const int64_t block_start = r.block_abs * block;
-  const int64_t kv_head = r.head / p.group;
+  const int64_t block = p.params.block_size, shift = r.shift();
+  const int64_t block_start = r.block_start(block);
+  const int64_t kv_head = r.kv_head(p.group);
   const int64_t slot0 = p.pooled_slot0(r.seq, r.extent);
 
   // Queries of the block (rows outside the chunk or past the sequence are zero and masked below).
@@ -201,7 +200,7 @@ __global__ void select_from_scores_kernel(const Problem p, const int64_t* seq_ro
   const RowOfGrid r = row_of_grid(p, seq_row_offset);
   if (!r.valid) return;
   extern __shared__ float log_score[];  // [log_score_capacity(num_j)] then 128 floats of reduction scratch
-  const int64_t num_j = r.block_abs + 1;
+  const int64_t num_j = r.num_causal_blocks();
   float* reduce_smem = log_score + log_score_capacity(num_j);
   float thread_max = -INFINITY;
   for (int64_t j = threadIdx.x; j < num_j; j += blockDim.x) {

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "common/problem.hpp"
+#include "common/row_geometry.hpp"
 #include "cuda/discovery.cuh"
 #include "cuda/mma.cuh"
 #include "cuda/named_barrier.cuh"
@@ -24,26 +25,26 @@ namespace flashprefill::cuda::discovery {
 // the heads of one GQA group run side by side; y is the sequence. kBlock: the block size when the
 // kernel is specialised for one (its 64-bit divisions, a subroutine call each, become shifts), 0
 // for params.block_size.
-struct RowOfGrid {
-  int64_t seq, head, block_local, block_abs, row, num_kv_blocks;
-  detail::SeqExtent extent;
-  bool valid;
+struct RowOfGrid : detail::LayoutRow {
+  int64_t row = 0;  // its index in the layout
+  int64_t num_kv_blocks = 0;
+  bool valid = false;  // false: a varlen sequence with fewer query blocks than the grid has
 };
 template <int kBlock = 0>
 __device__ inline RowOfGrid row_of_grid(const detail::Problem& p, const int64_t* seq_row_offset) {
-  RowOfGrid r{};
   const int32_t heads = int32_t(p.heads_q);
   const int32_t grid_blocks = int32_t(gridDim.x) / heads;
-  r.head = int32_t(blockIdx.x) % heads;
-  r.block_local = grid_blocks - 1 - int32_t(blockIdx.x) / heads;
-  r.seq = blockIdx.y;
-  r.extent = p.seq(r.seq);
+  const int64_t head = int32_t(blockIdx.x) % heads;
+  const int64_t block_local = grid_blocks - 1 - int32_t(blockIdx.x) / heads;
+  const int64_t seq = blockIdx.y;
+  const detail::SeqExtent extent = p.seq(seq);
   const int64_t block = kBlock > 0 ? kBlock : p.params.block_size;
-  const int64_t nqb = num_query_blocks(r.extent.len_q, r.extent.len_kv, block);
-  r.valid = r.block_local < nqb;
-  r.block_abs = first_query_block(r.extent.len_q, r.extent.len_kv, block) + r.block_local;
-  r.row = seq_row_offset[r.seq] + r.head * nqb + r.block_local;
-  r.num_kv_blocks = num_key_blocks(r.extent.len_kv, block);
+  RowOfGrid r;
+  static_cast<detail::LayoutRow&>(r) = detail::layout_row(extent, seq, head, block_local, block);
+  const int64_t nqb = num_query_blocks(extent.len_q, extent.len_kv, block);
+  r.valid = block_local < nqb;
+  r.row = seq_row_offset[seq] + head * nqb + block_local;
+  r.num_kv_blocks = r.key_blocks(block);
   return r;
 }
 

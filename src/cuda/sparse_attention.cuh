@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "common/problem.hpp"
+#include "common/row_geometry.hpp"
 
 namespace flashprefill::cuda {
 
@@ -45,11 +46,8 @@ __device__ inline int64_t row_at(const SparseAttentionParams& params, int64_t or
   return int64_t(order % heads) * nqb + (nqb - 1 - order / heads);
 }
 
-struct RowCoord {
-  int64_t seq = 0, head = 0, block_local = 0;
-  int64_t block_abs = 0;  // absolute query block index = first_query_block + block_local
-  detail::SeqExtent extent;
-  bool valid = false;     // false for rows past the last sequence's rows
+struct RowCoord : detail::LayoutRow {
+  bool valid = false;  // false for rows past the last sequence's rows
 };
 
 // Row -> (b, h, i): a binary search over seq_row_offset (num_seqs is small).
@@ -62,14 +60,11 @@ __device__ inline RowCoord decode_row(const SparseAttentionParams& params, int64
     const int64_t mid = (lo + hi + 1) / 2;
     if (params.seq_row_offset[mid] <= row) lo = mid; else hi = mid - 1;
   }
-  c.seq = lo;
-  c.extent = p.seq(c.seq);
+  const detail::SeqExtent extent = p.seq(lo);
   const int64_t block = p.params.block_size;
-  const int32_t nqb = int32_t(num_query_blocks(c.extent.len_q, c.extent.len_kv, block));
-  const int32_t local = int32_t(row - params.seq_row_offset[c.seq]);  // rows fit int32, as col_idx does
-  c.head = local / nqb;
-  c.block_local = local % nqb;
-  c.block_abs = first_query_block(c.extent.len_q, c.extent.len_kv, block) + c.block_local;
+  const int32_t nqb = int32_t(num_query_blocks(extent.len_q, extent.len_kv, block));
+  const int32_t local = int32_t(row - params.seq_row_offset[lo]);  // rows fit int32, as col_idx does
+  static_cast<detail::LayoutRow&>(c) = detail::layout_row(extent, lo, local / nqb, local % nqb, block);
   c.valid = true;
   return c;
 }

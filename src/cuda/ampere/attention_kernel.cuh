@@ -58,15 +58,15 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
   const RowCoord coord = decode_row(params, row);
   if (!coord.valid) return;
   const detail::SeqExtent& seq = coord.extent;
-  const int64_t shift = seq.len_kv - seq.len_q;  // absolute position of chunk row 0
-  const int64_t slice_start = coord.block_abs * p.params.block_size + int64_t(slice) * kBlockM;
-  const int64_t pos_begin = slice_start > shift ? slice_start : shift;
-  const int64_t pos_end = slice_start + kBlockM < seq.len_kv ? slice_start + kBlockM : seq.len_kv;
-  if (pos_begin >= pos_end) return;  // a slice before the chunk's first query or past the sequence
-  const int64_t kv_head = coord.head / p.group;
+  const int64_t shift = coord.shift();
+  const int64_t slice_start = coord.block_start(p.params.block_size) + int64_t(slice) * kBlockM;
+  const detail::PositionRange slice_positions = coord.positions(slice_start, kBlockM);
+  if (slice_positions.empty()) return;  // a slice before the chunk's first query or past the sequence
+  const int64_t pos_begin = slice_positions.begin, pos_end = slice_positions.end;
+  const int64_t kv_head = coord.kv_head(p.group);
 
   const int32_t* blocks = params.dense ? nullptr : params.col_idx + params.row_ptr[row];
-  const int num_blocks = params.dense ? int(coord.block_abs + 1) : int(params.row_ptr[row + 1] - params.row_ptr[row]);
+  const int num_blocks = params.dense ? int(coord.num_causal_blocks()) : int(params.row_ptr[row + 1] - params.row_ptr[row]);
   const int tiles_per_block = p.params.block_size / kBlockN;
   const int num_tiles = num_blocks * tiles_per_block;
   auto tile_key0 = [&](int tile) -> int64_t {

@@ -72,15 +72,15 @@ __device__ inline RowWork row_work(const SparseAttentionParams& params, int64_t 
   w.row = row_at(params, order_index);
   w.coord = decode_row(params, w.row);
   if (!w.coord.valid) return w;
-  const detail::SeqExtent& seq = w.coord.extent;
-  w.shift = seq.len_kv - seq.len_q;  // absolute position of chunk row 0
-  w.block_start = w.coord.block_abs * kBlockM;
-  w.pos_begin = w.block_start > w.shift ? w.block_start : w.shift;
-  w.pos_end = w.block_start + kBlockM < seq.len_kv ? w.block_start + kBlockM : seq.len_kv;
-  w.has_rows = w.pos_begin < w.pos_end;
-  w.kv_head = w.coord.head / p.group;
+  w.shift = w.coord.shift();
+  w.block_start = w.coord.block_start(kBlockM);
+  const detail::PositionRange positions = w.coord.positions(kBlockM);
+  w.pos_begin = positions.begin;
+  w.pos_end = positions.end;
+  w.has_rows = !positions.empty();
+  w.kv_head = w.coord.kv_head(p.group);
   w.blocks = params.dense ? nullptr : params.col_idx + params.row_ptr[w.row];
-  w.num_tiles = params.dense ? int(w.coord.block_abs + 1) : int(params.row_ptr[w.row + 1] - params.row_ptr[w.row]);
+  w.num_tiles = params.dense ? int(w.coord.num_causal_blocks()) : int(params.row_ptr[w.row + 1] - params.row_ptr[w.row]);
   return w;
 }
 

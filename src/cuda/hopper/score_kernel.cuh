@@ -71,8 +71,8 @@ __device__ inline int key_tile_at(int step, int num_tiles) {
   return step == 1 ? 0 : num_tiles - step;
 }
 
-// What the tile epilogues need of the row (32-bit: positions fit, see make_problem).
-struct RowGeometry {
+// What the tile epilogues need of the row's geometry, in 32 bits (positions fit, see make_problem).
+struct RowBounds32 {
   int32_t block_start, shift, len_kv, num_j;
 };
 
@@ -129,7 +129,7 @@ __device__ __forceinline__ float max_of_half(const float (&x)[64], int half) {
 // maxima need no shuffles then, and they cannot raise the row maximum, so warp_max_so_far (the
 // warp's largest score, the row maximum once reduced over warps) is updated only on tiles it scores.
 template <typename Traits>
-__device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t (&j)[2], bool mask, const RowGeometry& row,
+__device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t (&j)[2], bool mask, const RowBounds32& row,
                                                   float scale_log2, bool may_skip, float skip_offset, float* warp_running_max,
                                                   int step, float* log_score, float& warp_max_so_far, float& thread_max_log_score) {
   using namespace sm90;
@@ -208,12 +208,12 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   uint64_t* q_full = key_full + kStages;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4;
-  const int64_t shift = r.extent.len_kv - r.extent.len_q;
-  const int64_t block_start = r.block_abs * kBlock;
+  const int64_t shift = r.shift();
+  const int64_t block_start = r.block_start(kBlock);
   const int32_t kv_head = int32_t(r.head) / int32_t(p.group);  // 32-bit: no 64-bit division call
   const int32_t slot0 = int32_t(p.pooled_slot0(r.seq, r.extent, kBlock));
-  const int64_t num_j = r.block_abs + 1;
-  const RowGeometry geometry{int32_t(block_start), int32_t(shift), int32_t(r.extent.len_kv), int32_t(num_j)};
+  const int64_t num_j = r.num_causal_blocks();
+  const RowBounds32 geometry{int32_t(block_start), int32_t(shift), int32_t(r.extent.len_kv), int32_t(num_j)};
 
   // Rows the selection keeps whole (the last query blocks) need no scores when only the layout is
   // wanted: every causal block is kept whatever its score.

@@ -1,4 +1,4 @@
-#include "cpu/reference.hpp"
+#include "reference.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "common/half.hpp"
+#include "common/row_geometry.hpp"
 
 namespace flashprefill::reference {
 namespace {
@@ -16,19 +17,6 @@ constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 double load(const Problem& p, const void* base, int64_t offset) {
   return detail::half_bits_to_float(static_cast<const uint16_t*>(base)[offset], p.dtype);
-}
-
-// Calls visit(b, h, i_abs, extent, row) for every layout row in order.
-template <typename Visit>
-void for_each_row(const Problem& p, Visit&& visit) {
-  int64_t row = 0;
-  for (int64_t b = 0; b < p.num_seqs; ++b) {
-    const SeqExtent s = p.seq(b);
-    const int64_t nqb = num_query_blocks(s.len_q, s.len_kv, p.block());
-    const int64_t first = first_query_block(s.len_q, s.len_kv, p.block());
-    for (int64_t h = 0; h < p.heads_q; ++h)
-      for (int64_t i = 0; i < nqb; ++i) visit(b, h, first + i, s, row++);
-  }
 }
 
 }  // namespace
@@ -57,10 +45,11 @@ std::vector<double> pool_keys(const Problem& p, int64_t num_slots) {
 std::vector<double> block_scores(const Problem& p, const std::vector<double>& pooled, int64_t max_key_blocks) {
   const int64_t D = p.head_dim, B = p.block();
   std::vector<double> scores;
-  for_each_row(p, [&](int64_t b, int64_t h, int64_t i, const SeqExtent& s, int64_t row) {
+  detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
+    const int64_t b = r.seq, h = r.head, i = r.block_abs, shift = r.shift();
+    const SeqExtent& s = r.extent;
     scores.resize(static_cast<size_t>((row + 1) * max_key_blocks), 0.0);
-    const int64_t shift = s.len_kv - s.len_q;
-    const int64_t t0 = std::max(i * B, shift) - shift, t1 = std::min((i + 1) * B, s.len_kv) - shift;
+    const int64_t t0 = r.positions(B).begin - shift, t1 = r.positions(B).end - shift;
     std::vector<double> x(static_cast<size_t>((t1 - t0) * (i + 1)), kNegInf);
     double row_max = kNegInf;
     for (int64_t t = t0; t < t1; ++t)
@@ -86,13 +75,13 @@ std::vector<double> block_scores(const Problem& p, const std::vector<double>& po
 
 std::vector<std::vector<int32_t>> select_blocks(const Problem& p, const std::vector<double>& scores, int64_t max_key_blocks) {
   std::vector<std::vector<int32_t>> kept;
-  for_each_row(p, [&](int64_t, int64_t, int64_t i, const SeqExtent& s, int64_t row) {
+  detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
+    const int64_t i = r.block_abs;
     const double* S = &scores[row * max_key_blocks];
     const double row_max = *std::max_element(S, S + i + 1);
     std::vector<bool> keep(static_cast<size_t>(i + 1));
     for (int64_t j = 0; j <= i; ++j)
-      keep[j] = S[j] >= p.params.alpha * row_max ||
-                detail::always_kept(i, j, num_key_blocks(s.len_kv, p.block()), p.params);
+      keep[j] = S[j] >= p.params.alpha * row_max || detail::always_kept(i, j, r.key_blocks(p.block()), p.params);
     std::vector<int32_t> order(static_cast<size_t>(i + 1));
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t c) { return S[a] > S[c]; });
@@ -109,12 +98,13 @@ AttentionResult attention(const Problem& p, const std::vector<std::vector<int32_
   AttentionResult result;
   result.out.assign(static_cast<size_t>(p.total_q * H * D), 0.0);
   result.lse.assign(static_cast<size_t>(p.total_q * H), kNegInf);
-  for_each_row(p, [&](int64_t b, int64_t h, int64_t i, const SeqExtent& s, int64_t row) {
+  detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
+    const int64_t b = r.seq, h = r.head, i = r.block_abs, shift = r.shift();
+    const SeqExtent& s = r.extent;
     std::vector<int32_t> blocks(static_cast<size_t>(i + 1));
     std::iota(blocks.begin(), blocks.end(), 0);
     if (!rows.empty()) blocks = rows[row];
-    const int64_t shift = s.len_kv - s.len_q;
-    const int64_t t0 = std::max(i * B, shift) - shift, t1 = std::min((i + 1) * B, s.len_kv) - shift;
+    const int64_t t0 = r.positions(B).begin - shift, t1 = r.positions(B).end - shift;
     for (int64_t t = t0; t < t1; ++t) {
       std::vector<double> logits;
       std::vector<int64_t> keys;

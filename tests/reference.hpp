@@ -1,4 +1,5 @@
-// fp64 reference of every step of ALGORITHM.md: plain loops, no shortcuts. The tests of every
+// fp64 reference of every step of ALGORITHM.md: plain loops, no shortcuts (the row geometry is the
+// shared common/row_geometry.hpp, which every backend uses too). The tests of every
 // backend compare against it. Inputs are read through a validated detail::Problem (host memory).
 #pragma once
 
