@@ -9,6 +9,7 @@
 
 #include "backend.hpp"
 #include "common/half.hpp"
+#include "common/row_geometry.hpp"
 #include "cpu/kernels.hpp"
 #include "cpu/parallel.hpp"
 
@@ -35,20 +36,15 @@ void store(const Problem& p, void* base, int64_t offset, float value) {
   static_cast<uint16_t*>(base)[offset] = detail::float_to_half_bits(value, p.dtype);
 }
 
-// One layout row: which sequence, head and query block, and the query rows it holds.
-struct Row {
-  int64_t seq = 0, head = 0, block_abs = 0;
-  SeqExtent extent;
-  int64_t t_begin = 0, t_end = 0;  // chunk rows t of this block
+// One layout row (common/row_geometry.hpp) and the chunk rows t of its queries.
+struct Row : detail::LayoutRow {
+  int64_t t_begin = 0, t_end = 0;
   int64_t num_kv_blocks = 0;
 };
 
 std::vector<int64_t> seq_row_offsets(const Problem& p) {
   std::vector<int64_t> offsets(static_cast<size_t>(p.num_seqs + 1), 0);
-  for (int64_t b = 0; b < p.num_seqs; ++b) {
-    const SeqExtent s = p.seq(b);
-    offsets[b + 1] = offsets[b] + p.heads_q * num_query_blocks(s.len_q, s.len_kv, p.block());
-  }
+  for (int64_t b = 0; b < p.num_seqs; ++b) offsets[b + 1] = offsets[b] + detail::layout_rows_of(p, p.seq(b));
   return offsets;
 }
 
@@ -56,24 +52,15 @@ std::vector<int64_t> seq_row_offsets(const Problem& p) {
 std::vector<Row> enumerate_rows(const Problem& p) {
   std::vector<Row> rows;
   const int64_t block = p.block();
-  for (int64_t b = 0; b < p.num_seqs; ++b) {
-    const SeqExtent s = p.seq(b);
-    const int64_t nqb = num_query_blocks(s.len_q, s.len_kv, block);
-    const int64_t first = first_query_block(s.len_q, s.len_kv, block);
-    const int64_t shift = s.len_kv - s.len_q;  // absolute position of chunk row 0
-    for (int64_t h = 0; h < p.heads_q; ++h)
-      for (int64_t i = 0; i < nqb; ++i) {
-        Row r;
-        r.seq = b;
-        r.head = h;
-        r.block_abs = first + i;
-        r.extent = s;
-        r.t_begin = std::max(r.block_abs * block, shift) - shift;
-        r.t_end = std::min((r.block_abs + 1) * block, s.len_kv) - shift;
-        r.num_kv_blocks = num_key_blocks(s.len_kv, block);
-        rows.push_back(r);
-      }
-  }
+  detail::for_each_layout_row(p, [&](const detail::LayoutRow& layout_row, int64_t) {
+    Row r;
+    static_cast<detail::LayoutRow&>(r) = layout_row;
+    const detail::PositionRange positions = r.positions(block);
+    r.t_begin = positions.begin - r.shift();
+    r.t_end = positions.end - r.shift();
+    r.num_kv_blocks = r.key_blocks(block);
+    rows.push_back(r);
+  });
   return rows;
 }
 
