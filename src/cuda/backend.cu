@@ -30,12 +30,12 @@ void run_attention(SparseAttentionParams& params) {
   const DeviceInfo info = device_info(params.problem);
   params.num_sms = info.sms;
 #ifdef FLASHPREFILL_HAS_HOPPER_KERNEL
-  if (use_hopper_kernels(info) && hopper::supports(params.problem, info.major, info.minor)) return hopper::run(params);
+  if (use_hopper_kernels(info) && sm90::supports_attention(params.problem, info.major, info.minor)) return sm90::run_attention(params);
 #endif
-  if (!ampere::supports(params.problem, info.major, info.minor) && info.major < 8)
+  if (!sm80::supports_attention(params.problem, info.major, info.minor) && info.major < 8)
     throw Error("flashprefill: the CUDA backend needs compute capability 8.0 or newer; this GPU is " +
                 std::to_string(info.major) + "." + std::to_string(info.minor));
-  ampere::run(params);
+  sm80::run_attention(params);
 }
 
 // Longest rows first: (-count, row) pairs sorted by key.

@@ -43,12 +43,22 @@ void compact(const detail::Problem& p, const Buffers& buffers, int64_t max_rows,
 
 // Score CTAs: x over (query block, head), heads fastest (see row_of_grid), y over sequences.
 dim3 score_grid(const detail::Problem& p);
-
-// The wgmma score kernel (src/cuda/hopper/score.cu, sm_90a): block size 128, head dim 64 or 128.
-namespace hopper {
-bool supports(const detail::Problem& p);
-void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t ld,
-                dim3 grid);
-}  // namespace hopper
+// The grid's query blocks per sequence: exact for padded batches, a bound for varlen (CTAs past a
+// sequence's blocks return at once).
+int64_t grid_query_blocks(const detail::Problem& p);
 
 }  // namespace flashprefill::cuda::discovery
+
+namespace flashprefill::cuda {
+// The mma.sync score kernel (src/cuda/sm80/score.cu): block size 64 or 128, head dim 64, 128 or 256.
+namespace sm80 {
+void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const discovery::Buffers& buffers, float* scores,
+                int64_t ld, dim3 grid);
+}  // namespace sm80
+// The wgmma score kernel (src/cuda/sm90/score.cu, sm_90a): block size 128, head dim 64 or 128.
+namespace sm90 {
+bool supports_scoring(const detail::Problem& p);
+void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const discovery::Buffers& buffers, float* scores,
+                int64_t ld, dim3 grid);
+}  // namespace sm90
+}  // namespace flashprefill::cuda

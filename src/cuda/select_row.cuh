@@ -1,5 +1,5 @@
 // The end of step 2 and steps 3-4 for one layout row, shared by the score kernels of every
-// architecture (src/cuda/discovery.cu, src/cuda/hopper/score_kernel.cuh). Every function here is
+// architecture (src/cuda/sm80/score_kernel.cuh, src/cuda/sm90/score_kernel.cuh). Every function here is
 // called by all threads of the CTA.
 //
 // The row's block scores arrive as one float per key block j in shared memory, in log2 units:
@@ -15,7 +15,7 @@
 #include "common/problem.hpp"
 #include "common/row_geometry.hpp"
 #include "cuda/discovery.cuh"
-#include "cuda/mma.cuh"
+#include "cuda/sm80/mma.cuh"
 #include "cuda/named_barrier.cuh"
 
 namespace flashprefill::cuda::discovery {

@@ -1,6 +1,6 @@
 // The contract between the CUDA backend's host code (src/cuda/backend.cu) and the block-sparse
-// attention kernels of ALGORITHM.md step 5: the Hopper kernel (src/cuda/hopper/) and the Ampere
-// kernel (src/cuda/ampere/), which is also the fallback on every other GPU.
+// attention kernels of ALGORITHM.md step 5: the sm_90 kernel (src/cuda/sm90/) and the sm_80 kernel
+// (src/cuda/sm80/), which is also the fallback on every other GPU.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -69,14 +69,14 @@ __device__ inline RowCoord decode_row(const SparseAttentionParams& params, int64
   return c;
 }
 
-namespace hopper {
-bool supports(const detail::Problem& p, int device_major, int device_minor);  // sm_90, dtype, head dim, block 128
-void run(const SparseAttentionParams& params);
-}  // namespace hopper
+namespace sm90 {
+bool supports_attention(const detail::Problem& p, int device_major, int device_minor);  // sm_90, head dim, block 128
+void run_attention(const SparseAttentionParams& params);
+}  // namespace sm90
 
-namespace ampere {
-bool supports(const detail::Problem& p, int device_major, int device_minor);
-void run(const SparseAttentionParams& params);
-}  // namespace ampere
+namespace sm80 {
+bool supports_attention(const detail::Problem& p, int device_major, int device_minor);
+void run_attention(const SparseAttentionParams& params);
+}  // namespace sm80
 
 }  // namespace flashprefill::cuda

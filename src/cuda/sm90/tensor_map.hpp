@@ -1,11 +1,11 @@
-// TMA tensor maps for the Hopper kernels (host side; src/cuda/hopper/tensor_map.cu).
+// TMA tensor maps for the sm_90 kernels (host side; src/cuda/sm90/tensor_map.cu).
 #pragma once
 
 #include <cuda.h>
 
 #include "common/problem.hpp"
 
-namespace flashprefill::cuda::hopper {
+namespace flashprefill::cuda::sm90 {
 
 // TMA's rules for a global tensor: a 16-byte aligned base and byte strides that are multiples of 16.
 bool tma_addressable(const void* base, const detail::Strides& strides);
@@ -20,4 +20,4 @@ CUtensorMap make_tensor_map(const detail::Problem& p, const void* base, const de
 // `rows` slots of one kv head, 128-byte swizzled.
 CUtensorMap make_pooled_map(const detail::Problem& p, const void* base, int64_t slots, int rows, const char* name);
 
-}  // namespace flashprefill::cuda::hopper
+}  // namespace flashprefill::cuda::sm90

@@ -21,11 +21,11 @@
 #include "common/constants.hpp"
 #include "common/problem.hpp"
 #include "cuda/check.cuh"
-#include "cuda/hopper/sm90.cuh"
-#include "cuda/mma.cuh"
+#include "cuda/sm90/mma.cuh"
+#include "cuda/sm80/mma.cuh"
 #include "cuda/sparse_attention.cuh"
 
-namespace flashprefill::cuda::hopper {
+namespace flashprefill::cuda::sm90 {
 
 template <int kHeadDim_, bool kIsBf16_>
 struct AttentionTraits {
@@ -87,7 +87,6 @@ __device__ inline RowWork row_work(const SparseAttentionParams& params, int64_t 
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     sparse_attention_kernel(const __grid_constant__ SparseAttentionParams params, const __grid_constant__ TensorMaps maps) {
-  using namespace sm90;
   constexpr int D = Traits::kHeadDim, kBlockN = Traits::kBlockN, kStages = Traits::kStages, kPanels = Traits::kPanels;
   constexpr int kQBuffers = Traits::kQBuffers;
   constexpr bool kIsBf16 = Traits::kIsBf16;
@@ -417,11 +416,11 @@ void launch_sparse_attention(const SparseAttentionParams& params, const TensorMa
   auto kernel = sparse_attention_kernel<Traits>;
   FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes));
   // Persistent: one CTA per SM (or fewer when there are fewer rows), rows from params.work_counter.
-  if (params.work_counter == nullptr) throw Error("flashprefill: internal: the Hopper attention kernel needs a work counter");
+  if (params.work_counter == nullptr) throw Error("flashprefill: internal: the sm_90 attention kernel needs a work counter");
   FP_CUDA_CHECK(cudaMemsetAsync(params.work_counter, 0, sizeof(int), params.stream));
   const int64_t ctas = params.num_sms > 0 && params.num_sms < params.max_rows ? params.num_sms : params.max_rows;
   kernel<<<dim3(unsigned(ctas)), Traits::kThreads, Traits::kSmemBytes, params.stream>>>(params, maps);
   FP_CUDA_CHECK_LAUNCH();
 }
 
-}  // namespace flashprefill::cuda::hopper
+}  // namespace flashprefill::cuda::sm90

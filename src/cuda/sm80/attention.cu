@@ -1,20 +1,20 @@
-// Which Ampere attention instantiation serves a problem (one .cu file per head dim and dtype).
+// Which sm_80 attention instantiation serves a problem (one .cu file per head dim and dtype).
 #include <string>
 
 #include "cuda/check.cuh"
 #include "cuda/dispatch.hpp"
 #include "cuda/sparse_attention.cuh"
 
-namespace flashprefill::cuda::ampere {
+namespace flashprefill::cuda::sm80 {
 
 template <int kHeadDim, bool kIsBf16>
 void launch_sparse_attention(const SparseAttentionParams& params);
 
-bool supports(const detail::Problem& p, int device_major, int device_minor) {
+bool supports_attention(const detail::Problem& p, int device_major, int device_minor) {
   return device_major >= 8 && (p.head_dim == 64 || p.head_dim == 128 || p.head_dim == 256) && p.params.block_size % 64 == 0;
 }
 
-void run(const SparseAttentionParams& params) {
+void run_attention(const SparseAttentionParams& params) {
   const detail::Problem& p = params.problem;
   if (p.params.block_size % 64 != 0)
     throw Error("flashprefill: the CUDA attention kernel needs block_size a multiple of 64; got " + std::to_string(p.params.block_size));
@@ -23,4 +23,4 @@ void run(const SparseAttentionParams& params) {
   });
 }
 
-}  // namespace flashprefill::cuda::ampere
+}  // namespace flashprefill::cuda::sm80

@@ -31,11 +31,19 @@
 #include "common/problem.hpp"
 #include "cuda/check.cuh"
 #include "cuda/discovery.cuh"
-#include "cuda/hopper/sm90.cuh"
-#include "cuda/mma.cuh"
+#include "cuda/sm90/mma.cuh"
+#include "cuda/sm80/mma.cuh"
 #include "cuda/select_row.cuh"
 
-namespace flashprefill::cuda::discovery::hopper {
+namespace flashprefill::cuda::sm90 {
+
+// Steps 2-4's pieces shared with the sm_80 score kernel (src/cuda/select_row.cuh).
+using discovery::Buffers;
+using discovery::finish_row;
+using discovery::kSelectScratchFloats;
+using discovery::log_score_capacity;
+using discovery::row_of_grid;
+using discovery::RowOfGrid;
 
 struct ScoreMaps {
   CUtensorMap q;       // as the attention kernel's (boxes of 128 tokens)
@@ -90,7 +98,6 @@ __device__ __forceinline__ void k_major_descriptors(uint32_t address, uint64_t (
 // caller waits for it (warpgroup_wait) and fences x before reading it.
 template <typename Traits>
 __device__ __forceinline__ void issue_tile_product(uint32_t key_address, uint64_t (&q_desc)[Traits::kHeadDim / 16], float (&x)[64]) {
-  using namespace sm90;
   constexpr int kSteps = Traits::kHeadDim / 16;
   uint64_t key_desc[kSteps];
   k_major_descriptors<typename Traits::KeyPanels>(key_address, key_desc);
@@ -132,7 +139,6 @@ template <typename Traits>
 __device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t (&j)[2], bool mask, const RowBounds32& row,
                                                   float scale_log2, bool may_skip, float skip_offset, float* warp_running_max,
                                                   int step, float* log_score, float& warp_max_so_far, float& thread_max_log_score) {
-  using namespace sm90;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, quad = lane % 4;
   const float4 seen = *reinterpret_cast<const float4*>(warp_running_max + 4 * (step % 2));
   const float running_max = fmaxf(fmaxf(seen.x, seen.y), fmaxf(seen.z, seen.w));
@@ -192,7 +198,6 @@ template <typename Traits>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     score_rows_kernel(const detail::Problem p, const int64_t* seq_row_offset, const Buffers buffers, float* scores, int64_t scores_ld,
                       const __grid_constant__ ScoreMaps maps) {
-  using namespace sm90;
   constexpr int kStages = Traits::kStages, kKeyTile = Traits::kKeyTile;
   constexpr int kBlock = Traits::kBlockM;  // == params.block_size (supports() in score.cu)
   const RowOfGrid r = row_of_grid<kBlock>(p, seq_row_offset);
@@ -309,4 +314,4 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
              reduce_smem + 8);
 }
 
-}  // namespace flashprefill::cuda::discovery::hopper
+}  // namespace flashprefill::cuda::sm90

@@ -9,10 +9,10 @@
 #include "common/constants.hpp"
 #include "common/problem.hpp"
 #include "cuda/check.cuh"
-#include "cuda/mma.cuh"
+#include "cuda/sm80/mma.cuh"
 #include "cuda/sparse_attention.cuh"
 
-namespace flashprefill::cuda::ampere {
+namespace flashprefill::cuda::sm80 {
 
 template <int kHeadDim_, bool kIsBf16_>
 struct AttentionTraits {
@@ -36,7 +36,6 @@ struct AttentionTraits {
 
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(const SparseAttentionParams params) {
-  using namespace sm80;
   using Element = typename Traits::Element;
   using Half = HalfType<Traits::kIsBf16>;
   using Swizzle = typename Traits::Swizzle;
@@ -262,4 +261,4 @@ void launch_sparse_attention(const SparseAttentionParams& params) {
   FP_CUDA_CHECK_LAUNCH();
 }
 
-}  // namespace flashprefill::cuda::ampere
+}  // namespace flashprefill::cuda::sm80

@@ -4,9 +4,9 @@
 #include <string>
 
 #include "cuda/check.cuh"
-#include "cuda/hopper/tensor_map.hpp"
+#include "cuda/sm90/tensor_map.hpp"
 
-namespace flashprefill::cuda::hopper {
+namespace flashprefill::cuda::sm90 {
 namespace {
 
 constexpr int64_t kElementBytes = 2;
@@ -65,4 +65,4 @@ CUtensorMap make_pooled_map(const detail::Problem& p, const void* base, int64_t 
   return encode(p, base, 3, dims, byte_strides, box, name);
 }
 
-}  // namespace flashprefill::cuda::hopper
+}  // namespace flashprefill::cuda::sm90

@@ -4,21 +4,21 @@
 
 #include "cuda/check.cuh"
 #include "cuda/dispatch.hpp"
-#include "cuda/hopper/attention_kernel.cuh"
-#include "cuda/hopper/tensor_map.hpp"
+#include "cuda/sm90/attention_kernel.cuh"
+#include "cuda/sm90/tensor_map.hpp"
 
-namespace flashprefill::cuda::hopper {
+namespace flashprefill::cuda::sm90 {
 
 template <int kHeadDim, bool kIsBf16>
 void launch_sparse_attention(const SparseAttentionParams& params, const TensorMaps& maps);
 
-bool supports(const detail::Problem& p, int device_major, int device_minor) {
+bool supports_attention(const detail::Problem& p, int device_major, int device_minor) {
   // sm_90a code runs on compute capability 9.0 only. The kernel's tile is one 128-token block.
   return device_major == 9 && device_minor == 0 && (p.head_dim == 64 || p.head_dim == 128) && p.params.block_size == 128 &&
          tma_addressable(p.q, p.q_stride) && tma_addressable(p.k, p.k_stride) && tma_addressable(p.v, p.v_stride);
 }
 
-void run(const SparseAttentionParams& params) {
+void run_attention(const SparseAttentionParams& params) {
   const detail::Problem& p = params.problem;
   const int64_t tokens_q = p.varlen ? p.total_q : p.len_q;
   const int64_t tokens_kv = p.varlen ? p.total_kv : p.len_kv;
@@ -32,4 +32,4 @@ void run(const SparseAttentionParams& params) {
   });
 }
 
-}  // namespace flashprefill::cuda::hopper
+}  // namespace flashprefill::cuda::sm90

@@ -1,4 +1,4 @@
-// The Hopper (sm_90a) building blocks of the attention kernel: warpgroup MMA (wgmma) through
+// The sm_90a building blocks of the attention and score kernels: warpgroup MMA (wgmma) through
 // CuTe's instruction atoms, shared-memory matrix descriptors for TMA's 128-byte swizzle, and the
 // mbarrier/TMA wrappers of cutlass/arch. Only the instruction wrappers come from CUTLASS; the
 // tiling is this file's and attention_kernel.cuh's.
@@ -16,7 +16,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "cuda/mma.cuh"
+#include "cuda/sm80/mma.cuh"
 #include "cuda/named_barrier.cuh"
 
 namespace flashprefill::cuda::sm90 {
