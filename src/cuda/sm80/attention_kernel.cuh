@@ -9,6 +9,8 @@
 #include "common/constants.hpp"
 #include "common/problem.hpp"
 #include "cuda/check.cuh"
+#include "cuda/epilogue.cuh"
+#include "cuda/kv_view.cuh"
 #include "cuda/sm80/mma.cuh"
 #include "cuda/sparse_attention.cuh"
 
@@ -86,6 +88,7 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
   const auto* k_base = static_cast<const Element*>(p.k);
   const auto* v_base = static_cast<const Element*>(p.v);
 
+  const ContiguousKV kv{p, coord.seq, seq, kv_head};
   auto load_kv = [&](int tile, int stage) {
     const int64_t key0 = tile_key0(tile);
     Element* k_tile = k_smem + stage * Traits::kTileElems;
@@ -95,8 +98,8 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
       const int64_t key = key0 + r;
       const bool valid = key < seq.len_kv;
       const int64_t safe_key = valid ? key : 0;  // zero-filled, but the address must stay legal
-      cp_async_16(k_tile + Swizzle::offset(r, c), k_base + p.k_offset(coord.seq, seq, safe_key, kv_head) + c * 8, valid ? 16 : 0);
-      cp_async_16(v_tile + Swizzle::offset(r, c), v_base + p.v_offset(coord.seq, seq, safe_key, kv_head) + c * 8, valid ? 16 : 0);
+      cp_async_16(k_tile + Swizzle::offset(r, c), k_base + kv.k_offset(safe_key) + c * 8, valid ? 16 : 0);
+      cp_async_16(v_tile + Swizzle::offset(r, c), v_base + kv.v_offset(safe_key) + c * 8, valid ? 16 : 0);
     }
   };
 
@@ -226,27 +229,9 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
   }
   cp_async_wait<0>();
 
-  // ---- epilogue: O / sum, lse = ln(sum) + max (natural log, scale included); empty rows -> 0, -inf
-  auto* out_base = static_cast<Element*>(p.out);
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    float sum = row_sum[half];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const int64_t pos = row_pos[half];
-    if (pos < pos_begin || pos >= pos_end) continue;
-    const int64_t t = pos - shift;
-    const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
-    Element* out_row = out_base + p.out_offset(coord.seq, seq, t, coord.head);
-#pragma unroll
-    for (int dt = 0; dt < Traits::kDimTiles; ++dt) {
-      const auto pair = Half::from_floats(o[dt][2 * half] * inverse, o[dt][2 * half + 1] * inverse);
-      *reinterpret_cast<typename Half::pair*>(out_row + dt * 8 + 2 * quad) = pair;
-    }
-    if (p.lse && quad == 0)
-      p.lse[p.lse_offset(coord.seq, seq, t, coord.head)] =
-          sum > 0.0f ? (row_max[half] + log2f(sum)) * detail::kLn2 : -INFINITY;
-  }
+  // Row maxima are in log2 units already (scores were scaled before the softmax).
+  store_rows<Half, Traits::kDimTiles>(p, coord, shift, row_pos, slice_positions, row_sum, row_max, 1.0f, quad,
+                                      [&](int dt, int e) { return o[dt][e]; });
 }
 
 template <int kHeadDim, bool kIsBf16>
