@@ -316,12 +316,38 @@ TEST(CpuChunked, BlockAlignedChunkMatchesFullPrefill) {
 
 TEST(CpuEdgeCases, EmptyInputsAreANoOp) {
   Params params;
-  Shape shape{0, 0, 0, 2, 1, 64};
-  HostBatch batch = padded_batch(shape, DType::bf16, 1);
-  EXPECT_NO_THROW(flash_prefill(batch.args(), params));
-  Shape no_queries{1, 0, 50, 2, 1, 64};
-  HostBatch chunk = padded_batch(no_queries, DType::bf16, 1);
-  EXPECT_NO_THROW(flash_prefill(chunk.args(), params));
+  // No sequences, or no query tokens: out and lse have no elements, and the call writes nothing.
+  for (const Shape& shape : {Shape{0, 0, 0, 2, 1, 64}, Shape{1, 0, 50, 2, 1, 64}}) {
+    HostBatch batch = padded_batch(shape, DType::bf16, 1);
+    EXPECT_TRUE(batch.out.empty());
+    EXPECT_NO_THROW(flash_prefill(batch.args(/*with_lse=*/true), params));
+    EXPECT_TRUE(batch.out.empty() && batch.lse.empty());
+  }
+  // Packed tokens that no sequence covers (no sequences, or sequences without queries) are not
+  // the call's to write: out and lse keep what they held.
+  const int64_t heads_q = 2, heads_kv = 1, dim = 64, tokens_q = 3, tokens_kv = 80;
+  constexpr uint16_t kSentinel = 0x1234;
+  for (const auto& [cu_q, cu_kv] : {std::pair{std::vector<int32_t>{0}, std::vector<int32_t>{0}},
+                                    std::pair{std::vector<int32_t>{0, 0, 0}, std::vector<int32_t>{0, 50, 80}}}) {
+    std::vector<uint16_t> q(size_t(tokens_q * heads_q * dim), 0x3f80), k(size_t(tokens_kv * heads_kv * dim), 0x3f80), v = k;
+    std::vector<uint16_t> out(q.size(), kSentinel);
+    std::vector<float> lse(size_t(heads_q * tokens_q), 7.0f);
+    AttentionArgs args;
+    const Device cpu = Device::cpu();
+    args.q = TensorView::contiguous(q.data(), DType::bf16, cpu, {tokens_q, heads_q, dim});
+    args.k = TensorView::contiguous(k.data(), DType::bf16, cpu, {tokens_kv, heads_kv, dim});
+    args.v = TensorView::contiguous(v.data(), DType::bf16, cpu, {tokens_kv, heads_kv, dim});
+    args.out = TensorView::contiguous(out.data(), DType::bf16, cpu, {tokens_q, heads_q, dim});
+    args.lse = TensorView::contiguous(lse.data(), DType::fp32, cpu, {heads_q, tokens_q});
+    std::vector<int32_t> cu_q_copy = cu_q, cu_kv_copy = cu_kv;
+    args.varlen.cu_seqlens_q = TensorView::contiguous(cu_q_copy.data(), DType::int32, cpu, {int64_t(cu_q.size())});
+    args.varlen.cu_seqlens_kv = TensorView::contiguous(cu_kv_copy.data(), DType::int32, cpu, {int64_t(cu_kv.size())});
+    args.varlen.max_seqlen_q = 0;
+    args.varlen.max_seqlen_kv = 50;
+    ASSERT_NO_THROW(flash_prefill(args, params)) << cu_q.size() - 1 << " sequences";
+    EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](uint16_t x) { return x == kSentinel; })) << cu_q.size() - 1 << " sequences";
+    EXPECT_TRUE(std::all_of(lse.begin(), lse.end(), [](float x) { return x == 7.0f; })) << cu_q.size() - 1 << " sequences";
+  }
 }
 
 TEST(CpuEdgeCases, SingleTokenAndHeadDim256) {

@@ -33,14 +33,15 @@ const std::set<std::string> kShapeOptions = {"shape", "seq-len", "batch", "heads
                                              "block-size", "dtype", "backend", "seed", "sink-blocks", "window-blocks",
                                              "last-full-blocks", "min-budget"};
 
-void print_shape_help(std::ostream& os) {
+void print_shape_help(std::ostream& os, const char* default_len) {
   os << "  --shape NAME          llama3-8b (32 q heads, 8 kv, D 128; default), qwen2.5-7b (28, 4, 128), small (9, 3, 64)\n"
-        "  --seq-len N           tokens (accepts 4096, 4K, 32k, 1M)\n"
+        "  --seq-len N           tokens (accepts 4096, 4K, 32k, 1M; default "
+     << default_len << ")\n"
         "  --batch B             sequences (default 1)\n"
         "  --heads H, --kv-heads H, --head-dim D   override the preset\n"
         "  --alpha A             threshold ratio in [0, 1] (default 0.12)\n"
         "  --block-size B        power of two >= 16 (default 128)\n"
-        "  --sink-blocks N, --window-blocks N, --last-full-blocks N, --min-budget N\n"
+        "  --sink-blocks N, --window-blocks N, --last-full-blocks N, --min-budget N   (defaults 2, 4, 2, 0)\n"
         "  --dtype bf16|fp16     (default bf16)\n"
         "  --backend cpu|cuda|auto   (default auto: cuda when a GPU is present)\n"
         "  --seed S              input seed (default 0)\n";
@@ -252,8 +253,8 @@ int run_bench(int argc, char** argv) {
   if (options.has("help")) {
     std::cout << "usage: flashprefill bench [options]\n\nTimes FlashPrefill (discovery + block-sparse attention) against our dense\n"
                  "causal attention on the structured synthetic input of BENCHMARK.md.\n\n";
-    print_shape_help(std::cout);
-    std::cout << "  --repeats N           timed runs per measurement, median reported (default 5 on GPU, 1 on CPU)\n"
+    print_shape_help(std::cout, "8K");
+    std::cout << "  --repeats N           timed runs per measurement, median reported (default 20 on GPU, 1 on CPU)\n"
                  "  --recall-samples N    rows sampled for attention recall (default 128)\n"
                  "  --no-dense            skip the dense baseline (for very long CPU runs)\n"
                  "  --json                print one JSON object instead of the table\n"
@@ -346,7 +347,7 @@ int run_inspect(int argc, char** argv) {
     std::cout << "usage: flashprefill inspect [options] --out FILE.png\n\nRuns pattern discovery on the structured synthetic input and draws\n"
                  "the kept blocks per head (query block down, key block across): blue kept by score, orange sink,\n"
                  "green local window, purple last full rows, grey dropped, white not causal. Prints per-head density.\n\n";
-    print_shape_help(std::cout);
+    print_shape_help(std::cout, "16K");
     std::cout << "  --out FILE            PNG to write (default layout.png)\n"
                  "  --heads-to-show LIST  comma-separated query heads (default: first, middle, last)\n"
                  "  --all                 every head (at most 64 panels)\n";
