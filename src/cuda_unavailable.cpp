@@ -5,8 +5,9 @@
 namespace flashprefill::cuda {
 namespace {
 [[noreturn]] void unavailable() {
-  throw Error("flashprefill was built without its CUDA backend (no CUDA compiler at configure time); "
-              "tensors must be on the CPU");
+  throw Error(
+      "flashprefill was built without its CUDA backend (no CUDA compiler at configure time); "
+      "tensors must be on the CPU");
 }
 }  // namespace
 
@@ -22,9 +23,17 @@ detail::AttentionPlan plan_attention(const detail::Problem&, int64_t) { unavaila
 void fill_seq_row_offsets(const detail::Problem&, const BlockSparseLayout&) { unavailable(); }
 void pool_keys(const detail::Problem&, float*) { unavailable(); }
 void block_scores(const detail::Problem&, const float*, float*, int64_t) { unavailable(); }
-void select_blocks(const detail::Problem&, const float*, int64_t, const BlockSparseLayout&) { unavailable(); }
-void discover_layout(const detail::Problem&, const BlockSparseLayout&, const detail::DiscoveryPlan&, void*) { unavailable(); }
-void block_sparse_attention(const detail::Problem&, const BlockSparseLayout&, const detail::AttentionPlan&, void*) { unavailable(); }
+void select_blocks(const detail::Problem&, const float*, int64_t, const BlockSparseLayout&) {
+  unavailable();
+}
+void discover_layout(const detail::Problem&, const BlockSparseLayout&, const detail::DiscoveryPlan&,
+                     void*) {
+  unavailable();
+}
+void block_sparse_attention(const detail::Problem&, const BlockSparseLayout&,
+                            const detail::AttentionPlan&, void*) {
+  unavailable();
+}
 void dense_attention(const detail::Problem&) { unavailable(); }
 
 }  // namespace flashprefill::cuda

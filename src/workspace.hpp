@@ -12,7 +12,9 @@ namespace flashprefill::detail {
 
 // Every region of a workspace starts on this boundary (CUB and vector loads want at least 16).
 inline constexpr size_t kWorkspaceAlign = 256;
-constexpr size_t align_up(size_t bytes) { return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
+constexpr size_t align_up(size_t bytes) {
+  return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
+}
 
 // One piece of a workspace: `bytes` (aligned) at `offset` from the workspace's base.
 struct Region {
@@ -39,10 +41,11 @@ class RegionAllocator {
 
 // Scratch of discover_layout (steps 1-4): the CUDA backend's; the CPU backend needs none (bytes 0).
 struct DiscoveryPlan {
-  Region pooled_half;  // [slots][H_kv][D] pooled keys rounded to the input dtype: what scoring reads
-  Region counts;       // [max_rows] int64 kept blocks per row
-  Region kept_bits;    // [max_rows][words] uint32 kept-block bitmask
-  Region scan_temp;    // CUB's scan scratch (counts -> row_ptr)
+  Region
+      pooled_half;   // [slots][H_kv][D] pooled keys rounded to the input dtype: what scoring reads
+  Region counts;     // [max_rows] int64 kept blocks per row
+  Region kept_bits;  // [max_rows][words] uint32 kept-block bitmask
+  Region scan_temp;  // CUB's scan scratch (counts -> row_ptr)
   int64_t slots = 0, max_rows = 0, words = 0;  // words: bitmask words per row
   size_t bytes = 0;
 };
@@ -50,9 +53,10 @@ struct DiscoveryPlan {
 // Scratch of block_sparse_attention (step 5): the CUDA backend's row counter and, for varlen
 // batches, the longest-first row sort; the CPU backend needs none (bytes 0).
 struct AttentionPlan {
-  Region work_counter;            // int, zeroed before a persistent kernel takes rows from it
-  Region sort_keys_in, sort_keys_out, sort_rows_in, sort_rows_out;  // [max_rows] int32 each; bytes 0: no sort
-  Region sort_temp;               // CUB's radix sort scratch
+  Region work_counter;  // int, zeroed before a persistent kernel takes rows from it
+  Region sort_keys_in, sort_keys_out, sort_rows_in,
+      sort_rows_out;  // [max_rows] int32 each; bytes 0: no sort
+  Region sort_temp;   // CUB's radix sort scratch
   int64_t max_rows = 0;
   size_t bytes = 0;
   bool sorts_rows() const { return sort_keys_in.bytes > 0; }

@@ -42,7 +42,8 @@ std::vector<double> pool_keys(const Problem& p, int64_t num_slots) {
   return pooled;
 }
 
-std::vector<double> block_scores(const Problem& p, const std::vector<double>& pooled, int64_t max_key_blocks) {
+std::vector<double> block_scores(const Problem& p, const std::vector<double>& pooled,
+                                 int64_t max_key_blocks) {
   const int64_t D = p.head_dim, B = p.block();
   std::vector<double> scores;
   detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
@@ -56,24 +57,29 @@ std::vector<double> block_scores(const Problem& p, const std::vector<double>& po
       for (int64_t j = 0; j <= i; ++j) {
         if (!detail::key_block_visible(j, shift + t, s.len_kv, B)) continue;
         // Scoring reads the pooled keys rounded to the input dtype (ALGORITHM.md step 1 accumulates
-        // in fp32; the paper's reference stores its pooled keys in k's dtype, and so do our backends).
+        // in fp32; the paper's reference stores its pooled keys in k's dtype, and so do our
+        // backends).
         const double* kbar = &pooled[((p.pooled_slot0(b, s) + j) * p.heads_kv + h / p.group) * D];
         double dot = 0.0;
-        for (int64_t d = 0; d < D; ++d) dot += load(p, p.q, p.q_offset(b, s, t, h) + d) * detail::rounded_to(float(kbar[d]), p.dtype);
+        for (int64_t d = 0; d < D; ++d)
+          dot += load(p, p.q, p.q_offset(b, s, t, h) + d) *
+                 detail::rounded_to(float(kbar[d]), p.dtype);
         x[(t - t0) * (i + 1) + j] = p.params.scale * dot;
         row_max = std::max(row_max, x[(t - t0) * (i + 1) + j]);
       }
     for (int64_t j = 0; j <= i; ++j) {
       double sum = 0.0;
       for (int64_t t = t0; t < t1; ++t)
-        if (x[(t - t0) * (i + 1) + j] != kNegInf) sum += std::exp(x[(t - t0) * (i + 1) + j] - row_max);
+        if (x[(t - t0) * (i + 1) + j] != kNegInf)
+          sum += std::exp(x[(t - t0) * (i + 1) + j] - row_max);
       scores[row * max_key_blocks + j] = sum;
     }
   });
   return scores;
 }
 
-std::vector<std::vector<int32_t>> select_blocks(const Problem& p, const std::vector<double>& scores, int64_t max_key_blocks) {
+std::vector<std::vector<int32_t>> select_blocks(const Problem& p, const std::vector<double>& scores,
+                                                int64_t max_key_blocks) {
   std::vector<std::vector<int32_t>> kept;
   detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
     const int64_t i = r.block_abs;
@@ -81,11 +87,13 @@ std::vector<std::vector<int32_t>> select_blocks(const Problem& p, const std::vec
     const double row_max = *std::max_element(S, S + i + 1);
     std::vector<bool> keep(static_cast<size_t>(i + 1));
     for (int64_t j = 0; j <= i; ++j)
-      keep[j] = S[j] >= p.params.alpha * row_max || detail::always_kept(i, j, r.key_blocks(p.block()), p.params);
+      keep[j] = S[j] >= p.params.alpha * row_max ||
+                detail::always_kept(i, j, r.key_blocks(p.block()), p.params);
     std::vector<int32_t> order(static_cast<size_t>(i + 1));
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t c) { return S[a] > S[c]; });
-    for (int64_t n = 0; n < std::min<int64_t>(p.params.min_budget, i + 1); ++n) keep[order[n]] = true;
+    for (int64_t n = 0; n < std::min<int64_t>(p.params.min_budget, i + 1); ++n)
+      keep[order[n]] = true;
     kept.emplace_back();
     for (int64_t j = 0; j <= i; ++j)
       if (keep[j]) kept.back().push_back(static_cast<int32_t>(j));
@@ -113,7 +121,8 @@ AttentionResult attention(const Problem& p, const std::vector<std::vector<int32_
           if (key > shift + t) continue;
           double dot = 0.0;
           for (int64_t d = 0; d < D; ++d)
-            dot += load(p, p.q, p.q_offset(b, s, t, h) + d) * load(p, p.k, p.k_offset(b, s, key, h / p.group) + d);
+            dot += load(p, p.q, p.q_offset(b, s, t, h) + d) *
+                   load(p, p.k, p.k_offset(b, s, key, h / p.group) + d);
           logits.push_back(p.params.scale * dot);
           keys.push_back(key);
         }
@@ -124,7 +133,8 @@ AttentionResult attention(const Problem& p, const std::vector<std::vector<int32_
       const int64_t token = token_index(p, b, t);
       double* out = &result.out[(token * H + h) * D];
       for (size_t n = 0; n < keys.size(); ++n)
-        for (int64_t d = 0; d < D; ++d) out[d] += logits[n] / sum * load(p, p.v, p.v_offset(b, s, keys[n], h / p.group) + d);
+        for (int64_t d = 0; d < D; ++d)
+          out[d] += logits[n] / sum * load(p, p.v, p.v_offset(b, s, keys[n], h / p.group) + d);
       result.lse[token * H + h] = row_max + std::log(sum);
     }
   });

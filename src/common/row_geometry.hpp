@@ -28,7 +28,9 @@ struct LayoutRow {
   FP_HOST_DEVICE int64_t shift() const { return extent.len_kv - extent.len_q; }
   // Causal key blocks 0 .. block_abs.
   FP_HOST_DEVICE int64_t num_causal_blocks() const { return block_abs + 1; }
-  FP_HOST_DEVICE int64_t key_blocks(int64_t block) const { return num_key_blocks(extent.len_kv, block); }
+  FP_HOST_DEVICE int64_t key_blocks(int64_t block) const {
+    return num_key_blocks(extent.len_kv, block);
+  }
   FP_HOST_DEVICE int64_t kv_head(int64_t group) const { return head / group; }
   FP_HOST_DEVICE int64_t block_start(int64_t block) const { return block_abs * block; }
   // The positions among [first, first + count) that hold a query of the chunk; a kernel that
@@ -38,12 +40,15 @@ struct LayoutRow {
     return {first > s ? first : s, last < extent.len_kv ? last : extent.len_kv};
   }
   // The positions of the row's queries: the whole block but for a partial first or last block.
-  FP_HOST_DEVICE PositionRange positions(int64_t block) const { return positions(block_start(block), block); }
+  FP_HOST_DEVICE PositionRange positions(int64_t block) const {
+    return positions(block_start(block), block);
+  }
 };
 
 // The row (seq, head, block_local) of sequence extent s, for block size `block` (a kernel
 // specialised for one block size passes it as a constant: the divisions become shifts).
-FP_HOST_DEVICE inline LayoutRow layout_row(const SeqExtent& s, int64_t seq, int64_t head, int64_t block_local, int64_t block) {
+FP_HOST_DEVICE inline LayoutRow layout_row(const SeqExtent& s, int64_t seq, int64_t head,
+                                           int64_t block_local, int64_t block) {
   LayoutRow r;
   r.seq = seq;
   r.head = head;

@@ -23,26 +23,31 @@ int64_t max_rows_of(const Problem& p) { return detail::stage_shapes_of(p).max_ro
 
 void check_block_size(const Problem& p) {
   if (p.params.block_size != 64 && p.params.block_size != 128)
-    throw Error("flashprefill: the CUDA backend supports block_size 64 and 128; got " + std::to_string(p.params.block_size));
+    throw Error("flashprefill: the CUDA backend supports block_size 64 and 128; got " +
+                std::to_string(p.params.block_size));
 }
 
 void run_attention(SparseAttentionParams& params) {
   const DeviceInfo info = device_info(params.problem);
   params.num_sms = info.sms;
 #ifdef FLASHPREFILL_HAS_HOPPER_KERNEL
-  if (use_hopper_kernels(info) && sm90::supports_attention(params.problem, info.major, info.minor)) return sm90::run_attention(params);
+  if (use_hopper_kernels(info) && sm90::supports_attention(params.problem, info.major, info.minor))
+    return sm90::run_attention(params);
 #endif
   if (!sm80::supports_attention(params.problem, info.major, info.minor) && info.major < 8)
-    throw Error("flashprefill: the CUDA backend needs compute capability 8.0 or newer; this GPU is " +
-                std::to_string(info.major) + "." + std::to_string(info.minor));
+    throw Error(
+        "flashprefill: the CUDA backend needs compute capability 8.0 or newer; this GPU is " +
+        std::to_string(info.major) + "." + std::to_string(info.minor));
   sm80::run_attention(params);
 }
 
 // Longest rows first: (-count, row) pairs sorted by key.
-__global__ void schedule_keys_kernel(const int64_t* seq_row_offset, int64_t num_seqs, const int64_t* row_ptr, int64_t max_rows,
-                                     int32_t* keys, int32_t* rows) {
+__global__ void schedule_keys_kernel(const int64_t* seq_row_offset, int64_t num_seqs,
+                                     const int64_t* row_ptr, int64_t max_rows, int32_t* keys,
+                                     int32_t* rows) {
   const int64_t total = seq_row_offset[num_seqs];
-  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < max_rows; r += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < max_rows;
+       r += int64_t(gridDim.x) * blockDim.x) {
     keys[r] = r < total ? -int32_t(row_ptr[r + 1] - row_ptr[r]) : INT_MAX;
     rows[r] = int32_t(r);
   }
@@ -57,8 +62,10 @@ bool sorts_rows(const Problem& p) { return p.varlen; }
 
 DeviceInfo device_info(const Problem& p) {
   DeviceInfo info;
-  FP_CUDA_CHECK(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, p.device.index));
-  FP_CUDA_CHECK(cudaDeviceGetAttribute(&info.minor, cudaDevAttrComputeCapabilityMinor, p.device.index));
+  FP_CUDA_CHECK(
+      cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, p.device.index));
+  FP_CUDA_CHECK(
+      cudaDeviceGetAttribute(&info.minor, cudaDevAttrComputeCapabilityMinor, p.device.index));
   FP_CUDA_CHECK(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, p.device.index));
   return info;
 }
@@ -66,7 +73,8 @@ DeviceInfo device_info(const Problem& p) {
 bool use_hopper_kernels(const DeviceInfo& info) {
 #ifdef FLASHPREFILL_HAS_HOPPER_KERNEL
   const char* choice = std::getenv("FLASHPREFILL_CUDA_KERNELS");
-  return info.major == 9 && info.minor == 0 && !(choice != nullptr && std::string(choice) == "ampere");
+  return info.major == 9 && info.minor == 0 &&
+         !(choice != nullptr && std::string(choice) == "ampere");
 #else
   return false;
 #endif
@@ -90,9 +98,10 @@ detail::AttentionPlan plan_attention(const Problem& p, int64_t max_rows) {
     plan.sort_rows_in = regions.take(keys);
     plan.sort_rows_out = regions.take(keys);
     size_t sort_bytes = 0;
-    FP_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const int32_t*>(nullptr),
-                                                  static_cast<int32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
-                                                  static_cast<int32_t*>(nullptr), int(max_rows > 0 ? max_rows : 1)));
+    FP_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+        nullptr, sort_bytes, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+        static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+        int(max_rows > 0 ? max_rows : 1)));
     plan.sort_temp = regions.take(sort_bytes);
   }
   plan.bytes = regions.bytes();
@@ -106,7 +115,8 @@ void fill_seq_row_offsets(const Problem& p, const BlockSparseLayout& layout) {
 void pool_keys(const Problem& p, float* pooled_keys) {
   check_block_size(p);
   const detail::DiscoveryPlan plan = discovery::plan(p, 0);
-  discovery::Buffers buffers = discovery::carve(plan, detail::cached_workspace(p.device, p.stream, plan.bytes));
+  discovery::Buffers buffers =
+      discovery::carve(plan, detail::cached_workspace(p.device, p.stream, plan.bytes));
   buffers.pooled = pooled_keys;
   discovery::pool_keys(p, buffers);
 }
@@ -122,33 +132,42 @@ void block_scores(const Problem& p, const float* pooled_keys, float* scores, int
   auto* seq_row_offset = offsets.in<int64_t>(scratch);
   discovery::fill_seq_row_offsets(p, seq_row_offset);
   discovery::round_pooled(p, pooled_keys, plan.slots, buffers);
-  FP_CUDA_CHECK(cudaMemsetAsync(scores, 0, size_t(max_rows_of(p) * ld) * 4, static_cast<cudaStream_t>(p.stream)));
+  FP_CUDA_CHECK(cudaMemsetAsync(scores, 0, size_t(max_rows_of(p) * ld) * 4,
+                                static_cast<cudaStream_t>(p.stream)));
   discovery::score_rows(p, seq_row_offset, buffers, scores, ld);
 }
 
-void select_blocks(const Problem& p, const float* scores, int64_t ld, const BlockSparseLayout& layout) {
+void select_blocks(const Problem& p, const float* scores, int64_t ld,
+                   const BlockSparseLayout& layout) {
   check_block_size(p);
   const detail::DiscoveryPlan plan = discovery::plan(p, layout.max_rows);
-  const discovery::Buffers buffers = discovery::carve(plan, detail::cached_workspace(p.device, p.stream, plan.bytes));
+  const discovery::Buffers buffers =
+      discovery::carve(plan, detail::cached_workspace(p.device, p.stream, plan.bytes));
   auto* seq_row_offset = layout.seq_row_offset.ptr<int64_t>();
   discovery::fill_seq_row_offsets(p, seq_row_offset);
-  FP_CUDA_CHECK(cudaMemsetAsync(buffers.counts, 0, size_t(layout.max_rows) * 8, static_cast<cudaStream_t>(p.stream)));
+  FP_CUDA_CHECK(cudaMemsetAsync(buffers.counts, 0, size_t(layout.max_rows) * 8,
+                                static_cast<cudaStream_t>(p.stream)));
   discovery::select_from_scores(p, seq_row_offset, scores, ld, buffers);
-  discovery::compact(p, buffers, layout.max_rows, layout.row_ptr.ptr<int64_t>(), layout.col_idx.ptr<int32_t>());
+  discovery::compact(p, buffers, layout.max_rows, layout.row_ptr.ptr<int64_t>(),
+                     layout.col_idx.ptr<int32_t>());
 }
 
-void discover_layout(const Problem& p, const BlockSparseLayout& layout, const detail::DiscoveryPlan& plan, void* workspace) {
+void discover_layout(const Problem& p, const BlockSparseLayout& layout,
+                     const detail::DiscoveryPlan& plan, void* workspace) {
   check_block_size(p);
   const discovery::Buffers buffers = discovery::carve(plan, workspace);
   auto* seq_row_offset = layout.seq_row_offset.ptr<int64_t>();
   discovery::fill_seq_row_offsets(p, seq_row_offset);
-  FP_CUDA_CHECK(cudaMemsetAsync(buffers.counts, 0, size_t(layout.max_rows) * 8, static_cast<cudaStream_t>(p.stream)));
+  FP_CUDA_CHECK(cudaMemsetAsync(buffers.counts, 0, size_t(layout.max_rows) * 8,
+                                static_cast<cudaStream_t>(p.stream)));
   discovery::pool_keys(p, buffers);
   discovery::score_rows(p, seq_row_offset, buffers, nullptr, 0);
-  discovery::compact(p, buffers, layout.max_rows, layout.row_ptr.ptr<int64_t>(), layout.col_idx.ptr<int32_t>());
+  discovery::compact(p, buffers, layout.max_rows, layout.row_ptr.ptr<int64_t>(),
+                     layout.col_idx.ptr<int32_t>());
 }
 
-void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, const detail::AttentionPlan& plan, void* workspace) {
+void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout,
+                            const detail::AttentionPlan& plan, void* workspace) {
   auto stream = static_cast<cudaStream_t>(p.stream);
   SparseAttentionParams params;
   params.problem = p;
@@ -164,10 +183,12 @@ void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, c
     auto* rows_in = plan.sort_rows_in.in<int32_t>(workspace);
     auto* rows_out = plan.sort_rows_out.in<int32_t>(workspace);
     const unsigned blocks = unsigned(std::min<int64_t>((layout.max_rows + 255) / 256, 4096));
-    schedule_keys_kernel<<<blocks, 256, 0, stream>>>(params.seq_row_offset, p.num_seqs, params.row_ptr, layout.max_rows, keys_in, rows_in);
+    schedule_keys_kernel<<<blocks, 256, 0, stream>>>(
+        params.seq_row_offset, p.num_seqs, params.row_ptr, layout.max_rows, keys_in, rows_in);
     FP_CUDA_CHECK_LAUNCH();
     size_t sort_bytes = plan.sort_temp.bytes;
-    FP_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(plan.sort_temp.in<void>(workspace), sort_bytes, keys_in, keys_out, rows_in, rows_out,
+    FP_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(plan.sort_temp.in<void>(workspace), sort_bytes,
+                                                  keys_in, keys_out, rows_in, rows_out,
                                                   int(layout.max_rows), 0, 32, stream));
     params.row_order = rows_out;
   }

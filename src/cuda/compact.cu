@@ -11,7 +11,8 @@ namespace {
 using detail::Problem;
 
 // One warp per row: the set bits of the row's mask, in ascending order, at row_ptr[row].
-__global__ void compact_kernel(const Buffers buffers, int64_t max_rows, const int64_t* row_ptr, int32_t* col_idx) {
+__global__ void compact_kernel(const Buffers buffers, int64_t max_rows, const int64_t* row_ptr,
+                               int32_t* col_idx) {
   const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= max_rows) return;
@@ -27,22 +28,25 @@ __global__ void compact_kernel(const Buffers buffers, int64_t max_rows, const in
     }
     const int total = __shfl_sync(0xffffffffu, before, 31);
     int64_t position = out + before - __popc(word);
-    for (uint32_t rest = word; rest; rest &= rest - 1) col_idx[position++] = int32_t((w0 + lane) * 32 + __ffs(rest) - 1);
+    for (uint32_t rest = word; rest; rest &= rest - 1)
+      col_idx[position++] = int32_t((w0 + lane) * 32 + __ffs(rest) - 1);
     out += total;
   }
 }
 
 }  // namespace
 
-void compact(const Problem& p, const Buffers& buffers, int64_t max_rows, int64_t* row_ptr, int32_t* col_idx) {
+void compact(const Problem& p, const Buffers& buffers, int64_t max_rows, int64_t* row_ptr,
+             int32_t* col_idx) {
   auto stream = static_cast<cudaStream_t>(p.stream);
   FP_CUDA_CHECK(cudaMemsetAsync(row_ptr, 0, sizeof(int64_t), stream));
   if (max_rows == 0) return;
   size_t scan_bytes = buffers.scan_temp_bytes;
-  FP_CUDA_CHECK(cub::DeviceScan::InclusiveSum(buffers.scan_temp, scan_bytes, buffers.counts, row_ptr + 1, max_rows, stream));
+  FP_CUDA_CHECK(cub::DeviceScan::InclusiveSum(buffers.scan_temp, scan_bytes, buffers.counts,
+                                              row_ptr + 1, max_rows, stream));
   constexpr int kWarpsPerCta = 8;
-  compact_kernel<<<unsigned((max_rows + kWarpsPerCta - 1) / kWarpsPerCta), kWarpsPerCta * 32, 0, stream>>>(buffers, max_rows, row_ptr,
-                                                                                                           col_idx);
+  compact_kernel<<<unsigned((max_rows + kWarpsPerCta - 1) / kWarpsPerCta), kWarpsPerCta * 32, 0,
+                   stream>>>(buffers, max_rows, row_ptr, col_idx);
   FP_CUDA_CHECK_LAUNCH();
 }
 

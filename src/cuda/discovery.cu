@@ -35,8 +35,9 @@ detail::DiscoveryPlan plan(const Problem& p, int64_t max_rows) {
   plan.counts = regions.take(size_t(max_rows) * 8);
   plan.kept_bits = regions.take(size_t(max_rows * plan.words) * 4);
   size_t scan_bytes = 0;
-  FP_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, static_cast<const int64_t*>(nullptr),
-                                              static_cast<int64_t*>(nullptr), max_rows > 0 ? max_rows : 1));
+  FP_CUDA_CHECK(
+      cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, static_cast<const int64_t*>(nullptr),
+                                    static_cast<int64_t*>(nullptr), max_rows > 0 ? max_rows : 1));
   plan.scan_temp = regions.take(scan_bytes);
   plan.bytes = regions.bytes();
   return plan;
@@ -59,19 +60,22 @@ int64_t grid_query_blocks(const Problem& p) {
   return p.varlen ? p.len_q / block + 2 : num_query_blocks(p.len_q, p.len_kv, block);
 }
 
-
 void fill_seq_row_offsets(const Problem& p, int64_t* seq_row_offset) {
   fill_seq_row_offsets_kernel<<<1, 1, 0, static_cast<cudaStream_t>(p.stream)>>>(p, seq_row_offset);
   FP_CUDA_CHECK_LAUNCH();
 }
 
-dim3 score_grid(const Problem& p) { return dim3(unsigned(grid_query_blocks(p) * p.heads_q), unsigned(p.num_seqs)); }
+dim3 score_grid(const Problem& p) {
+  return dim3(unsigned(grid_query_blocks(p) * p.heads_q), unsigned(p.num_seqs));
+}
 
-void score_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t scores_ld) {
+void score_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers& buffers,
+                float* scores, int64_t scores_ld) {
   if (grid_query_blocks(p) == 0 || p.num_seqs == 0) return;
   const dim3 grid = score_grid(p);
 #ifdef FLASHPREFILL_HAS_HOPPER_KERNEL
-  if (use_hopper_kernels(device_info(p)) && sm90::supports_scoring(p)) return sm90::score_rows(p, seq_row_offset, buffers, scores, scores_ld, grid);
+  if (use_hopper_kernels(device_info(p)) && sm90::supports_scoring(p))
+    return sm90::score_rows(p, seq_row_offset, buffers, scores, scores_ld, grid);
 #endif
   sm80::score_rows(p, seq_row_offset, buffers, scores, scores_ld, grid);
 }

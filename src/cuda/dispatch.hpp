@@ -8,7 +8,8 @@
 
 namespace flashprefill::cuda {
 
-// Calls f(std::integral_constant<int, kValue>{}) for the kValue equal to `value`; false when none is.
+// Calls f(std::integral_constant<int, kValue>{}) for the kValue equal to `value`; false when none
+// is.
 template <int... kValues, typename F>
 bool dispatch_int(int64_t value, F&& f) {
   return ((value == kValues ? (f(std::integral_constant<int, kValues>{}), true) : false) || ...);
@@ -26,19 +27,23 @@ std::string listed() {
 template <int... kHeadDims, typename F>
 void dispatch_head_dim_and_dtype(const detail::Problem& p, const char* kernel, F&& f) {
   const bool found = dispatch_int<kHeadDims...>(p.head_dim, [&](auto head_dim) {
-    if (p.dtype == DType::bf16) f(head_dim, std::true_type{});
-    else f(head_dim, std::false_type{});
+    if (p.dtype == DType::bf16)
+      f(head_dim, std::true_type{});
+    else
+      f(head_dim, std::false_type{});
   });
   if (!found)
-    throw Error(std::string("flashprefill: ") + kernel + " supports head dim " + listed<kHeadDims...>() + "; got " +
-                std::to_string(p.head_dim));
+    throw Error(std::string("flashprefill: ") + kernel + " supports head dim " +
+                listed<kHeadDims...>() + "; got " + std::to_string(p.head_dim));
 }
 
 // f(is_bf16) for p's dtype (bf16 or fp16).
 template <typename F>
 void dispatch_dtype(const detail::Problem& p, F&& f) {
-  if (p.dtype == DType::bf16) f(std::true_type{});
-  else f(std::false_type{});
+  if (p.dtype == DType::bf16)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
 }
 
 }  // namespace flashprefill::cuda

@@ -14,15 +14,16 @@ namespace flashprefill::cuda {
 
 // A thread holds two query rows (h = 0, 1: positions row_pos[h], accumulator elements 4 * dt +
 // 2 * h + {0, 1} of each n8 tile dt, columns 8 * dt + 2 * quad + {0, 1}); o_at(dt, e) reads element
-// e of tile dt. row_sum: the thread's partial sums (reduced here over the quad). row_max * max_scale
-// is the row maximum in log2 units. Rows outside `positions` are not written. shift: row.shift(),
-// which the caller has at hand (recomputing it here would keep the extent live through the
-// mainloop: two registers more in kernels that spill at 255).
+// e of tile dt. row_sum: the thread's partial sums (reduced here over the quad). row_max *
+// max_scale is the row maximum in log2 units. Rows outside `positions` are not written. shift:
+// row.shift(), which the caller has at hand (recomputing it here would keep the extent live through
+// the mainloop: two registers more in kernels that spill at 255).
 template <typename Half, int kDimTiles, typename OAt>
-__device__ __forceinline__ void store_rows(const detail::Problem& p, const detail::LayoutRow& row, int64_t shift,
-                                           const int64_t (&row_pos)[2], const detail::PositionRange& positions,
-                                           const float (&row_sum)[2], const float (&row_max)[2], float max_scale, int quad,
-                                           OAt o_at) {
+__device__ __forceinline__ void store_rows(const detail::Problem& p, const detail::LayoutRow& row,
+                                           int64_t shift, const int64_t (&row_pos)[2],
+                                           const detail::PositionRange& positions,
+                                           const float (&row_sum)[2], const float (&row_max)[2],
+                                           float max_scale, int quad, OAt o_at) {
   auto* out_base = static_cast<typename Half::type*>(p.out);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -36,7 +37,8 @@ __device__ __forceinline__ void store_rows(const detail::Problem& p, const detai
     auto* out_row = out_base + p.out_offset(row.seq, row.extent, t, row.head);
 #pragma unroll
     for (int dt = 0; dt < kDimTiles; ++dt) {
-      const auto pair = Half::from_floats(o_at(dt, 2 * half) * inverse, o_at(dt, 2 * half + 1) * inverse);
+      const auto pair =
+          Half::from_floats(o_at(dt, 2 * half) * inverse, o_at(dt, 2 * half + 1) * inverse);
       *reinterpret_cast<typename Half::pair*>(out_row + dt * 8 + 2 * quad) = pair;
     }
     if (p.lse && quad == 0)

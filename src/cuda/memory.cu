@@ -12,8 +12,8 @@ void* device_malloc(int device, size_t bytes) {
   const cudaError_t status = cudaMalloc(&ptr, bytes);
   cudaSetDevice(previous);
   if (status != cudaSuccess)
-    throw Error("flashprefill: cudaMalloc of " + std::to_string(bytes) + " bytes on cuda:" + std::to_string(device) +
-                " failed: " + cudaGetErrorString(status));
+    throw Error("flashprefill: cudaMalloc of " + std::to_string(bytes) + " bytes on cuda:" +
+                std::to_string(device) + " failed: " + cudaGetErrorString(status));
   return ptr;
 }
 

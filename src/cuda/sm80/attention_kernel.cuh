@@ -20,13 +20,13 @@ template <int kHeadDim_, bool kIsBf16_>
 struct AttentionTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kIsBf16 = kIsBf16_;
-  static constexpr int kBlockM = 64;   // query rows per CTA
-  static constexpr int kBlockN = 64;   // keys per tile
+  static constexpr int kBlockM = 64;  // query rows per CTA
+  static constexpr int kBlockN = 64;  // keys per tile
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kKSteps = kHeadDim / 16;    // k16 steps of Q K^T
-  static constexpr int kKeyTiles = kBlockN / 8;    // n8 tiles of S
-  static constexpr int kDimTiles = kHeadDim / 8;   // n8 tiles of O
+  static constexpr int kKSteps = kHeadDim / 16;   // k16 steps of Q K^T
+  static constexpr int kKeyTiles = kBlockN / 8;   // n8 tiles of S
+  static constexpr int kDimTiles = kHeadDim / 8;  // n8 tiles of O
   using Element = typename sm80::HalfType<kIsBf16>::type;
   using Swizzle = sm80::SwizzledTile<kHeadDim>;
   static constexpr int kTileElems = kBlockN * kHeadDim;
@@ -37,7 +37,8 @@ struct AttentionTraits {
 };
 
 template <typename Traits>
-__global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(const SparseAttentionParams params) {
+__global__ void __launch_bounds__(Traits::kThreads)
+    sparse_attention_kernel(const SparseAttentionParams params) {
   using Element = typename Traits::Element;
   using Half = HalfType<Traits::kIsBf16>;
   using Swizzle = typename Traits::Swizzle;
@@ -47,8 +48,8 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   Element* q_smem = reinterpret_cast<Element*>(smem_raw);
-  Element* k_smem = q_smem + kBlockM * D;                // [2][kBlockN][D]
-  Element* v_smem = k_smem + 2 * Traits::kTileElems;     // [2][kBlockN][D]
+  Element* k_smem = q_smem + kBlockM * D;             // [2][kBlockN][D]
+  Element* v_smem = k_smem + 2 * Traits::kTileElems;  // [2][kBlockN][D]
 
   // ---- which rows: a layout row (longest first when row_order is given) and a 64-row slice of it
   const int slices = p.params.block_size / kBlockM;
@@ -62,12 +63,14 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
   const int64_t shift = coord.shift();
   const int64_t slice_start = coord.block_start(p.params.block_size) + int64_t(slice) * kBlockM;
   const detail::PositionRange slice_positions = coord.positions(slice_start, kBlockM);
-  if (slice_positions.empty()) return;  // a slice before the chunk's first query or past the sequence
+  if (slice_positions.empty())
+    return;  // a slice before the chunk's first query or past the sequence
   const int64_t pos_begin = slice_positions.begin, pos_end = slice_positions.end;
   const int64_t kv_head = coord.kv_head(p.group);
 
   const int32_t* blocks = params.dense ? nullptr : params.col_idx + params.row_ptr[row];
-  const int num_blocks = params.dense ? int(coord.num_causal_blocks()) : int(params.row_ptr[row + 1] - params.row_ptr[row]);
+  const int num_blocks = params.dense ? int(coord.num_causal_blocks())
+                                      : int(params.row_ptr[row + 1] - params.row_ptr[row]);
   const int tiles_per_block = p.params.block_size / kBlockN;
   const int num_tiles = num_blocks * tiles_per_block;
   auto tile_key0 = [&](int tile) -> int64_t {
@@ -98,8 +101,10 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
       const int64_t key = key0 + r;
       const bool valid = key < seq.len_kv;
       const int64_t safe_key = valid ? key : 0;  // zero-filled, but the address must stay legal
-      cp_async_16(k_tile + Swizzle::offset(r, c), k_base + kv.k_offset(safe_key) + c * 8, valid ? 16 : 0);
-      cp_async_16(v_tile + Swizzle::offset(r, c), v_base + kv.v_offset(safe_key) + c * 8, valid ? 16 : 0);
+      cp_async_16(k_tile + Swizzle::offset(r, c), k_base + kv.k_offset(safe_key) + c * 8,
+                  valid ? 16 : 0);
+      cp_async_16(v_tile + Swizzle::offset(r, c), v_base + kv.v_offset(safe_key) + c * 8,
+                  valid ? 16 : 0);
     }
   };
 
@@ -113,7 +118,8 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
     const int64_t pos = slice_start + r;
     const bool valid = pos >= pos_begin && pos < pos_end;
     const int64_t t = valid ? pos - shift : 0;
-    cp_async_16(q_smem + Swizzle::offset(r, c), q_base + p.q_offset(coord.seq, seq, t, coord.head) + c * 8, valid ? 16 : 0);
+    cp_async_16(q_smem + Swizzle::offset(r, c),
+                q_base + p.q_offset(coord.seq, seq, t, coord.head) + c * 8, valid ? 16 : 0);
   }
   cp_async_commit();
 
@@ -159,7 +165,8 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
 #pragma unroll
       for (int np = 0; np < Traits::kKeyTiles / 2; ++np) {
         uint32_t k_frag[4];
-        ldmatrix_x4(k_frag, k_tile + Swizzle::offset(16 * np + (lane % 8) + (lane / 16) * 8, 2 * kk + (lane / 8) % 2));
+        ldmatrix_x4(k_frag, k_tile + Swizzle::offset(16 * np + (lane % 8) + (lane / 16) * 8,
+                                                     2 * kk + (lane / 8) % 2));
         const uint32_t b0[2] = {k_frag[0], k_frag[1]}, b1[2] = {k_frag[2], k_frag[3]};
         mma_16816<Traits::kIsBf16>(s[2 * np], q_frag[qk], b0);
         mma_16816<Traits::kIsBf16>(s[2 * np + 1], q_frag[qk], b1);
@@ -180,12 +187,13 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
         }
       }
 
-    // Online softmax (exp2 domain): new running max, rescale O and the sum, P = exp2(S - max).
+      // Online softmax (exp2 domain): new running max, rescale O and the sum, P = exp2(S - max).
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float tile_max = row_max[half];
 #pragma unroll
-      for (int nt = 0; nt < Traits::kKeyTiles; ++nt) tile_max = fmaxf(tile_max, fmaxf(s[nt][2 * half], s[nt][2 * half + 1]));
+      for (int nt = 0; nt < Traits::kKeyTiles; ++nt)
+        tile_max = fmaxf(tile_max, fmaxf(s[nt][2 * half], s[nt][2 * half + 1]));
       tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
       tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
       const float correction = exp2f(row_max[half] - tile_max);
@@ -217,7 +225,8 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
 #pragma unroll
       for (int dp = 0; dp < Traits::kDimTiles / 2; ++dp) {
         uint32_t v_frag[4];
-        ldmatrix_x4_trans(v_frag, v_tile + Swizzle::offset(16 * kk + (lane % 16), 2 * dp + lane / 16));
+        ldmatrix_x4_trans(v_frag,
+                          v_tile + Swizzle::offset(16 * kk + (lane % 16), 2 * dp + lane / 16));
         const uint32_t b0[2] = {v_frag[0], v_frag[1]}, b1[2] = {v_frag[2], v_frag[3]};
         mma_16816<Traits::kIsBf16>(o[2 * dp], p_frag, b0);
         mma_16816<Traits::kIsBf16>(o[2 * dp + 1], p_frag, b1);
@@ -230,8 +239,8 @@ __global__ void __launch_bounds__(Traits::kThreads) sparse_attention_kernel(cons
   cp_async_wait<0>();
 
   // Row maxima are in log2 units already (scores were scaled before the softmax).
-  store_rows<Half, Traits::kDimTiles>(p, coord, shift, row_pos, slice_positions, row_sum, row_max, 1.0f, quad,
-                                      [&](int dt, int e) { return o[dt][e]; });
+  store_rows<Half, Traits::kDimTiles>(p, coord, shift, row_pos, slice_positions, row_sum, row_max,
+                                      1.0f, quad, [&](int dt, int e) { return o[dt][e]; });
 }
 
 template <int kHeadDim, bool kIsBf16>
@@ -241,7 +250,8 @@ void launch_sparse_attention(const SparseAttentionParams& params) {
   const int64_t ctas = params.max_rows * slices;
   if (ctas == 0) return;
   auto kernel = sparse_attention_kernel<Traits>;
-  FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes));
+  FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     Traits::kSmemBytes));
   kernel<<<dim3(unsigned(ctas)), Traits::kThreads, Traits::kSmemBytes, params.stream>>>(params);
   FP_CUDA_CHECK_LAUNCH();
 }

@@ -25,8 +25,9 @@ constexpr int kKeyChunk = 64;  // pooled keys scored per step
 // selection (fused path) or the S row written out. x = scale * q . Kbar with tensor cores (Kbar in
 // the input dtype), fp32 accumulation; each key block's log2-domain score lands in shared memory.
 template <int kHeadDim, bool kIsBf16, int kBlockM>
-__global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const detail::Problem p, const int64_t* seq_row_offset, Buffers buffers,
-                                                                  float* scores, int64_t scores_ld) {
+__global__ void __launch_bounds__(kBlockM * 2)
+    score_rows_kernel(const detail::Problem p, const int64_t* seq_row_offset, Buffers buffers,
+                      float* scores, int64_t scores_ld) {
   using namespace sm80;
   using Half = HalfType<kIsBf16>;
   using Element = typename Half::type;
@@ -36,12 +37,12 @@ __global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const detail::P
   if (!r.valid) return;
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  Element* q_smem = reinterpret_cast<Element*>(smem_raw);           // [kBlockM][D]
-  Element* key_smem = q_smem + kBlockM * D;                          // [kKeyChunk][D]
+  Element* q_smem = reinterpret_cast<Element*>(smem_raw);                // [kBlockM][D]
+  Element* key_smem = q_smem + kBlockM * D;                              // [kKeyChunk][D]
   float* warp_max = reinterpret_cast<float*>(key_smem + kKeyChunk * D);  // [kWarps][kKeyChunk]
-  float* warp_sum = warp_max + kWarps * kKeyChunk;                   // [kWarps][kKeyChunk]
-  float* reduce_smem = warp_sum + kWarps * kKeyChunk;                // 128 floats
-  float* log_score = reduce_smem + 128;                              // [log_score_capacity(num_kv_blocks)]
+  float* warp_sum = warp_max + kWarps * kKeyChunk;                       // [kWarps][kKeyChunk]
+  float* reduce_smem = warp_sum + kWarps * kKeyChunk;                    // 128 floats
+  float* log_score = reduce_smem + 128;  // [log_score_capacity(num_kv_blocks)]
   const int64_t num_j = r.num_causal_blocks();
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, quad = lane % 4;
@@ -56,7 +57,8 @@ __global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const detail::P
     const int row = chunk / Swizzle::kChunks, c = chunk % Swizzle::kChunks;
     const int64_t pos = block_start + row;
     const bool valid = pos >= shift && pos < r.extent.len_kv;
-    cp_async_16(q_smem + Swizzle::offset(row, c), q_base + p.q_offset(r.seq, r.extent, valid ? pos - shift : 0, r.head) + c * 8,
+    cp_async_16(q_smem + Swizzle::offset(row, c),
+                q_base + p.q_offset(r.seq, r.extent, valid ? pos - shift : 0, r.head) + c * 8,
                 valid ? 16 : 0);
   }
   cp_async_commit();
@@ -73,7 +75,8 @@ __global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const detail::P
       const int row = chunk / Swizzle::kChunks, c = chunk % Swizzle::kChunks;
       const bool valid = j0 + row < num_j;
       const int64_t index = ((slot0 + (valid ? j0 + row : 0)) * p.heads_kv + kv_head) * D + c * 8;
-      cp_async_16(key_smem + Swizzle::offset(row, c), static_cast<const Element*>(buffers.pooled_half) + index, valid ? 16 : 0);
+      cp_async_16(key_smem + Swizzle::offset(row, c),
+                  static_cast<const Element*>(buffers.pooled_half) + index, valid ? 16 : 0);
     }
     cp_async_commit();
     cp_async_wait<0>();
@@ -86,7 +89,8 @@ __global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const detail::P
       ldmatrix_x4(q_frag, q_smem + Swizzle::offset(warp * 16 + (lane % 16), 2 * kk + lane / 16));
 #pragma unroll
       for (int np = 0; np < kKeyChunk / 16; ++np) {
-        const int key_row = 16 * np + (lane % 8) + (lane / 16) * 8, key_chunk = 2 * kk + (lane / 8) % 2;
+        const int key_row = 16 * np + (lane % 8) + (lane / 16) * 8,
+                  key_chunk = 2 * kk + (lane / 8) % 2;
         uint32_t key[4];
         ldmatrix_x4(key, key_smem + Swizzle::offset(key_row, key_chunk));
         const uint32_t key0[2] = {key[0], key[1]}, key1[2] = {key[2], key[3]};
@@ -111,7 +115,8 @@ __global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const detail::P
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         float m = fmaxf(x[nt][e], x[nt][e + 2]);
-        for (int offset = 4; offset < 32; offset *= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+        for (int offset = 4; offset < 32; offset *= 2)
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
         const float shift_m = m == -INFINITY ? 0.0f : m;
         float s = exp2f(x[nt][e] - shift_m) + exp2f(x[nt][e + 2] - shift_m);
         for (int offset = 4; offset < 32; offset *= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
@@ -126,7 +131,8 @@ __global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const detail::P
       for (int w = 0; w < kWarps; ++w) m = fmaxf(m, warp_max[w * kKeyChunk + c]);
       float s = 0.0f;
       if (m != -INFINITY)
-        for (int w = 0; w < kWarps; ++w) s += warp_sum[w * kKeyChunk + c] * exp2f(warp_max[w * kKeyChunk + c] - m);
+        for (int w = 0; w < kWarps; ++w)
+          s += warp_sum[w * kKeyChunk + c] * exp2f(warp_max[w * kKeyChunk + c] - m);
       const float value = m == -INFINITY ? -INFINITY : m + log2f(s);
       log_score[j0 + c] = value;
       thread_max_x2 = fmaxf(thread_max_x2, m);
@@ -135,18 +141,22 @@ __global__ void __launch_bounds__(kBlockM * 2) score_rows_kernel(const detail::P
     __syncthreads();
   }
 
-  finish_row(p, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs, r.num_kv_blocks, r.row, buffers, scores, scores_ld,
-             reduce_smem);
+  finish_row(p, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs, r.num_kv_blocks,
+             r.row, buffers, scores, scores_ld, reduce_smem);
 }
 
 template <int kHeadDim, bool kIsBf16, int kBlockM>
-void launch_score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t ld,
-                       dim3 grid, int64_t max_key_blocks) {
+void launch_score_rows(const detail::Problem& p, const int64_t* seq_row_offset,
+                       const Buffers& buffers, float* scores, int64_t ld, dim3 grid,
+                       int64_t max_key_blocks) {
   constexpr int kWarps = kBlockM / 16;
-  const size_t smem = size_t(kBlockM + kKeyChunk) * kHeadDim * 2 + size_t(log_score_capacity(max_key_blocks) + 2 * kWarps * kKeyChunk + 128) * 4;
+  const size_t smem = size_t(kBlockM + kKeyChunk) * kHeadDim * 2 +
+                      size_t(log_score_capacity(max_key_blocks) + 2 * kWarps * kKeyChunk + 128) * 4;
   auto kernel = score_rows_kernel<kHeadDim, kIsBf16, kBlockM>;
-  FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<grid, kWarps * 32, smem, static_cast<cudaStream_t>(p.stream)>>>(p, seq_row_offset, buffers, scores, ld);
+  FP_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<grid, kWarps * 32, smem, static_cast<cudaStream_t>(p.stream)>>>(p, seq_row_offset,
+                                                                           buffers, scores, ld);
   FP_CUDA_CHECK_LAUNCH();
 }
 

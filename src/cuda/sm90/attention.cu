@@ -14,8 +14,9 @@ void launch_sparse_attention(const SparseAttentionParams& params, const TensorMa
 
 bool supports_attention(const detail::Problem& p, int device_major, int device_minor) {
   // sm_90a code runs on compute capability 9.0 only. The kernel's tile is one 128-token block.
-  return device_major == 9 && device_minor == 0 && (p.head_dim == 64 || p.head_dim == 128) && p.params.block_size == 128 &&
-         tma_addressable(p.q, p.q_stride) && tma_addressable(p.k, p.k_stride) && tma_addressable(p.v, p.v_stride);
+  return device_major == 9 && device_minor == 0 && (p.head_dim == 64 || p.head_dim == 128) &&
+         p.params.block_size == 128 && tma_addressable(p.q, p.q_stride) &&
+         tma_addressable(p.k, p.k_stride) && tma_addressable(p.v, p.v_stride);
 }
 
 void run_attention(const SparseAttentionParams& params) {
@@ -27,9 +28,10 @@ void run_attention(const SparseAttentionParams& params) {
   maps.q = make_tensor_map(p, p.q, p.q_stride, p.heads_q, tokens_q, Traits::kBlockM, "q");
   maps.k = make_tensor_map(p, p.k, p.k_stride, p.heads_kv, tokens_kv, Traits::kBlockN, "k");
   maps.v = make_tensor_map(p, p.v, p.v_stride, p.heads_kv, tokens_kv, Traits::kBlockN, "v");
-  dispatch_head_dim_and_dtype<64, 128>(p, "the sm_90 attention kernel", [&](auto head_dim, auto is_bf16) {
-    launch_sparse_attention<decltype(head_dim)::value, decltype(is_bf16)::value>(params, maps);
-  });
+  dispatch_head_dim_and_dtype<64, 128>(
+      p, "the sm_90 attention kernel", [&](auto head_dim, auto is_bf16) {
+        launch_sparse_attention<decltype(head_dim)::value, decltype(is_bf16)::value>(params, maps);
+      });
 }
 
 }  // namespace flashprefill::cuda::sm90

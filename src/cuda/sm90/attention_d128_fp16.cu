@@ -2,5 +2,6 @@
 #include "cuda/sm90/attention_kernel.cuh"
 
 namespace flashprefill::cuda::sm90 {
-template void launch_sparse_attention<128, false>(const SparseAttentionParams& params, const TensorMaps& maps);
+template void launch_sparse_attention<128, false>(const SparseAttentionParams& params,
+                                                  const TensorMaps& maps);
 }  // namespace flashprefill::cuda::sm90

@@ -1,7 +1,8 @@
 // Block-sparse FlashAttention for Hopper (sm_90a), ALGORITHM.md step 5, in the shape of
 // FlashAttention-3: a persistent CTA per SM takes layout rows (128 query rows = one query block
 // each) from a global counter, in row_at's order (long rows first), with three warpgroups.
-//  - warpgroup 0, the producer (mainloop_load.cuh): one warp takes the next row (row_scheduler.cuh),
+//  - warpgroup 0, the producer (mainloop_load.cuh): one warp takes the next row
+//  (row_scheduler.cuh),
 //    issues TMA loads of its Q and of the K and V tiles of its kept blocks into a ring of
 //    shared-memory stages (attention_traits.cuh), and hands the row to the consumers;
 //  - warpgroups 1 and 2, the consumers (mainloop_mma.cuh), 64 query rows each: wgmma and the online
@@ -26,7 +27,8 @@ namespace flashprefill::cuda::sm90 {
 
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
-    sparse_attention_kernel(const __grid_constant__ SparseAttentionParams params, const __grid_constant__ TensorMaps maps) {
+    sparse_attention_kernel(const __grid_constant__ SparseAttentionParams params,
+                            const __grid_constant__ TensorMaps maps) {
   constexpr int D = Traits::kHeadDim;
   using Half = sm80::HalfType<Traits::kIsBf16>;
   const detail::Problem& p = params.problem;
@@ -53,12 +55,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         break;
       }
       const RowWork w = row_work<Traits::kBlockM>(params, order);
-      if (!w.coord.valid || !w.has_rows) continue;  // no query of this block is in the chunk: nothing to write
+      if (!w.coord.valid || !w.has_rows)
+        continue;              // no query of this block is in the chunk: nothing to write
       if (w.num_tiles == 0) {  // its consumers only write zeros: no Q, no K/V
         scheduler.publish(leader, int32_t(order));
         continue;
       }
-      mainloop.load(smem, maps, params, w, leader, [&] { scheduler.publish(leader, int32_t(order)); });
+      mainloop.load(smem, maps, params, w, leader,
+                    [&] { scheduler.publish(leader, int32_t(order)); });
     }
     return;
   }
@@ -82,11 +86,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     float o[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
-    float row_max[2] = {-FLT_MAX, -FLT_MAX};  // raw scores (scale not applied); finite, so no -inf - -inf
+    float row_max[2] = {-FLT_MAX,
+                        -FLT_MAX};  // raw scores (scale not applied); finite, so no -inf - -inf
     float row_sum[2] = {0.0f, 0.0f};
-    if (w.num_tiles > 0) mainloop.mma(smem, params, w, consumer, turns, scale_log2, row_pos, o, row_max, row_sum);
-    store_rows<Half, D / 8>(p, w.coord, w.shift, row_pos, w.positions, row_sum, row_max, scale_log2, quad,
-                            [&](int dt, int e) { return o[4 * dt + e]; });
+    if (w.num_tiles > 0)
+      mainloop.mma(smem, params, w, consumer, turns, scale_log2, row_pos, o, row_max, row_sum);
+    store_rows<Half, D / 8>(p, w.coord, w.shift, row_pos, w.positions, row_sum, row_max, scale_log2,
+                            quad, [&](int dt, int e) { return o[4 * dt + e]; });
   }
   turns.finish();
 }
@@ -96,12 +102,16 @@ void launch_sparse_attention(const SparseAttentionParams& params, const TensorMa
   using Traits = AttentionTraits<kHeadDim, kIsBf16>;
   if (params.max_rows == 0) return;
   auto kernel = sparse_attention_kernel<Traits>;
-  FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes));
+  FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     Traits::kSmemBytes));
   // Persistent: one CTA per SM (or fewer when there are fewer rows), rows from params.work_counter.
-  if (params.work_counter == nullptr) throw Error("flashprefill: internal: the sm_90 attention kernel needs a work counter");
+  if (params.work_counter == nullptr)
+    throw Error("flashprefill: internal: the sm_90 attention kernel needs a work counter");
   FP_CUDA_CHECK(cudaMemsetAsync(params.work_counter, 0, sizeof(int), params.stream));
-  const int64_t ctas = params.num_sms > 0 && params.num_sms < params.max_rows ? params.num_sms : params.max_rows;
-  kernel<<<dim3(unsigned(ctas)), Traits::kThreads, Traits::kSmemBytes, params.stream>>>(params, maps);
+  const int64_t ctas =
+      params.num_sms > 0 && params.num_sms < params.max_rows ? params.num_sms : params.max_rows;
+  kernel<<<dim3(unsigned(ctas)), Traits::kThreads, Traits::kSmemBytes, params.stream>>>(params,
+                                                                                        maps);
   FP_CUDA_CHECK_LAUNCH();
 }
 

@@ -15,30 +15,34 @@ template <int kHeadDim_, bool kIsBf16_>
 struct AttentionTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kIsBf16 = kIsBf16_;
-  static constexpr int kBlockM = 128;  // query rows per CTA: the whole query block
-  static constexpr int kBlockN = 128;  // keys per tile: one key block
+  static constexpr int kBlockM = 128;   // query rows per CTA: the whole query block
+  static constexpr int kBlockN = 128;   // keys per tile: one key block
   static constexpr int kConsumers = 2;  // consumer warpgroups, 64 rows each
   static constexpr int kThreads = 128 * (1 + kConsumers);
-  static constexpr int kStages = kHeadDim == 64 ? 4 : 2;  // K/V ring depth: what fits beside two Q buffers
+  static constexpr int kStages =
+      kHeadDim == 64 ? 4 : 2;  // K/V ring depth: what fits beside two Q buffers
   static constexpr int kQBuffers = 2;
-  static constexpr int kPanels = kHeadDim / 64;           // 64-column TMA boxes per row
+  static constexpr int kPanels = kHeadDim / 64;  // 64-column TMA boxes per row
   static constexpr int kProducerRegisters = 24;
   static constexpr int kConsumerRegisters = 240;
   using QPanels = SwizzledPanels<kBlockM>;
   using KVPanels = SwizzledPanels<kBlockN>;
   static constexpr int kQBytes = kPanels * QPanels::kPanelBytes;
   static constexpr int kTileBytes = kPanels * KVPanels::kPanelBytes;  // one K or V tile
-  // mbarriers, then two row slots (the order index of the next row, handed over at each rendezvous).
+  // mbarriers, then two row slots (the order index of the next row, handed over at each
+  // rendezvous).
   static constexpr int kBarrierBytes = 8 * (2 * kQBuffers + 4 * kStages) + 4 * 2;
   // +1024: the dynamic shared window is aligned up to the swizzle atom inside the kernel.
-  static constexpr int kSmemBytes = kQBuffers * kQBytes + 2 * kStages * kTileBytes + kBarrierBytes + 1024;
+  static constexpr int kSmemBytes =
+      kQBuffers * kQBytes + 2 * kStages * kTileBytes + kBarrierBytes + 1024;
   // The producer warp and both consumer warpgroups meet at each row handover.
   static constexpr int kRowHandoverThreads = 32 + 128 * kConsumers;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory budget of one H100 SM");
 };
 
 struct TensorMaps {
-  CUtensorMap q, k, v;  // [batch, token, head, dim] seen as 4-D (dim, head, token, batch), 128B swizzle
+  CUtensorMap q, k,
+      v;  // [batch, token, head, dim] seen as 4-D (dim, head, token, batch), 128B swizzle
 };
 
 // Q[kQBuffers] | K[kStages] | V[kStages] | mbarriers | row slots, from the dynamic shared window

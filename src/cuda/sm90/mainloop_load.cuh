@@ -23,13 +23,15 @@ struct ProducerMainloop {
   // once Q and the first stages are on their way (so the consumers find them landing), and before
   // any load that needs a stage this row's consumers free.
   template <typename Handover>
-  __device__ __forceinline__ void load(const SharedStorage<Traits>& smem, const TensorMaps& maps, const SparseAttentionParams& params,
-                                       const RowWork& w, bool leader, Handover&& handover) {
+  __device__ __forceinline__ void load(const SharedStorage<Traits>& smem, const TensorMaps& maps,
+                                       const SparseAttentionParams& params, const RowWork& w,
+                                       bool leader, Handover&& handover) {
     const detail::Problem& p = params.problem;
     const ContiguousKV kv{p, w.coord.seq, w.coord.extent, w.kv_head};
     const int32_t batch = kv.tma_batch();
     const int q_buffer = q_count % Traits::kQBuffers;
-    barrier_wait(&smem.q_empty[q_buffer], ((q_count / Traits::kQBuffers) & 1) ^ 1);  // a fresh barrier's "previous phase" is complete
+    barrier_wait(&smem.q_empty[q_buffer], ((q_count / Traits::kQBuffers) & 1) ^
+                                              1);  // a fresh barrier's "previous phase" is complete
     ++q_count;
     if (leader) {
       barrier_arrive_expect_tx(&smem.q_full[q_buffer], Traits::kQBytes);
@@ -37,9 +39,10 @@ struct ProducerMainloop {
       // zeros (padded) or reads the previous sequence (varlen); either way they are never written.
       const int32_t q_token = int32_t(w.coord.extent.q_token0 + w.block_start - w.shift);
       for (int panel = 0; panel < Traits::kPanels; ++panel)
-        cute::SM90_TMA_LOAD_4D::copy(&maps.q, &smem.q_full[q_buffer], kCacheHint,
-                                     smem.q + q_buffer * Traits::kQBytes + panel * Traits::QPanels::kPanelBytes, panel * 64,
-                                     int32_t(w.coord.head), q_token, batch);
+        cute::SM90_TMA_LOAD_4D::copy(
+            &maps.q, &smem.q_full[q_buffer], kCacheHint,
+            smem.q + q_buffer * Traits::kQBytes + panel * Traits::QPanels::kPanelBytes, panel * 64,
+            int32_t(w.coord.head), q_token, batch);
     }
     const int before_handover = w.num_tiles < Traits::kStages ? w.num_tiles : Traits::kStages;
 #pragma unroll 1  // 24 registers: unrolling only spills
@@ -49,14 +52,16 @@ struct ProducerMainloop {
       const uint32_t phase = (tile_count / Traits::kStages) & 1;
       const int32_t kv_token = kv.tma_token(int64_t(w.key_block(params, tile)) * Traits::kBlockN);
       // K, then V, of this tile into the stage once its consumers have released it.
-      const auto load_tile = [&](const CUtensorMap* map, uint64_t* empty, uint64_t* full, unsigned char* tiles) {
+      const auto load_tile = [&](const CUtensorMap* map, uint64_t* empty, uint64_t* full,
+                                 unsigned char* tiles) {
         barrier_wait(&empty[stage], phase ^ 1);
         if (!leader) return;
         barrier_arrive_expect_tx(&full[stage], Traits::kTileBytes);
         for (int panel = 0; panel < Traits::kPanels; ++panel)
-          cute::SM90_TMA_LOAD_4D::copy(map, &full[stage], kCacheHint,
-                                       tiles + stage * Traits::kTileBytes + panel * Traits::KVPanels::kPanelBytes, panel * 64,
-                                       int32_t(w.kv_head), kv_token, batch);
+          cute::SM90_TMA_LOAD_4D::copy(
+              map, &full[stage], kCacheHint,
+              tiles + stage * Traits::kTileBytes + panel * Traits::KVPanels::kPanelBytes,
+              panel * 64, int32_t(w.kv_head), kv_token, batch);
       };
       load_tile(&maps.k, smem.k_empty, smem.k_full, smem.k);
       load_tile(&maps.v, smem.v_empty, smem.v_full, smem.v);

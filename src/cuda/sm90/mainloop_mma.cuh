@@ -23,8 +23,12 @@ namespace flashprefill::cuda::sm90 {
 struct ConsumerTurns {
   static constexpr int kTurn0 = int(NamedBarrier::kConsumerTurn0);
   int consumer;
-  __device__ __forceinline__ void wait() const { named_barrier_sync(NamedBarrier(kTurn0 + consumer), 256); }
-  __device__ __forceinline__ void pass() const { named_barrier_arrive(NamedBarrier(kTurn0 + (1 - consumer)), 256); }
+  __device__ __forceinline__ void wait() const {
+    named_barrier_sync(NamedBarrier(kTurn0 + consumer), 256);
+  }
+  __device__ __forceinline__ void pass() const {
+    named_barrier_arrive(NamedBarrier(kTurn0 + (1 - consumer)), 256);
+  }
   __device__ __forceinline__ void start() const {
     if (consumer == 1) pass();
   }
@@ -44,9 +48,11 @@ struct ConsumerMainloop {
   // Row w's tiles (w.num_tiles > 0): o += P V unnormalised, row_max (raw scores, scale not
   // applied) and row_sum (this thread's partial sums) updated. Rows 64 * consumer .. + 63 of the
   // block; row_pos: the absolute positions of the thread's two rows.
-  __device__ __forceinline__ void mma(const SharedStorage<Traits>& smem, const SparseAttentionParams& params, const RowWork& w,
-                                      int consumer, const ConsumerTurns& turns, float scale_log2, const int64_t (&row_pos)[2],
-                                      float (&o)[D / 2], float (&row_max)[2], float (&row_sum)[2]) {
+  __device__ __forceinline__ void mma(const SharedStorage<Traits>& smem,
+                                      const SparseAttentionParams& params, const RowWork& w,
+                                      int consumer, const ConsumerTurns& turns, float scale_log2,
+                                      const int64_t (&row_pos)[2], float (&o)[D / 2],
+                                      float (&row_max)[2], float (&row_sum)[2]) {
     const int thread = threadIdx.x % 128, lane = thread % 32, quad = lane % 4;
     const detail::SeqExtent& seq = w.coord.extent;
     const uint32_t k_address = sm80::smem_address(smem.k);
@@ -57,7 +63,8 @@ struct ConsumerMainloop {
     const int q_buffer = q_count % Traits::kQBuffers;
     barrier_wait(&smem.q_full[q_buffer], (q_count / Traits::kQBuffers) & 1);
     ++q_count;
-    const uint32_t q_address = sm80::smem_address(smem.q) + q_buffer * Traits::kQBytes + 64 * consumer * Traits::QPanels::kRowBytes;
+    const uint32_t q_address = sm80::smem_address(smem.q) + q_buffer * Traits::kQBytes +
+                               64 * consumer * Traits::QPanels::kRowBytes;
     float s[kBlockN / 2];
     uint32_t p_frag[kBlockN / 16][4];  // P of the tile whose P V is in flight: the A operand
 
@@ -70,7 +77,8 @@ struct ConsumerMainloop {
       for (int kk = 0; kk < D / 16; ++kk) {
         const uint32_t offset = (kk % 4) * 32;  // 16 elements along the 128-byte row
         a[kk] = make_desc_k_major(q_address + (kk / 4) * Traits::QPanels::kPanelBytes + offset);
-        b[kk] = make_desc_k_major(k_address + stage * Traits::kTileBytes + (kk / 4) * Traits::KVPanels::kPanelBytes + offset);
+        b[kk] = make_desc_k_major(k_address + stage * Traits::kTileBytes +
+                                  (kk / 4) * Traits::KVPanels::kPanelBytes + offset);
       }
       fence_descriptors(a);
       fence_descriptors(b);
@@ -78,16 +86,19 @@ struct ConsumerMainloop {
       cute::warpgroup_arrive();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
-        gmma_ss<kIsBf16, kBlockN>(a[kk], b[kk], s, kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One);
+        gmma_ss<kIsBf16, kBlockN>(a[kk], b[kk], s,
+                                  kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One);
       cute::warpgroup_commit_batch();
     };
-    // O += P V: kBlockN / 16 k-steps of 16 keys (2048 bytes of V each); V is MN-major (D contiguous).
+    // O += P V: kBlockN / 16 k-steps of 16 keys (2048 bytes of V each); V is MN-major (D
+    // contiguous).
     auto issue_pv = [&](int stage) {
       uint64_t b[kBlockN / 16];
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk)
-        b[kk] = make_desc_mn_major(v_address + stage * Traits::kTileBytes + kk * 16 * Traits::KVPanels::kRowBytes,
-                                   Traits::KVPanels::kPanelBytes);
+        b[kk] = make_desc_mn_major(
+            v_address + stage * Traits::kTileBytes + kk * 16 * Traits::KVPanels::kRowBytes,
+            Traits::KVPanels::kPanelBytes);
       fence_descriptors(b);
       fence_accumulators(o);
       cute::warpgroup_arrive();
@@ -98,7 +109,7 @@ struct ConsumerMainloop {
     // Mask and online softmax on S in place: S becomes P (fp32); returns the O rescale factors.
     // Maxima are kept on raw scores, so that scaling and the shift are one FMA before exp2. Runs
     // while the previous tile's P V wgmma is in flight: must not touch p_frag.
-    auto softmax = [&](int64_t key_block, float (&correction)[2]) {
+    auto softmax = [&](int64_t key_block, float(&correction)[2]) {
       // Only the diagonal key block (or one past it, in a layout that lists such) needs the mask:
       // every earlier block is wholly visible to every row of this query block.
       if (key_block >= w.coord.block_abs) {
@@ -113,7 +124,8 @@ struct ConsumerMainloop {
       for (int half = 0; half < 2; ++half) {
         float tile_max = row_max[half];
 #pragma unroll
-        for (int nt = 0; nt < kBlockN / 8; ++nt) tile_max = fmaxf(tile_max, fmaxf(s[4 * nt + 2 * half], s[4 * nt + 2 * half + 1]));
+        for (int nt = 0; nt < kBlockN / 8; ++nt)
+          tile_max = fmaxf(tile_max, fmaxf(s[4 * nt + 2 * half], s[4 * nt + 2 * half + 1]));
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
         correction[half] = fast_exp2((row_max[half] - tile_max) * scale_log2);
@@ -124,13 +136,16 @@ struct ConsumerMainloop {
         for (int nt = 0; nt < kBlockN / 8; ++nt)
 #pragma unroll
           for (int e = 2 * half; e < 2 * half + 2; ++e) {
-            s[4 * nt + e] = fast_exp2(fmaf(s[4 * nt + e], scale_log2, -shift));  // masked: exp2(-inf) = 0
+            s[4 * nt + e] =
+                fast_exp2(fmaf(s[4 * nt + e], scale_log2, -shift));  // masked: exp2(-inf) = 0
             sum += s[4 * nt + e];
           }
-        row_sum[half] = row_sum[half] * correction[half] + sum;  // per-thread partial; reduced at the end
+        row_sum[half] =
+            row_sum[half] * correction[half] + sum;  // per-thread partial; reduced at the end
       }
     };
-    // P to 16 bits: the accumulators of key tiles 2kk, 2kk + 1 are exactly the A fragment of k-step kk.
+    // P to 16 bits: the accumulators of key tiles 2kk, 2kk + 1 are exactly the A fragment of k-step
+    // kk.
     auto convert_p = [&] {
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
@@ -140,15 +155,15 @@ struct ConsumerMainloop {
         p_frag[kk][3] = sm80::pack(Half::from_floats(s[8 * kk + 6], s[8 * kk + 7]));
       }
     };
-    auto rescale_o = [&](const float (&correction)[2]) {
+    auto rescale_o = [&](const float(&correction)[2]) {
 #pragma unroll
       for (int i = 0; i < D / 2; ++i) o[i] *= correction[(i % 4) / 2];
     };
 
     // Tile n: S_n = Q K_n^T is issued, then O += P_{n-1} V_{n-1}; the softmax of S_n runs while
-    // that P V is in flight. O is rescaled before the P V that adds to it; P is converted to 16 bits
-    // only once that P V has completed. Data waits come before a turn is taken, so a consumer never
-    // holds the turn while a load lands.
+    // that P V is in flight. O is rescaled before the P V that adds to it; P is converted to 16
+    // bits only once that P V has completed. Data waits come before a turn is taken, so a consumer
+    // never holds the turn while a load lands.
     const int last = w.num_tiles - 1;
     auto stage_of = [&](int tile) { return (tile_count + tile) % kStages; };
     auto phase_of = [&](int tile) { return uint32_t(((tile_count + tile) / kStages) & 1); };
@@ -164,7 +179,7 @@ struct ConsumerMainloop {
     fence_accumulators(s);
     release(&smem.k_empty[stage_of(0)]);
     if (last == 0) release(&smem.q_empty[q_buffer]);  // the row's last Q K^T has read Q
-    softmax(key_block, correction);  // O is still zero: its rescale is harmless
+    softmax(key_block, correction);                   // O is still zero: its rescale is harmless
     convert_p();
     for (int tile = 1; tile <= last; ++tile) {
       key_block = w.key_block(params, tile);

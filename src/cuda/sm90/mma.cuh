@@ -4,20 +4,20 @@
 // tiling is this file's and attention_kernel.cuh's.
 #pragma once
 
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
 #include <cute/arch/copy_sm90_desc.hpp>
 #include <cute/arch/copy_sm90_tma.hpp>
 #include <cute/arch/mma_sm90_desc.hpp>
 #include <cute/arch/mma_sm90_gmma.hpp>
-#include <cutlass/arch/barrier.h>
-#include <cutlass/arch/reg_reconfig.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <type_traits>
 #include <utility>
 
-#include "cuda/sm80/mma.cuh"
 #include "cuda/named_barrier.cuh"
+#include "cuda/sm80/mma.cuh"
 
 namespace flashprefill::cuda::sm90 {
 
@@ -39,7 +39,8 @@ struct SwizzledPanels {
 };
 
 // Shared-memory matrix descriptor (PTX ISA "matrix-descriptor-format") for a 128B-swizzled operand.
-//  K-major (rows of the operand hold K contiguously: Q, K): 8-row groups 1024 bytes apart (SBO); the
+//  K-major (rows of the operand hold K contiguously: Q, K): 8-row groups 1024 bytes apart (SBO);
+//  the
 //   16-element K step of one wgmma stays inside a 128-byte row, so LBO is unused (1).
 //  MN-major (V as the B operand of P V, D contiguous): 64-element MN chunks one panel apart (LBO),
 //   8-key groups 1024 bytes apart (SBO).
@@ -52,7 +53,8 @@ __device__ __forceinline__ uint64_t make_desc_k_major(uint32_t smem_byte_address
   desc.bitfield.layout_type_ = uint8_t(gmma::LayoutType::B128);
   return desc.desc_;
 }
-__device__ __forceinline__ uint64_t make_desc_mn_major(uint32_t smem_byte_address, uint32_t panel_bytes) {
+__device__ __forceinline__ uint64_t make_desc_mn_major(uint32_t smem_byte_address,
+                                                       uint32_t panel_bytes) {
   cute::GmmaDescriptor desc;
   desc.bitfield.start_address_ = uint16_t(smem_byte_address >> 4);
   desc.bitfield.leading_byte_offset_ = uint16_t(panel_bytes >> 4);
@@ -61,8 +63,8 @@ __device__ __forceinline__ uint64_t make_desc_mn_major(uint32_t smem_byte_addres
   desc.bitfield.layout_type_ = uint8_t(gmma::LayoutType::B128);
   return desc.desc_;
 }
-// The descriptor of the operand `bytes` further on: start_address_ is the low 14-bit field (address /
-// 16) and shared memory ends below 2^18 bytes, so the add never carries out of it. One 32-bit add
+// The descriptor of the operand `bytes` further on: start_address_ is the low 14-bit field (address
+// / 16) and shared memory ends below 2^18 bytes, so the add never carries out of it. One 32-bit add
 // instead of rebuilding the bit fields.
 __device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
   return (desc & 0xffffffff00000000ull) | uint32_t(uint32_t(desc) + (bytes >> 4));
@@ -75,22 +77,22 @@ struct GmmaSS;
 template <bool kIsBf16, int N>
 struct GmmaRS;
 
-#define FP_GMMA_ATOMS(N)                                                                                  \
-  template <>                                                                                             \
-  struct GmmaSS<true, N> {                                                                                \
-    using Op = gmma::MMA_64x##N##x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>;                      \
-  };                                                                                                      \
-  template <>                                                                                             \
-  struct GmmaSS<false, N> {                                                                               \
-    using Op = gmma::MMA_64x##N##x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>;                        \
-  };                                                                                                      \
-  template <>                                                                                             \
-  struct GmmaRS<true, N> {                                                                                \
-    using Op = gmma::MMA_64x##N##x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::MN>;                     \
-  };                                                                                                      \
-  template <>                                                                                             \
-  struct GmmaRS<false, N> {                                                                               \
-    using Op = gmma::MMA_64x##N##x16_F32F16F16_RS<gmma::Major::K, gmma::Major::MN>;                       \
+#define FP_GMMA_ATOMS(N)                                                              \
+  template <>                                                                         \
+  struct GmmaSS<true, N> {                                                            \
+    using Op = gmma::MMA_64x##N##x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>;  \
+  };                                                                                  \
+  template <>                                                                         \
+  struct GmmaSS<false, N> {                                                           \
+    using Op = gmma::MMA_64x##N##x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>;    \
+  };                                                                                  \
+  template <>                                                                         \
+  struct GmmaRS<true, N> {                                                            \
+    using Op = gmma::MMA_64x##N##x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::MN>; \
+  };                                                                                  \
+  template <>                                                                         \
+  struct GmmaRS<false, N> {                                                           \
+    using Op = gmma::MMA_64x##N##x16_F32F16F16_RS<gmma::Major::K, gmma::Major::MN>;   \
   };
 FP_GMMA_ATOMS(64)
 FP_GMMA_ATOMS(128)
@@ -98,22 +100,26 @@ FP_GMMA_ATOMS(128)
 
 // The atoms take their N/2 accumulators as separate references; expand an array into them.
 template <typename Op, int kCount, size_t... I>
-__device__ __forceinline__ void gmma_ss_impl(uint64_t a, uint64_t b, float (&d)[kCount], gmma::ScaleOut scale,
-                                             std::index_sequence<I...>) {
+__device__ __forceinline__ void gmma_ss_impl(uint64_t a, uint64_t b, float (&d)[kCount],
+                                             gmma::ScaleOut scale, std::index_sequence<I...>) {
   Op::fma(a, b, d[I]..., scale);
 }
 template <typename Op, int kCount, size_t... I>
-__device__ __forceinline__ void gmma_rs_impl(const uint32_t (&a)[4], uint64_t b, float (&d)[kCount], std::index_sequence<I...>) {
+__device__ __forceinline__ void gmma_rs_impl(const uint32_t (&a)[4], uint64_t b, float (&d)[kCount],
+                                             std::index_sequence<I...>) {
   Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., gmma::ScaleOut::One);
 }
 
 // d (+)= A B^T for one k16 step: scale Zero overwrites d (the first step of a fresh S).
 template <bool kIsBf16, int N>
-__device__ __forceinline__ void gmma_ss(uint64_t a_desc, uint64_t b_desc, float (&d)[N / 2], gmma::ScaleOut scale) {
-  gmma_ss_impl<typename GmmaSS<kIsBf16, N>::Op>(a_desc, b_desc, d, scale, std::make_index_sequence<N / 2>{});
+__device__ __forceinline__ void gmma_ss(uint64_t a_desc, uint64_t b_desc, float (&d)[N / 2],
+                                        gmma::ScaleOut scale) {
+  gmma_ss_impl<typename GmmaSS<kIsBf16, N>::Op>(a_desc, b_desc, d, scale,
+                                                std::make_index_sequence<N / 2>{});
 }
 template <bool kIsBf16, int N>
-__device__ __forceinline__ void gmma_rs(const uint32_t (&a)[4], uint64_t b_desc, float (&d)[N / 2]) {
+__device__ __forceinline__ void gmma_rs(const uint32_t (&a)[4], uint64_t b_desc,
+                                        float (&d)[N / 2]) {
   gmma_rs_impl<typename GmmaRS<kIsBf16, N>::Op>(a, b_desc, d, std::make_index_sequence<N / 2>{});
 }
 
@@ -141,8 +147,8 @@ __device__ __forceinline__ void barrier_wait(uint64_t* barrier, uint32_t phase) 
   // instead of hanging the GPU.
   for (int attempt = 0; !Barrier::test_wait(barrier, phase, 1); ++attempt) {
     if (attempt == (1 << 24)) {
-      printf("flashprefill: mbarrier wait timed out: block %d thread %d barrier smem+%u phase %u\n", int(blockIdx.x), int(threadIdx.x),
-             unsigned(__cvta_generic_to_shared(barrier)), phase);
+      printf("flashprefill: mbarrier wait timed out: block %d thread %d barrier smem+%u phase %u\n",
+             int(blockIdx.x), int(threadIdx.x), unsigned(__cvta_generic_to_shared(barrier)), phase);
       __trap();
     }
   }

@@ -21,13 +21,15 @@ struct RowWork {
   int num_tiles = 0;
   bool has_rows = false;  // false: no query of this row block is in the chunk
 
-  __device__ __forceinline__ int32_t key_block(const SparseAttentionParams& params, int tile) const {
+  __device__ __forceinline__ int32_t key_block(const SparseAttentionParams& params,
+                                               int tile) const {
     return params.dense ? int32_t(tile) : blocks[tile];
   }
 };
 
 template <int kBlockM>
-__device__ __forceinline__ RowWork row_work(const SparseAttentionParams& params, int64_t order_index) {
+__device__ __forceinline__ RowWork row_work(const SparseAttentionParams& params,
+                                            int64_t order_index) {
   const detail::Problem& p = params.problem;
   RowWork w;
   w.row = row_at(params, order_index);
@@ -39,7 +41,8 @@ __device__ __forceinline__ RowWork row_work(const SparseAttentionParams& params,
   w.has_rows = !w.positions.empty();
   w.kv_head = w.coord.kv_head(p.group);
   w.blocks = params.dense ? nullptr : params.col_idx + params.row_ptr[w.row];
-  w.num_tiles = params.dense ? int(w.coord.num_causal_blocks()) : int(params.row_ptr[w.row + 1] - params.row_ptr[w.row]);
+  w.num_tiles = params.dense ? int(w.coord.num_causal_blocks())
+                             : int(params.row_ptr[w.row + 1] - params.row_ptr[w.row]);
   return w;
 }
 

@@ -9,8 +9,8 @@
 //
 // One warpgroup per CTA and a small footprint, so that three CTAs share an SM and one's
 // exponentials overlap another's wgmmas; within a CTA, tiles go in pairs on two accumulators, the
-// second tile's wgmmas running while the first is scored (H200, 128K: 2% faster than one tile at a
-// time; 20% slower when the two accumulators cost the third CTA per SM, at 169 registers).
+// second tile's wgmmas running while the first is scored. The pairing pays only while it keeps the
+// third CTA per SM (kMinCtasPerSm; measurements in bench/RESULTS.md).
 // Q and the pooled-key tiles arrive by TMA into a ring of kStages stages: the tile `kStages` ahead
 // is requested as soon as a tile's wgmma has read its stage, so loads land while the warps score.
 //
@@ -19,10 +19,9 @@
 // the row, has S[i, j] <= 128 exp(m_j - M_row) < alpha / 2 <= alpha * max_j S[i, j] / 2 (the
 // block holding M_row has S >= 1): it is dropped whatever its sum, with a factor 2 to spare for
 // rounding. A warp skips its exponentials when all 16 of its blocks qualify. The key tiles are
-// visited diagonal tile first, then the sink tile, then the rest from the diagonal back: the largest
-// scores of a row usually lie on the local band or the sinks, so M is high from the first steps and
-// most far tiles skip (a CPU simulation of the structured input: 87% of warp-tiles skip in this
-// order at 32K and 96% at 128K, against 28% and 20% in ascending order).
+// visited diagonal tile first, then the sink tile, then the rest from the diagonal back: the
+// largest scores of a row usually lie on the local band or the sinks, so M is high from the first
+// steps and most far tiles skip (how many, in this order and in ascending order: bench/RESULTS.md).
 #pragma once
 
 #include <cfloat>
@@ -31,9 +30,9 @@
 #include "common/problem.hpp"
 #include "cuda/check.cuh"
 #include "cuda/discovery.cuh"
-#include "cuda/sm90/mma.cuh"
-#include "cuda/sm80/mma.cuh"
 #include "cuda/select_row.cuh"
+#include "cuda/sm80/mma.cuh"
+#include "cuda/sm90/mma.cuh"
 
 namespace flashprefill::cuda::sm90 {
 
@@ -64,11 +63,13 @@ struct ScoreTraits {
   static constexpr int kPanels = kHeadDim / 64;
   static constexpr int kQBytes = kPanels * QPanels::kPanelBytes;
   static constexpr int kKeyBytes = kPanels * KeyPanels::kPanelBytes;
-  static constexpr int kReduceFloats = 8 + kSelectScratchFloats;  // warp_running_max, then select_row's scratch
-  // Q | keys[kStages] | log_score[max_key_blocks, padded] | reduction scratch | barriers, +1024 to align.
+  static constexpr int kReduceFloats =
+      8 + kSelectScratchFloats;  // warp_running_max, then select_row's scratch
+  // Q | keys[kStages] | log_score[max_key_blocks, padded] | reduction scratch | barriers, +1024 to
+  // align.
   static size_t smem_bytes(int64_t max_key_blocks) {
-    return 1024 + kQBytes + size_t(kStages) * kKeyBytes + size_t(log_score_capacity(max_key_blocks) + kReduceFloats) * 4 +
-           8 * (kStages + 1);
+    return 1024 + kQBytes + size_t(kStages) * kKeyBytes +
+           size_t(log_score_capacity(max_key_blocks) + kReduceFloats) * 4 + 8 * (kStages + 1);
   }
 };
 
@@ -90,14 +91,17 @@ template <typename Panels, int kSteps>
 __device__ __forceinline__ void k_major_descriptors(uint32_t address, uint64_t (&desc)[kSteps]) {
   const uint64_t first = sm90::make_desc_k_major(address);
 #pragma unroll
-  for (int kk = 0; kk < kSteps; ++kk) desc[kk] = sm90::desc_advance(first, (kk / 4) * Panels::kPanelBytes + (kk % 4) * 32);
+  for (int kk = 0; kk < kSteps; ++kk)
+    desc[kk] = sm90::desc_advance(first, (kk / 4) * Panels::kPanelBytes + (kk % 4) * 32);
 }
 
 // Issues x^T = Kbar Q^T for one tile of 64 pooled keys (K-major, at key_address) and the row's
 // queries, whose descriptors the caller made once per row, as one committed wgmma group. The
 // caller waits for it (warpgroup_wait) and fences x before reading it.
 template <typename Traits>
-__device__ __forceinline__ void issue_tile_product(uint32_t key_address, uint64_t (&q_desc)[Traits::kHeadDim / 16], float (&x)[64]) {
+__device__ __forceinline__ void issue_tile_product(uint32_t key_address,
+                                                   uint64_t (&q_desc)[Traits::kHeadDim / 16],
+                                                   float (&x)[64]) {
   constexpr int kSteps = Traits::kHeadDim / 16;
   uint64_t key_desc[kSteps];
   k_major_descriptors<typename Traits::KeyPanels>(key_address, key_desc);
@@ -107,7 +111,8 @@ __device__ __forceinline__ void issue_tile_product(uint32_t key_address, uint64_
   cute::warpgroup_arrive();
 #pragma unroll
   for (int kk = 0; kk < kSteps; ++kk)
-    gmma_ss<Traits::kIsBf16, 128>(key_desc[kk], q_desc[kk], x, kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One);
+    gmma_ss<Traits::kIsBf16, 128>(key_desc[kk], q_desc[kk], x,
+                                  kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One);
   cute::warpgroup_commit_batch();
 }
 
@@ -126,19 +131,23 @@ __device__ __forceinline__ float max_of_half(const float (&x)[64], int half) {
 
 // Step 2's statistics of one exact tile. x holds x^T[64 key blocks][128 queries]; element i is key
 // block j[(i % 4) / 2] (j >= num_j: none, masked) and query row 8 * (i / 4) + 2 * quad + (i % 2).
-// Writes log_score[j] (select_row.cuh) for the thread's two blocks. `mask`: the tile may hold blocks
-// past the row, queries outside the chunk or the sequence, or the diagonal block, which queries
-// that do not see all its keys must not score (ALGORITHM.md step 2).
+// Writes log_score[j] (select_row.cuh) for the thread's two blocks. `mask`: the tile may hold
+// blocks past the row, queries outside the chunk or the sequence, or the diagonal block, which
+// queries that do not see all its keys must not score (ALGORITHM.md step 2).
 //
 // The warps share their largest scores so far through warp_running_max: written at the end of step
 // t into slot (t + 1) % 2 and read after step t + 1's barrier, so no write races a read. A warp
 // skips a tile when every lane's scores lie below that maximum + skip_offset (the header): its own
 // maxima need no shuffles then, and they cannot raise the row maximum, so warp_max_so_far (the
-// warp's largest score, the row maximum once reduced over warps) is updated only on tiles it scores.
+// warp's largest score, the row maximum once reduced over warps) is updated only on tiles it
+// scores.
 template <typename Traits>
-__device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t (&j)[2], bool mask, const RowBounds32& row,
-                                                  float scale_log2, bool may_skip, float skip_offset, float* warp_running_max,
-                                                  int step, float* log_score, float& warp_max_so_far, float& thread_max_log_score) {
+__device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t (&j)[2], bool mask,
+                                                  const RowBounds32& row, float scale_log2,
+                                                  bool may_skip, float skip_offset,
+                                                  float* warp_running_max, int step,
+                                                  float* log_score, float& warp_max_so_far,
+                                                  float& thread_max_log_score) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, quad = lane % 4;
   const float4 seen = *reinterpret_cast<const float4*>(warp_running_max + 4 * (step % 2));
   const float running_max = fmaxf(fmaxf(seen.x, seen.y), fmaxf(seen.z, seen.w));
@@ -149,7 +158,8 @@ __device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t 
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       first_visible[half] = INT32_MAX;
-      if (j[half] < row.num_j) first_visible[half] = max(min((j[half] + 1) * Traits::kBlockM, row.len_kv) - 1, row.shift);
+      if (j[half] < row.num_j)
+        first_visible[half] = max(min((j[half] + 1) * Traits::kBlockM, row.len_kv) - 1, row.shift);
     }
     const int32_t pos0 = row.block_start + 2 * quad;
 #pragma unroll
@@ -159,7 +169,8 @@ __device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t 
     }
   }
   float m[2] = {max_of_half(x, 0), max_of_half(x, 1)};
-  const bool skip = may_skip && __all_sync(0xffffffffu, fmaxf(m[0], m[1]) < running_max + skip_offset);
+  const bool skip =
+      may_skip && __all_sync(0xffffffffu, fmaxf(m[0], m[1]) < running_max + skip_offset);
   if (skip) {
     // Every block of the warp is dropped (S = 0 is below any threshold; log2 0 = -inf).
 #pragma unroll
@@ -173,31 +184,37 @@ __device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t 
     }
     float warp_max = fmaxf(m[0], m[1]);
 #pragma unroll
-    for (int offset = 4; offset < 32; offset *= 2) warp_max = fmaxf(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, offset));
+    for (int offset = 4; offset < 32; offset *= 2)
+      warp_max = fmaxf(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, offset));
     warp_max_so_far = fmaxf(warp_max_so_far, warp_max);
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const bool masked = m[half] == -INFINITY;  // every lane of the quad agrees (a masked block has s = 0)
+      const bool masked =
+          m[half] == -INFINITY;  // every lane of the quad agrees (a masked block has s = 0)
       const float shift_x2 = masked ? 0.0f : m[half] * scale_log2;
       float s[4] = {};  // four partial sums: independent adds
 #pragma unroll
       for (int nt = 0; nt < 16; ++nt)
-        s[nt % 4] += fast_exp2(fmaf(x[4 * nt + 2 * half], scale_log2, -shift_x2)) + fast_exp2(fmaf(x[4 * nt + 2 * half + 1], scale_log2, -shift_x2));
+        s[nt % 4] += fast_exp2(fmaf(x[4 * nt + 2 * half], scale_log2, -shift_x2)) +
+                     fast_exp2(fmaf(x[4 * nt + 2 * half + 1], scale_log2, -shift_x2));
       float sum = (s[0] + s[1]) + (s[2] + s[3]);
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const float log_sum = masked ? -INFINITY : shift_x2 + __log2f(sum);  // sum >= 1: the maximum's own term
+      const float log_sum =
+          masked ? -INFINITY : shift_x2 + __log2f(sum);  // sum >= 1: the maximum's own term
       if (quad == 0 && j[half] < row.num_j) log_score[j[half]] = log_sum;
       thread_max_log_score = fmaxf(thread_max_log_score, log_sum);
     }
   }
-  if (lane == 0) warp_running_max[4 * ((step + 1) % 2) + warp] = warp_max_so_far;  // read after the next step's barrier
+  if (lane == 0)
+    warp_running_max[4 * ((step + 1) % 2) + warp] =
+        warp_max_so_far;  // read after the next step's barrier
 }
 
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
-    score_rows_kernel(const detail::Problem p, const int64_t* seq_row_offset, const Buffers buffers, float* scores, int64_t scores_ld,
-                      const __grid_constant__ ScoreMaps maps) {
+    score_rows_kernel(const detail::Problem p, const int64_t* seq_row_offset, const Buffers buffers,
+                      float* scores, int64_t scores_ld, const __grid_constant__ ScoreMaps maps) {
   constexpr int kStages = Traits::kStages, kKeyTile = Traits::kKeyTile;
   constexpr int kBlock = Traits::kBlockM;  // == params.block_size (supports() in score.cu)
   const RowOfGrid r = row_of_grid<kBlock>(p, seq_row_offset);
@@ -209,7 +226,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   unsigned char* key_smem = q_smem + Traits::kQBytes;  // stage s at s * kKeyBytes
   auto* log_score = reinterpret_cast<float*>(key_smem + kStages * Traits::kKeyBytes);
   float* reduce_smem = log_score + log_score_capacity(r.num_kv_blocks);
-  auto* key_full = reinterpret_cast<uint64_t*>(reduce_smem + Traits::kReduceFloats);  // 8-byte aligned: n + 128 floats in
+  auto* key_full = reinterpret_cast<uint64_t*>(
+      reduce_smem + Traits::kReduceFloats);  // 8-byte aligned: n + 128 floats in
   uint64_t* q_full = key_full + kStages;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4;
@@ -218,11 +236,13 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   const int32_t kv_head = int32_t(r.head) / int32_t(p.group);  // 32-bit: no 64-bit division call
   const int32_t slot0 = int32_t(p.pooled_slot0(r.seq, r.extent, kBlock));
   const int64_t num_j = r.num_causal_blocks();
-  const RowBounds32 geometry{int32_t(block_start), int32_t(shift), int32_t(r.extent.len_kv), int32_t(num_j)};
+  const RowBounds32 geometry{int32_t(block_start), int32_t(shift), int32_t(r.extent.len_kv),
+                             int32_t(num_j)};
 
   // Rows the selection keeps whole (the last query blocks) need no scores when only the layout is
   // wanted: every causal block is kept whatever its score.
-  const bool skip_scores = scores == nullptr && r.block_abs >= r.num_kv_blocks - p.params.last_full_blocks;
+  const bool skip_scores =
+      scores == nullptr && r.block_abs >= r.num_kv_blocks - p.params.last_full_blocks;
   const int num_tiles = skip_scores ? 0 : int((num_j + kKeyTile - 1) / kKeyTile);
   const bool partial_block = block_start < shift || block_start + kBlock > r.extent.len_kv;
   float warp_max_so_far = -INFINITY, thread_max_log_score = -INFINITY;
@@ -233,7 +253,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   // Skipping exponentials (see the header) needs the exact scores of every candidate: only on the
   // fused path, without min_budget. In raw score units: skip when m_j < M + skip_offset.
   const bool may_skip = scores == nullptr && p.params.min_budget == 0 && p.params.alpha > 0.0f;
-  const float skip_offset = (log2f(p.params.alpha) - log2f(float(2 * Traits::kBlockM))) / scale_log2;
+  const float skip_offset =
+      (log2f(p.params.alpha) - log2f(float(2 * Traits::kBlockM))) / scale_log2;
   // [2][4]: each warp's largest score so far (reduce_exact_tile); 16-byte aligned.
   float* warp_running_max = reduce_smem;
   if (tid < 8) warp_running_max[tid] = -INFINITY;
@@ -243,9 +264,10 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     const int stage = step % kStages, tile = key_tile_at(step, num_tiles);
     barrier_arrive_expect_tx(&key_full[stage], Traits::kKeyBytes);
     for (int panel = 0; panel < Traits::kPanels; ++panel)
-      cute::SM90_TMA_LOAD_3D::copy(&maps.pooled, &key_full[stage], kCacheHint,
-                                   key_smem + stage * Traits::kKeyBytes + panel * Traits::KeyPanels::kPanelBytes, panel * 64,
-                                   int32_t(kv_head), slot0 + tile * kKeyTile);
+      cute::SM90_TMA_LOAD_3D::copy(
+          &maps.pooled, &key_full[stage], kCacheHint,
+          key_smem + stage * Traits::kKeyBytes + panel * Traits::KeyPanels::kPanelBytes, panel * 64,
+          int32_t(kv_head), slot0 + tile * kKeyTile);
   };
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) Barrier::init(&key_full[s], 1);
@@ -261,7 +283,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     const int32_t batch = p.varlen ? 0 : int32_t(r.seq);
     barrier_arrive_expect_tx(q_full, Traits::kQBytes);
     for (int panel = 0; panel < Traits::kPanels; ++panel)
-      cute::SM90_TMA_LOAD_4D::copy(&maps.q, q_full, kCacheHint, q_smem + panel * Traits::QPanels::kPanelBytes, panel * 64,
+      cute::SM90_TMA_LOAD_4D::copy(&maps.q, q_full, kCacheHint,
+                                   q_smem + panel * Traits::QPanels::kPanelBytes, panel * 64,
                                    int32_t(r.head), q_token, batch);
     for (int step = 0; step < kStages && step < num_tiles; ++step) load_keys(step);
   }
@@ -273,7 +296,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   const auto issue_product = [&](int step, float(&x)[64]) {
     issue_tile_product<Traits>(key_address + (step % kStages) * Traits::kKeyBytes, q_desc, x);
   };
-  const auto wait_for_keys = [&](int step) { barrier_wait(&key_full[step % kStages], (step / kStages) & 1); };
+  const auto wait_for_keys = [&](int step) {
+    barrier_wait(&key_full[step % kStages], (step / kStages) & 1);
+  };
   const auto score_tile = [&](int step, float(&x)[64]) {
     // Every warp's wgmma has read the stage (and written its warp_running_max): refill it with the
     // tile kStages ahead, which then lands while this one is scored.
@@ -281,8 +306,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     if (tid == 0 && step + kStages < num_tiles) load_keys(step + kStages);
     const int32_t j0 = key_tile_at(step, num_tiles) * kKeyTile;
     const int32_t j[2] = {j0 + 16 * warp + g, j0 + 16 * warp + g + 8};
-    reduce_exact_tile<Traits>(x, j, partial_block || j0 + kKeyTile - 1 >= r.block_abs, geometry, scale_log2, may_skip, skip_offset,
-                              warp_running_max, step, log_score, warp_max_so_far, thread_max_log_score);
+    reduce_exact_tile<Traits>(x, j, partial_block || j0 + kKeyTile - 1 >= r.block_abs, geometry,
+                              scale_log2, may_skip, skip_offset, warp_running_max, step, log_score,
+                              warp_max_so_far, thread_max_log_score);
   };
   // Tiles in pairs on two accumulators (x^T[j, t] for 64 key blocks x 128 queries each): the second
   // tile's wgmmas run while the first is scored. No wgmma is in flight across the loop's back edge;
@@ -310,8 +336,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   }
   // M2 = the row's largest score (every tile is scored without skipping when scores are wanted).
   const float thread_max_x2 = warp_max_so_far * scale_log2;
-  finish_row(p, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs, r.num_kv_blocks, r.row, buffers, scores, scores_ld,
-             reduce_smem + 8);
+  finish_row(p, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs, r.num_kv_blocks,
+             r.row, buffers, scores, scores_ld, reduce_smem + 8);
 }
 
 }  // namespace flashprefill::cuda::sm90
