@@ -1,6 +1,7 @@
-// The CUDA backend's host side: carves workspaces, launches discovery and attention on the
-// caller's stream. No host synchronisation and no allocation in discover_layout and
-// block_sparse_attention (dense_attention and the inspection stages use the cached workspace).
+// The CUDA backend's host side: plans the workspaces (src/api.cpp carves them), launches discovery
+// and attention on the caller's stream. No host synchronisation and no allocation in
+// discover_layout and block_sparse_attention (dense_attention and the inspection stages use the
+// cached workspace).
 #include <cub/device/device_radix_sort.cuh>
 
 #include <climits>

@@ -1,6 +1,9 @@
-// Pattern discovery on the GPU (ALGORITHM.md steps 1-4) without a host round trip:
-// pool keys, score one layout row per CTA with tensor cores, select in shared memory, then an
-// exact CSR layout by a device-wide scan of the kept counts and a compaction of per-row bitmasks.
+// Pattern discovery on the GPU (ALGORITHM.md steps 1-4) without a host round trip: pool keys
+// (pool_keys.cu), score one layout row per CTA with tensor cores and select in shared memory
+// (sm80/score_kernel.cuh, sm90/score_kernel.cuh, both ending in select_row.cuh), then an exact CSR
+// layout by a device-wide scan of the kept counts and a compaction of per-row bitmasks
+// (compact.cu). The select_blocks stage selects from a given score matrix (select_blocks.cu);
+// discovery.cu plans the workspace and picks the score kernel.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -15,8 +18,8 @@ namespace flashprefill::cuda::discovery {
 // Device buffers of one discovery pass, carved from the workspace by its plan.
 struct Buffers {
   float* pooled = nullptr;  // [slots][H_kv][D] fp32 means (step 1); nullptr: not wanted
-  void* pooled_half =
-      nullptr;  // [slots][H_kv][D] the means rounded to the input dtype: what scoring reads
+  // [slots][H_kv][D] the means rounded to the input dtype: what scoring reads
+  void* pooled_half = nullptr;
   int64_t* counts = nullptr;      // [max_rows] kept blocks per row
   uint32_t* kept_bits = nullptr;  // [max_rows][words] kept-block bitmask
   int64_t words = 0;              // bitmask words per row

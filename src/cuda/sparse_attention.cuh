@@ -22,11 +22,11 @@ struct SparseAttentionParams {
   const int64_t* row_ptr;         // [max_rows + 1], device (unused when dense)
   const int32_t* col_idx;         // device (unused when dense)
   bool dense = false;             // our dense path: the same kernel with every causal block kept
-  const int32_t* row_order =
-      nullptr;  // device, rows in the order to start them (longest first); nullptr: see row_at
+  // device, rows in the order to start them (longest first); nullptr: see row_at
+  const int32_t* row_order = nullptr;
   int64_t max_rows = 0;  // rows r >= seq_row_offset[num_seqs] are skipped
-  int* work_counter =
-      nullptr;  // device int: persistent kernels zero it at launch and take rows from it
+  // device int: persistent kernels zero it at launch and take rows from it
+  int* work_counter = nullptr;
   int num_sms = 0;
   cudaStream_t stream = nullptr;
 };
@@ -68,8 +68,8 @@ __device__ inline RowCoord decode_row(const SparseAttentionParams& params, int64
   const detail::SeqExtent extent = p.seq(lo);
   const int64_t block = p.params.block_size;
   const int32_t nqb = int32_t(num_query_blocks(extent.len_q, extent.len_kv, block));
-  const int32_t local =
-      int32_t(row - params.seq_row_offset[lo]);  // rows fit int32, as col_idx does
+  // rows fit int32, as col_idx does
+  const int32_t local = int32_t(row - params.seq_row_offset[lo]);
   static_cast<detail::LayoutRow&>(c) =
       detail::layout_row(extent, lo, local / nqb, local % nqb, block);
   c.valid = true;

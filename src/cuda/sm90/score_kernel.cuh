@@ -63,8 +63,8 @@ struct ScoreTraits {
   static constexpr int kPanels = kHeadDim / 64;
   static constexpr int kQBytes = kPanels * QPanels::kPanelBytes;
   static constexpr int kKeyBytes = kPanels * KeyPanels::kPanelBytes;
-  static constexpr int kReduceFloats =
-      8 + kSelectScratchFloats;  // warp_running_max, then select_row's scratch
+  // warp_running_max, then select_row's scratch
+  static constexpr int kReduceFloats = 8 + kSelectScratchFloats;
   // Q | keys[kStages] | log_score[max_key_blocks, padded] | reduction scratch | barriers, +1024 to
   // align.
   static size_t smem_bytes(int64_t max_key_blocks) {
@@ -189,8 +189,8 @@ __device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t 
     warp_max_so_far = fmaxf(warp_max_so_far, warp_max);
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const bool masked =
-          m[half] == -INFINITY;  // every lane of the quad agrees (a masked block has s = 0)
+      // every lane of the quad agrees (a masked block has s = 0)
+      const bool masked = m[half] == -INFINITY;
       const float shift_x2 = masked ? 0.0f : m[half] * scale_log2;
       float s[4] = {};  // four partial sums: independent adds
 #pragma unroll
@@ -200,15 +200,14 @@ __device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t 
       float sum = (s[0] + s[1]) + (s[2] + s[3]);
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const float log_sum =
-          masked ? -INFINITY : shift_x2 + __log2f(sum);  // sum >= 1: the maximum's own term
+      // sum >= 1: the maximum's own term
+      const float log_sum = masked ? -INFINITY : shift_x2 + __log2f(sum);
       if (quad == 0 && j[half] < row.num_j) log_score[j[half]] = log_sum;
       thread_max_log_score = fmaxf(thread_max_log_score, log_sum);
     }
   }
-  if (lane == 0)
-    warp_running_max[4 * ((step + 1) % 2) + warp] =
-        warp_max_so_far;  // read after the next step's barrier
+  // Read after the next step's barrier.
+  if (lane == 0) warp_running_max[4 * ((step + 1) % 2) + warp] = warp_max_so_far;
 }
 
 template <typename Traits>
