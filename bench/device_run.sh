@@ -11,6 +11,7 @@
 #   NCU_SCORE=128K profiles one launch of the score kernel at that length (ncu, no clock control)
 #   NCU_SOURCE=1 (with NCU_SCORE) adds per-instruction stall samples of that launch ($OUT/score_source.csv)
 #   PYEXT=1 builds the Python extension in the same build and puts it in python/flashprefill
+#   PY_OVERHEAD=1 (with PYEXT=1) runs bench/python_overhead.py: the Python layer's host cost per call
 #   GPU_BENCH="--lengths ... [--reference .ext --fpv2 .ext]" runs bench/gpu_bench.py with those arguments
 #   BASELINES=1 runs .ext/check_baselines.py first (the external baselines against SDPA)
 #   WGMMA_PROBE=1 builds and runs bench/wgmma_probe.cu (wgmma throughput by shape and CTAs per SM)
@@ -30,6 +31,9 @@ start=$(date +%s)
 cmake --build $B -j 16 > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -40; exit 1; }
 echo "build: $(( $(date +%s) - start )) s; HGMMA instructions in the library: $(cuobjdump -sass $B/libflashprefill.a 2>/dev/null | grep -c HGMMA)"
 if [ "${PYEXT:-0}" = 1 ]; then cp $B/python/_C*.so python/flashprefill/ && echo "python extension: $(ls python/flashprefill/_C*.so)"; fi
+if [ "${PY_OVERHEAD:-0}" = 1 ]; then
+  PYTHONPATH=$PWD/python timeout 120 python3 bench/python_overhead.py 2>&1 | grep -v -i warn | tee "$OUT/python_overhead.txt"
+fi
 if [ "${TESTS:-1}" = 1 ]; then
   start=$(date +%s)
   REGEX_ARG=""; [ -n "${CTEST_REGEX:-}" ] && REGEX_ARG="-R ${CTEST_REGEX}"

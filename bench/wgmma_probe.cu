@@ -10,7 +10,7 @@
 
 #include <cstdio>
 
-#include "cuda/hopper/sm90.cuh"
+#include "cuda/sm90/mma.cuh"
 
 namespace sm90 = flashprefill::cuda::sm90;
 namespace gmma = cute::SM90::GMMA;

@@ -10,7 +10,6 @@ void* device_malloc(int device, size_t bytes);
 void device_free(int device, void* ptr) noexcept;
 // cudaMemcpy with cudaMemcpyDefault (unified addressing), then synchronise.
 void memcpy_any(void* dst, const void* src, size_t bytes);
-void memset_async(void* dst, int value, size_t bytes, void* stream);
 int device_count() noexcept;
 void synchronize(int device);
 void set_device(int device);

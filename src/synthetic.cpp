@@ -19,7 +19,8 @@ constexpr double kRopeBase = 10000.0;
 
 uint64_t mix(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
   // splitmix64 over the tuple: independent, reproducible streams.
-  uint64_t x = seed ^ (a * 0x9E3779B97F4A7C15ull) ^ (b * 0xBF58476D1CE4E5B9ull) ^ (c * 0x94D049BB133111EBull);
+  uint64_t x = seed ^ (a * 0x9E3779B97F4A7C15ull) ^ (b * 0xBF58476D1CE4E5B9ull) ^
+               (c * 0x94D049BB133111EBull);
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
   return x ^ (x >> 31);
@@ -38,7 +39,8 @@ void apply_rope(float* x, const std::vector<double>& inv_freq, int64_t pos) {
 
 template <typename Body>
 void parallel_over(int64_t count, Body&& body) {
-  const int64_t threads = std::min<int64_t>(count, std::max(1u, std::thread::hardware_concurrency()));
+  const int64_t threads =
+      std::min<int64_t>(count, std::max(1u, std::thread::hardware_concurrency()));
   std::vector<std::thread> pool;
   for (int64_t w = 0; w < threads; ++w)
     pool.emplace_back([&, w] {
@@ -50,10 +52,12 @@ void parallel_over(int64_t count, Body&& body) {
 }  // namespace
 
 SyntheticInput make_structured_input(const SyntheticShape& shape, uint64_t seed) {
-  const int64_t B = shape.batch, L = shape.seq_len, Hq = shape.heads_q, Hkv = shape.heads_kv, D = shape.head_dim;
+  const int64_t B = shape.batch, L = shape.seq_len, Hq = shape.heads_q, Hkv = shape.heads_kv,
+                D = shape.head_dim;
   if (B < 0 || L < 0 || Hq < 1 || Hkv < 1 || Hq % Hkv != 0 || D < 2 || D % 2 != 0)
-    throw Error("make_structured_input: bad shape (B " + std::to_string(B) + ", L " + std::to_string(L) + ", H_q " +
-                std::to_string(Hq) + ", H_kv " + std::to_string(Hkv) + ", D " + std::to_string(D) +
+    throw Error("make_structured_input: bad shape (B " + std::to_string(B) + ", L " +
+                std::to_string(L) + ", H_q " + std::to_string(Hq) + ", H_kv " +
+                std::to_string(Hkv) + ", D " + std::to_string(D) +
                 "); expected H_q a multiple of H_kv and an even D");
   SyntheticInput input;
   input.shape = shape;
@@ -62,11 +66,13 @@ SyntheticInput make_structured_input(const SyntheticShape& shape, uint64_t seed)
   input.v.resize(static_cast<size_t>(B * L * Hkv * D));
   const int64_t group = Hq / Hkv;
   std::vector<double> inv_freq(static_cast<size_t>(D / 2));
-  for (int64_t m = 0; m < D / 2; ++m) inv_freq[m] = std::pow(kRopeBase, -2.0 * double(m) / double(D));
+  for (int64_t m = 0; m < D / 2; ++m)
+    inv_freq[m] = std::pow(kRopeBase, -2.0 * double(m) / double(D));
 
   for (int64_t b = 0; b < B; ++b) {
     // Per kv head: the unit direction u and the stripe positions. Shared: the vector c.
-    std::vector<std::vector<float>> direction(static_cast<size_t>(Hkv), std::vector<float>(static_cast<size_t>(D)));
+    std::vector<std::vector<float>> direction(static_cast<size_t>(Hkv),
+                                              std::vector<float>(static_cast<size_t>(D)));
     std::vector<std::vector<int64_t>> stripes(static_cast<size_t>(Hkv));
     std::vector<float> shared(static_cast<size_t>(D));
     {

@@ -13,31 +13,42 @@ namespace flashprefill {
 size_t dtype_size(DType dtype) {
   switch (dtype) {
     case DType::bf16:
-    case DType::fp16: return 2;
+    case DType::fp16:
+      return 2;
     case DType::fp32:
-    case DType::int32: return 4;
-    case DType::int64: return 8;
+    case DType::int32:
+      return 4;
+    case DType::int64:
+      return 8;
   }
   return 0;
 }
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::bf16: return "bf16";
-    case DType::fp16: return "fp16";
-    case DType::fp32: return "fp32";
-    case DType::int32: return "int32";
-    case DType::int64: return "int64";
+    case DType::bf16:
+      return "bf16";
+    case DType::fp16:
+      return "fp16";
+    case DType::fp32:
+      return "fp32";
+    case DType::int32:
+      return "int32";
+    case DType::int64:
+      return "int64";
   }
   return "?";
 }
 
 std::string device_name(Device device) {
-  return device.type == DeviceType::cpu ? std::string("cpu") : "cuda:" + std::to_string(device.index);
+  return device.type == DeviceType::cpu ? std::string("cpu")
+                                        : "cuda:" + std::to_string(device.index);
 }
 
-TensorView TensorView::contiguous(void* data, DType dtype, Device device, std::initializer_list<int64_t> shape) {
-  if (shape.size() > kMaxRank) throw Error("TensorView::contiguous: rank " + std::to_string(shape.size()) + " > 4");
+TensorView TensorView::contiguous(void* data, DType dtype, Device device,
+                                  std::initializer_list<int64_t> shape) {
+  if (shape.size() > kMaxRank)
+    throw Error("TensorView::contiguous: rank " + std::to_string(shape.size()) + " > 4");
   TensorView view;
   view.data = data;
   view.dtype = dtype;
@@ -94,7 +105,8 @@ Buffer Buffer::allocate(Device device, size_t bytes) {
   if (device.type == DeviceType::cpu) {
     // 64-byte alignment: one cache line, and enough for any SIMD load.
     buffer.data_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-    if (!buffer.data_) throw Error("Buffer::allocate: out of host memory for " + std::to_string(bytes) + " bytes");
+    if (!buffer.data_)
+      throw Error("Buffer::allocate: out of host memory for " + std::to_string(bytes) + " bytes");
   } else {
     buffer.data_ = cuda::device_malloc(device.index, bytes);
   }
@@ -102,7 +114,9 @@ Buffer Buffer::allocate(Device device, size_t bytes) {
 }
 
 Buffer::Buffer(Buffer&& other) noexcept
-    : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)), device_(other.device_) {}
+    : data_(std::exchange(other.data_, nullptr)),
+      bytes_(std::exchange(other.bytes_, 0)),
+      device_(other.device_) {}
 
 Buffer& Buffer::operator=(Buffer&& other) noexcept {
   if (this != &other) {

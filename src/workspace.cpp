@@ -9,7 +9,8 @@ namespace flashprefill::detail {
 
 void* cached_workspace(Device device, const void* stream, size_t bytes) {
   static std::mutex mutex;
-  static std::map<std::tuple<int, int, const void*>, Buffer> cache;  // (device type, index, stream) -> buffer
+  static std::map<std::tuple<int, int, const void*>, Buffer>
+      cache;  // (device type, index, stream) -> buffer
   std::lock_guard<std::mutex> lock(mutex);
   // CPU calls ignore the stream (and are synchronous): one buffer per device.
   const void* key_stream = device.type == DeviceType::cuda ? stream : nullptr;

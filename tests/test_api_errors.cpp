@@ -15,7 +15,8 @@ void expect_error(Call&& call, std::initializer_list<const char*> fragments) {
   } catch (const Error& error) {
     const std::string message = error.what();
     for (const char* fragment : fragments)
-      EXPECT_NE(message.find(fragment), std::string::npos) << "message: " << message << "\nmissing: " << fragment;
+      EXPECT_NE(message.find(fragment), std::string::npos)
+          << "message: " << message << "\nmissing: " << fragment;
   }
 }
 
@@ -100,7 +101,8 @@ TEST_F(ErrorsTest, DtypesAndDevices) {
   bad = args;
   std::vector<float> lse(10);
   bad.lse = TensorView::contiguous(lse.data(), DType::fp32, Device::cpu(), {1, 4, 10});
-  expect_error([&] { flash_prefill(bad, params); }, {"lse has shape", "[B, H_q, L_q] = [1, 4, 64]"});
+  expect_error([&] { flash_prefill(bad, params); },
+               {"lse has shape", "[B, H_q, L_q] = [1, 4, 64]"});
   bad = args;
   bad.k.device = Device::cuda(0);
   bad.v.device = Device::cuda(0);
@@ -147,14 +149,20 @@ TEST_F(ErrorsTest, LayoutAndWorkspace) {
   BlockSparseLayout small = layout.view;
   small.max_cols = 1;
   small.col_idx.shape[0] = 1;
-  expect_error([&] { block_sparse_attention(args, params, small); }, {"layout has capacity", "stage_shapes"});
+  expect_error([&] { block_sparse_attention(args, params, small); },
+               {"layout has capacity", "stage_shapes"});
   Params other = params;
   other.block_size = 64;
-  expect_error([&] { block_sparse_attention(args, other, layout.view); }, {"layout.block_size is 128", "64"});
+  expect_error([&] { block_sparse_attention(args, other, layout.view); },
+               {"layout.block_size is 128", "64"});
   std::vector<char> tiny(8);
   const size_t needed = flash_prefill_workspace_size(args, params);
   ASSERT_GT(needed, tiny.size());
-  expect_error([&] { flash_prefill(args, params, Workspace{tiny.data(), tiny.size()}); }, {"workspace has 8 bytes"});
+  expect_error(
+      [&] {
+        flash_prefill(args, params, Workspace{tiny.data(), tiny.size()});
+      },
+      {"workspace has 8 bytes"});
   std::vector<char> enough(needed);
   EXPECT_NO_THROW(flash_prefill(args, params, Workspace{enough.data(), enough.size()}));
 }

@@ -6,31 +6,37 @@
 
 #include <algorithm>
 #include <cmath>
-#include <iterator>
 #include <cstdint>
 #include <cstdlib>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "common/half.hpp"
 #include "common/validate.hpp"
-#include "cpu/reference.hpp"
 #include "flashprefill/flashprefill.hpp"
+#include "reference.hpp"
 
 namespace flashprefill::testing {
 
 // A fresh seed per call unless FLASHPREFILL_SEED is set; tests SCOPED_TRACE it so failures show it.
 inline uint64_t fresh_seed() {
-  if (const char* fixed = std::getenv("FLASHPREFILL_SEED")) return std::strtoull(fixed, nullptr, 10);
+  if (const char* fixed = std::getenv("FLASHPREFILL_SEED"))
+    return std::strtoull(fixed, nullptr, 10);
   return (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
 }
-#define FP_SEEDED(seed_var) \
+#define FP_SEEDED(seed_var)                                        \
   const uint64_t seed_var = ::flashprefill::testing::fresh_seed(); \
-  SCOPED_TRACE("seed=" + std::to_string(seed_var) + " (rerun with FLASHPREFILL_SEED=" + std::to_string(seed_var) + ")")
+  SCOPED_TRACE("seed=" + std::to_string(seed_var) +                \
+               " (rerun with FLASHPREFILL_SEED=" + std::to_string(seed_var) + ")")
 
-inline uint16_t to_half(float value, DType dtype) { return detail::float_to_half_bits(value, dtype); }
-inline double from_half(uint16_t bits, DType dtype) { return detail::half_bits_to_float(bits, dtype); }
+inline uint16_t to_half(float value, DType dtype) {
+  return detail::float_to_half_bits(value, dtype);
+}
+inline double from_half(uint16_t bits, DType dtype) {
+  return detail::half_bits_to_float(bits, dtype);
+}
 
 // Tolerance of ALGORITHM.md for the output of attention (relative Frobenius error).
 inline double tolerance(DType dtype) { return dtype == DType::bf16 ? 1e-2 : 2e-3; }
@@ -60,19 +66,26 @@ struct HostBatch {
       a.k = TensorView::contiguous(k.data(), dtype, cpu, {total_kv(), s.heads_kv, s.head_dim});
       a.v = TensorView::contiguous(v.data(), dtype, cpu, {total_kv(), s.heads_kv, s.head_dim});
       a.out = TensorView::contiguous(out.data(), dtype, cpu, {total_q(), s.heads_q, s.head_dim});
-      a.varlen.cu_seqlens_q = TensorView::contiguous(cu_q.data(), DType::int32, cpu, {int64_t(cu_q.size())});
-      a.varlen.cu_seqlens_kv = TensorView::contiguous(cu_kv.data(), DType::int32, cpu, {int64_t(cu_kv.size())});
+      a.varlen.cu_seqlens_q =
+          TensorView::contiguous(cu_q.data(), DType::int32, cpu, {int64_t(cu_q.size())});
+      a.varlen.cu_seqlens_kv =
+          TensorView::contiguous(cu_kv.data(), DType::int32, cpu, {int64_t(cu_kv.size())});
       for (size_t b = 0; b + 1 < cu_q.size(); ++b) {
         a.varlen.max_seqlen_q = std::max<int64_t>(a.varlen.max_seqlen_q, cu_q[b + 1] - cu_q[b]);
         a.varlen.max_seqlen_kv = std::max<int64_t>(a.varlen.max_seqlen_kv, cu_kv[b + 1] - cu_kv[b]);
       }
-      if (with_lse) a.lse = TensorView::contiguous(lse.data(), DType::fp32, cpu, {s.heads_q, total_q()});
+      if (with_lse)
+        a.lse = TensorView::contiguous(lse.data(), DType::fp32, cpu, {s.heads_q, total_q()});
     } else {
       a.q = TensorView::contiguous(q.data(), dtype, cpu, {s.batch, s.len_q, s.heads_q, s.head_dim});
-      a.k = TensorView::contiguous(k.data(), dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
-      a.v = TensorView::contiguous(v.data(), dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
-      a.out = TensorView::contiguous(out.data(), dtype, cpu, {s.batch, s.len_q, s.heads_q, s.head_dim});
-      if (with_lse) a.lse = TensorView::contiguous(lse.data(), DType::fp32, cpu, {s.batch, s.heads_q, s.len_q});
+      a.k =
+          TensorView::contiguous(k.data(), dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
+      a.v =
+          TensorView::contiguous(v.data(), dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
+      a.out =
+          TensorView::contiguous(out.data(), dtype, cpu, {s.batch, s.len_q, s.heads_q, s.head_dim});
+      if (with_lse)
+        a.lse = TensorView::contiguous(lse.data(), DType::fp32, cpu, {s.batch, s.heads_q, s.len_q});
     }
     return a;
   }
@@ -88,7 +101,8 @@ inline void fill_random(HostBatch& batch, uint64_t seed) {
   for (float& x : direction) x = normal(rng);
   auto fill = [&](std::vector<uint16_t>& data, int64_t count, float bias) {
     data.resize(static_cast<size_t>(count));
-    for (int64_t n = 0; n < count; ++n) data[n] = to_half(normal(rng) + bias * direction[n % D], batch.dtype);
+    for (int64_t n = 0; n < count; ++n)
+      data[n] = to_half(normal(rng) + bias * direction[n % D], batch.dtype);
   };
   fill(batch.q, batch.total_q() * batch.shape.heads_q * D, 0.5f);
   fill(batch.k, batch.total_kv() * batch.shape.heads_kv * D, 0.0f);
@@ -103,7 +117,8 @@ inline void fill_random(HostBatch& batch, uint64_t seed) {
       }
   }
   fill(batch.v, batch.total_kv() * batch.shape.heads_kv * D, 0.0f);
-  batch.out.assign(batch.q.size(), to_half(NAN, batch.dtype));  // poison: every element must be written
+  batch.out.assign(batch.q.size(),
+                   to_half(NAN, batch.dtype));  // poison: every element must be written
   batch.lse.assign(static_cast<size_t>(batch.total_q() * batch.shape.heads_q), NAN);
 }
 
@@ -115,8 +130,8 @@ inline HostBatch padded_batch(const Shape& shape, DType dtype, uint64_t seed) {
   return batch;
 }
 
-inline HostBatch varlen_batch(const std::vector<std::pair<int32_t, int32_t>>& lengths, Shape shape, DType dtype,
-                              uint64_t seed) {
+inline HostBatch varlen_batch(const std::vector<std::pair<int32_t, int32_t>>& lengths, Shape shape,
+                              DType dtype, uint64_t seed) {
   HostBatch batch;
   batch.dtype = dtype;
   batch.varlen = true;
@@ -133,7 +148,8 @@ inline HostBatch varlen_batch(const std::vector<std::pair<int32_t, int32_t>>& le
 }
 
 // Relative Frobenius error of a 16-bit output against the fp64 reference (both in q's token order).
-inline double relative_error(const std::vector<uint16_t>& out, DType dtype, const std::vector<double>& ref) {
+inline double relative_error(const std::vector<uint16_t>& out, DType dtype,
+                             const std::vector<double>& ref) {
   double err = 0.0, norm = 0.0;
   for (size_t n = 0; n < ref.size(); ++n) {
     const double diff = from_half(out[n], dtype) - ref[n];
@@ -150,26 +166,28 @@ inline std::vector<std::vector<int32_t>> rows_of(const BlockSparseLayout& layout
   const int64_t* row_ptr = layout.row_ptr.ptr<const int64_t>();
   const int32_t* col_idx = layout.col_idx.ptr<const int32_t>();
   std::vector<std::vector<int32_t>> rows(static_cast<size_t>(offsets[layout.num_seqs]));
-  for (size_t r = 0; r < rows.size(); ++r) rows[r].assign(col_idx + row_ptr[r], col_idx + row_ptr[r + 1]);
+  for (size_t r = 0; r < rows.size(); ++r)
+    rows[r].assign(col_idx + row_ptr[r], col_idx + row_ptr[r + 1]);
   return rows;
 }
 
 // Two layouts may differ only in blocks whose fp64 score (ref_scores, [row][max_key_blocks]) lies
 // within rel_tol of the row's threshold alpha * max. Returns how many blocks differ.
-inline int64_t expect_rows_differ_only_at_threshold(const std::vector<std::vector<int32_t>>& rows,
-                                                    const std::vector<std::vector<int32_t>>& expected,
-                                                    const std::vector<double>& ref_scores, int64_t max_key_blocks,
-                                                    double alpha, double rel_tol) {
+inline int64_t expect_rows_differ_only_at_threshold(
+    const std::vector<std::vector<int32_t>>& rows,
+    const std::vector<std::vector<int32_t>>& expected, const std::vector<double>& ref_scores,
+    int64_t max_key_blocks, double alpha, double rel_tol) {
   int64_t differing = 0;
   for (size_t r = 0; r < std::min(rows.size(), expected.size()); ++r) {
     if (rows[r] == expected[r]) continue;
     const double* S = &ref_scores[r * max_key_blocks];
     const double threshold = alpha * *std::max_element(S, S + expected[r].back() + 1);
     std::vector<int32_t> diff;
-    std::set_symmetric_difference(rows[r].begin(), rows[r].end(), expected[r].begin(), expected[r].end(),
-                                  std::back_inserter(diff));
+    std::set_symmetric_difference(rows[r].begin(), rows[r].end(), expected[r].begin(),
+                                  expected[r].end(), std::back_inserter(diff));
     for (int32_t j : diff) {
-      EXPECT_NEAR(S[j], threshold, rel_tol * threshold) << "row " << r << " block " << j << " differs away from the threshold";
+      EXPECT_NEAR(S[j], threshold, rel_tol * threshold)
+          << "row " << r << " block " << j << " differs away from the threshold";
       ++differing;
     }
   }
@@ -177,14 +195,16 @@ inline int64_t expect_rows_differ_only_at_threshold(const std::vector<std::vecto
 }
 
 // lse of a call ([B, H, L_q] padded, [H, T] varlen) against the reference's [token][head].
-inline void expect_lse_near(const detail::Problem& problem, const std::vector<double>& ref_lse, const std::vector<float>& lse,
-                            double rel_tol) {
+inline void expect_lse_near(const detail::Problem& problem, const std::vector<double>& ref_lse,
+                            const std::vector<float>& lse, double rel_tol) {
   for (int64_t b = 0; b < problem.num_seqs; ++b) {
     const auto s = problem.seq(b);
     for (int64_t t = 0; t < s.len_q; ++t)
       for (int64_t h = 0; h < problem.heads_q; ++h) {
-        const double expected = ref_lse[reference::token_index(problem, b, t) * problem.heads_q + h];
-        ASSERT_NEAR(lse[problem.lse_offset(b, s, t, h)], expected, rel_tol * (1 + std::abs(expected)))
+        const double expected =
+            ref_lse[reference::token_index(problem, b, t) * problem.heads_q + h];
+        ASSERT_NEAR(lse[problem.lse_offset(b, s, t, h)], expected,
+                    rel_tol * (1 + std::abs(expected)))
             << "lse b=" << b << " t=" << t << " h=" << h;
       }
   }

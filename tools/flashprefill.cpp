@@ -17,6 +17,8 @@
 
 #include "common/half.hpp"
 #include "common/problem.hpp"
+#include "common/row_geometry.hpp"
+#include "common/validate.hpp"
 #include "flashprefill/flashprefill.hpp"
 #include "flashprefill/synthetic.hpp"
 #include "options.hpp"
@@ -27,18 +29,23 @@ namespace {
 
 constexpr const char* kVersion = "flashprefill 0.1.0";
 
-const std::set<std::string> kShapeOptions = {"shape", "seq-len", "batch", "heads", "kv-heads", "head-dim", "alpha",
-                                             "block-size", "dtype", "backend", "seed", "sink-blocks", "window-blocks",
-                                             "last-full-blocks", "min-budget"};
+const std::set<std::string> kShapeOptions = {
+    "shape",         "seq-len",          "batch",     "heads",   "kv-heads", "head-dim",
+    "alpha",         "block-size",       "dtype",     "backend", "seed",     "sink-blocks",
+    "window-blocks", "last-full-blocks", "min-budget"};
 
-void print_shape_help(std::ostream& os) {
-  os << "  --shape NAME          llama3-8b (32 q heads, 8 kv, D 128; default), qwen2.5-7b (28, 4, 128), small (9, 3, 64)\n"
-        "  --seq-len N           tokens (accepts 4096, 4K, 32k, 1M)\n"
+void print_shape_help(std::ostream& os, const char* default_len) {
+  os << "  --shape NAME          llama3-8b (32 q heads, 8 kv, D 128; default), qwen2.5-7b (28, 4, "
+        "128), small (9, 3, 64)\n"
+        "  --seq-len N           tokens (accepts 4096, 4K, 32k, 1M; default "
+     << default_len
+     << ")\n"
         "  --batch B             sequences (default 1)\n"
         "  --heads H, --kv-heads H, --head-dim D   override the preset\n"
         "  --alpha A             threshold ratio in [0, 1] (default 0.12)\n"
         "  --block-size B        power of two >= 16 (default 128)\n"
-        "  --sink-blocks N, --window-blocks N, --last-full-blocks N, --min-budget N\n"
+        "  --sink-blocks N, --window-blocks N, --last-full-blocks N, --min-budget N   (defaults 2, "
+        "4, 2, 0)\n"
         "  --dtype bf16|fp16     (default bf16)\n"
         "  --backend cpu|cuda|auto   (default auto: cuda when a GPU is present)\n"
         "  --seed S              input seed (default 0)\n";
@@ -55,10 +62,15 @@ struct Setup {
 Setup parse_setup(const Options& options, int64_t default_len) {
   Setup setup;
   const std::string preset = options.text("shape", "llama3-8b");
-  if (preset == "llama3-8b") setup.shape = {1, default_len, 32, 8, 128};
-  else if (preset == "qwen2.5-7b") setup.shape = {1, default_len, 28, 4, 128};
-  else if (preset == "small") setup.shape = {1, default_len, 9, 3, 64};
-  else throw UsageError("--shape '" + preset + "' is unknown; expected llama3-8b, qwen2.5-7b or small");
+  if (preset == "llama3-8b")
+    setup.shape = {1, default_len, 32, 8, 128};
+  else if (preset == "qwen2.5-7b")
+    setup.shape = {1, default_len, 28, 4, 128};
+  else if (preset == "small")
+    setup.shape = {1, default_len, 9, 3, 64};
+  else
+    throw UsageError("--shape '" + preset +
+                     "' is unknown; expected llama3-8b, qwen2.5-7b or small");
   setup.shape.seq_len = options.integer("seq-len", default_len, 1);
   setup.shape.batch = options.integer("batch", 1, 1);
   setup.shape.heads_q = options.integer("heads", setup.shape.heads_q, 1);
@@ -68,20 +80,29 @@ Setup parse_setup(const Options& options, int64_t default_len) {
   setup.params.block_size = int(options.integer("block-size", setup.params.block_size, 1));
   setup.params.sink_blocks = int(options.integer("sink-blocks", setup.params.sink_blocks, 0));
   setup.params.window_blocks = int(options.integer("window-blocks", setup.params.window_blocks, 0));
-  setup.params.last_full_blocks = int(options.integer("last-full-blocks", setup.params.last_full_blocks, 0));
+  setup.params.last_full_blocks =
+      int(options.integer("last-full-blocks", setup.params.last_full_blocks, 0));
   setup.params.min_budget = int(options.integer("min-budget", setup.params.min_budget, 0));
   setup.params.validate();
   const std::string dtype = options.text("dtype", "bf16");
-  if (dtype == "bf16") setup.dtype = DType::bf16;
-  else if (dtype == "fp16") setup.dtype = DType::fp16;
-  else throw UsageError("--dtype '" + dtype + "' is unknown; expected bf16 or fp16");
+  if (dtype == "bf16")
+    setup.dtype = DType::bf16;
+  else if (dtype == "fp16")
+    setup.dtype = DType::fp16;
+  else
+    throw UsageError("--dtype '" + dtype + "' is unknown; expected bf16 or fp16");
   const std::string backend = options.text("backend", "auto");
-  if (backend == "cpu") setup.device = Device::cpu();
-  else if (backend == "cuda") setup.device = Device::cuda(0);
-  else if (backend == "auto") setup.device = cuda_available() ? Device::cuda(0) : Device::cpu();
-  else throw UsageError("--backend '" + backend + "' is unknown; expected cpu, cuda or auto");
+  if (backend == "cpu")
+    setup.device = Device::cpu();
+  else if (backend == "cuda")
+    setup.device = Device::cuda(0);
+  else if (backend == "auto")
+    setup.device = cuda_available() ? Device::cuda(0) : Device::cpu();
+  else
+    throw UsageError("--backend '" + backend + "' is unknown; expected cpu, cuda or auto");
   if (setup.device.type == DeviceType::cuda && !cuda_available())
-    throw UsageError("--backend cuda: no CUDA device is available (or the library was built without CUDA)");
+    throw UsageError(
+        "--backend cuda: no CUDA device is available (or the library was built without CUDA)");
   setup.seed = uint64_t(options.integer("seed", 0, 0));
   return setup;
 }
@@ -109,10 +130,14 @@ Inputs make_inputs(const Setup& setup) {
   in.k = upload(in.host.k);
   in.v = upload(in.host.v);
   in.out = Buffer::allocate(setup.device, in.host.q.size() * 2);
-  in.args.q = TensorView::contiguous(in.q.data(), setup.dtype, setup.device, {s.batch, s.seq_len, s.heads_q, s.head_dim});
-  in.args.k = TensorView::contiguous(in.k.data(), setup.dtype, setup.device, {s.batch, s.seq_len, s.heads_kv, s.head_dim});
-  in.args.v = TensorView::contiguous(in.v.data(), setup.dtype, setup.device, {s.batch, s.seq_len, s.heads_kv, s.head_dim});
-  in.args.out = TensorView::contiguous(in.out.data(), setup.dtype, setup.device, {s.batch, s.seq_len, s.heads_q, s.head_dim});
+  in.args.q = TensorView::contiguous(in.q.data(), setup.dtype, setup.device,
+                                     {s.batch, s.seq_len, s.heads_q, s.head_dim});
+  in.args.k = TensorView::contiguous(in.k.data(), setup.dtype, setup.device,
+                                     {s.batch, s.seq_len, s.heads_kv, s.head_dim});
+  in.args.v = TensorView::contiguous(in.v.data(), setup.dtype, setup.device,
+                                     {s.batch, s.seq_len, s.heads_kv, s.head_dim});
+  in.args.out = TensorView::contiguous(in.out.data(), setup.dtype, setup.device,
+                                       {s.batch, s.seq_len, s.heads_q, s.head_dim});
   return in;
 }
 
@@ -124,11 +149,14 @@ struct HostLayout {
 HostLayout download(const BlockSparseLayout& layout, Device device) {
   HostLayout host;
   int64_t rows = 0;
-  copy_bytes(&rows, Device::cpu(), layout.seq_row_offset.ptr<int64_t>() + layout.num_seqs, device, 8);
+  copy_bytes(&rows, Device::cpu(), layout.seq_row_offset.ptr<int64_t>() + layout.num_seqs, device,
+             8);
   host.row_ptr.resize(static_cast<size_t>(rows + 1));
-  copy_bytes(host.row_ptr.data(), Device::cpu(), layout.row_ptr.data, device, host.row_ptr.size() * 8);
+  copy_bytes(host.row_ptr.data(), Device::cpu(), layout.row_ptr.data, device,
+             host.row_ptr.size() * 8);
   host.col_idx.resize(static_cast<size_t>(host.row_ptr.back()));
-  copy_bytes(host.col_idx.data(), Device::cpu(), layout.col_idx.data, device, host.col_idx.size() * 4);
+  copy_bytes(host.col_idx.data(), Device::cpu(), layout.col_idx.data, device,
+             host.col_idx.size() * 4);
   return host;
 }
 
@@ -163,7 +191,8 @@ double time_ms(const std::function<void()>& run, int repeats, Device device) {
 #ifdef FLASHPREFILL_WITH_CUDA
   if (device.type == DeviceType::cuda) {
     cudaEvent_t start, stop;
-    if (cudaEventCreate(&start) != cudaSuccess || cudaEventCreate(&stop) != cudaSuccess) throw Error("cudaEventCreate failed");
+    if (cudaEventCreate(&start) != cudaSuccess || cudaEventCreate(&stop) != cudaSuccess)
+      throw Error("cudaEventCreate failed");
     for (int r = 0; r < repeats; ++r) {
       cudaEventRecord(start);  // the library runs on the default stream here (args.stream is null)
       run();
@@ -182,14 +211,17 @@ double time_ms(const std::function<void()>& run, int repeats, Device device) {
       const auto start = std::chrono::steady_clock::now();
       run();
       synchronize(device);
-      times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+      times.push_back(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+              .count());
     }
   }
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
 }
 
-double relative_error(const std::vector<uint16_t>& got, const std::vector<uint16_t>& want, DType dtype) {
+double relative_error(const std::vector<uint16_t>& got, const std::vector<uint16_t>& want,
+                      DType dtype) {
   auto value = [&](uint16_t bits) { return double(detail::half_bits_to_float(bits, dtype)); };
   double err = 0, norm = 0;
   for (size_t n = 0; n < want.size(); ++n) {
@@ -202,7 +234,8 @@ double relative_error(const std::vector<uint16_t>& got, const std::vector<uint16
 
 // Attention recall: the share of each sampled row's dense softmax mass inside its kept blocks
 // (sequence 0; computed in double on the host from the same 16-bit inputs).
-double attention_recall(const Setup& setup, const Inputs& in, const HostLayout& layout, int samples) {
+double attention_recall(const Setup& setup, const Inputs& in, const HostLayout& layout,
+                        int samples) {
   const auto& s = setup.shape;
   const int64_t B = setup.params.block_size, D = s.head_dim, group = s.heads_q / s.heads_kv;
   const int64_t nqb = num_query_blocks(s.seq_len, s.seq_len, B);
@@ -216,7 +249,8 @@ double attention_recall(const Setup& setup, const Inputs& in, const HostLayout& 
     const int64_t t = std::uniform_int_distribution<int64_t>(0, s.seq_len - 1)(rng);
     const int64_t row = h * nqb + t / B;
     std::vector<char> kept(static_cast<size_t>(t / B + 1), 0);
-    for (int64_t e = layout.row_ptr[row]; e < layout.row_ptr[row + 1]; ++e) kept[layout.col_idx[e]] = 1;
+    for (int64_t e = layout.row_ptr[row]; e < layout.row_ptr[row + 1]; ++e)
+      kept[layout.col_idx[e]] = 1;
     logits.assign(static_cast<size_t>(t + 1), 0.0);
     const uint16_t* q = &in.host.q[(t * s.heads_q + h) * D];
     for (int64_t key = 0; key <= t; ++key) {
@@ -248,10 +282,12 @@ int run_bench(int argc, char** argv) {
   valued.insert({"repeats", "recall-samples"});
   const Options options(argc, argv, 2, valued, {"json", "no-dense", "progress", "help"});
   if (options.has("help")) {
-    std::cout << "usage: flashprefill bench [options]\n\nTimes FlashPrefill (discovery + block-sparse attention) against our dense\n"
+    std::cout << "usage: flashprefill bench [options]\n\nTimes FlashPrefill (discovery + "
+                 "block-sparse attention) against our dense\n"
                  "causal attention on the structured synthetic input of BENCHMARK.md.\n\n";
-    print_shape_help(std::cout);
-    std::cout << "  --repeats N           timed runs per measurement, median reported (default 5 on GPU, 1 on CPU)\n"
+    print_shape_help(std::cout, "8K");
+    std::cout << "  --repeats N           timed runs per measurement, median reported (default 20 "
+                 "on GPU, 1 on CPU)\n"
                  "  --recall-samples N    rows sampled for attention recall (default 128)\n"
                  "  --no-dense            skip the dense baseline (for very long CPU runs)\n"
                  "  --json                print one JSON object instead of the table\n"
@@ -276,45 +312,61 @@ int run_bench(int argc, char** argv) {
     dense_out = download_output(in, setup.device);
   }
   progress.step("discovery (steps 1-4)");
-  const double discovery_ms = time_ms([&] { discover_layout(in.args, setup.params, layout.view); }, repeats, setup.device);
+  const double discovery_ms =
+      time_ms([&] { discover_layout(in.args, setup.params, layout.view); }, repeats, setup.device);
   progress.step("block-sparse attention (step 5)");
-  const double attention_ms = time_ms([&] { block_sparse_attention(in.args, setup.params, layout.view); }, repeats, setup.device);
+  const double attention_ms = time_ms(
+      [&] { block_sparse_attention(in.args, setup.params, layout.view); }, repeats, setup.device);
   progress.step("flash_prefill (steps 1-5)");
-  const double total_ms = time_ms([&] { flash_prefill(in.args, setup.params); }, repeats, setup.device);
+  const double total_ms =
+      time_ms([&] { flash_prefill(in.args, setup.params); }, repeats, setup.device);
   const std::vector<uint16_t> sparse_out = download_output(in, setup.device);
   progress.step("density, error and recall");
   const LayoutStats stats = layout_stats(in.args, setup.params, layout.view);
   const HostLayout host_layout = download(layout.view, setup.device);
-  const double recall = attention_recall(setup, in, host_layout, int(options.integer("recall-samples", 128, 1)));
+  const double recall =
+      attention_recall(setup, in, host_layout, int(options.integer("recall-samples", 128, 1)));
   const double error = dense ? relative_error(sparse_out, dense_out, setup.dtype) : NAN;
 
   const auto& s = setup.shape;
-  const double causal_flops = 2.0 * double(s.seq_len) * double(s.seq_len) * double(s.head_dim) * double(s.heads_q) * double(s.batch);
+  const double causal_flops = 2.0 * double(s.seq_len) * double(s.seq_len) * double(s.head_dim) *
+                              double(s.heads_q) * double(s.batch);
   auto tflops = [&](double ms) { return causal_flops / (ms * 1e-3) / 1e12; };
   const std::string device = device_name(setup.device);
   if (options.has("json")) {
-    std::printf("{\"device\": \"%s\", \"dtype\": \"%s\", \"batch\": %ld, \"seq_len\": %ld, \"heads_q\": %ld, \"heads_kv\": %ld, "
-                "\"head_dim\": %ld, \"alpha\": %g, \"block_size\": %d, \"repeats\": %d, \"dense_ms\": %s, "
-                "\"discovery_ms\": %.4f, \"attention_ms\": %.4f, \"total_ms\": %.4f, \"speedup_vs_dense\": %s, "
-                "\"dense_tflops\": %s, \"sparse_equiv_tflops\": %.4f, \"density\": %.6f, \"rel_error_vs_dense\": %s, "
-                "\"attention_recall\": %.6f}\n",
-                device.c_str(), dtype_name(setup.dtype), long(s.batch), long(s.seq_len), long(s.heads_q), long(s.heads_kv),
-                long(s.head_dim), double(setup.params.alpha), setup.params.block_size, repeats,
-                dense ? std::to_string(dense_ms).c_str() : "null", discovery_ms, attention_ms, total_ms,
-                dense ? std::to_string(dense_ms / total_ms).c_str() : "null", dense ? std::to_string(tflops(dense_ms)).c_str() : "null",
-                tflops(total_ms), stats.density(), dense ? std::to_string(error).c_str() : "null", recall);
+    std::printf(
+        "{\"device\": \"%s\", \"dtype\": \"%s\", \"batch\": %ld, \"seq_len\": %ld, \"heads_q\": "
+        "%ld, \"heads_kv\": %ld, "
+        "\"head_dim\": %ld, \"alpha\": %g, \"block_size\": %d, \"repeats\": %d, \"dense_ms\": %s, "
+        "\"discovery_ms\": %.4f, \"attention_ms\": %.4f, \"total_ms\": %.4f, \"speedup_vs_dense\": "
+        "%s, "
+        "\"dense_tflops\": %s, \"sparse_equiv_tflops\": %.4f, \"density\": %.6f, "
+        "\"rel_error_vs_dense\": %s, "
+        "\"attention_recall\": %.6f}\n",
+        device.c_str(), dtype_name(setup.dtype), long(s.batch), long(s.seq_len), long(s.heads_q),
+        long(s.heads_kv), long(s.head_dim), double(setup.params.alpha), setup.params.block_size,
+        repeats, dense ? std::to_string(dense_ms).c_str() : "null", discovery_ms, attention_ms,
+        total_ms, dense ? std::to_string(dense_ms / total_ms).c_str() : "null",
+        dense ? std::to_string(tflops(dense_ms)).c_str() : "null", tflops(total_ms),
+        stats.density(), dense ? std::to_string(error).c_str() : "null", recall);
     return 0;
   }
-  std::printf("flashprefill bench: %s, %s, B=%ld L=%ld H_q=%ld H_kv=%ld D=%ld, alpha=%g, block=%d, median of %d\n",
-              device.c_str(), dtype_name(setup.dtype), long(s.batch), long(s.seq_len), long(s.heads_q), long(s.heads_kv),
-              long(s.head_dim), double(setup.params.alpha), setup.params.block_size, repeats);
+  std::printf(
+      "flashprefill bench: %s, %s, B=%ld L=%ld H_q=%ld H_kv=%ld D=%ld, alpha=%g, block=%d, median "
+      "of %d\n",
+      device.c_str(), dtype_name(setup.dtype), long(s.batch), long(s.seq_len), long(s.heads_q),
+      long(s.heads_kv), long(s.head_dim), double(setup.params.alpha), setup.params.block_size,
+      repeats);
   std::printf("  %-34s %12s %14s\n", "", "time (ms)", "TFLOP/s equiv");
-  if (dense) std::printf("  %-34s %12.3f %14.3f\n", "dense causal attention (ours)", dense_ms, tflops(dense_ms));
+  if (dense)
+    std::printf("  %-34s %12.3f %14.3f\n", "dense causal attention (ours)", dense_ms,
+                tflops(dense_ms));
   std::printf("  %-34s %12.3f\n", "discovery (steps 1-4)", discovery_ms);
   std::printf("  %-34s %12.3f\n", "block-sparse attention (step 5)", attention_ms);
   std::printf("  %-34s %12.3f %14.3f\n", "flash_prefill (one call)", total_ms, tflops(total_ms));
   if (dense) std::printf("  speedup over dense: %.2fx\n", dense_ms / total_ms);
-  std::printf("  density: %.2f%% of causal blocks (%ld of %ld)\n", 100 * stats.density(), long(stats.kept_blocks), long(stats.causal_blocks));
+  std::printf("  density: %.2f%% of causal blocks (%ld of %ld)\n", 100 * stats.density(),
+              long(stats.kept_blocks), long(stats.causal_blocks));
   if (dense) std::printf("  relative error vs dense: %.3e\n", error);
   std::printf("  attention recall: %.4f\n", recall);
   return 0;
@@ -326,12 +378,18 @@ enum class Cell { not_causal, dropped, kept_by_score, sink, window, last_full };
 
 Rgb colour_of(Cell cell) {
   switch (cell) {
-    case Cell::not_causal: return {255, 255, 255};
-    case Cell::dropped: return {225, 225, 225};
-    case Cell::kept_by_score: return {31, 119, 180};
-    case Cell::sink: return {255, 127, 14};
-    case Cell::window: return {44, 160, 44};
-    case Cell::last_full: return {148, 103, 189};
+    case Cell::not_causal:
+      return {255, 255, 255};
+    case Cell::dropped:
+      return {225, 225, 225};
+    case Cell::kept_by_score:
+      return {31, 119, 180};
+    case Cell::sink:
+      return {255, 127, 14};
+    case Cell::window:
+      return {44, 160, 44};
+    case Cell::last_full:
+      return {148, 103, 189};
   }
   return {};
 }
@@ -341,13 +399,17 @@ int run_inspect(int argc, char** argv) {
   valued.insert({"out", "heads-to-show"});
   const Options options(argc, argv, 2, valued, {"all", "help"});
   if (options.has("help")) {
-    std::cout << "usage: flashprefill inspect [options] --out FILE.png\n\nRuns pattern discovery on the structured synthetic input and draws\n"
-                 "the kept blocks per head (query block down, key block across): blue kept by score, orange sink,\n"
-                 "green local window, purple last full rows, grey dropped, white not causal. Prints per-head density.\n\n";
-    print_shape_help(std::cout);
-    std::cout << "  --out FILE            PNG to write (default layout.png)\n"
-                 "  --heads-to-show LIST  comma-separated query heads (default: first, middle, last)\n"
-                 "  --all                 every head (at most 64 panels)\n";
+    std::cout << "usage: flashprefill inspect [options] --out FILE.png\n\nRuns pattern discovery "
+                 "on the structured synthetic input and draws\n"
+                 "the kept blocks per head (query block down, key block across): blue kept by "
+                 "score, orange sink,\n"
+                 "green local window, purple last full rows, grey dropped, white not causal. "
+                 "Prints per-head density.\n\n";
+    print_shape_help(std::cout, "16K");
+    std::cout
+        << "  --out FILE            PNG to write (default layout.png)\n"
+           "  --heads-to-show LIST  comma-separated query heads (default: first, middle, last)\n"
+           "  --all                 every head (at most 64 panels)\n";
     return 0;
   }
   const Setup setup = parse_setup(options, 16384);
@@ -356,17 +418,37 @@ int run_inspect(int argc, char** argv) {
   discover_layout(in.args, setup.params, layout.view);
   const HostLayout host = download(layout.view, setup.device);
   const auto& s = setup.shape;
-  const int64_t B = setup.params.block_size, nqb = num_query_blocks(s.seq_len, s.seq_len, B), nkb = num_key_blocks(s.seq_len, B);
+  const int64_t B = setup.params.block_size, nqb = num_query_blocks(s.seq_len, s.seq_len, B),
+                nkb = num_key_blocks(s.seq_len, B);
+  // The synthetic batch is padded, so its rows' geometry reads nothing from the device.
+  const detail::Problem problem =
+      detail::make_problem(in.args, setup.params, detail::Needs::discovery);
+  // Sequence 0's rows, by head: where each starts in the layout.
+  std::vector<std::vector<detail::LayoutRow>> rows_of_head(static_cast<size_t>(s.heads_q));
+  std::vector<std::vector<int64_t>> index_of_head(static_cast<size_t>(s.heads_q));
+  detail::for_each_layout_row(problem, [&](const detail::LayoutRow& r, int64_t index) {
+    if (r.seq != 0) return;
+    rows_of_head[r.head].push_back(r);
+    index_of_head[r.head].push_back(index);
+  });
+  const auto kept_in = [&](int64_t index) {
+    return double(host.row_ptr[index + 1] - host.row_ptr[index]);
+  };
 
   // Sequence 0 only: density per head.
   std::printf("per-head density (sequence 0, %ld x %ld blocks):\n", long(nqb), long(nkb));
   double kept_all = 0, causal_all = 0;
+  std::vector<double> density(static_cast<size_t>(s.heads_q));
   for (int64_t h = 0; h < s.heads_q; ++h) {
-    const double kept = double(host.row_ptr[(h + 1) * nqb] - host.row_ptr[h * nqb]);
-    const double causal = double(nqb) * double(nqb + 1) / 2;
+    double kept = 0, causal = 0;
+    for (size_t n = 0; n < rows_of_head[h].size(); ++n) {
+      kept += kept_in(index_of_head[h][n]);
+      causal += double(rows_of_head[h][n].num_causal_blocks());
+    }
     kept_all += kept;
     causal_all += causal;
-    std::printf("  head %3ld: %6.2f%%\n", long(h), 100 * kept / causal);
+    density[h] = 100 * kept / causal;
+    std::printf("  head %3ld: %6.2f%%\n", long(h), density[h]);
   }
   std::printf("  all heads: %6.2f%%\n", 100 * kept_all / causal_all);
 
@@ -380,51 +462,61 @@ int run_inspect(int argc, char** argv) {
   }
   for (int64_t h : heads)
     if (h < 0 || h >= s.heads_q)
-      throw UsageError("--heads-to-show: head " + std::to_string(h) + " is outside 0.." + std::to_string(s.heads_q - 1));
+      throw UsageError("--heads-to-show: head " + std::to_string(h) + " is outside 0.." +
+                       std::to_string(s.heads_q - 1));
 
   const int cell = int(std::clamp<int64_t>(512 / nkb, 1, 16));
   const int panel = int(nkb) * cell, margin = 12, title = 20;
   const int columns = int(std::min<size_t>(heads.size(), 4));
   const int rows = int((heads.size() + columns - 1) / columns);
   const int legend = 30;
-  Image image(margin + columns * (panel + margin), margin + rows * (panel + title + margin) + legend, {255, 255, 255});
+  Image image(margin + columns * (panel + margin),
+              margin + rows * (panel + title + margin) + legend, {255, 255, 255});
   for (size_t n = 0; n < heads.size(); ++n) {
     const int64_t h = heads[n];
-    const int x0 = margin + int(n % columns) * (panel + margin), y0 = margin + int(n / columns) * (panel + title + margin);
-    const double kept = double(host.row_ptr[(h + 1) * nqb] - host.row_ptr[h * nqb]);
+    const int x0 = margin + int(n % columns) * (panel + margin),
+              y0 = margin + int(n / columns) * (panel + title + margin);
     std::ostringstream label;
     label.precision(3);
-    label << "HEAD " << h << "  " << 100 * kept / (double(nqb) * double(nqb + 1) / 2) << "%";
+    label << "HEAD " << h << "  " << density[h] << "%";
     image.draw_text(x0, y0, label.str(), {0, 0, 0});
-    for (int64_t i = 0; i < nqb; ++i) {
+    for (size_t k = 0; k < rows_of_head[h].size(); ++k) {
+      const detail::LayoutRow& r = rows_of_head[h][k];
+      const int64_t row = index_of_head[h][k], i = r.block_abs;
       std::vector<char> is_kept(static_cast<size_t>(nkb), 0);
-      const int64_t row = h * nqb + i;
-      for (int64_t e = host.row_ptr[row]; e < host.row_ptr[row + 1]; ++e) is_kept[host.col_idx[e]] = 1;
+      for (int64_t e = host.row_ptr[row]; e < host.row_ptr[row + 1]; ++e)
+        is_kept[host.col_idx[e]] = 1;
+      // Why a kept block is kept: step 3's forced blocks, as the selection applies them.
+      const detail::ForcedBlocks<int64_t> forced(i, r.key_blocks(B), setup.params);
+      using Rule = detail::ForcedBlocks<int64_t>::Rule;
       for (int64_t j = 0; j < nkb; ++j) {
         Cell c = Cell::not_causal;
-        if (j <= i) {
-          const Params& p = setup.params;
-          if (!is_kept[j]) c = Cell::dropped;
-          else if (i >= nkb - p.last_full_blocks) c = Cell::last_full;
-          else if (j < p.sink_blocks) c = Cell::sink;
-          else if (i - j < p.window_blocks) c = Cell::window;
-          else c = Cell::kept_by_score;
+        if (j < r.num_causal_blocks()) {
+          const Rule rule = forced.rule(j);
+          c = !is_kept[j]               ? Cell::dropped
+              : rule == Rule::last_rows ? Cell::last_full
+              : rule == Rule::sink      ? Cell::sink
+              : rule == Rule::window    ? Cell::window
+                                        : Cell::kept_by_score;
         }
-        image.fill_rect(x0 + int(j) * cell, y0 + title + int(i) * cell, cell, cell, colour_of(c));
+        image.fill_rect(x0 + int(j) * cell, y0 + title + int(r.block_local) * cell, cell, cell,
+                        colour_of(c));
       }
     }
   }
   int x = margin;
   const int y = image.height() - legend + 8;
-  for (auto [cell_kind, name] : {std::pair{Cell::kept_by_score, "KEPT BY SCORE"}, std::pair{Cell::sink, "SINK"},
-                                 std::pair{Cell::window, "WINDOW"}, std::pair{Cell::last_full, "LAST ROWS"},
-                                 std::pair{Cell::dropped, "DROPPED"}}) {
+  for (auto [cell_kind, name] :
+       {std::pair{Cell::kept_by_score, "KEPT BY SCORE"}, std::pair{Cell::sink, "SINK"},
+        std::pair{Cell::window, "WINDOW"}, std::pair{Cell::last_full, "LAST ROWS"},
+        std::pair{Cell::dropped, "DROPPED"}}) {
     image.fill_rect(x, y, 10, 10, colour_of(cell_kind));
     x += 14 + image.draw_text(x + 14, y + 2, name, {0, 0, 0}) + 10;
   }
   const std::string out = options.text("out", "layout.png");
   image.write_png(out);
-  std::printf("wrote %s (%dx%d, %zu heads)\n", out.c_str(), image.width(), image.height(), heads.size());
+  std::printf("wrote %s (%dx%d, %zu heads)\n", out.c_str(), image.width(), image.height(),
+              heads.size());
   return 0;
 }
 
@@ -433,7 +525,8 @@ void print_usage(std::ostream& os) {
         "commands:\n"
         "  bench     time FlashPrefill vs dense attention on the structured synthetic input\n"
         "  inspect   draw the kept blocks of chosen heads as a PNG and print per-head density\n\n"
-        "`flashprefill <command> --help` lists a command's options; `flashprefill --version` prints the version.\n";
+        "`flashprefill <command> --help` lists a command's options; `flashprefill --version` "
+        "prints the version.\n";
 }
 
 }  // namespace

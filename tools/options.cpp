@@ -10,10 +10,12 @@ Options::Options(int argc, char** argv, int first, const std::set<std::string>& 
                  const std::set<std::string>& switches) {
   for (int n = first; n < argc; ++n) {
     const std::string arg = argv[n];
-    if (arg.rfind("--", 0) != 0) throw UsageError("unexpected argument '" + arg + "' (options start with --)");
+    if (arg.rfind("--", 0) != 0)
+      throw UsageError("unexpected argument '" + arg + "' (options start with --)");
     const std::string name = arg.substr(2);
     if (switches.count(name)) {
-      values_.insert_or_assign(name, std::string(1, '1'));  // (not = "1": GCC 12 -Wrestrict false positive)
+      values_.insert_or_assign(
+          name, std::string(1, '1'));  // (not = "1": GCC 12 -Wrestrict false positive)
     } else if (valued.count(name)) {
       if (n + 1 >= argc) throw UsageError("option --" + name + " needs a value");
       values_[name] = argv[++n];
@@ -41,13 +43,17 @@ int64_t Options::integer(const std::string& name, int64_t fallback, int64_t min_
   }
   if (used + 1 == raw.size()) {
     const char suffix = char(std::toupper(static_cast<unsigned char>(raw.back())));
-    if (suffix == 'K') value *= 1024;
-    else if (suffix == 'M') value *= 1024 * 1024;
-    else throw UsageError("--" + name + " '" + raw + "': unknown suffix (use K or M)");
+    if (suffix == 'K')
+      value *= 1024;
+    else if (suffix == 'M')
+      value *= 1024 * 1024;
+    else
+      throw UsageError("--" + name + " '" + raw + "': unknown suffix (use K or M)");
   } else if (used != raw.size()) {
     throw UsageError("--" + name + " '" + raw + "' is not an integer");
   }
-  if (value < min_value) throw UsageError("--" + name + " is " + raw + "; expected >= " + std::to_string(min_value));
+  if (value < min_value)
+    throw UsageError("--" + name + " is " + raw + "; expected >= " + std::to_string(min_value));
   return value;
 }
 
@@ -61,7 +67,8 @@ double Options::real(const std::string& name, double fallback) const {
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used != it->second.size() || it->second.empty()) throw UsageError("--" + name + " '" + it->second + "' is not a number");
+  if (used != it->second.size() || it->second.empty())
+    throw UsageError("--" + name + " '" + it->second + "' is not a number");
   return value;
 }
 

@@ -100,7 +100,8 @@ int Image::draw_text(int x, int y, const std::string& text, Rgb colour, int scal
     if (glyph != font().end())
       for (int row = 0; row < 7; ++row)
         for (int col = 0; col < 5; ++col)
-          if (glyph->second[row][col] == '#') fill_rect(cursor + col * scale, y + row * scale, scale, scale, colour);
+          if (glyph->second[row][col] == '#')
+            fill_rect(cursor + col * scale, y + row * scale, scale, scale, colour);
     cursor += 6 * scale;
   }
   return cursor - x;

@@ -17,7 +17,8 @@ class Image {
   int width() const { return width_; }
   int height() const { return height_; }
   void fill_rect(int x, int y, int w, int h, Rgb colour);
-  // Draws text (digits, letters, a few symbols) with its top-left corner at (x, y); returns the width.
+  // Draws text (digits, letters, a few symbols) with its top-left corner at (x, y); returns the
+  // width.
   int draw_text(int x, int y, const std::string& text, Rgb colour, int scale = 1);
   void write_png(const std::string& path) const;  // throws flashprefill::Error on failure
 

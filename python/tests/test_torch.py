@@ -1,7 +1,6 @@
 """PyTorch tensors: the torch.library operators on CPU and CUDA, torch.compile, CUDA graphs, and the
 transformers integration. Skipped where PyTorch (or a GPU, for the CUDA tests) is missing."""
 import copy
-import time
 
 import numpy as np
 import pytest
@@ -122,46 +121,6 @@ def test_two_streams_use_their_own_workspaces(rng):
     torch.cuda.current_stream().wait_stream(side)
     torch.testing.assert_close(on_side, expected, rtol=0, atol=0)
     torch.testing.assert_close(on_main, expected, rtol=0, atol=0)
-
-
-def _host_us_per_call(fn, repeats=2000, batch=20):
-    """Host time of fn in microseconds per call: the device is synchronised every `batch` calls outside
-    the timed span (as _C.host_time_of_cpp_call does), so only host work is counted."""
-    seconds = 0.0
-    for _ in range(repeats // batch):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(batch):
-            fn()
-        seconds += time.perf_counter() - start
-    torch.cuda.synchronize()
-    return seconds / (repeats // batch * batch) * 1e6
-
-
-@needs_gpu
-def test_python_call_overhead_is_reported(rng):
-    """Not a timing assertion: prints the Python layer's cost over the C++ call for bench/RESULTS.md.
-    The C++ call is timed in C++ (no Python between calls) on the same tensors and, as the public call, with
-    the library's cached workspace; the public call also allocates its output, as every user call does."""
-    q, k, v = make(rng, 1, 128, 128, 1, 1, 64, device="cuda")
-    from flashprefill import _C, _torch_ops
-    params = (0.12, 128, 2, 4, 2, 0, 0.0, False)
-    stream = torch.cuda.current_stream().cuda_stream
-    out = torch.empty_like(q)
-    described = tuple(_torch_ops._describe(t, n) for t, n in ((q, "q"), (k, "k"), (v, "v"), (out, "out"))) + (
-        None, None, None, 0, 0, *params, stream)
-    rounds = []
-    for _ in range(5):  # interleaved, so drifts of clock or load hit both sides alike
-        for _ in range(50):
-            fp.flash_prefill(q, k, v)
-        cpp_us = _C.host_time_of_cpp_call(*described, 0, 0, 2000, 20)  # the library's cached workspace, as the public call
-        api_us = _host_us_per_call(lambda: fp.flash_prefill(q, k, v))
-        rounds.append((cpp_us, api_us))
-    cpp_us, api_us = min(r[0] for r in rounds), min(r[1] for r in rounds)
-    median_difference = sorted(a - c for c, a in rounds)[len(rounds) // 2]
-    print(f"\n[overhead] C++ flash_prefill {cpp_us:.1f} us/call (host), public API {api_us:.1f} us/call: "
-          f"the Python layer adds {api_us - cpp_us:.1f} us (minima of 5 rounds; median of the per-round "
-          f"differences {median_difference:.1f} us)")
 
 
 def _small_config(transformers, family):

@@ -56,7 +56,7 @@ FP_HOST_DEVICE inline uint16_t float_to_fp16(float f) {
   const uint32_t abs_bits = bits & 0x7fffffffu;
   if (abs_bits > 0x7f800000u) return uint16_t(sign | 0x7e00u);   // NaN
   if (abs_bits >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to >= 65520: Inf
-  if (abs_bits < 0x38800000u) {                                   // below 2^-14: subnormal or zero
+  if (abs_bits < 0x38800000u) {                                  // below 2^-14: subnormal or zero
     const float magnitude = bits_to_float(abs_bits);
     // Scale so one fp16 subnormal ulp (2^-24) is 1, then round to nearest even.
     const float scaled = magnitude * 16777216.0f;
@@ -77,15 +77,8 @@ FP_HOST_DEVICE inline uint16_t float_to_half_bits(float f, DType dtype) {
   return dtype == DType::bf16 ? float_to_bf16(f) : float_to_fp16(f);
 }
 // The value as the 16-bit dtype holds it (round to nearest even).
-FP_HOST_DEVICE inline float rounded_to(float f, DType dtype) { return half_bits_to_float(float_to_half_bits(f, dtype), dtype); }
-
-template <bool kIsBf16>
-FP_HOST_DEVICE inline float half_to_float(uint16_t h) {
-  if constexpr (kIsBf16) return bf16_to_float(h); else return fp16_to_float(h);
-}
-template <bool kIsBf16>
-FP_HOST_DEVICE inline uint16_t float_to_half(float f) {
-  if constexpr (kIsBf16) return float_to_bf16(f); else return float_to_fp16(f);
+FP_HOST_DEVICE inline float rounded_to(float f, DType dtype) {
+  return half_bits_to_float(float_to_half_bits(f, dtype), dtype);
 }
 
 }  // namespace flashprefill::detail

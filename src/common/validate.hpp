@@ -8,7 +8,8 @@ namespace flashprefill::detail {
 
 enum class Needs { discovery, attention };  // attention also checks out and lse
 
-// Checks every argument (throws flashprefill::Error naming the first bad one) and returns the Problem.
+// Checks every argument (throws flashprefill::Error naming the first bad one) and returns the
+// Problem.
 Problem make_problem(const AttentionArgs& args, const Params& params, Needs needs);
 
 }  // namespace flashprefill::detail

@@ -9,6 +9,7 @@
 
 #include "backend.hpp"
 #include "common/half.hpp"
+#include "common/row_geometry.hpp"
 #include "cpu/kernels.hpp"
 #include "cpu/parallel.hpp"
 
@@ -35,20 +36,15 @@ void store(const Problem& p, void* base, int64_t offset, float value) {
   static_cast<uint16_t*>(base)[offset] = detail::float_to_half_bits(value, p.dtype);
 }
 
-// One layout row: which sequence, head and query block, and the query rows it holds.
-struct Row {
-  int64_t seq = 0, head = 0, block_abs = 0;
-  SeqExtent extent;
-  int64_t t_begin = 0, t_end = 0;  // chunk rows t of this block
+// One layout row (common/row_geometry.hpp) and the chunk rows t of its queries.
+struct Row : detail::LayoutRow {
+  int64_t t_begin = 0, t_end = 0;
   int64_t num_kv_blocks = 0;
 };
 
 std::vector<int64_t> seq_row_offsets(const Problem& p) {
   std::vector<int64_t> offsets(static_cast<size_t>(p.num_seqs + 1), 0);
-  for (int64_t b = 0; b < p.num_seqs; ++b) {
-    const SeqExtent s = p.seq(b);
-    offsets[b + 1] = offsets[b] + p.heads_q * num_query_blocks(s.len_q, s.len_kv, p.block());
-  }
+  for (int64_t b = 0; b < p.num_seqs; ++b) offsets[b + 1] = offsets[b] + detail::layout_rows_of(p, p.seq(b));
   return offsets;
 }
 
@@ -56,24 +52,15 @@ std::vector<int64_t> seq_row_offsets(const Problem& p) {
 std::vector<Row> enumerate_rows(const Problem& p) {
   std::vector<Row> rows;
   const int64_t block = p.block();
-  for (int64_t b = 0; b < p.num_seqs; ++b) {
-    const SeqExtent s = p.seq(b);
-    const int64_t nqb = num_query_blocks(s.len_q, s.len_kv, block);
-    const int64_t first = first_query_block(s.len_q, s.len_kv, block);
-    const int64_t shift = s.len_kv - s.len_q;  // absolute position of chunk row 0
-    for (int64_t h = 0; h < p.heads_q; ++h)
-      for (int64_t i = 0; i < nqb; ++i) {
-        Row r;
-        r.seq = b;
-        r.head = h;
-        r.block_abs = first + i;
-        r.extent = s;
-        r.t_begin = std::max(r.block_abs * block, shift) - shift;
-        r.t_end = std::min((r.block_abs + 1) * block, s.len_kv) - shift;
-        r.num_kv_blocks = num_key_blocks(s.len_kv, block);
-        rows.push_back(r);
-      }
-  }
+  detail::for_each_layout_row(p, [&](const detail::LayoutRow& layout_row, int64_t) {
+    Row r;
+    static_cast<detail::LayoutRow&>(r) = layout_row;
+    const detail::PositionRange positions = r.positions(block);
+    r.t_begin = positions.begin - r.shift();
+    r.t_end = positions.end - r.shift();
+    r.num_kv_blocks = r.key_blocks(block);
+    rows.push_back(r);
+  });
   return rows;
 }
 
@@ -271,8 +258,8 @@ void build_layout(const Problem& p, const BlockSparseLayout& layout, SelectRow&&
 
 }  // namespace
 
-size_t discover_workspace_size(const Problem& p) { return 0; }
-size_t attention_workspace_size(const Problem& p, const BlockSparseLayout& layout) { return 0; }
+detail::DiscoveryPlan plan_discovery(const Problem& p, int64_t max_rows) { return {}; }  // no scratch
+detail::AttentionPlan plan_attention(const Problem& p, int64_t max_rows) { return {}; }
 
 void fill_seq_row_offsets(const Problem& p, const BlockSparseLayout& layout) {
   const std::vector<int64_t> offsets = seq_row_offsets(p);
@@ -328,7 +315,7 @@ void select_blocks(const Problem& p, const float* scores, int64_t ld, const Bloc
   build_layout(p, layout, [&](int64_t n, const Row& r, int32_t* kept, Scratch&) { return select_row(p, r, scores + n * ld, kept); });
 }
 
-void discover_layout(const Problem& p, const BlockSparseLayout& layout, void* workspace) {
+void discover_layout(const Problem& p, const BlockSparseLayout& layout, const detail::DiscoveryPlan&, void*) {
   const int64_t slots = detail::stage_shapes_of(p).pooled_key_slots;
   std::vector<float> pooled(static_cast<size_t>(slots * p.heads_kv * p.head_dim));
   pool_keys(p, pooled.data());
@@ -343,7 +330,7 @@ void discover_layout(const Problem& p, const BlockSparseLayout& layout, void* wo
   });
 }
 
-void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, void* workspace) {
+void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, const detail::AttentionPlan&, void*) {
   const std::vector<Row> rows = enumerate_rows(p);
   const int64_t* row_ptr = layout.row_ptr.ptr<const int64_t>();
   const int32_t* col_idx = layout.col_idx.ptr<const int32_t>();

@@ -1,6 +1,9 @@
-// Pattern discovery on the GPU (ALGORITHM.md steps 1-4) without a host round trip:
-// pool keys, score one layout row per CTA with tensor cores, select in shared memory, then an
-// exact CSR layout by a device-wide scan of the kept counts and a compaction of per-row bitmasks.
+// Pattern discovery on the GPU (ALGORITHM.md steps 1-4) without a host round trip: pool keys
+// (pool_keys.cu), score one layout row per CTA with tensor cores and select in shared memory
+// (sm80/score_kernel.cuh, sm90/score_kernel.cuh, both ending in select_row.cuh), then an exact CSR
+// layout by a device-wide scan of the kept counts and a compaction of per-row bitmasks
+// (compact.cu). The select_blocks stage selects from a given score matrix (select_blocks.cu);
+// discovery.cu plans the workspace and picks the score kernel.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -8,50 +11,61 @@
 #include <cstdint>
 
 #include "common/problem.hpp"
+#include "workspace.hpp"
 
 namespace flashprefill::cuda::discovery {
 
-// Device buffers of one discovery pass, carved from the caller's workspace.
+// Device buffers of one discovery pass, carved from the workspace by its plan.
 struct Buffers {
-  float* pooled = nullptr;         // [slots][H_kv][D] fp32 means (step 1); nullptr: not wanted
-  void* pooled_half = nullptr;     // [slots][H_kv][D] the means rounded to the input dtype: what scoring reads
-  int64_t* counts = nullptr;       // [max_rows] kept blocks per row
-  uint32_t* kept_bits = nullptr;   // [max_rows][words] kept-block bitmask
-  int64_t words = 0;               // bitmask words per row
-  void* scan_temp = nullptr;       // CUB scan scratch
+  float* pooled = nullptr;  // [slots][H_kv][D] fp32 means (step 1); nullptr: not wanted
+  // [slots][H_kv][D] the means rounded to the input dtype: what scoring reads
+  void* pooled_half = nullptr;
+  int64_t* counts = nullptr;      // [max_rows] kept blocks per row
+  uint32_t* kept_bits = nullptr;  // [max_rows][words] kept-block bitmask
+  int64_t words = 0;              // bitmask words per row
+  void* scan_temp = nullptr;      // CUB scan scratch
   size_t scan_temp_bytes = 0;
 };
 
-// Sizes of the pieces (in this order) for a problem; total() is the workspace size.
-struct Plan {
-  size_t pooled_half = 0, counts = 0, kept_bits = 0, scan_temp = 0;
-  int64_t slots = 0, max_rows = 0, words = 0;
-  size_t total() const { return pooled_half + counts + kept_bits + scan_temp; }
-};
-Plan plan(const detail::Problem& p, int64_t max_rows);  // key blocks and slots from stage_shapes_of
-Buffers carve(const Plan& plan, void* workspace);
+// The workspace of one discovery pass for a layout of max_rows rows (key blocks and slots from
+// stage_shapes_of), and the buffers at its offsets.
+detail::DiscoveryPlan plan(const detail::Problem& p, int64_t max_rows);
+Buffers carve(const detail::DiscoveryPlan& plan, void* workspace);
 
 void fill_seq_row_offsets(const detail::Problem& p, int64_t* seq_row_offset);
 void pool_keys(const detail::Problem& p, const Buffers& buffers);
 // Caller-given fp32 pooled keys ([slots][H_kv][D]) rounded to the input dtype, for scoring.
-void round_pooled(const detail::Problem& p, const float* pooled, int64_t slots, const Buffers& buffers);
+void round_pooled(const detail::Problem& p, const float* pooled, int64_t slots,
+                  const Buffers& buffers);
 // Scores every row; writes S (scores != nullptr) or selects (kept_bits + counts).
-void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores,
-                int64_t scores_ld);
+void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers,
+                float* scores, int64_t scores_ld);
 // Selection from a given score matrix.
-void select_from_scores(const detail::Problem& p, const int64_t* seq_row_offset, const float* scores, int64_t ld,
-                        const Buffers& buffers);
+void select_from_scores(const detail::Problem& p, const int64_t* seq_row_offset,
+                        const float* scores, int64_t ld, const Buffers& buffers);
 // counts -> row_ptr (scan), kept_bits -> col_idx.
-void compact(const detail::Problem& p, const Buffers& buffers, int64_t max_rows, int64_t* row_ptr, int32_t* col_idx);
+void compact(const detail::Problem& p, const Buffers& buffers, int64_t max_rows, int64_t* row_ptr,
+             int32_t* col_idx);
 
 // Score CTAs: x over (query block, head), heads fastest (see row_of_grid), y over sequences.
 dim3 score_grid(const detail::Problem& p);
-
-// The wgmma score kernel (src/cuda/hopper/score.cu, sm_90a): block size 128, head dim 64 or 128.
-namespace hopper {
-bool supports(const detail::Problem& p);
-void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers, float* scores, int64_t ld,
-                dim3 grid);
-}  // namespace hopper
+// The grid's query blocks per sequence: exact for padded batches, a bound for varlen (CTAs past a
+// sequence's blocks return at once).
+int64_t grid_query_blocks(const detail::Problem& p);
 
 }  // namespace flashprefill::cuda::discovery
+
+namespace flashprefill::cuda {
+// The mma.sync score kernel (src/cuda/sm80/score.cu): block size 64 or 128, head dim 64, 128 or
+// 256.
+namespace sm80 {
+void score_rows(const detail::Problem& p, const int64_t* seq_row_offset,
+                const discovery::Buffers& buffers, float* scores, int64_t ld, dim3 grid);
+}  // namespace sm80
+// The wgmma score kernel (src/cuda/sm90/score.cu, sm_90a): block size 128, head dim 64 or 128.
+namespace sm90 {
+bool supports_scoring(const detail::Problem& p);
+void score_rows(const detail::Problem& p, const int64_t* seq_row_offset,
+                const discovery::Buffers& buffers, float* scores, int64_t ld, dim3 grid);
+}  // namespace sm90
+}  // namespace flashprefill::cuda

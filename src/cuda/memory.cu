@@ -12,8 +12,8 @@ void* device_malloc(int device, size_t bytes) {
   const cudaError_t status = cudaMalloc(&ptr, bytes);
   cudaSetDevice(previous);
   if (status != cudaSuccess)
-    throw Error("flashprefill: cudaMalloc of " + std::to_string(bytes) + " bytes on cuda:" + std::to_string(device) +
-                " failed: " + cudaGetErrorString(status));
+    throw Error("flashprefill: cudaMalloc of " + std::to_string(bytes) + " bytes on cuda:" +
+                std::to_string(device) + " failed: " + cudaGetErrorString(status));
   return ptr;
 }
 
@@ -27,10 +27,6 @@ void device_free(int device, void* ptr) noexcept {
 
 void memcpy_any(void* dst, const void* src, size_t bytes) {
   FP_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
-}
-
-void memset_async(void* dst, int value, size_t bytes, void* stream) {
-  FP_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, static_cast<cudaStream_t>(stream)));
 }
 
 int device_count() noexcept {

@@ -1,6 +1,6 @@
 // The contract between the CUDA backend's host code (src/cuda/backend.cu) and the block-sparse
-// attention kernels of ALGORITHM.md step 5: the Hopper kernel (src/cuda/hopper/) and the Ampere
-// kernel (src/cuda/ampere/), which is also the fallback on every other GPU.
+// attention kernels of ALGORITHM.md step 5: the sm_90 kernel (src/cuda/sm90/) and the sm_80 kernel
+// (src/cuda/sm80/), which is also the fallback on every other GPU.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "common/problem.hpp"
+#include "common/row_geometry.hpp"
 
 namespace flashprefill::cuda {
 
@@ -21,9 +22,11 @@ struct SparseAttentionParams {
   const int64_t* row_ptr;         // [max_rows + 1], device (unused when dense)
   const int32_t* col_idx;         // device (unused when dense)
   bool dense = false;             // our dense path: the same kernel with every causal block kept
-  const int32_t* row_order = nullptr;  // device, rows in the order to start them (longest first); nullptr: see row_at
-  int64_t max_rows = 0;           // rows r >= seq_row_offset[num_seqs] are skipped
-  int* work_counter = nullptr;    // device int, zero at launch: persistent kernels take rows from it (required by them)
+  // device, rows in the order to start them (longest first); nullptr: see row_at
+  const int32_t* row_order = nullptr;
+  int64_t max_rows = 0;  // rows r >= seq_row_offset[num_seqs] are skipped
+  // device int: persistent kernels zero it at launch and take rows from it
+  int* work_counter = nullptr;
   int num_sms = 0;
   cudaStream_t stream = nullptr;
 };
@@ -45,11 +48,8 @@ __device__ inline int64_t row_at(const SparseAttentionParams& params, int64_t or
   return int64_t(order % heads) * nqb + (nqb - 1 - order / heads);
 }
 
-struct RowCoord {
-  int64_t seq = 0, head = 0, block_local = 0;
-  int64_t block_abs = 0;  // absolute query block index = first_query_block + block_local
-  detail::SeqExtent extent;
-  bool valid = false;     // false for rows past the last sequence's rows
+struct RowCoord : detail::LayoutRow {
+  bool valid = false;  // false for rows past the last sequence's rows
 };
 
 // Row -> (b, h, i): a binary search over seq_row_offset (num_seqs is small).
@@ -60,28 +60,31 @@ __device__ inline RowCoord decode_row(const SparseAttentionParams& params, int64
   int64_t lo = 0, hi = p.num_seqs - 1;  // the last b with seq_row_offset[b] <= row
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;
-    if (params.seq_row_offset[mid] <= row) lo = mid; else hi = mid - 1;
+    if (params.seq_row_offset[mid] <= row)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
-  c.seq = lo;
-  c.extent = p.seq(c.seq);
+  const detail::SeqExtent extent = p.seq(lo);
   const int64_t block = p.params.block_size;
-  const int32_t nqb = int32_t(num_query_blocks(c.extent.len_q, c.extent.len_kv, block));
-  const int32_t local = int32_t(row - params.seq_row_offset[c.seq]);  // rows fit int32, as col_idx does
-  c.head = local / nqb;
-  c.block_local = local % nqb;
-  c.block_abs = first_query_block(c.extent.len_q, c.extent.len_kv, block) + c.block_local;
+  const int32_t nqb = int32_t(num_query_blocks(extent.len_q, extent.len_kv, block));
+  // rows fit int32, as col_idx does
+  const int32_t local = int32_t(row - params.seq_row_offset[lo]);
+  static_cast<detail::LayoutRow&>(c) =
+      detail::layout_row(extent, lo, local / nqb, local % nqb, block);
   c.valid = true;
   return c;
 }
 
-namespace hopper {
-bool supports(const detail::Problem& p, int device_major, int device_minor);  // sm_90, dtype, head dim, block 128
-void run(const SparseAttentionParams& params);
-}  // namespace hopper
+namespace sm90 {
+bool supports_attention(const detail::Problem& p, int device_major,
+                        int device_minor);  // sm_90, head dim, block 128
+void run_attention(const SparseAttentionParams& params);
+}  // namespace sm90
 
-namespace ampere {
-bool supports(const detail::Problem& p, int device_major, int device_minor);
-void run(const SparseAttentionParams& params);
-}  // namespace ampere
+namespace sm80 {
+bool supports_attention(const detail::Problem& p, int device_major, int device_minor);
+void run_attention(const SparseAttentionParams& params);
+}  // namespace sm80
 
 }  // namespace flashprefill::cuda

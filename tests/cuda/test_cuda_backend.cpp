@@ -16,7 +16,8 @@ using detail::make_problem;
 using detail::Needs;
 
 #define FP_REQUIRE_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device: the CUDA backend tests run only on a GPU machine"
+  if (!cuda_available()) \
+  GTEST_SKIP() << "no CUDA device: the CUDA backend tests run only on a GPU machine"
 
 // A host batch mirrored on the GPU.
 struct DeviceBatch {
@@ -65,19 +66,24 @@ struct DeviceBatch {
 
 std::vector<std::vector<int32_t>> device_rows(const BlockSparseLayout& layout) {
   std::vector<int64_t> offsets(static_cast<size_t>(layout.num_seqs + 1));
-  copy_bytes(offsets.data(), Device::cpu(), layout.seq_row_offset.data, layout.seq_row_offset.device, offsets.size() * 8);
+  copy_bytes(offsets.data(), Device::cpu(), layout.seq_row_offset.data,
+             layout.seq_row_offset.device, offsets.size() * 8);
   std::vector<int64_t> row_ptr(static_cast<size_t>(offsets.back() + 1));
-  copy_bytes(row_ptr.data(), Device::cpu(), layout.row_ptr.data, layout.row_ptr.device, row_ptr.size() * 8);
+  copy_bytes(row_ptr.data(), Device::cpu(), layout.row_ptr.data, layout.row_ptr.device,
+             row_ptr.size() * 8);
   std::vector<int32_t> col_idx(static_cast<size_t>(row_ptr.back()));
-  copy_bytes(col_idx.data(), Device::cpu(), layout.col_idx.data, layout.col_idx.device, col_idx.size() * 4);
+  copy_bytes(col_idx.data(), Device::cpu(), layout.col_idx.data, layout.col_idx.device,
+             col_idx.size() * 4);
   std::vector<std::vector<int32_t>> rows(static_cast<size_t>(offsets.back()));
-  for (size_t r = 0; r < rows.size(); ++r) rows[r].assign(col_idx.begin() + row_ptr[r], col_idx.begin() + row_ptr[r + 1]);
+  for (size_t r = 0; r < rows.size(); ++r)
+    rows[r].assign(col_idx.begin() + row_ptr[r], col_idx.begin() + row_ptr[r + 1]);
   return rows;
 }
 
 // GPU layout == CPU layout except blocks whose fp64 score lies within 1e-3 of the threshold;
 // returns the GPU rows.
-std::vector<std::vector<int32_t>> check_layout_matches_cpu(HostBatch& host, DeviceBatch& device, const Params& params) {
+std::vector<std::vector<int32_t>> check_layout_matches_cpu(HostBatch& host, DeviceBatch& device,
+                                                           const Params& params) {
   AttentionArgs cpu_args = host.args();
   LayoutStorage cpu_layout = allocate_layout(cpu_args, params);
   discover_layout(cpu_args, params, cpu_layout.view);
@@ -91,10 +97,13 @@ std::vector<std::vector<int32_t>> check_layout_matches_cpu(HostBatch& host, Devi
 
   const detail::Problem problem = make_problem(cpu_args, params, Needs::discovery);
   const StageShapes shapes = stage_shapes(cpu_args, params);
-  const auto ref_scores = reference::block_scores(problem, reference::pool_keys(problem, shapes.pooled_key_slots), shapes.max_key_blocks);
-  const int64_t near_threshold =
-      expect_rows_differ_only_at_threshold(gpu_rows, cpu_rows, ref_scores, shapes.max_key_blocks, params.alpha, 1e-3);
-  if (near_threshold) std::printf("  [layout] %ld block(s) differ, all within rounding of the threshold\n", long(near_threshold));
+  const auto ref_scores = reference::block_scores(
+      problem, reference::pool_keys(problem, shapes.pooled_key_slots), shapes.max_key_blocks);
+  const int64_t near_threshold = expect_rows_differ_only_at_threshold(
+      gpu_rows, cpu_rows, ref_scores, shapes.max_key_blocks, params.alpha, 1e-3);
+  if (near_threshold)
+    std::printf("  [layout] %ld block(s) differ, all within rounding of the threshold\n",
+                long(near_threshold));
   return gpu_rows;
 }
 
@@ -113,7 +122,9 @@ void check_gpu_attention(HostBatch& host, const Params& params) {
 
 void check_random_shapes(uint64_t seed, int trials) {
   std::mt19937_64 rng(seed);
-  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  auto pick = [&](int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  };
   for (int trial = 0; trial < trials; ++trial) {
     Params params;
     params.block_size = pick(0, 3) ? 128 : 64;
@@ -127,9 +138,11 @@ void check_random_shapes(uint64_t seed, int trials) {
     shape.len_kv = pick(1, 6 * params.block_size);
     shape.len_q = pick(0, 1) ? shape.len_kv : pick(1, shape.len_kv);
     const DType dtype = pick(0, 1) ? DType::bf16 : DType::fp16;
-    SCOPED_TRACE("trial " + std::to_string(trial) + ": B=" + std::to_string(shape.batch) + " Lq=" + std::to_string(shape.len_q) +
-                 " Lkv=" + std::to_string(shape.len_kv) + " Hq=" + std::to_string(shape.heads_q) + " Hkv=" + std::to_string(shape.heads_kv) +
-                 " D=" + std::to_string(shape.head_dim) + " block=" + std::to_string(params.block_size) + " " + dtype_name(dtype));
+    SCOPED_TRACE("trial " + std::to_string(trial) + ": B=" + std::to_string(shape.batch) +
+                 " Lq=" + std::to_string(shape.len_q) + " Lkv=" + std::to_string(shape.len_kv) +
+                 " Hq=" + std::to_string(shape.heads_q) + " Hkv=" + std::to_string(shape.heads_kv) +
+                 " D=" + std::to_string(shape.head_dim) +
+                 " block=" + std::to_string(params.block_size) + " " + dtype_name(dtype));
     HostBatch host = padded_batch(shape, dtype, rng());
     check_gpu_attention(host, params);
   }
@@ -137,18 +150,22 @@ void check_random_shapes(uint64_t seed, int trials) {
 
 // Sets FLASHPREFILL_CUDA_KERNELS for one scope (the backend reads it on every call).
 struct ScopedKernelChoice {
-  explicit ScopedKernelChoice(const char* kernel) { setenv("FLASHPREFILL_CUDA_KERNELS", kernel, 1); }
+  explicit ScopedKernelChoice(const char* kernel) {
+    setenv("FLASHPREFILL_CUDA_KERNELS", kernel, 1);
+  }
   ~ScopedKernelChoice() { unsetenv("FLASHPREFILL_CUDA_KERNELS"); }
 };
 
-// The default kernels of this GPU (on an H100 the wgmma ones for block 128, the sm_80 ones otherwise).
+// The default kernels of this GPU (on an H100 the wgmma ones for block 128, the sm_80 ones
+// otherwise).
 TEST(Cuda, RandomShapesMatchCpuAndReference) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);
   check_random_shapes(seed, 12);
 }
 
-// The sm_80 kernels (mma.sync scoring and attention) on every GPU, Hopper included (there they are the fallback).
+// The sm_80 kernels (mma.sync scoring and attention) on every GPU, Hopper included (there they are
+// the fallback).
 TEST(Cuda, RandomShapesMatchCpuAndReferenceAmpereKernel) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);
@@ -164,7 +181,8 @@ TEST(Cuda, LongRowsWrapThePipeline) {
     SCOPED_TRACE("D=" + std::to_string(head_dim));
     Params params;
     params.alpha = 0.0f;
-    HostBatch host = padded_batch(Shape{1, 1500, 2100, 4, 1, head_dim}, DType::bf16, seed + uint64_t(head_dim));
+    HostBatch host =
+        padded_batch(Shape{1, 1500, 2100, 4, 1, head_dim}, DType::bf16, seed + uint64_t(head_dim));
     check_gpu_attention(host, params);
   }
 }
@@ -177,7 +195,7 @@ TEST(Cuda, ManyRowsPerPersistentCta) {
   FP_SEEDED(seed);
   Params params;
   params.alpha = 0.1f;
-  // 512 and 1296 rows, of few blocks each: the fp64 reference stays quick (the test once took 70 s).
+  // 512 and 1296 rows, of few blocks each: the fp64 reference stays quick.
   for (const Shape& shape : {Shape{2, 900, 1000, 32, 4, 64}, Shape{3, 1000, 1100, 48, 4, 64}}) {
     SCOPED_TRACE("Lq=" + std::to_string(shape.len_q) + " Hq=" + std::to_string(shape.heads_q));
     HostBatch host = padded_batch(shape, DType::bf16, seed + uint64_t(shape.len_q));
@@ -197,7 +215,8 @@ TEST(Cuda, MisalignedRowsAreRefused) {
     flash_prefill(args, Params{});
     ADD_FAILURE() << "a misaligned q was accepted";
   } catch (const Error& error) {
-    EXPECT_NE(std::string(error.what()).find("q is not 16-byte aligned"), std::string::npos) << error.what();
+    EXPECT_NE(std::string(error.what()).find("q is not 16-byte aligned"), std::string::npos)
+        << error.what();
   }
 }
 
@@ -210,7 +229,8 @@ TEST(Cuda, VarlenVeryDifferentLengths) {
   shape.heads_q = 4;
   shape.heads_kv = 2;
   shape.head_dim = 128;
-  HostBatch host = varlen_batch({{700, 700}, {0, 0}, {5, 5}, {130, 600}, {1, 1}, {257, 300}}, shape, DType::bf16, seed);
+  HostBatch host = varlen_batch({{700, 700}, {0, 0}, {5, 5}, {130, 600}, {1, 1}, {257, 300}}, shape,
+                                DType::bf16, seed);
   check_gpu_attention(host, params);
 }
 
@@ -226,8 +246,15 @@ TEST(Cuda, ScoreRowsOfAVarlenBatch) {
   shape.heads_q = 16;
   shape.heads_kv = 4;
   shape.head_dim = 128;
-  HostBatch host =
-      varlen_batch({{9000, 9000}, {130, 130}, {1, 1}, {3000, 5000}, {700, 700}, {0, 0}, {2900, 2900}, {64, 8300}}, shape, DType::bf16, seed);
+  HostBatch host = varlen_batch({{9000, 9000},
+                                 {130, 130},
+                                 {1, 1},
+                                 {3000, 5000},
+                                 {700, 700},
+                                 {0, 0},
+                                 {2900, 2900},
+                                 {64, 8300}},
+                                shape, DType::bf16, seed);
   DeviceBatch device(host);
   check_layout_matches_cpu(host, device, params);
 }
@@ -256,23 +283,38 @@ TEST(Cuda, ScoreAndSelectStagesMatchCpu) {
   DeviceBatch device(host);
   AttentionArgs cpu_args = host.args(), gpu_args = device.args();
   const StageShapes shapes = stage_shapes(cpu_args, params);
-  const int64_t pooled_count = shapes.pooled_key_slots * 1 * 128, score_count = shapes.max_rows * shapes.max_key_blocks;
-  std::vector<float> cpu_pooled(static_cast<size_t>(pooled_count)), cpu_scores(static_cast<size_t>(score_count)),
-      gpu_pooled(cpu_pooled.size()), gpu_scores(cpu_scores.size());
-  auto pooled_view = [&](void* data, Device d) { return TensorView::contiguous(data, DType::fp32, d, {shapes.pooled_key_slots, 1, 128}); };
-  auto scores_view = [&](void* data, Device d) { return TensorView::contiguous(data, DType::fp32, d, {shapes.max_rows, shapes.max_key_blocks}); };
+  const int64_t pooled_count = shapes.pooled_key_slots * 1 * 128,
+                score_count = shapes.max_rows * shapes.max_key_blocks;
+  std::vector<float> cpu_pooled(static_cast<size_t>(pooled_count)),
+      cpu_scores(static_cast<size_t>(score_count)), gpu_pooled(cpu_pooled.size()),
+      gpu_scores(cpu_scores.size());
+  auto pooled_view = [&](void* data, Device d) {
+    return TensorView::contiguous(data, DType::fp32, d, {shapes.pooled_key_slots, 1, 128});
+  };
+  auto scores_view = [&](void* data, Device d) {
+    return TensorView::contiguous(data, DType::fp32, d, {shapes.max_rows, shapes.max_key_blocks});
+  };
   pool_keys(cpu_args, params, pooled_view(cpu_pooled.data(), Device::cpu()));
-  block_scores(cpu_args, params, pooled_view(cpu_pooled.data(), Device::cpu()), scores_view(cpu_scores.data(), Device::cpu()));
-  Buffer pooled = Buffer::allocate(Device::cuda(0), cpu_pooled.size() * 4), scores = Buffer::allocate(Device::cuda(0), cpu_scores.size() * 4);
+  block_scores(cpu_args, params, pooled_view(cpu_pooled.data(), Device::cpu()),
+               scores_view(cpu_scores.data(), Device::cpu()));
+  Buffer pooled = Buffer::allocate(Device::cuda(0), cpu_pooled.size() * 4),
+         scores = Buffer::allocate(Device::cuda(0), cpu_scores.size() * 4);
   pool_keys(gpu_args, params, pooled_view(pooled.data(), Device::cuda(0)));
-  block_scores(gpu_args, params, pooled_view(pooled.data(), Device::cuda(0)), scores_view(scores.data(), Device::cuda(0)));
-  copy_bytes(gpu_pooled.data(), Device::cpu(), pooled.data(), Device::cuda(0), gpu_pooled.size() * 4);
-  copy_bytes(gpu_scores.data(), Device::cpu(), scores.data(), Device::cuda(0), gpu_scores.size() * 4);
-  for (size_t n = 0; n < cpu_pooled.size(); ++n) ASSERT_NEAR(gpu_pooled[n], cpu_pooled[n], 1e-5 * (1 + std::abs(cpu_pooled[n])));
-  for (size_t n = 0; n < cpu_scores.size(); ++n) ASSERT_NEAR(gpu_scores[n], cpu_scores[n], 1e-3 * (1 + cpu_scores[n])) << n;
+  block_scores(gpu_args, params, pooled_view(pooled.data(), Device::cuda(0)),
+               scores_view(scores.data(), Device::cuda(0)));
+  copy_bytes(gpu_pooled.data(), Device::cpu(), pooled.data(), Device::cuda(0),
+             gpu_pooled.size() * 4);
+  copy_bytes(gpu_scores.data(), Device::cpu(), scores.data(), Device::cuda(0),
+             gpu_scores.size() * 4);
+  for (size_t n = 0; n < cpu_pooled.size(); ++n)
+    ASSERT_NEAR(gpu_pooled[n], cpu_pooled[n], 1e-5 * (1 + std::abs(cpu_pooled[n])));
+  for (size_t n = 0; n < cpu_scores.size(); ++n)
+    ASSERT_NEAR(gpu_scores[n], cpu_scores[n], 1e-3 * (1 + cpu_scores[n])) << n;
   // Selecting from the same (CPU) score matrix must give the same layout on both backends.
-  copy_bytes(scores.data(), Device::cuda(0), cpu_scores.data(), Device::cpu(), cpu_scores.size() * 4);
-  LayoutStorage cpu_layout = allocate_layout(cpu_args, params), gpu_layout = allocate_layout(gpu_args, params);
+  copy_bytes(scores.data(), Device::cuda(0), cpu_scores.data(), Device::cpu(),
+             cpu_scores.size() * 4);
+  LayoutStorage cpu_layout = allocate_layout(cpu_args, params),
+                gpu_layout = allocate_layout(gpu_args, params);
   select_blocks(cpu_args, params, scores_view(cpu_scores.data(), Device::cpu()), cpu_layout.view);
   select_blocks(gpu_args, params, scores_view(scores.data(), Device::cuda(0)), gpu_layout.view);
   EXPECT_EQ(device_rows(gpu_layout.view), rows_of(cpu_layout.view));
@@ -297,14 +339,16 @@ TEST(Cuda, GraphCaptureWithCallerWorkspace) {
   ASSERT_EQ(cudaMemset(device.out.data(), 0xff, eager.size() * 2), cudaSuccess);  // poison
   cudaGraph_t graph;
   ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
-  flash_prefill(args, params, Workspace{workspace.data(), bytes});  // no sync, no allocation: capturable
+  flash_prefill(args, params,
+                Workspace{workspace.data(), bytes});  // no sync, no allocation: capturable
   ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
   cudaGraphExec_t exec;
   ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
   ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
   ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   std::vector<uint16_t> replayed(host.out.size());
-  copy_bytes(replayed.data(), Device::cpu(), device.out.data(), Device::cuda(0), replayed.size() * 2);
+  copy_bytes(replayed.data(), Device::cpu(), device.out.data(), Device::cuda(0),
+             replayed.size() * 2);
   EXPECT_EQ(replayed, eager);
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
@@ -319,7 +363,8 @@ TEST(Cuda, GraphCaptureWithCallerWorkspace) {
 HostBatch structured_batch(const SyntheticShape& shape, uint64_t seed) {
   const SyntheticInput input = make_structured_input(shape, seed);
   HostBatch host;
-  host.shape = Shape{shape.batch, shape.seq_len, shape.seq_len, shape.heads_q, shape.heads_kv, shape.head_dim};
+  host.shape = Shape{shape.batch,   shape.seq_len,  shape.seq_len,
+                     shape.heads_q, shape.heads_kv, shape.head_dim};
   host.q = input.q, host.k = input.k, host.v = input.v;
   host.out.assign(host.q.size(), to_half(NAN, DType::bf16));
   host.lse.assign(size_t(shape.batch * shape.seq_len * shape.heads_q), NAN);
@@ -338,11 +383,14 @@ TEST(Cuda, SkippedExponentialsKeepTheLayout) {
     const auto fused_rows = check_layout_matches_cpu(host, device, params);
     AttentionArgs args = device.args();
     const StageShapes shapes = stage_shapes(args, params);
-    Buffer pooled = Buffer::allocate(Device::cuda(0), size_t(shapes.pooled_key_slots * 2 * 128) * 4);
-    Buffer scores = Buffer::allocate(Device::cuda(0), size_t(shapes.max_rows * shapes.max_key_blocks) * 4);
-    const TensorView pooled_view = TensorView::contiguous(pooled.data(), DType::fp32, Device::cuda(0), {shapes.pooled_key_slots, 2, 128});
-    const TensorView scores_view =
-        TensorView::contiguous(scores.data(), DType::fp32, Device::cuda(0), {shapes.max_rows, shapes.max_key_blocks});
+    Buffer pooled =
+        Buffer::allocate(Device::cuda(0), size_t(shapes.pooled_key_slots * 2 * 128) * 4);
+    Buffer scores =
+        Buffer::allocate(Device::cuda(0), size_t(shapes.max_rows * shapes.max_key_blocks) * 4);
+    const TensorView pooled_view = TensorView::contiguous(
+        pooled.data(), DType::fp32, Device::cuda(0), {shapes.pooled_key_slots, 2, 128});
+    const TensorView scores_view = TensorView::contiguous(
+        scores.data(), DType::fp32, Device::cuda(0), {shapes.max_rows, shapes.max_key_blocks});
     pool_keys(args, params, pooled_view);
     block_scores(args, params, pooled_view, scores_view);
     LayoutStorage staged = allocate_layout(args, params);
@@ -355,9 +403,11 @@ TEST(Cuda, SkippedExponentialsKeepTheLayout) {
     }
     // Rounding of the threshold may flip a block between the two GPU paths (S is computed in two
     // ways); anything more is a wrong skip.
-    EXPECT_LE(differing, int64_t(fused_rows.size()) / 200) << differing << " of " << fused_rows.size() << " rows differ";
+    EXPECT_LE(differing, int64_t(fused_rows.size()) / 200)
+        << differing << " of " << fused_rows.size() << " rows differ";
     const int64_t causal = 8 * 47 * 48 / 2;
-    EXPECT_LT(kept, causal / 2) << "the structured input should be sparse: the test would not exercise skipping";
+    EXPECT_LT(kept, causal / 2)
+        << "the structured input should be sparse: the test would not exercise skipping";
   }
 }
 
@@ -378,7 +428,8 @@ TEST(Cuda, ScoreRowsOfManyTiles) {
     check_layout_matches_cpu(host, device, params);
   }
   SCOPED_TRACE("random, chunked");
-  HostBatch random = padded_batch(Shape{2, 9000, 30000, 4, 2, 64}, DType::fp16, seed + 1);  // rows of 3-4 tiles
+  HostBatch random =
+      padded_batch(Shape{2, 9000, 30000, 4, 2, 64}, DType::fp16, seed + 1);  // rows of 3-4 tiles
   DeviceBatch random_device(random);
   Params params;
   params.alpha = 0.3f;
@@ -421,8 +472,10 @@ TEST(Cuda, UnsortedCallerLayoutIsMasked) {
       col_idx.insert(col_idx.end(), row.begin(), row.end());
       row_ptr.push_back(int64_t(col_idx.size()));
     }
-    copy_bytes(layout.view.row_ptr.data, Device::cuda(0), row_ptr.data(), Device::cpu(), row_ptr.size() * 8);
-    copy_bytes(layout.view.col_idx.data, Device::cuda(0), col_idx.data(), Device::cpu(), col_idx.size() * 4);
+    copy_bytes(layout.view.row_ptr.data, Device::cuda(0), row_ptr.data(), Device::cpu(),
+               row_ptr.size() * 8);
+    copy_bytes(layout.view.col_idx.data, Device::cuda(0), col_idx.data(), Device::cpu(),
+               col_idx.size() * 4);
     block_sparse_attention(args, params, layout.view);
     synchronize(Device::cuda(0));
     device.download_out();

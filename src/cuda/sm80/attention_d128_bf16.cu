@@ -1,0 +1,7 @@
+// Instantiation: head dim 128, bf16.
+#include "cuda/check.cuh"
+#include "cuda/sm80/attention_kernel.cuh"
+
+namespace flashprefill::cuda::sm80 {
+template void launch_sparse_attention<128, true>(const SparseAttentionParams& params);
+}  // namespace flashprefill::cuda::sm80

@@ -1,0 +1,98 @@
+// Warp-level tensor-core primitives of sm_80 (also run on sm_90): mma.sync m16n8k16 with fp32
+// accumulation, ldmatrix, cp.async. Shared by the attention kernel and the score kernel.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace flashprefill::cuda::sm80 {
+
+template <bool kIsBf16>
+struct HalfType;
+template <>
+struct HalfType<true> {
+  using type = __nv_bfloat16;
+  using pair = __nv_bfloat162;
+  static __device__ __forceinline__ pair from_floats(float a, float b) {
+    return __floats2bfloat162_rn(a, b);
+  }
+  static __device__ __forceinline__ type from_float(float a) { return __float2bfloat16_rn(a); }
+  static __device__ __forceinline__ float to_float(type a) { return __bfloat162float(a); }
+};
+template <>
+struct HalfType<false> {
+  using type = __half;
+  using pair = __half2;
+  static __device__ __forceinline__ pair from_floats(float a, float b) {
+    return __floats2half2_rn(a, b);
+  }
+  static __device__ __forceinline__ type from_float(float a) { return __float2half_rn(a); }
+  static __device__ __forceinline__ float to_float(type a) { return __half2float(a); }
+};
+
+// D = A * B + D for one m16n8k16 tile. a: 4 regs (row-major A), b: 2 regs (col-major B), d: 4
+// floats.
+template <bool kIsBf16>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
+                                          const uint32_t (&b)[2]) {
+  if constexpr (kIsBf16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+}
+
+__device__ __forceinline__ uint32_t smem_address(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(smem_row)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(smem_row)));
+}
+
+// 16-byte asynchronous copy global -> shared; bytes_valid < 16 zero-fills the rest (0: all zeros).
+__device__ __forceinline__ void cp_async_16(void* smem, const void* global, int bytes_valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(smem)),
+               "l"(global), "r"(bytes_valid));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+template <typename Pair>
+__device__ __forceinline__ uint32_t pack(Pair value) {
+  return *reinterpret_cast<uint32_t*>(&value);
+}
+
+// A [rows][kHeadDim] tile of 16-bit values in shared memory, rows of kHeadDim * 2 bytes split in
+// 16-byte chunks; chunk c of row r is stored at chunk c ^ (r % 8) so that ldmatrix's eight row
+// addresses of one 8x8 matrix hit eight different bank groups (no conflicts).
+template <int kHeadDim>
+struct SwizzledTile {
+  static constexpr int kChunks = kHeadDim / 8;                        // 16-byte chunks per row
+  __device__ __forceinline__ static int offset(int row, int chunk) {  // in elements
+    return row * kHeadDim + ((chunk ^ (row & 7)) << 3);
+  }
+};
+
+}  // namespace flashprefill::cuda::sm80

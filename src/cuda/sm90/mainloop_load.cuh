@@ -1,0 +1,73 @@
+// The sm_90 attention kernel's producer: one warp issues the TMA loads of each row's Q (two
+// buffers, so the next row's Q arrives while this one runs) and of its kept K and V tiles into a
+// ring of kStages stages that runs on across rows. Lane 0 issues the loads and arms the barriers;
+// every lane waits, so that the warp stays converged for the named barriers of the row handover.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/kv_view.cuh"
+#include "cuda/sm90/attention_traits.cuh"
+#include "cuda/sm90/mma.cuh"
+#include "cuda/sm90/row_scheduler.cuh"
+
+namespace flashprefill::cuda::sm90 {
+
+template <typename Traits>
+struct ProducerMainloop {
+  static constexpr uint64_t kCacheHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+  // Pipeline positions (Q buffers, K/V stages) run on across rows: counted, not reset.
+  int tile_count = 0, q_count = 0;
+
+  // Loads row w (which has tiles): its Q, then K and V of each kept block. handover() is called
+  // once Q and the first stages are on their way (so the consumers find them landing), and before
+  // any load that needs a stage this row's consumers free.
+  template <typename Handover>
+  __device__ __forceinline__ void load(const SharedStorage<Traits>& smem, const TensorMaps& maps,
+                                       const SparseAttentionParams& params, const RowWork& w,
+                                       bool leader, Handover&& handover) {
+    const detail::Problem& p = params.problem;
+    const ContiguousKV kv{p, w.coord.seq, w.coord.extent, w.kv_head};
+    const int32_t batch = kv.tma_batch();
+    const int q_buffer = q_count % Traits::kQBuffers;
+    barrier_wait(&smem.q_empty[q_buffer], ((q_count / Traits::kQBuffers) & 1) ^
+                                              1);  // a fresh barrier's "previous phase" is complete
+    ++q_count;
+    if (leader) {
+      barrier_arrive_expect_tx(&smem.q_full[q_buffer], Traits::kQBytes);
+      // Rows of the block before the chunk start have negative coordinates: TMA fills them with
+      // zeros (padded) or reads the previous sequence (varlen); either way they are never written.
+      const int32_t q_token = int32_t(w.coord.extent.q_token0 + w.block_start - w.shift);
+      for (int panel = 0; panel < Traits::kPanels; ++panel)
+        cute::SM90_TMA_LOAD_4D::copy(
+            &maps.q, &smem.q_full[q_buffer], kCacheHint,
+            smem.q + q_buffer * Traits::kQBytes + panel * Traits::QPanels::kPanelBytes, panel * 64,
+            int32_t(w.coord.head), q_token, batch);
+    }
+    const int before_handover = w.num_tiles < Traits::kStages ? w.num_tiles : Traits::kStages;
+#pragma unroll 1  // 24 registers: unrolling only spills
+    for (int tile = 0; tile < w.num_tiles; ++tile, ++tile_count) {
+      if (tile == before_handover) handover();
+      const int stage = tile_count % Traits::kStages;
+      const uint32_t phase = (tile_count / Traits::kStages) & 1;
+      const int32_t kv_token = kv.tma_token(int64_t(w.key_block(params, tile)) * Traits::kBlockN);
+      // K, then V, of this tile into the stage once its consumers have released it.
+      const auto load_tile = [&](const CUtensorMap* map, uint64_t* empty, uint64_t* full,
+                                 unsigned char* tiles) {
+        barrier_wait(&empty[stage], phase ^ 1);
+        if (!leader) return;
+        barrier_arrive_expect_tx(&full[stage], Traits::kTileBytes);
+        for (int panel = 0; panel < Traits::kPanels; ++panel)
+          cute::SM90_TMA_LOAD_4D::copy(
+              map, &full[stage], kCacheHint,
+              tiles + stage * Traits::kTileBytes + panel * Traits::KVPanels::kPanelBytes,
+              panel * 64, int32_t(w.kv_head), kv_token, batch);
+      };
+      load_tile(&maps.k, smem.k_empty, smem.k_full, smem.k);
+      load_tile(&maps.v, smem.v_empty, smem.v_full, smem.v);
+    }
+    if (before_handover == w.num_tiles) handover();
+  }
+};
+
+}  // namespace flashprefill::cuda::sm90

@@ -1,0 +1,26 @@
+// TMA tensor maps for the sm_90 kernels (host side; src/cuda/sm90/tensor_map.cu).
+#pragma once
+
+#include <cuda.h>
+
+#include "common/problem.hpp"
+
+namespace flashprefill::cuda::sm90 {
+
+// TMA's rules for a global tensor: a 16-byte aligned base and byte strides that are multiples
+// of 16.
+bool tma_addressable(const void* base, const detail::Strides& strides);
+
+// (dim, head, token, batch) view of a [batch, token, head, dim] tensor of q's dtype; boxes of 64
+// dims x `rows` tokens of one head, 128-byte swizzled as sm90::SwizzledPanels expects. Out-of-range
+// boxes read zeros. `tokens`: per sequence (padded) or packed (varlen).
+CUtensorMap make_tensor_map(const detail::Problem& p, const void* base,
+                            const detail::Strides& strides, int64_t heads, int64_t tokens, int rows,
+                            const char* name);
+
+// (dim, kv head, slot) view of a pooled-key buffer [slots][H_kv][D] of q's dtype; boxes of 64 dims
+// x `rows` slots of one kv head, 128-byte swizzled.
+CUtensorMap make_pooled_map(const detail::Problem& p, const void* base, int64_t slots, int rows,
+                            const char* name);
+
+}  // namespace flashprefill::cuda::sm90

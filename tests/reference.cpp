@@ -1,0 +1,144 @@
+#include "reference.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "common/half.hpp"
+#include "common/row_geometry.hpp"
+
+namespace flashprefill::reference {
+namespace {
+
+using detail::Problem;
+using detail::SeqExtent;
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+double load(const Problem& p, const void* base, int64_t offset) {
+  return detail::half_bits_to_float(static_cast<const uint16_t*>(base)[offset], p.dtype);
+}
+
+}  // namespace
+
+int64_t token_index(const Problem& p, int64_t b, int64_t t) {
+  return p.varlen ? p.cu_seqlens_q[b] + t : b * p.len_q + t;
+}
+
+std::vector<double> pool_keys(const Problem& p, int64_t num_slots) {
+  const int64_t D = p.head_dim, B = p.block();
+  std::vector<double> pooled(static_cast<size_t>(num_slots * p.heads_kv * D), 0.0);
+  for (int64_t b = 0; b < p.num_seqs; ++b) {
+    const SeqExtent s = p.seq(b);
+    for (int64_t j = 0; j < num_key_blocks(s.len_kv, B); ++j)
+      for (int64_t hk = 0; hk < p.heads_kv; ++hk) {
+        double* mean = &pooled[((p.pooled_slot0(b, s) + j) * p.heads_kv + hk) * D];
+        const int64_t end = std::min((j + 1) * B, s.len_kv);
+        for (int64_t key = j * B; key < end; ++key)
+          for (int64_t d = 0; d < D; ++d) mean[d] += load(p, p.k, p.k_offset(b, s, key, hk) + d);
+        for (int64_t d = 0; d < D; ++d) mean[d] /= double(end - j * B);
+      }
+  }
+  return pooled;
+}
+
+std::vector<double> block_scores(const Problem& p, const std::vector<double>& pooled,
+                                 int64_t max_key_blocks) {
+  const int64_t D = p.head_dim, B = p.block();
+  std::vector<double> scores;
+  detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
+    const int64_t b = r.seq, h = r.head, i = r.block_abs, shift = r.shift();
+    const SeqExtent& s = r.extent;
+    scores.resize(static_cast<size_t>((row + 1) * max_key_blocks), 0.0);
+    const int64_t t0 = r.positions(B).begin - shift, t1 = r.positions(B).end - shift;
+    std::vector<double> x(static_cast<size_t>((t1 - t0) * (i + 1)), kNegInf);
+    double row_max = kNegInf;
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t j = 0; j <= i; ++j) {
+        if (!detail::key_block_visible(j, shift + t, s.len_kv, B)) continue;
+        // Scoring reads the pooled keys rounded to the input dtype (ALGORITHM.md step 1 accumulates
+        // in fp32; the paper's reference stores its pooled keys in k's dtype, and so do our
+        // backends).
+        const double* kbar = &pooled[((p.pooled_slot0(b, s) + j) * p.heads_kv + h / p.group) * D];
+        double dot = 0.0;
+        for (int64_t d = 0; d < D; ++d)
+          dot += load(p, p.q, p.q_offset(b, s, t, h) + d) *
+                 detail::rounded_to(float(kbar[d]), p.dtype);
+        x[(t - t0) * (i + 1) + j] = p.params.scale * dot;
+        row_max = std::max(row_max, x[(t - t0) * (i + 1) + j]);
+      }
+    for (int64_t j = 0; j <= i; ++j) {
+      double sum = 0.0;
+      for (int64_t t = t0; t < t1; ++t)
+        if (x[(t - t0) * (i + 1) + j] != kNegInf)
+          sum += std::exp(x[(t - t0) * (i + 1) + j] - row_max);
+      scores[row * max_key_blocks + j] = sum;
+    }
+  });
+  return scores;
+}
+
+std::vector<std::vector<int32_t>> select_blocks(const Problem& p, const std::vector<double>& scores,
+                                                int64_t max_key_blocks) {
+  std::vector<std::vector<int32_t>> kept;
+  detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
+    const int64_t i = r.block_abs;
+    const double* S = &scores[row * max_key_blocks];
+    const double row_max = *std::max_element(S, S + i + 1);
+    std::vector<bool> keep(static_cast<size_t>(i + 1));
+    for (int64_t j = 0; j <= i; ++j)
+      keep[j] = S[j] >= p.params.alpha * row_max ||
+                detail::always_kept(i, j, r.key_blocks(p.block()), p.params);
+    std::vector<int32_t> order(static_cast<size_t>(i + 1));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t c) { return S[a] > S[c]; });
+    for (int64_t n = 0; n < std::min<int64_t>(p.params.min_budget, i + 1); ++n)
+      keep[order[n]] = true;
+    kept.emplace_back();
+    for (int64_t j = 0; j <= i; ++j)
+      if (keep[j]) kept.back().push_back(static_cast<int32_t>(j));
+  });
+  return kept;
+}
+
+AttentionResult attention(const Problem& p, const std::vector<std::vector<int32_t>>& rows) {
+  const int64_t D = p.head_dim, B = p.block(), H = p.heads_q;
+  AttentionResult result;
+  result.out.assign(static_cast<size_t>(p.total_q * H * D), 0.0);
+  result.lse.assign(static_cast<size_t>(p.total_q * H), kNegInf);
+  detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
+    const int64_t b = r.seq, h = r.head, i = r.block_abs, shift = r.shift();
+    const SeqExtent& s = r.extent;
+    std::vector<int32_t> blocks(static_cast<size_t>(i + 1));
+    std::iota(blocks.begin(), blocks.end(), 0);
+    if (!rows.empty()) blocks = rows[row];
+    const int64_t t0 = r.positions(B).begin - shift, t1 = r.positions(B).end - shift;
+    for (int64_t t = t0; t < t1; ++t) {
+      std::vector<double> logits;
+      std::vector<int64_t> keys;
+      for (int32_t j : blocks)
+        for (int64_t key = j * B; key < std::min<int64_t>((j + 1) * B, s.len_kv); ++key) {
+          if (key > shift + t) continue;
+          double dot = 0.0;
+          for (int64_t d = 0; d < D; ++d)
+            dot += load(p, p.q, p.q_offset(b, s, t, h) + d) *
+                   load(p, p.k, p.k_offset(b, s, key, h / p.group) + d);
+          logits.push_back(p.params.scale * dot);
+          keys.push_back(key);
+        }
+      if (logits.empty()) continue;  // no visible key: zeros, lse -inf
+      const double row_max = *std::max_element(logits.begin(), logits.end());
+      double sum = 0.0;
+      for (double& l : logits) sum += (l = std::exp(l - row_max));
+      const int64_t token = token_index(p, b, t);
+      double* out = &result.out[(token * H + h) * D];
+      for (size_t n = 0; n < keys.size(); ++n)
+        for (int64_t d = 0; d < D; ++d)
+          out[d] += logits[n] / sum * load(p, p.v, p.v_offset(b, s, keys[n], h / p.group) + d);
+      result.lse[token * H + h] = row_max + std::log(sum);
+    }
+  });
+  return result;
+}
+
+}  // namespace flashprefill::reference

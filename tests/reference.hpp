@@ -1,0 +1,40 @@
+// fp64 reference of every step of ALGORITHM.md: plain loops, no shortcuts (the row geometry is the
+// shared common/row_geometry.hpp, which every backend uses too). The tests of every
+// backend compare against it. Inputs are read through a validated detail::Problem (host memory).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/problem.hpp"
+
+namespace flashprefill::reference {
+
+// Step 1: pooled keys, [slot][kv head][d] in the slot numbering of flashprefill.hpp.
+std::vector<double> pool_keys(const detail::Problem& p, int64_t num_slots);
+
+// Step 2: S for every layout row, row-major [row][max_key_blocks] (0 where j > i), scoring
+// against the pooled keys rounded to the input dtype, as every backend does.
+std::vector<double> block_scores(const detail::Problem& p, const std::vector<double>& pooled,
+                                 int64_t max_key_blocks);
+
+// Steps 3-4: the kept key blocks of every layout row, ascending.
+std::vector<std::vector<int32_t>> select_blocks(const detail::Problem& p,
+                                                const std::vector<double>& scores,
+                                                int64_t max_key_blocks);
+
+// Step 5: attention of every query row restricted to the given per-row key blocks (dense when
+// `rows` is empty). Output [token of q][head][d] as doubles in q's packed order, and lse
+// [head][token].
+struct AttentionResult {
+  std::vector<double> out;  // index ((b * L_q + t) * H_q + h) * D + d (padded) or ((T + t) * H_q +
+                            // h) * D + d (varlen)
+  std::vector<double> lse;  // index (b * L_q + t) * H_q + h, same token numbering
+};
+AttentionResult attention(const detail::Problem& p, const std::vector<std::vector<int32_t>>& rows);
+
+// The flat token index of chunk row t of sequence b (padded: b * L_q + t; varlen: cu_seqlens_q[b] +
+// t).
+int64_t token_index(const detail::Problem& p, int64_t b, int64_t t);
+
+}  // namespace flashprefill::reference
