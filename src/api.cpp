@@ -104,6 +104,99 @@ void check_finite(const TensorView& t, const char* name) {
   }
 }
 
+std::vector<int32_t> read_int32(const TensorView& t, const char* name) {
+  std::vector<int32_t> host(static_cast<size_t>(t.numel()));
+  if (!t.is_contiguous()) fail(std::string(name) + " must be contiguous to be checked");
+  copy_bytes(host.data(), Device::cpu(), t.data, t.device, host.size() * sizeof(int32_t));
+  return host;
+}
+
+// The paged half of make_problem: k and v are page pools (their ranks and head dims are checked
+// already), queries are packed by varlen.cu_seqlens_q.
+void make_paged(const AttentionArgs& args, const Params& params, Problem& p) {
+  const TensorView& cq = args.varlen.cu_seqlens_q;
+  const TensorView& table = args.paged.block_table;
+  const TensorView& lens = args.paged.seq_lens_kv;
+  if (!args.varlen.cu_seqlens_kv.empty_view())
+    fail(
+        "cu_seqlens_kv was given with paged K/V; expected it empty (seq_lens_kv and block_table "
+        "say where each sequence's keys are)");
+  check_given(table, "block_table");
+  check_given(lens, "seq_lens_kv");
+  check_rank(cq, "cu_seqlens_q", 1, "[num_seqs + 1]");
+  check_rank(table, "block_table", 2, "[num_seqs, max_pages_per_seq]");
+  check_rank(lens, "seq_lens_kv", 1, "[num_seqs]");
+  for (const auto& [t, name] : {std::pair{&cq, "cu_seqlens_q"}, std::pair{&table, "block_table"},
+                                std::pair{&lens, "seq_lens_kv"}}) {
+    if (t->dtype != DType::int32)
+      fail(std::string(name) + " has dtype " + dtype_name(t->dtype) + "; expected int32");
+    check_same_device(*t, name, p.device);
+  }
+  if (cq.shape[0] < 1) fail("cu_seqlens_q has 0 entries; expected num_seqs + 1 >= 1");
+  p.num_seqs = cq.shape[0] - 1;
+  if (table.shape[0] != p.num_seqs || lens.shape[0] != p.num_seqs)
+    fail("block_table has shape " + table.shape_string() + " and seq_lens_kv " +
+         lens.shape_string() + " but cu_seqlens_q has " + str(cq.shape[0]) +
+         " entries; expected [" + str(p.num_seqs) + ", max_pages_per_seq] and [" + str(p.num_seqs) +
+         "]");
+  if (cq.shape[0] > 1 && cq.stride[0] != 1) fail("cu_seqlens_q must be contiguous");
+  if (lens.shape[0] > 1 && lens.stride[0] != 1) fail("seq_lens_kv must be contiguous");
+  if (table.shape[1] > 1 && table.stride[1] != 1)
+    fail("block_table has stride " + str(table.stride[1]) +
+         " along its pages; expected 1 (rows contiguous)");
+
+  const int64_t num_pages = args.k.shape[0], page_size = args.k.shape[1];
+  if (page_size < 16 || (page_size & (page_size - 1)) != 0 || page_size > (int64_t(1) << 30))
+    fail("page_size (dim 1 of k and v, " + args.k.shape_string() + ") is " + str(page_size) +
+         "; expected a power of two >= 16");
+  p.pages.num_pages = num_pages;
+  p.pages.page_size = int32_t(page_size);
+  while ((int64_t(1) << p.pages.page_shift) < page_size) ++p.pages.page_shift;
+  p.pages.block_table = table.ptr<const int32_t>();
+  p.pages.block_table_stride = table.stride[0];
+  p.pages.seq_lens_kv = lens.ptr<const int32_t>();
+  const int64_t capacity = table.shape[1] * page_size;  // keys a block_table row can address
+
+  p.len_q = args.varlen.max_seqlen_q;
+  p.len_kv = args.varlen.max_seqlen_kv;
+  if (p.len_q < 0 || p.len_kv < 0)
+    fail("max_seqlen_q / max_seqlen_kv are " + str(p.len_q) + " / " + str(p.len_kv) +
+         "; expected >= 0");
+  if (p.len_kv > capacity)
+    fail("max_seqlen_kv is " + str(p.len_kv) + " but block_table " + table.shape_string() +
+         " addresses at most " + str(capacity) + " keys per sequence (max_pages_per_seq * " +
+         "page_size = " + str(table.shape[1]) + " * " + str(page_size) + ")");
+  p.total_q = args.q.shape[0];
+  p.total_kv = p.num_seqs * p.len_kv;  // keys read, at most (pages may be shared)
+  p.cu_seqlens_q = cq.ptr<const int32_t>();
+
+  // On the CPU the metadata is free to read, so it is always checked; on a GPU only on request.
+  if (p.device.type != DeviceType::cpu && !params.check_inputs) return;
+  const auto cu_q = read_cu_seqlens(cq);
+  check_cu_seqlens_values(cu_q, "cu_seqlens_q", p.total_q, p.len_q);
+  const auto len_kv = read_int32(lens, "seq_lens_kv");
+  std::vector<int32_t> pages(size_t(table.shape[0] * table.shape[1]));
+  for (int64_t b = 0; b < p.num_seqs && table.shape[1] > 0; ++b)
+    copy_bytes(pages.data() + b * table.shape[1], Device::cpu(),
+               table.ptr<const int32_t>() + b * table.stride[0], table.device,
+               size_t(table.shape[1]) * sizeof(int32_t));
+  for (int64_t b = 0; b < p.num_seqs; ++b) {
+    const int64_t lq = cu_q[b + 1] - cu_q[b], lkv = len_kv[b];
+    if (lkv < 0 || lkv > p.len_kv)
+      fail("seq_lens_kv[" + str(b) + "] is " + str(lkv) +
+           "; expected 0 <= L_kv <= max_seqlen_kv (" + str(p.len_kv) + ")");
+    if (lq > lkv)
+      fail("sequence " + str(b) + " has L_q = " + str(lq) + " > L_kv = " + str(lkv) +
+           "; expected L_q <= L_kv (causal, bottom-right aligned)");
+    for (int64_t page = 0; page * page_size < lkv; ++page) {
+      const int32_t id = pages[size_t(b * table.shape[1] + page)];
+      if (id < 0 || id >= num_pages)
+        fail("block_table[" + str(b) + ", " + str(page) + "] is " + str(id) +
+             "; expected a page of " + "the pools, in [0, " + str(num_pages) + ")");
+    }
+  }
+}
+
 }  // namespace
 
 // Validates args and params for one stage and returns the Problem every backend consumes.
@@ -113,12 +206,20 @@ Problem detail::make_problem(const AttentionArgs& args, const Params& params, Ne
   check_given(args.k, "k");
   check_given(args.v, "v");
   const bool varlen = args.varlen.enabled();
+  const bool paged = args.paged.enabled();
+  if (paged && !varlen)
+    fail(
+        "paged K/V needs packed queries: varlen.cu_seqlens_q was not given (expected int32 "
+        "[num_seqs + 1])");
   const int rank = varlen ? 3 : 4;
+  const int kv_rank = paged ? 4 : rank;
   const char* q_layout = varlen ? "[total_q, H_q, D] (varlen)" : "[B, L_q, H_q, D]";
-  const char* kv_layout = varlen ? "[total_kv, H_kv, D] (varlen)" : "[B, L_kv, H_kv, D]";
+  const char* kv_layout = paged    ? "[num_pages, page_size, H_kv, D] (paged)"
+                          : varlen ? "[total_kv, H_kv, D] (varlen)"
+                                   : "[B, L_kv, H_kv, D]";
   check_rank(args.q, "q", rank, q_layout);
-  check_rank(args.k, "k", rank, kv_layout);
-  check_rank(args.v, "v", rank, kv_layout);
+  check_rank(args.k, "k", kv_rank, kv_layout);
+  check_rank(args.v, "v", kv_rank, kv_layout);
 
   Problem p;
   p.device = args.q.device;
@@ -137,16 +238,16 @@ Problem detail::make_problem(const AttentionArgs& args, const Params& params, Ne
     fail(std::string("v has dtype ") + dtype_name(args.v.dtype) + " but q has " +
          dtype_name(p.dtype) + "; expected the same");
 
-  const int hd = rank - 2;  // index of the head dimension
+  const int hd = rank - 2, kv_hd = kv_rank - 2;  // index of the head dimension
   p.heads_q = args.q.shape[hd];
-  p.heads_kv = args.k.shape[hd];
+  p.heads_kv = args.k.shape[kv_hd];
   p.head_dim = args.q.shape[hd + 1];
   if (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256)
     fail("head dim (last dimension of q) is " + str(p.head_dim) + "; expected 64, 128 or 256");
-  if (args.k.shape[hd + 1] != p.head_dim || args.v.shape[hd + 1] != p.head_dim)
+  if (args.k.shape[kv_hd + 1] != p.head_dim || args.v.shape[kv_hd + 1] != p.head_dim)
     fail("head dims differ: q " + args.q.shape_string() + ", k " + args.k.shape_string() + ", v " +
          args.v.shape_string() + "; expected the same D");
-  if (args.v.shape[hd] != p.heads_kv)
+  if (args.v.shape[kv_hd] != p.heads_kv)
     fail("v has " + str(args.v.shape[hd]) + " heads but k has " + str(p.heads_kv) +
          "; expected the same");
   if (p.heads_kv == 0 || p.heads_q == 0)
@@ -163,7 +264,9 @@ Problem detail::make_problem(const AttentionArgs& args, const Params& params, Ne
   check_last_dim_contiguous(args.v, "v");
 
   p.varlen = varlen;
-  if (varlen) {
+  if (paged) {
+    make_paged(args, params, p);
+  } else if (varlen) {
     const TensorView& cq = args.varlen.cu_seqlens_q;
     const TensorView& ck = args.varlen.cu_seqlens_kv;
     check_given(ck, "cu_seqlens_kv");
@@ -222,8 +325,8 @@ Problem detail::make_problem(const AttentionArgs& args, const Params& params, Ne
   p.k = args.k.data;
   p.v = args.v.data;
   p.q_stride = strides_of(args.q, varlen);
-  p.k_stride = strides_of(args.k, varlen);
-  p.v_stride = strides_of(args.v, varlen);
+  p.k_stride = paged ? strides_of(args.k, false) : strides_of(args.k, varlen);
+  p.v_stride = paged ? strides_of(args.v, false) : strides_of(args.v, varlen);
 
   if (needs == Needs::attention) {
     check_given(args.out, "out");
@@ -262,10 +365,10 @@ Problem detail::make_problem(const AttentionArgs& args, const Params& params, Ne
     // The CUDA kernels move rows in 16-byte pieces (cp.async, TMA, vector loads).
     // A stride of an extent-1 dimension is never used (PyTorch may report anything there).
     const auto check_rows_16b = [&](const void* data, const Strides& s, int64_t heads,
-                                    const char* name) {
+                                    const char* name, int64_t batches) {
       const auto ok = [](int64_t stride, int64_t extent) { return extent <= 1 || stride % 8 == 0; };
       const bool aligned = reinterpret_cast<uintptr_t>(data) % 16 == 0 && ok(s.token, 2) &&
-                           ok(s.head, heads) && (varlen || ok(s.batch, p.num_seqs));
+                           ok(s.head, heads) && ok(s.batch, batches);
       if (!aligned)
         fail(std::string(name) +
              " is not 16-byte aligned for the CUDA backend (data pointer % 16 = " +
@@ -273,10 +376,13 @@ Problem detail::make_problem(const AttentionArgs& args, const Params& params, Ne
              ", strides in elements: token " + str(s.token) + ", head " + str(s.head) +
              "); expected a 16-byte aligned pointer and strides that are multiples of 8 elements");
     };
-    check_rows_16b(p.q, p.q_stride, p.heads_q, "q");
-    check_rows_16b(p.k, p.k_stride, p.heads_kv, "k");
-    check_rows_16b(p.v, p.v_stride, p.heads_kv, "v");
-    if (p.out) check_rows_16b(p.out, p.out_stride, p.heads_q, "out");
+    // Batches along dim 0 (stride unused when packed): sequences, or pages of a pool.
+    const int64_t q_batches = varlen ? 1 : p.num_seqs;
+    const int64_t kv_batches = paged ? p.pages.num_pages : q_batches;
+    check_rows_16b(p.q, p.q_stride, p.heads_q, "q", q_batches);
+    check_rows_16b(p.k, p.k_stride, p.heads_kv, "k", kv_batches);
+    check_rows_16b(p.v, p.v_stride, p.heads_kv, "v", kv_batches);
+    if (p.out) check_rows_16b(p.out, p.out_stride, p.heads_q, "out", q_batches);
   }
 
   if (params.check_inputs) {
@@ -569,9 +675,14 @@ LayoutStats layout_stats(const AttentionArgs& args, const Params& params,
   std::vector<int32_t> cu_q, cu_kv;
   if (p.varlen) {
     cu_q = read_cu_seqlens(args.varlen.cu_seqlens_q);
-    cu_kv = read_cu_seqlens(args.varlen.cu_seqlens_kv);
     host.cu_seqlens_q = cu_q.data();
-    host.cu_seqlens_kv = cu_kv.data();
+    if (p.paged()) {
+      cu_kv = read_int32(args.paged.seq_lens_kv, "seq_lens_kv");
+      host.pages.seq_lens_kv = cu_kv.data();
+    } else {
+      cu_kv = read_cu_seqlens(args.varlen.cu_seqlens_kv);
+      host.cu_seqlens_kv = cu_kv.data();
+    }
   }
   LayoutStats stats;
   detail::for_each_layout_row(host, [&](const detail::LayoutRow& r, int64_t) {

@@ -5,10 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <iterator>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -145,6 +147,120 @@ inline HostBatch varlen_batch(const std::vector<std::pair<int32_t, int32_t>>& le
   batch.shape = shape;
   fill_random(batch, seed);
   return batch;
+}
+
+// The same inputs as a varlen HostBatch, with K and V in page pools (vLLM's paged layout): pages
+// of page_size tokens in a random order among spare pages, a block table with a spare column
+// (-1, never read), and outputs of its own. Spare pages hold NaN (never read); the rows of a
+// partial last page past the sequence hold finite noise (read and masked by the sm_90 kernel).
+enum class PoolLayout {
+  separate,     // k and v: two [num_pages, page_size, H_kv, D] pools
+  combined,     // one [2, num_pages, page_size, H_kv, D] tensor, k = [0] and v = [1] (vLLM FA)
+  interleaved,  // one [num_pages, 2, page_size, H_kv, D] tensor (pages hold K then V)
+};
+inline const char* pool_layout_name(PoolLayout layout) {
+  return layout == PoolLayout::separate   ? "separate"
+         : layout == PoolLayout::combined ? "combined"
+                                          : "interleaved";
+}
+
+struct PagedBatch {
+  HostBatch* host = nullptr;  // q, cu_seqlens_q and the contiguous K/V it was made from
+  int64_t page_size = 0, num_pages = 0, max_pages = 0;
+  PoolLayout layout = PoolLayout::separate;
+  std::vector<uint16_t> pool;        // K and V of every layout
+  int64_t k_begin = 0, v_begin = 0;  // element offsets of k's and v's page 0 in `pool`
+  std::array<int64_t, 4> stride{};   // of k and v: page, row, head, dim
+  std::vector<int32_t> block_table;  // [num_seqs, max_pages]
+  std::vector<int32_t> seq_lens_kv;
+  std::vector<uint16_t> out;
+  std::vector<float> lse;
+
+  AttentionArgs args(bool with_lse = false) {
+    AttentionArgs a = host->args(with_lse);
+    const Device cpu = Device::cpu();
+    const int64_t num_seqs = int64_t(seq_lens_kv.size());
+    auto pool_view = [&](int64_t begin) {
+      TensorView t = TensorView::contiguous(
+          pool.data() + begin, host->dtype, cpu,
+          {num_pages, page_size, host->shape.heads_kv, host->shape.head_dim});
+      t.stride = stride;
+      return t;
+    };
+    a.k = pool_view(k_begin);
+    a.v = pool_view(v_begin);
+    a.varlen.cu_seqlens_kv = TensorView{};
+    a.paged.block_table =
+        TensorView::contiguous(block_table.data(), DType::int32, cpu, {num_seqs, max_pages});
+    a.paged.seq_lens_kv = TensorView::contiguous(seq_lens_kv.data(), DType::int32, cpu, {num_seqs});
+    a.out.data = out.data();
+    if (with_lse) a.lse.data = lse.data();
+    return a;
+  }
+};
+
+inline PagedBatch make_paged(HostBatch& host, int64_t page_size, PoolLayout layout, uint64_t seed) {
+  std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ull);
+  std::normal_distribution<float> normal;
+  PagedBatch paged;
+  paged.host = &host;
+  paged.page_size = page_size;
+  paged.layout = layout;
+  const int64_t num_seqs = int64_t(host.cu_kv.size()) - 1;
+  const int64_t H = host.shape.heads_kv, D = host.shape.head_dim, row = H * D;
+  int64_t used = 0;
+  for (int64_t b = 0; b < num_seqs; ++b) {
+    const int64_t len = host.cu_kv[b + 1] - host.cu_kv[b];
+    paged.seq_lens_kv.push_back(int32_t(len));
+    const int64_t pages = (len + page_size - 1) / page_size;
+    used += pages;
+    paged.max_pages = std::max(paged.max_pages, pages);
+  }
+  paged.max_pages += 1;  // a spare column, as a block table sized for growth has
+  paged.num_pages = used + 3;
+  std::vector<int32_t> order(static_cast<size_t>(paged.num_pages));
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+
+  const int64_t page_elems = page_size * row, N = paged.num_pages;
+  paged.pool.assign(static_cast<size_t>(2 * N * page_elems), to_half(NAN, host.dtype));
+  switch (layout) {
+    case PoolLayout::separate:
+    case PoolLayout::combined:  // one allocation either way; the views' strides are the same
+      paged.k_begin = 0, paged.v_begin = N * page_elems;
+      paged.stride = {page_elems, row, D, 1};
+      break;
+    case PoolLayout::interleaved:
+      paged.k_begin = 0, paged.v_begin = page_elems;
+      paged.stride = {2 * page_elems, row, D, 1};
+      break;
+  }
+  paged.block_table.assign(static_cast<size_t>(num_seqs * paged.max_pages), -1);
+  int64_t next = 0;
+  for (int64_t b = 0; b < num_seqs; ++b) {
+    const int64_t len = paged.seq_lens_kv[b];
+    for (int64_t page = 0; page * page_size < len; ++page) {
+      const int32_t id = order[size_t(next++)];
+      paged.block_table[size_t(b * paged.max_pages + page)] = id;
+      for (int64_t r = 0; r < page_size; ++r) {
+        const int64_t key = page * page_size + r;
+        for (int64_t e = 0; e < row; ++e) {
+          const int64_t at = id * paged.stride[0] + r * row + e;
+          if (key < len) {
+            const size_t from = size_t((host.cu_kv[b] + key) * row + e);
+            paged.pool[size_t(paged.k_begin + at)] = host.k[from];
+            paged.pool[size_t(paged.v_begin + at)] = host.v[from];
+          } else {
+            paged.pool[size_t(paged.k_begin + at)] = to_half(4.0f * normal(rng), host.dtype);
+            paged.pool[size_t(paged.v_begin + at)] = to_half(4.0f * normal(rng), host.dtype);
+          }
+        }
+      }
+    }
+  }
+  paged.out.assign(host.out.size(), to_half(NAN, host.dtype));
+  paged.lse.assign(host.lse.size(), NAN);
+  return paged;
 }
 
 // Relative Frobenius error of a 16-bit output against the fp64 reference (both in q's token order).

@@ -25,14 +25,27 @@ struct Varlen {
   bool enabled() const { return !cu_seqlens_q.empty_view(); }
 };
 
+// A paged K/V cache, vLLM's layout: k and v are page pools [num_pages, page_size, H_kv, D] (any
+// strides, D contiguous; k = kv[0] and v = kv[1] of vLLM's combined [2, num_pages, page_size,
+// H_kv, D] cache are two views of one tensor). Sequence b's key t is row t % page_size of page
+// block_table[b, t / page_size]. page_size (the pools' dim 1) is a power of two >= 16 (16 ... 256
+// and up). Queries are packed: varlen.cu_seqlens_q, max_seqlen_q and max_seqlen_kv (a host bound
+// on seq_lens_kv) are given, varlen.cu_seqlens_kv is not. Pages are read in place.
+struct PagedKV {
+  TensorView block_table;  // int32 [num_seqs, max_pages_per_seq], row stride free
+  TensorView seq_lens_kv;  // int32 [num_seqs]: L_kv per sequence, L_q <= L_kv
+  bool enabled() const { return !block_table.empty_view(); }
+};
+
 // One attention call. Padded batch: q [B, L_q, H_q, D], k and v [B, L_kv, H_kv, D].
-// Varlen batch: as Varlen says. Head dim (last) contiguous; other strides free.
+// Varlen batch: as Varlen says. Paged K/V: as PagedKV says. Head dim (last) contiguous; other strides free.
 // Causal, bottom-right aligned: L_q <= L_kv per sequence (L_q < L_kv is chunked prefill).
 struct AttentionArgs {
   TensorView q, k, v;
   TensorView out;   // like q, same dtype; not needed by the discovery stages
   TensorView lse;   // optional fp32 natural-log softmax_lse: [B, H_q, L_q] padded, [H_q, T_q] varlen
   Varlen varlen;    // not enabled: padded batch
+  PagedKV paged;    // enabled: k and v are page pools
   void* stream = nullptr;  // cudaStream_t for the CUDA backend; ignored on the CPU
 };
 
@@ -63,7 +76,8 @@ StageShapes stage_shapes(const AttentionArgs& args, const Params& params = {});
 LayoutStorage allocate_layout(const AttentionArgs& args, const Params& params = {});
 
 // Step 1: pooled_keys fp32 [pooled_key_slots, H_kv, D]. Sequence b's key block j is slot
-// b * num_key_blocks(L_kv) + j (padded) or cu_seqlens_kv[b] / B + b + j (varlen).
+// b * num_key_blocks(L_kv) + j (padded), cu_seqlens_kv[b] / B + b + j (varlen) or
+// b * num_key_blocks(max_seqlen_kv) + j (paged).
 void pool_keys(const AttentionArgs& args, const Params& params, const TensorView& pooled_keys);
 
 // Step 2, materialised for inspection: scores fp32 [max_rows, max_key_blocks], layout row order;

@@ -22,6 +22,18 @@ struct SeqExtent {
   int64_t len_kv = 0;
 };
 
+// A paged K/V cache (vLLM's layout): k and v are page pools [num_pages, page_size, H_kv, D]
+// (Strides::batch is the page stride); sequence b's key t lives in page
+// block_table[b * block_table_stride + t / page_size] at row t % page_size.
+struct PageTable {
+  const int32_t* block_table = nullptr;  // [num_seqs, max_pages_per_seq], on `device`
+  int64_t block_table_stride = 0;
+  const int32_t* seq_lens_kv = nullptr;  // [num_seqs], on `device`
+  int64_t num_pages = 0;
+  int32_t page_size = 0;   // a power of two >= 16; 0: K/V are not paged
+  int32_t page_shift = 0;  // log2(page_size)
+};
+
 struct Problem {
   DType dtype = DType::bf16;
   Device device{};
@@ -39,6 +51,7 @@ struct Problem {
   const void* v = nullptr;
   void* out = nullptr;
   Strides q_stride, k_stride, v_stride, out_stride;
+  PageTable pages;       // paged K/V (then varlen holds for q; cu_seqlens_kv is unused)
   float* lse = nullptr;  // optional
   int64_t lse_batch = 0,
           lse_head = 0;  // padded [B, H_q, L_q]; varlen [H_q, T_q] (lse_batch unused)
@@ -46,7 +59,12 @@ struct Problem {
 
   FP_HOST_DEVICE int block() const { return params.block_size; }
 
+  FP_HOST_DEVICE bool paged() const { return pages.page_size != 0; }
+
   FP_HOST_DEVICE SeqExtent seq(int64_t b) const {
+    if (paged())  // kv_token0 is unused: keys are found through the block table
+      return {cu_seqlens_q[b], 0, int64_t(cu_seqlens_q[b + 1]) - cu_seqlens_q[b],
+              pages.seq_lens_kv[b]};
     if (varlen) {
       return {cu_seqlens_q[b], cu_seqlens_kv[b], int64_t(cu_seqlens_q[b + 1]) - cu_seqlens_q[b],
               int64_t(cu_seqlens_kv[b + 1]) - cu_seqlens_kv[b]};
@@ -62,13 +80,31 @@ struct Problem {
     return (varlen ? 0 : b * out_stride.batch) + (s.q_token0 + t) * out_stride.token +
            h * out_stride.head;
   }
+  // Keys and values on any layout (the CPU backend and the references); the CUDA kernels are
+  // specialised for one layout and call the contiguous_* or paged_* form (cuda/kv_view.cuh).
   FP_HOST_DEVICE int64_t k_offset(int64_t b, const SeqExtent& s, int64_t t, int64_t h) const {
+    return paged() ? paged_offset(k_stride, b, t, h) : contiguous_k_offset(b, s, t, h);
+  }
+  FP_HOST_DEVICE int64_t v_offset(int64_t b, const SeqExtent& s, int64_t t, int64_t h) const {
+    return paged() ? paged_offset(v_stride, b, t, h) : contiguous_v_offset(b, s, t, h);
+  }
+  FP_HOST_DEVICE int64_t contiguous_k_offset(int64_t b, const SeqExtent& s, int64_t t,
+                                             int64_t h) const {
     return (varlen ? 0 : b * k_stride.batch) + (s.kv_token0 + t) * k_stride.token +
            h * k_stride.head;
   }
-  FP_HOST_DEVICE int64_t v_offset(int64_t b, const SeqExtent& s, int64_t t, int64_t h) const {
+  FP_HOST_DEVICE int64_t contiguous_v_offset(int64_t b, const SeqExtent& s, int64_t t,
+                                             int64_t h) const {
     return (varlen ? 0 : b * v_stride.batch) + (s.kv_token0 + t) * v_stride.token +
            h * v_stride.head;
+  }
+  // Paged: the page holding key t of sequence b, and the element offset of (b, t, h) in a pool of
+  // strides `pool` (k_stride or v_stride).
+  FP_HOST_DEVICE int64_t page_of(int64_t b, int64_t t) const {
+    return pages.block_table[b * pages.block_table_stride + (t >> pages.page_shift)];
+  }
+  FP_HOST_DEVICE int64_t paged_offset(const Strides& pool, int64_t b, int64_t t, int64_t h) const {
+    return page_of(b, t) * pool.batch + (t & (pages.page_size - 1)) * pool.token + h * pool.head;
   }
   FP_HOST_DEVICE int64_t lse_offset(int64_t b, const SeqExtent& s, int64_t t, int64_t h) const {
     return varlen ? h * lse_head + s.q_token0 + t : b * lse_batch + h * lse_head + t;
@@ -81,7 +117,7 @@ struct Problem {
     return pooled_slot0(b, s, params.block_size);
   }
   FP_HOST_DEVICE int64_t pooled_slot0(int64_t b, const SeqExtent& s, int64_t block) const {
-    return varlen ? s.kv_token0 / block + b : b * num_key_blocks(len_kv, block);
+    return varlen && !paged() ? s.kv_token0 / block + b : b * num_key_blocks(len_kv, block);
   }
 };
 
@@ -93,7 +129,13 @@ inline StageShapes stage_shapes_of(const Problem& p) {
   StageShapes s;
   s.num_seqs = p.num_seqs;
   s.max_key_blocks = num_key_blocks(p.len_kv, block);
-  if (!p.varlen) {
+  if (p.paged()) {
+    // Queries packed as varlen ones; pooled keys in num_key_blocks(max_seqlen_kv) slots per
+    // sequence, as for a padded batch (a sum of seq_lens_kv is not known on the host).
+    s.pooled_key_slots = p.num_seqs * s.max_key_blocks;
+    s.max_rows = p.heads_q * (p.total_q / block + 2 * p.num_seqs);
+    s.max_cols = s.max_rows * s.max_key_blocks;
+  } else if (!p.varlen) {
     const int64_t nqb = num_query_blocks(p.len_q, p.len_kv, block);
     const int64_t first = first_query_block(p.len_q, p.len_kv, block);
     s.pooled_key_slots = p.num_seqs * s.max_key_blocks;

@@ -2,6 +2,7 @@
 #include "cuda/check.cuh"
 #include "cuda/discovery.cuh"
 #include "cuda/dispatch.hpp"
+#include "cuda/kv_view.cuh"
 #include "cuda/sm80/mma.cuh"
 
 namespace flashprefill::cuda::discovery {
@@ -14,7 +15,7 @@ using detail::SeqExtent;
 // per key) over a strided subset of the block's keys; the partial sums meet in shared memory. The
 // mean is kept in fp32 when asked (the pool_keys stage) and rounded to the input dtype for scoring.
 constexpr int kPoolThreads = 256;
-template <bool kIsBf16>
+template <bool kIsBf16, typename KV>
 __global__ void __launch_bounds__(kPoolThreads)
     pool_keys_kernel(const Problem p, float* pooled, void* pooled_half) {
   using Half = sm80::HalfType<kIsBf16>;
@@ -25,13 +26,13 @@ __global__ void __launch_bounds__(kPoolThreads)
   if (j >= num_key_blocks(s.len_kv, block)) return;
   const int64_t key_begin = j * block, key_end = min((j + 1) * block, s.len_kv);
   const auto* k = static_cast<const Element*>(p.k);
+  const KV kv{p, b, s, kv_head};
   const int chunks = int(p.head_dim / 8),
             groups = kPoolThreads / chunks;  // head_dim 64..256: 32..8 key groups
   const int chunk = threadIdx.x % chunks, group = threadIdx.x / chunks;
   float sum[8] = {};
   for (int64_t key = key_begin + group; key < key_end; key += groups) {
-    const uint4 raw =
-        *reinterpret_cast<const uint4*>(k + p.k_offset(b, s, key, kv_head) + chunk * 8);
+    const uint4 raw = *reinterpret_cast<const uint4*>(k + kv.k_offset(key) + chunk * 8);
     const Element* e = reinterpret_cast<const Element*>(&raw);
 #pragma unroll
     for (int d = 0; d < 8; ++d) sum[d] += Half::to_float(e[d]);
@@ -70,8 +71,13 @@ void pool_keys(const Problem& p, const Buffers& buffers) {
   const dim3 grid(unsigned(max_blocks), unsigned(p.heads_kv), unsigned(p.num_seqs));
   auto stream = static_cast<cudaStream_t>(p.stream);
   dispatch_dtype(p, [&](auto is_bf16) {
-    pool_keys_kernel<decltype(is_bf16)::value>
-        <<<grid, kPoolThreads, 0, stream>>>(p, buffers.pooled, buffers.pooled_half);
+    constexpr bool kIsBf16 = decltype(is_bf16)::value;
+    if (p.paged())
+      pool_keys_kernel<kIsBf16, PagedKV>
+          <<<grid, kPoolThreads, 0, stream>>>(p, buffers.pooled, buffers.pooled_half);
+    else
+      pool_keys_kernel<kIsBf16, ContiguousKV>
+          <<<grid, kPoolThreads, 0, stream>>>(p, buffers.pooled, buffers.pooled_half);
   });
   FP_CUDA_CHECK_LAUNCH();
 }

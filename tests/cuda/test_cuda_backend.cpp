@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 
 #include "flashprefill/synthetic.hpp"
 #include "test_util.hpp"
@@ -155,6 +156,146 @@ struct ScopedKernelChoice {
   }
   ~ScopedKernelChoice() { unsetenv("FLASHPREFILL_CUDA_KERNELS"); }
 };
+
+// A PagedBatch mirrored on the GPU: the pool (k and v views into one allocation), block table,
+// seq_lens_kv, q and cu_seqlens_q, and outputs of its own.
+struct DevicePagedBatch {
+  PagedBatch& paged;
+  Buffer pool, block_table, seq_lens, q, cu_q, out, lse;
+
+  explicit DevicePagedBatch(PagedBatch& p) : paged(p) {
+    const Device gpu = Device::cuda(0);
+    auto upload = [&](const auto& vec) {
+      const size_t bytes = vec.size() * sizeof(vec[0]);
+      Buffer b = Buffer::allocate(gpu, std::max<size_t>(bytes, 4));
+      if (bytes) copy_bytes(b.data(), gpu, vec.data(), Device::cpu(), bytes);
+      return b;
+    };
+    pool = upload(p.pool);
+    block_table = upload(p.block_table);
+    seq_lens = upload(p.seq_lens_kv);
+    q = upload(p.host->q);
+    cu_q = upload(p.host->cu_q);
+    out = upload(p.out);
+    lse = upload(p.lse);
+  }
+  AttentionArgs args(bool with_lse = false) {
+    AttentionArgs a = paged.args(with_lse);
+    const Device gpu = Device::cuda(0);
+    auto* base = static_cast<uint16_t*>(pool.data());
+    a.k.data = base + paged.k_begin;
+    a.v.data = base + paged.v_begin;
+    for (auto [view, buffer] : {std::pair{&a.q, &q},
+                                {&a.out, &out},
+                                {&a.varlen.cu_seqlens_q, &cu_q},
+                                {&a.paged.block_table, &block_table},
+                                {&a.paged.seq_lens_kv, &seq_lens}}) {
+      view->data = buffer->data();
+      view->device = gpu;
+    }
+    a.k.device = a.v.device = gpu;
+    if (with_lse) a.lse.data = lse.data(), a.lse.device = gpu;
+    return a;
+  }
+  void download_out() {
+    copy_bytes(paged.out.data(), Device::cpu(), out.data(), Device::cuda(0), paged.out.size() * 2);
+    copy_bytes(paged.lse.data(), Device::cpu(), lse.data(), Device::cuda(0), paged.lse.size() * 4);
+  }
+};
+
+// Paged K/V on the GPU against the same inputs packed contiguously on the GPU: the same layout and
+// the same output and lse bits (the kernels read the same values; rows past a sequence are masked
+// either way), and within tolerance of the fp64 reference once per call of this function.
+void check_paged_equals_contiguous_on_gpu(uint64_t seed, const Params& params, int64_t head_dim,
+                                          DType dtype) {
+  Shape shape;
+  shape.heads_q = 4, shape.heads_kv = 2, shape.head_dim = head_dim;
+  HostBatch host = varlen_batch(
+      {{300, 1000}, {64, 64}, {1, 517}, {250, 250}, {37, 129}, {700, 2100}}, shape, dtype, seed);
+  DeviceBatch contiguous(host);
+  AttentionArgs contiguous_args = contiguous.args(true);
+  LayoutStorage layout_c = allocate_layout(contiguous_args, params);
+  discover_layout(contiguous_args, params, layout_c.view);
+  const auto rows = device_rows(layout_c.view);
+  flash_prefill(contiguous_args, params);
+  synchronize(Device::cuda(0));
+  contiguous.download_out();
+  bool reference_checked = false;
+  for (int64_t page_size : {16, 32, 64, 128, 256})
+    for (PoolLayout pool_layout :
+         {PoolLayout::separate, PoolLayout::combined, PoolLayout::interleaved}) {
+      SCOPED_TRACE(std::string("page_size=") + std::to_string(page_size) +
+                   " layout=" + pool_layout_name(pool_layout));
+      PagedBatch paged = make_paged(host, page_size, pool_layout, seed + uint64_t(page_size));
+      DevicePagedBatch device(paged);
+      AttentionArgs args = device.args(true);
+      LayoutStorage layout = allocate_layout(args, params);
+      discover_layout(args, params, layout.view);
+      ASSERT_EQ(device_rows(layout.view), rows);
+      flash_prefill(args, params);
+      synchronize(Device::cuda(0));
+      device.download_out();
+      for (size_t n = 0; n < host.out.size(); ++n)
+        ASSERT_EQ(paged.out[n], host.out[n]) << "out element " << n;
+      ASSERT_EQ(0, std::memcmp(paged.lse.data(), host.lse.data(), host.lse.size() * 4));
+      if (!reference_checked) {
+        reference_checked = true;
+        const detail::Problem problem =
+            make_problem(paged.args(true), params, Needs::attention);  // host view, paged
+        const auto ref = reference::attention(problem, rows);
+        EXPECT_LE(relative_error(paged.out, dtype, ref.out), tolerance(dtype));
+        expect_lse_near(problem, ref.lse, paged.lse, 2e-3);
+      }
+    }
+}
+
+// The default kernels (on an H100/H200 at block 128: TMA of one page per piece when pages are
+// smaller than the 128-key tile, of part of a page otherwise) and the sm_80 ones (cp.async through
+// the block table), every page size and pool layout.
+TEST(Cuda, PagedEqualsContiguousDefaultKernels) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  Params params;
+  params.alpha = 0.2f;
+  for (int64_t head_dim : {64, 128}) {
+    SCOPED_TRACE("D=" + std::to_string(head_dim));
+    check_paged_equals_contiguous_on_gpu(seed + uint64_t(head_dim), params, head_dim, DType::bf16);
+  }
+}
+
+TEST(Cuda, PagedEqualsContiguousAmpereKernels) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  ScopedKernelChoice choice("ampere");
+  for (int block : {64, 128}) {
+    Params params;
+    params.block_size = block;
+    params.alpha = 0.2f;
+    SCOPED_TRACE("block_size=" + std::to_string(block));
+    check_paged_equals_contiguous_on_gpu(seed + uint64_t(block), params, 128, DType::fp16);
+  }
+  Params params;
+  params.block_size = 64;
+  check_paged_equals_contiguous_on_gpu(seed, params, 256, DType::bf16);
+}
+
+// With check_inputs the GPU call reads the block table back and names a page out of the pools.
+TEST(Cuda, PagedBlockTableCheckedOnRequest) {
+  FP_REQUIRE_GPU();
+  HostBatch host = varlen_batch({{40, 100}, {10, 30}}, Shape{}, DType::bf16, 3);
+  PagedBatch paged = make_paged(host, 16, PoolLayout::separate, 3);
+  paged.block_table[1] = int32_t(paged.num_pages + 7);
+  DevicePagedBatch device(paged);
+  Params params;
+  params.check_inputs = true;
+  try {
+    flash_prefill(device.args(), params);
+    ADD_FAILURE() << "expected an error naming block_table[0, 1]";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("block_table[0, 1]"), std::string::npos)
+        << error.what();
+  }
+}
 
 // The default kernels of this GPU (on an H100 the wgmma ones for block 128, the sm_80 ones
 // otherwise).

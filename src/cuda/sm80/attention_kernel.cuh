@@ -36,7 +36,7 @@ struct AttentionTraits {
   static constexpr bool kQInRegisters = kHeadDim <= 128;
 };
 
-template <typename Traits>
+template <typename Traits, typename KV>
 __global__ void __launch_bounds__(Traits::kThreads)
     sparse_attention_kernel(const SparseAttentionParams params) {
   using Element = typename Traits::Element;
@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
   const auto* k_base = static_cast<const Element*>(p.k);
   const auto* v_base = static_cast<const Element*>(p.v);
 
-  const ContiguousKV kv{p, coord.seq, seq, kv_head};
+  const KV kv{p, coord.seq, seq, kv_head};
   auto load_kv = [&](int tile, int stage) {
     const int64_t key0 = tile_key0(tile);
     Element* k_tile = k_smem + stage * Traits::kTileElems;
@@ -101,10 +101,9 @@ __global__ void __launch_bounds__(Traits::kThreads)
       const int64_t key = key0 + r;
       const bool valid = key < seq.len_kv;
       const int64_t safe_key = valid ? key : 0;  // zero-filled, but the address must stay legal
-      cp_async_16(k_tile + Swizzle::offset(r, c), k_base + kv.k_offset(safe_key) + c * 8,
-                  valid ? 16 : 0);
-      cp_async_16(v_tile + Swizzle::offset(r, c), v_base + kv.v_offset(safe_key) + c * 8,
-                  valid ? 16 : 0);
+      const KVOffsets offset = kv.offsets(safe_key);
+      cp_async_16(k_tile + Swizzle::offset(r, c), k_base + offset.k + c * 8, valid ? 16 : 0);
+      cp_async_16(v_tile + Swizzle::offset(r, c), v_base + offset.v + c * 8, valid ? 16 : 0);
     }
   };
 
@@ -249,7 +248,8 @@ void launch_sparse_attention(const SparseAttentionParams& params) {
   const int slices = params.problem.params.block_size / Traits::kBlockM;
   const int64_t ctas = params.max_rows * slices;
   if (ctas == 0) return;
-  auto kernel = sparse_attention_kernel<Traits>;
+  auto kernel = params.problem.paged() ? sparse_attention_kernel<Traits, PagedKV>
+                                       : sparse_attention_kernel<Traits, ContiguousKV>;
   FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      Traits::kSmemBytes));
   kernel<<<dim3(unsigned(ctas)), Traits::kThreads, Traits::kSmemBytes, params.stream>>>(params);

@@ -26,8 +26,14 @@ void run_attention(const SparseAttentionParams& params) {
   using Traits = AttentionTraits<128, true>;  // tile shapes are the same for every instantiation
   TensorMaps maps;
   maps.q = make_tensor_map(p, p.q, p.q_stride, p.heads_q, tokens_q, Traits::kBlockM, "q");
-  maps.k = make_tensor_map(p, p.k, p.k_stride, p.heads_kv, tokens_kv, Traits::kBlockN, "k");
-  maps.v = make_tensor_map(p, p.v, p.v_stride, p.heads_kv, tokens_kv, Traits::kBlockN, "v");
+  if (p.paged()) {  // one box per page when a page holds fewer keys than a tile
+    const int rows = p.pages.page_size < Traits::kBlockN ? p.pages.page_size : Traits::kBlockN;
+    maps.k = make_page_pool_map(p, p.k, p.k_stride, rows, "k");
+    maps.v = make_page_pool_map(p, p.v, p.v_stride, rows, "v");
+  } else {
+    maps.k = make_tensor_map(p, p.k, p.k_stride, p.heads_kv, tokens_kv, Traits::kBlockN, "k");
+    maps.v = make_tensor_map(p, p.v, p.v_stride, p.heads_kv, tokens_kv, Traits::kBlockN, "v");
+  }
   dispatch_head_dim_and_dtype<64, 128>(
       p, "the sm_90 attention kernel", [&](auto head_dim, auto is_bf16) {
         launch_sparse_attention<decltype(head_dim)::value, decltype(is_bf16)::value>(params, maps);

@@ -25,7 +25,7 @@
 
 namespace flashprefill::cuda::sm90 {
 
-template <typename Traits>
+template <typename Traits, typename KV>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     sparse_attention_kernel(const __grid_constant__ SparseAttentionParams params,
                             const __grid_constant__ TensorMaps maps) {
@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegisters>();
     if (threadIdx.x >= 32) return;  // one producer warp
     const bool leader = threadIdx.x == 0;
-    ProducerMainloop<Traits> mainloop;
+    ProducerMainloop<Traits, KV> mainloop;
     for (;;) {
       const int64_t order = scheduler.fetch(leader);
       if (order >= params.max_rows) {
@@ -101,7 +101,8 @@ template <int kHeadDim, bool kIsBf16>
 void launch_sparse_attention(const SparseAttentionParams& params, const TensorMaps& maps) {
   using Traits = AttentionTraits<kHeadDim, kIsBf16>;
   if (params.max_rows == 0) return;
-  auto kernel = sparse_attention_kernel<Traits>;
+  auto kernel = params.problem.paged() ? sparse_attention_kernel<Traits, PagedKV>
+                                       : sparse_attention_kernel<Traits, ContiguousKV>;
   FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      Traits::kSmemBytes));
   // Persistent: one CTA per SM (or fewer when there are fewer rows), rows from params.work_counter.

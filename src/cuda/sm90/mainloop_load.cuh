@@ -2,6 +2,9 @@
 // buffers, so the next row's Q arrives while this one runs) and of its kept K and V tiles into a
 // ring of kStages stages that runs on across rows. Lane 0 issues the loads and arms the barriers;
 // every lane waits, so that the warp stays converged for the named barriers of the row handover.
+// A paged K/V tile (PagedKV) whose pages hold fewer keys than the tile comes in one TMA per page,
+// each issued by its own lane after lane 0 has armed the barrier, so that the block-table reads of
+// a tile run side by side.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +16,7 @@
 
 namespace flashprefill::cuda::sm90 {
 
-template <typename Traits>
+template <typename Traits, typename KV>
 struct ProducerMainloop {
   static constexpr uint64_t kCacheHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
   // Pipeline positions (Q buffers, K/V stages) run on across rows: counted, not reset.
@@ -27,8 +30,9 @@ struct ProducerMainloop {
                                        const SparseAttentionParams& params, const RowWork& w,
                                        bool leader, Handover&& handover) {
     const detail::Problem& p = params.problem;
-    const ContiguousKV kv{p, w.coord.seq, w.coord.extent, w.kv_head};
-    const int32_t batch = kv.tma_batch();
+    const KV kv{p, w.coord.seq, w.coord.extent, w.kv_head};
+    int32_t batch = 0;  // of Q (packed when paged) and of contiguous K/V
+    if constexpr (!KV::kPaged) batch = kv.tma_batch();
     const int q_buffer = q_count % Traits::kQBuffers;
     barrier_wait(&smem.q_empty[q_buffer], ((q_count / Traits::kQBuffers) & 1) ^
                                               1);  // a fresh barrier's "previous phase" is complete
@@ -50,21 +54,46 @@ struct ProducerMainloop {
       if (tile == before_handover) handover();
       const int stage = tile_count % Traits::kStages;
       const uint32_t phase = (tile_count / Traits::kStages) & 1;
-      const int32_t kv_token = kv.tma_token(int64_t(w.key_block(params, tile)) * Traits::kBlockN);
-      // K, then V, of this tile into the stage once its consumers have released it.
-      const auto load_tile = [&](const CUtensorMap* map, uint64_t* empty, uint64_t* full,
-                                 unsigned char* tiles) {
-        barrier_wait(&empty[stage], phase ^ 1);
-        if (!leader) return;
-        barrier_arrive_expect_tx(&full[stage], Traits::kTileBytes);
-        for (int panel = 0; panel < Traits::kPanels; ++panel)
-          cute::SM90_TMA_LOAD_4D::copy(
-              map, &full[stage], kCacheHint,
-              tiles + stage * Traits::kTileBytes + panel * Traits::KVPanels::kPanelBytes,
-              panel * 64, int32_t(w.kv_head), kv_token, batch);
-      };
-      load_tile(&maps.k, smem.k_empty, smem.k_full, smem.k);
-      load_tile(&maps.v, smem.v_empty, smem.v_full, smem.v);
+      const int64_t key0 = int64_t(w.key_block(params, tile)) * Traits::kBlockN;
+      if constexpr (KV::kPaged) {
+        const int rows = kv.template tma_rows<Traits::kBlockN>();
+        const int lane = int(threadIdx.x % 32);
+        const bool issues = lane * rows < Traits::kBlockN;
+        const TmaCoord piece = issues ? kv.tma_piece(key0 + lane * rows) : TmaCoord{0, 0};
+        const auto load_tile = [&](const CUtensorMap* map, uint64_t* empty, uint64_t* full,
+                                   unsigned char* tiles) {
+          barrier_wait(&empty[stage], phase ^ 1);
+          if (leader) barrier_arrive_expect_tx(&full[stage], Traits::kTileBytes);
+          __syncwarp();
+          if (!issues) return;
+          // A piece of `rows` rows starts rows * kRowBytes (a multiple of the 1024-byte swizzle
+          // atom) into each panel, so the swizzle matches that of a whole-tile box.
+          for (int panel = 0; panel < Traits::kPanels; ++panel)
+            cute::SM90_TMA_LOAD_4D::copy(map, &full[stage], kCacheHint,
+                                         tiles + stage * Traits::kTileBytes +
+                                             panel * Traits::KVPanels::kPanelBytes +
+                                             lane * rows * Traits::KVPanels::kRowBytes,
+                                         panel * 64, int32_t(w.kv_head), piece.token, piece.batch);
+        };
+        load_tile(&maps.k, smem.k_empty, smem.k_full, smem.k);
+        load_tile(&maps.v, smem.v_empty, smem.v_full, smem.v);
+      } else {
+        const int32_t kv_token = kv.tma_token(key0);
+        // K, then V, of this tile into the stage once its consumers have released it.
+        const auto load_tile = [&](const CUtensorMap* map, uint64_t* empty, uint64_t* full,
+                                   unsigned char* tiles) {
+          barrier_wait(&empty[stage], phase ^ 1);
+          if (!leader) return;
+          barrier_arrive_expect_tx(&full[stage], Traits::kTileBytes);
+          for (int panel = 0; panel < Traits::kPanels; ++panel)
+            cute::SM90_TMA_LOAD_4D::copy(
+                map, &full[stage], kCacheHint,
+                tiles + stage * Traits::kTileBytes + panel * Traits::KVPanels::kPanelBytes,
+                panel * 64, int32_t(w.kv_head), kv_token, batch);
+        };
+        load_tile(&maps.k, smem.k_empty, smem.k_full, smem.k);
+        load_tile(&maps.v, smem.v_empty, smem.v_full, smem.v);
+      }
     }
     if (before_handover == w.num_tiles) handover();
   }

@@ -67,6 +67,19 @@ CUtensorMap make_tensor_map(const detail::Problem& p, const void* base,
   return encode(p, base, 4, dims, byte_strides, box, name);
 }
 
+CUtensorMap make_page_pool_map(const detail::Problem& p, const void* base,
+                               const detail::Strides& strides, int rows, const char* name) {
+  const int64_t pages = p.pages.num_pages > 0 ? p.pages.num_pages : 1;
+  const int64_t token_bytes = strides.token * kElementBytes;
+  const cuuint64_t dims[4] = {cuuint64_t(p.head_dim), cuuint64_t(p.heads_kv),
+                              cuuint64_t(p.pages.page_size), cuuint64_t(pages)};
+  const cuuint64_t byte_strides[3] = {
+      cuuint64_t(p.heads_kv > 1 ? strides.head * kElementBytes : 16), cuuint64_t(token_bytes),
+      cuuint64_t(pages > 1 ? strides.batch * kElementBytes : token_bytes * p.pages.page_size)};
+  const cuuint32_t box[4] = {64, 1, cuuint32_t(rows), 1};
+  return encode(p, base, 4, dims, byte_strides, box, name);
+}
+
 CUtensorMap make_pooled_map(const detail::Problem& p, const void* base, int64_t slots, int rows,
                             const char* name) {
   const cuuint64_t dims[3] = {cuuint64_t(p.head_dim), cuuint64_t(p.heads_kv),

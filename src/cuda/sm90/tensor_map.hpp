@@ -18,6 +18,12 @@ CUtensorMap make_tensor_map(const detail::Problem& p, const void* base,
                             const detail::Strides& strides, int64_t heads, int64_t tokens, int rows,
                             const char* name);
 
+// (dim, kv head, row in page, page) view of a page pool [num_pages, page_size, H_kv, D] (the paged
+// K or V of p.pages); boxes of 64 dims x `rows` rows of one page and kv head, 128-byte swizzled.
+// Pages >= num_pages read zeros.
+CUtensorMap make_page_pool_map(const detail::Problem& p, const void* base,
+                               const detail::Strides& strides, int rows, const char* name);
+
 // (dim, kv head, slot) view of a pooled-key buffer [slots][H_kv][D] of q's dtype; boxes of 64 dims
 // x `rows` slots of one kv head, 128-byte swizzled.
 CUtensorMap make_pooled_map(const detail::Problem& p, const void* base, int64_t slots, int rows,
