@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <functional>
 #include <iostream>
+#include <numeric>
 #include <random>
 #include <sstream>
 
@@ -277,28 +278,116 @@ std::vector<uint16_t> download_output(const Inputs& in, Device device) {
   return host;
 }
 
+// --page-size: the same inputs twice more, queries packed (varlen) in both: K/V contiguous
+// ([B * L, H_kv, D] with cu_seqlens_kv) and K/V in page pools of page_size tokens, one
+// [2, num_pages, page_size, H_kv, D] allocation as vLLM's cache, pages in a random order (seeded),
+// so the two calls differ only in how K and V are addressed.
+struct PagedInputs {
+  Buffer cu_q, cu_kv, pool, block_table, seq_lens;
+  AttentionArgs contiguous, paged;
+};
+
+PagedInputs make_paged_inputs(const Setup& setup, const Inputs& in, int64_t page_size) {
+  const auto& s = setup.shape;
+  const Device device = setup.device;
+  const int64_t B = s.batch, L = s.seq_len, row = s.heads_kv * s.head_dim;
+  const int64_t pages_per_seq = (L + page_size - 1) / page_size, num_pages = B * pages_per_seq;
+  auto upload = [&](const auto& host) {
+    const size_t bytes = host.size() * sizeof(host[0]);
+    Buffer buffer = Buffer::allocate(device, std::max<size_t>(bytes, 4));
+    copy_bytes(buffer.data(), device, host.data(), Device::cpu(), bytes);
+    return buffer;
+  };
+  std::vector<int32_t> cu(static_cast<size_t>(B + 1)), lens(static_cast<size_t>(B), int32_t(L));
+  for (int64_t b = 0; b <= B; ++b) cu[size_t(b)] = int32_t(b * L);
+  std::vector<int32_t> order(static_cast<size_t>(num_pages));
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), std::mt19937_64(setup.seed + 7));
+  const int64_t page_elems = page_size * row;
+  std::vector<uint16_t> pool(size_t(2 * num_pages * page_elems), 0);
+  std::vector<int32_t> table(static_cast<size_t>(num_pages));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t page = 0; page < pages_per_seq; ++page) {
+      const int32_t id = order[size_t(b * pages_per_seq + page)];
+      table[size_t(b * pages_per_seq + page)] = id;
+      const int64_t keys = std::min(page_size, L - page * page_size);
+      const size_t from = size_t((b * L + page * page_size) * row), count = size_t(keys * row);
+      std::copy_n(&in.host.k[from], count, &pool[size_t(id * page_elems)]);
+      std::copy_n(&in.host.v[from], count, &pool[size_t((num_pages + id) * page_elems)]);
+    }
+  PagedInputs p;
+  p.cu_q = upload(cu);
+  p.cu_kv = upload(cu);
+  p.pool = upload(pool);
+  p.block_table = upload(table);
+  p.seq_lens = upload(lens);
+  const int64_t T = B * L;
+  AttentionArgs a;
+  a.q = TensorView::contiguous(in.q.data(), setup.dtype, device, {T, s.heads_q, s.head_dim});
+  a.out = TensorView::contiguous(in.out.data(), setup.dtype, device, {T, s.heads_q, s.head_dim});
+  a.varlen.cu_seqlens_q = TensorView::contiguous(p.cu_q.data(), DType::int32, device, {B + 1});
+  a.varlen.max_seqlen_q = a.varlen.max_seqlen_kv = L;
+  p.contiguous = a;
+  p.contiguous.k =
+      TensorView::contiguous(in.k.data(), setup.dtype, device, {T, s.heads_kv, s.head_dim});
+  p.contiguous.v =
+      TensorView::contiguous(in.v.data(), setup.dtype, device, {T, s.heads_kv, s.head_dim});
+  p.contiguous.varlen.cu_seqlens_kv =
+      TensorView::contiguous(p.cu_kv.data(), DType::int32, device, {B + 1});
+  p.paged = a;
+  auto* base = static_cast<uint16_t*>(p.pool.data());
+  p.paged.k = TensorView::contiguous(base, setup.dtype, device,
+                                     {num_pages, page_size, s.heads_kv, s.head_dim});
+  p.paged.v = TensorView::contiguous(base + num_pages * page_elems, setup.dtype, device,
+                                     {num_pages, page_size, s.heads_kv, s.head_dim});
+  p.paged.paged.block_table =
+      TensorView::contiguous(p.block_table.data(), DType::int32, device, {B, pages_per_seq});
+  p.paged.paged.seq_lens_kv = TensorView::contiguous(p.seq_lens.data(), DType::int32, device, {B});
+  return p;
+}
+
+struct PagedTimes {
+  double discovery_ms = 0, attention_ms = 0, total_ms = 0;
+};
+
+PagedTimes time_stages(const AttentionArgs& args, const Setup& setup, int repeats) {
+  LayoutStorage layout = allocate_layout(args, setup.params);
+  PagedTimes t;
+  t.discovery_ms =
+      time_ms([&] { discover_layout(args, setup.params, layout.view); }, repeats, setup.device);
+  t.attention_ms = time_ms([&] { block_sparse_attention(args, setup.params, layout.view); },
+                           repeats, setup.device);
+  t.total_ms = time_ms([&] { flash_prefill(args, setup.params); }, repeats, setup.device);
+  return t;
+}
+
 int run_bench(int argc, char** argv) {
   std::set<std::string> valued = kShapeOptions;
-  valued.insert({"repeats", "recall-samples"});
+  valued.insert({"repeats", "recall-samples", "page-size"});
   const Options options(argc, argv, 2, valued, {"json", "no-dense", "progress", "help"});
   if (options.has("help")) {
     std::cout << "usage: flashprefill bench [options]\n\nTimes FlashPrefill (discovery + "
                  "block-sparse attention) against our dense\n"
                  "causal attention on the structured synthetic input of BENCHMARK.md.\n\n";
     print_shape_help(std::cout, "8K");
-    std::cout << "  --repeats N           timed runs per measurement, median reported (default 20 "
-                 "on GPU, 1 on CPU)\n"
-                 "  --recall-samples N    rows sampled for attention recall (default 128)\n"
-                 "  --no-dense            skip the dense baseline (for very long CPU runs)\n"
-                 "  --json                print one JSON object instead of the table\n"
-                 "  --progress            progress on stderr even when it is not a terminal\n";
+    std::cout
+        << "  --repeats N           timed runs per measurement, median reported (default 20 "
+           "on GPU, 1 on CPU)\n"
+           "  --recall-samples N    rows sampled for attention recall (default 128)\n"
+           "  --no-dense            skip the dense baseline (for very long CPU runs)\n"
+           "  --page-size N         also time K/V in a paged cache of N-token pages (vLLM's\n"
+           "                        layout, pages shuffled) against the same K/V contiguous,\n"
+           "                        queries packed in both (0: not, the default)\n"
+           "  --json                print one JSON object instead of the table\n"
+           "  --progress            progress on stderr even when it is not a terminal\n";
     return 0;
   }
   const Setup setup = parse_setup(options, 8192);
   const bool on_gpu = setup.device.type == DeviceType::cuda;
   const int repeats = int(options.integer("repeats", on_gpu ? 20 : 1, 1));
   const bool dense = !options.has("no-dense");
-  Progress progress(dense ? 6 : 5, options.has("progress") || isatty(2));
+  const int64_t page_size = options.integer("page-size", 0, 0);
+  Progress progress((dense ? 6 : 5) + (page_size ? 1 : 0), options.has("progress") || isatty(2));
 
   progress.step("generating the structured input");
   Inputs in = make_inputs(setup);
@@ -328,6 +417,32 @@ int run_bench(int argc, char** argv) {
       attention_recall(setup, in, host_layout, int(options.integer("recall-samples", 128, 1)));
   const double error = dense ? relative_error(sparse_out, dense_out, setup.dtype) : NAN;
 
+  PagedTimes varlen_times, paged_times;
+  bool paged_identical = false;
+  if (page_size) {
+    progress.step("paged vs contiguous K/V (varlen)");
+    const PagedInputs paged = make_paged_inputs(setup, in, page_size);
+    // Interleaved runs of the two, so that clock drift hits both alike.
+    varlen_times = time_stages(paged.contiguous, setup, repeats);
+    const std::vector<uint16_t> varlen_out = download_output(in, setup.device);
+    paged_times = time_stages(paged.paged, setup, repeats);
+    paged_identical = download_output(in, setup.device) == varlen_out;
+  }
+  auto paged_json = [&]() -> std::string {
+    if (!page_size) return "";
+    char text[512];
+    std::snprintf(text, sizeof text,
+                  ", \"page_size\": %ld, \"varlen_discovery_ms\": %.4f, \"varlen_attention_ms\": "
+                  "%.4f, \"varlen_total_ms\": %.4f, \"paged_discovery_ms\": %.4f, "
+                  "\"paged_attention_ms\": %.4f, \"paged_total_ms\": %.4f, "
+                  "\"paged_over_contiguous\": %.4f, \"paged_output_identical\": %s",
+                  long(page_size), varlen_times.discovery_ms, varlen_times.attention_ms,
+                  varlen_times.total_ms, paged_times.discovery_ms, paged_times.attention_ms,
+                  paged_times.total_ms, paged_times.total_ms / varlen_times.total_ms,
+                  paged_identical ? "true" : "false");
+    return text;
+  };
+
   const auto& s = setup.shape;
   const double causal_flops = 2.0 * double(s.seq_len) * double(s.seq_len) * double(s.head_dim) *
                               double(s.heads_q) * double(s.batch);
@@ -342,13 +457,14 @@ int run_bench(int argc, char** argv) {
         "%s, "
         "\"dense_tflops\": %s, \"sparse_equiv_tflops\": %.4f, \"density\": %.6f, "
         "\"rel_error_vs_dense\": %s, "
-        "\"attention_recall\": %.6f}\n",
+        "\"attention_recall\": %.6f%s}\n",
         device.c_str(), dtype_name(setup.dtype), long(s.batch), long(s.seq_len), long(s.heads_q),
         long(s.heads_kv), long(s.head_dim), double(setup.params.alpha), setup.params.block_size,
         repeats, dense ? std::to_string(dense_ms).c_str() : "null", discovery_ms, attention_ms,
         total_ms, dense ? std::to_string(dense_ms / total_ms).c_str() : "null",
         dense ? std::to_string(tflops(dense_ms)).c_str() : "null", tflops(total_ms),
-        stats.density(), dense ? std::to_string(error).c_str() : "null", recall);
+        stats.density(), dense ? std::to_string(error).c_str() : "null", recall,
+        paged_json().c_str());
     return 0;
   }
   std::printf(
@@ -369,6 +485,18 @@ int run_bench(int argc, char** argv) {
               long(stats.kept_blocks), long(stats.causal_blocks));
   if (dense) std::printf("  relative error vs dense: %.3e\n", error);
   std::printf("  attention recall: %.4f\n", recall);
+  if (page_size) {
+    std::printf("  K/V layout, queries packed (varlen): %13s %12s %8s\n", "contiguous", "paged",
+                "ratio");
+    const auto line = [](const char* what, double a, double b) {
+      std::printf("  %-34s %12.3f %12.3f %8.3f\n", what, a, b, b / a);
+    };
+    line("discovery (steps 1-4)", varlen_times.discovery_ms, paged_times.discovery_ms);
+    line("block-sparse attention (step 5)", varlen_times.attention_ms, paged_times.attention_ms);
+    line("flash_prefill (one call)", varlen_times.total_ms, paged_times.total_ms);
+    std::printf("  page size %ld; paged output %s the contiguous one\n", long(page_size),
+                paged_identical ? "bit-identical to" : "DIFFERS from");
+  }
   return 0;
 }
 

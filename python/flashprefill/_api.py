@@ -115,6 +115,41 @@ def flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
     return (out, lse) if return_lse else out
 
 
+def flash_prefill_paged(q, k_pages, v_pages, block_table, seq_lens_kv, cu_seqlens_q, max_seqlen_q: int,
+                        max_seqlen_kv: int, *, alpha: float = 0.12, block_size: int = 128, sink_blocks: int = 2,
+                        window_blocks: int = 4, last_full_blocks: int = 2, min_budget: int = 0,
+                        softmax_scale: Optional[float] = None, return_lse: bool = False, check_inputs: bool = False):
+    """FlashPrefill with K and V in a paged cache (vLLM's layout), read in place.
+
+    Args:
+        q: ``[total_q, H_q, D]``, packed by ``cu_seqlens_q`` (int32 ``[num_seqs + 1]``).
+        k_pages, v_pages: ``[num_pages, page_size, H_kv, D]`` page pools, any strides with D contiguous
+            (``kv_cache[0]`` and ``kv_cache[1]`` of vLLM's ``[2, num_pages, page_size, H_kv, D]`` cache).
+            page_size is a power of two >= 16.
+        block_table: int32 ``[num_seqs, max_pages_per_seq]``: sequence b's key t is row ``t % page_size``
+            of page ``block_table[b, t // page_size]``.
+        seq_lens_kv: int32 ``[num_seqs]``, the keys of each sequence (its cached prefix and this
+            chunk); each sequence's queries are its last ``L_q <= L_kv`` positions (bottom-right causal).
+        max_seqlen_q, max_seqlen_kv: host upper bounds of the query and key lengths.
+        check_inputs: also check the data: NaN / Inf, cu_seqlens_q, seq_lens_kv and the block table's
+            page ids (on CUDA this reads them back: a host synchronisation).
+    Returns:
+        ``out`` ``[total_q, H_q, D]``, or ``(out, lse)`` with lse ``[H_q, total_q]``.
+    """
+    if _is_torch(q):
+        return _torch_ops().flash_prefill_paged(q, k_pages, v_pages, block_table, seq_lens_kv, cu_seqlens_q,
+                                                int(max_seqlen_q), int(max_seqlen_kv),
+                                                _param_tuple(alpha, block_size, sink_blocks, window_blocks,
+                                                             last_full_blocks, min_budget, softmax_scale, check_inputs),
+                                                return_lse)
+    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs)
+    out = np.empty_like(q)
+    lse = _empty_lse(q, (q.shape[1], q.shape[0])) if return_lse else None
+    _call(_C.flash_prefill, q, k_pages, v_pages, out, lse, cu_seqlens_q, None, max_seqlen_q, max_seqlen_kv, params,
+          workspace=None, block_table=block_table, seq_lens_kv=seq_lens_kv)
+    return (out, lse) if return_lse else out
+
+
 def dense_attention(q, k, v, *, softmax_scale: Optional[float] = None, return_lse: bool = False):
     """Dense causal attention (bottom-right aligned), the baseline: same layouts as :func:`flash_prefill`."""
     params = _params(0.0, 128, 2, 4, 2, 0, softmax_scale, False)

@@ -28,7 +28,7 @@ except AttributeError:  # pragma: no cover - older or CPU-only PyTorch builds
 # flashprefill::DType codes (include/flashprefill/tensor.hpp).
 _DTYPE_CODES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2, torch.int32: 3, torch.int64: 4}
 _EXPECTED_DTYPE = {"q": "bfloat16 or float16", "k": "bfloat16 or float16", "v": "bfloat16 or float16",
-                   "cu_seqlens_q": "int32", "cu_seqlens_k": "int32"}
+                   "cu_seqlens_q": "int32", "cu_seqlens_k": "int32", "block_table": "int32", "seq_lens_kv": "int32"}
 
 
 def _describe(t, name):
@@ -56,33 +56,35 @@ except AttributeError:  # pragma: no cover - CPU-only PyTorch builds
         return False
 
 
-def _run(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, params):
-    """One C++ call with positional arguments (in the binding's order); `params` is a tuple in _PARAM_NAMES order."""
+def _run(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, params, block_table=None, seq_lens_kv=None):
+    """One C++ call with positional arguments (in the binding's order); `params` is a tuple in _PARAM_NAMES order.
+    With block_table and seq_lens_kv, k and v are page pools (paged K/V)."""
     _check_no_grad(q, k, v)
     described = (_describe(q, "q"), _describe(k, "k"), _describe(v, "v"), _describe(out, "out"), _describe(lse, "lse"),
                  _describe(cu_q, "cu_seqlens_q"), _describe(cu_k, "cu_seqlens_k"), max_q, max_k, *params)
+    paged = (_describe(block_table, "block_table"), _describe(seq_lens_kv, "seq_lens_kv"))
     if not q.is_cuda:
-        _C.flash_prefill_described(*described, 0, 0, 0)
+        _C.flash_prefill_described(*described, 0, 0, 0, *paged)
         return
     device = q.get_device()
     stream = _raw_stream(device)
     if not _is_capturing():
         # Eager: the library's workspace cache for this device and stream (stream-ordered calls
         # reuse it; it grows and is kept), so no allocation per call.
-        _C.flash_prefill_described(*described, stream, 0, 0)
+        _C.flash_prefill_described(*described, stream, 0, 0, *paged)
         return
     # Under CUDA-graph capture the workspace comes from PyTorch's allocator (graph-private pool), so
     # the captured graph owns it; the size depends only on shapes, dtype and params.
     key = (q.shape, k.shape, v.shape, q.dtype, device, None if cu_q is None else cu_q.shape[0], max_q, max_k, params,
-           lse is not None)
+           lse is not None, None if block_table is None else block_table.shape)
     size = _workspace_sizes.get(key)
     if size is None:
-        size = _C.workspace_size_described(*described, stream)
+        size = _C.workspace_size_described(*described, stream, *paged)
         if len(_workspace_sizes) > 4096:  # many distinct shapes (varlen serving): start over
             _workspace_sizes.clear()
         _workspace_sizes[key] = size
     workspace = torch.empty(size, dtype=torch.uint8, device=q.device)
-    _C.flash_prefill_described(*described, stream, workspace.data_ptr(), size)
+    _C.flash_prefill_described(*described, stream, workspace.data_ptr(), size, *paged)
 
 
 def _flash_prefill_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float, block_size: int, sink_blocks: int,
@@ -126,6 +128,29 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alpha, bl
     return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]) if return_lse else (0,), dtype=torch.float32)
 
 
+def _flash_prefill_paged_impl(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, block_table: torch.Tensor,
+                              seq_lens_kv: torch.Tensor, cu_seqlens_q: torch.Tensor, max_seqlen_q: int, max_seqlen_kv: int,
+                              alpha: float, block_size: int, sink_blocks: int, window_blocks: int, last_full_blocks: int,
+                              min_budget: int, softmax_scale: float, check_inputs: bool,
+                              return_lse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    out = torch.empty_like(q)
+    lse = torch.empty((q.shape[1], q.shape[0]) if return_lse else (0,), dtype=torch.float32, device=q.device)
+    _run(q, k_pages, v_pages, out, lse if return_lse else None, cu_seqlens_q, None, max_seqlen_q, max_seqlen_kv,
+         (alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs),
+         block_table, seq_lens_kv)
+    return out, lse
+
+
+_flash_prefill_paged_op = torch.library.custom_op("flashprefill::flash_prefill_paged", mutates_args=())(
+    _flash_prefill_paged_impl)
+
+
+@_flash_prefill_paged_op.register_fake
+def _(q, k_pages, v_pages, block_table, seq_lens_kv, cu_seqlens_q, max_seqlen_q, max_seqlen_kv, alpha, block_size,
+      sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs, return_lse):
+    return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]) if return_lse else (0,), dtype=torch.float32)
+
+
 def _eager() -> bool:
     # Outside torch.compile the operator's dispatch (~100 us) buys nothing: run its body directly.
     # CUDA-graph capture is fine either way (outputs and workspace come from PyTorch's allocator).
@@ -150,4 +175,16 @@ def flash_prefill_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, params: tu
         _run(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, params)
         return (out, lse) if return_lse else out
     out, lse = _flash_prefill_varlen_op(q, k, v, cu_q, cu_k, max_q, max_k, *params, return_lse)
+    return (out, lse) if return_lse else out
+
+
+def flash_prefill_paged(q, k_pages, v_pages, block_table, seq_lens_kv, cu_q, max_q: int, max_kv: int, params: tuple,
+                        return_lse: bool):
+    if _eager():
+        out = torch.empty_like(q)
+        lse = torch.empty((q.shape[1], q.shape[0]), dtype=torch.float32, device=q.device) if return_lse else None
+        _run(q, k_pages, v_pages, out, lse, cu_q, None, max_q, max_kv, params, block_table, seq_lens_kv)
+        return (out, lse) if return_lse else out
+    out, lse = _flash_prefill_paged_op(q, k_pages, v_pages, block_table, seq_lens_kv, cu_q, max_q, max_kv, *params,
+                                       return_lse)
     return (out, lse) if return_lse else out

@@ -118,6 +118,13 @@ CallArgs make_args(const Tensor& q, const Tensor& k, const Tensor& v, const Opti
   return c;
 }
 
+// Paged K/V (PagedKV in flashprefill.hpp): k and v are page pools; None leaves the call unpaged.
+template <typename Tensor>
+void set_paged(CallArgs& c, const Tensor& block_table, const Tensor& seq_lens_kv) {
+  c.args.paged.block_table = to_view(block_table, "block_table");
+  c.args.paged.seq_lens_kv = to_view(seq_lens_kv, "seq_lens_kv");
+}
+
 BlockSparseLayout layout_of(const CallArgs& c, const Array& seq_row_offset, const Array& row_ptr, const Array& col_idx) {
   const StageShapes shapes = stage_shapes(c.args, c.params);
   BlockSparseLayout layout;
@@ -175,8 +182,10 @@ NB_MODULE(_C, m) {
 
   m.def(
       "flash_prefill",
-      [](FP_COMMON_PARAMS, const OptionalArray& workspace) {
-        const CallArgs c = FP_MAKE_ARGS;
+      [](FP_COMMON_PARAMS, const OptionalArray& workspace, const OptionalArray& block_table,
+         const OptionalArray& seq_lens_kv) {
+        CallArgs c = FP_MAKE_ARGS;
+        set_paged(c, block_table, seq_lens_kv);
         Workspace ws;
         if (workspace) {  // raw bytes (any dtype) on q's device
           const bool on_gpu = workspace->device_type() == nb::device::cuda::value;
@@ -187,19 +196,24 @@ NB_MODULE(_C, m) {
         nb::gil_scoped_release release;
         flash_prefill(c.args, c.params, ws);
       },
-      FP_COMMON_ARGS, nb::arg("workspace").none());
+      FP_COMMON_ARGS, nb::arg("workspace").none(), nb::arg("block_table").none() = nb::none(),
+      nb::arg("seq_lens_kv").none() = nb::none());
 
   // The PyTorch eager path: tensors as descriptors, the workspace as (pointer, bytes) on q's device.
-  m.def("flash_prefill_described", [](FP_DESCRIBED_PARAMS, uintptr_t workspace, size_t workspace_bytes) {
-    const CallArgs c = FP_MAKE_DESCRIBED_ARGS;
+  m.def("flash_prefill_described", [](FP_DESCRIBED_PARAMS, uintptr_t workspace, size_t workspace_bytes,
+                                      nb::handle block_table, nb::handle seq_lens_kv) {
+    CallArgs c = FP_MAKE_DESCRIBED_ARGS;
+    set_paged(c, block_table, seq_lens_kv);
     nb::gil_scoped_release release;
     flash_prefill(c.args, c.params, Workspace{reinterpret_cast<void*>(workspace), workspace_bytes});
-  }, FP_DESCRIBED_ARGS, nb::arg("workspace"), nb::arg("workspace_bytes"));
+  }, FP_DESCRIBED_ARGS, nb::arg("workspace"), nb::arg("workspace_bytes"), nb::arg("block_table").none() = nb::none(),
+     nb::arg("seq_lens_kv").none() = nb::none());
 
-  m.def("workspace_size_described", [](FP_DESCRIBED_PARAMS) {
-    const CallArgs c = FP_MAKE_DESCRIBED_ARGS;
+  m.def("workspace_size_described", [](FP_DESCRIBED_PARAMS, nb::handle block_table, nb::handle seq_lens_kv) {
+    CallArgs c = FP_MAKE_DESCRIBED_ARGS;
+    set_paged(c, block_table, seq_lens_kv);
     return flash_prefill_workspace_size(c.args, c.params);
-  }, FP_DESCRIBED_ARGS);
+  }, FP_DESCRIBED_ARGS, nb::arg("block_table").none() = nb::none(), nb::arg("seq_lens_kv").none() = nb::none());
 
   // For the overhead benchmark: the host time of `repeats` C++ flash_prefill calls, in microseconds
   // per call, with no Python between them. The device is synchronised every `batch` calls, outside
@@ -229,12 +243,13 @@ NB_MODULE(_C, m) {
 
   m.def(
       "dense_attention",
-      [](FP_COMMON_PARAMS) {
-        const CallArgs c = FP_MAKE_ARGS;
+      [](FP_COMMON_PARAMS, const OptionalArray& block_table, const OptionalArray& seq_lens_kv) {
+        CallArgs c = FP_MAKE_ARGS;
+        set_paged(c, block_table, seq_lens_kv);
         nb::gil_scoped_release release;
         dense_attention(c.args, c.params);
       },
-      FP_COMMON_ARGS);
+      FP_COMMON_ARGS, nb::arg("block_table").none() = nb::none(), nb::arg("seq_lens_kv").none() = nb::none());
 
   m.def(
       "stage_shapes",
