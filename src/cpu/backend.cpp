@@ -1,5 +1,6 @@
-// CPU backend: every stage of ALGORITHM.md, straightforward and exact (fp32 arithmetic on
-// bf16/fp16 inputs), one (sequence, head, query block) row per task.
+// CPU backend: every stage of ALGORITHM.md, one (sequence, head, query block) row per task. Scores,
+// maxima and sums in fp32; step 5 multiplies bf16 inputs as bf16 with fp32 accumulation where the
+// CPU can (attention_bf16.hpp), everything else in fp32 (kernels.hpp).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -9,7 +10,9 @@
 
 #include "backend.hpp"
 #include "common/half.hpp"
+#include "cpu/isa.hpp"
 #include "cpu/kernels.hpp"
+#include "cpu/packed_kv.hpp"
 #include "cpu/parallel.hpp"
 
 namespace flashprefill::cpu {
@@ -19,11 +22,13 @@ using detail::Problem;
 using detail::SeqExtent;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-float load(const Problem& p, const void* base, int64_t offset) {
-  return detail::half_bits_to_float(static_cast<const uint16_t*>(base)[offset], p.dtype);
-}
-// n contiguous 16-bit values -> fp32 (the dtype branch outside the loop, so it vectorises).
+float load(const Problem& p, const void* base, int64_t offset) { return detail::load_element(base, offset, p.dtype); }
+// n contiguous values -> fp32 (the dtype branch outside the loop, so it vectorises).
 void load_row(const Problem& p, const void* base, int64_t offset, int64_t n, float* out) {
+  if (p.dtype == DType::fp32) {
+    std::copy_n(static_cast<const float*>(base) + offset, n, out);
+    return;
+  }
   const uint16_t* bits = static_cast<const uint16_t*>(base) + offset;
   if (p.dtype == DType::bf16)
     for (int64_t d = 0; d < n; ++d) out[d] = detail::bf16_to_float(bits[d]);
@@ -31,9 +36,7 @@ void load_row(const Problem& p, const void* base, int64_t offset, int64_t n, flo
     for (int64_t d = 0; d < n; ++d) out[d] = detail::fp16_to_float(bits[d]);
 }
 
-void store(const Problem& p, void* base, int64_t offset, float value) {
-  static_cast<uint16_t*>(base)[offset] = detail::float_to_half_bits(value, p.dtype);
-}
+void store(const Problem& p, void* base, int64_t offset, float value) { detail::store_element(base, offset, value, p.dtype); }
 
 // One layout row: which sequence, head and query block, and the query rows it holds.
 struct Row {
@@ -83,7 +86,7 @@ int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1
 
 // Per-thread scratch for one row's tiles, reused across rows so the hot loop never allocates.
 struct Scratch {
-  std::vector<float> q, s, o, row_max, row_sum;
+  std::vector<float> q, s, o, row_max, row_sum, bf16_row;
 };
 
 // Loads the row's queries as fp32, pre-multiplied by scale * log2(e) so that scores are in the
@@ -199,6 +202,23 @@ ConvertedKV convert_kv(const Problem& p) {
   return kv;
 }
 
+// K and V as the chosen kernels read them: packed bf16 for the bf16 products, else fp32.
+struct AttentionKV {
+  Isa isa;
+  bool bf16_products;
+  ConvertedKV fp32;
+  PackedBf16KV bf16;
+};
+
+AttentionKV prepare_kv(const Problem& p) {
+  AttentionKV kv;
+  kv.isa = isa_for(p.dtype);
+  kv.bf16_products = kv.isa == Isa::amx || kv.isa == Isa::avx512bf16;
+  if (kv.bf16_products) kv.bf16 = pack_bf16_kv(p);
+  else kv.fp32 = convert_kv(p);
+  return kv;
+}
+
 // Step 5 for one row over the given key blocks (ascending): FlashAttention's tiling on the CPU.
 // Per key block: S = Q K^T (exp2 domain), causal mask where the block reaches past a row's
 // position, online softmax (running max and sum per row), O += P V. fp32 throughout.
@@ -231,6 +251,13 @@ void attend_row(const Problem& p, const ConvertedKV& kv, const Row& r, const int
       p.lse[p.lse_offset(r.seq, r.extent, t, r.head)] =
           ws.row_sum[row] > 0.0f ? (ws.row_max[row] + std::log2(ws.row_sum[row])) * kLn2 : kNegInf;
   }
+}
+
+void attend(const Problem& p, const AttentionKV& kv, const Row& r, const int32_t* blocks, int64_t num_blocks, Scratch& ws) {
+  if (kv.bf16_products)
+    attend_row_bf16(kv.isa, p, kv.bf16, r.seq, r.extent, r.head, r.t_begin, r.t_end, blocks, num_blocks, ws.bf16_row);
+  else
+    attend_row(p, kv.fp32, r, blocks, num_blocks, ws);
 }
 
 // Runs body(row_index, scratch) over rows on all threads, costliest first (by `cost`), each
@@ -347,22 +374,22 @@ void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, v
   const std::vector<Row> rows = enumerate_rows(p);
   const int64_t* row_ptr = layout.row_ptr.ptr<const int64_t>();
   const int32_t* col_idx = layout.col_idx.ptr<const int32_t>();
-  const ConvertedKV kv = convert_kv(p);
+  const AttentionKV kv = prepare_kv(p);
   // enumerate_rows() yields rows in layout order, so task n is layout row n.
   for_rows_costliest_first(static_cast<int64_t>(rows.size()), [&](int64_t n) { return row_ptr[n + 1] - row_ptr[n]; },
                            [&](int64_t n, Scratch& scratch) {
-                             attend_row(p, kv, rows[n], col_idx + row_ptr[n], row_ptr[n + 1] - row_ptr[n], scratch);
+                             attend(p, kv, rows[n], col_idx + row_ptr[n], row_ptr[n + 1] - row_ptr[n], scratch);
                            });
 }
 
 void dense_attention(const Problem& p) {
   const std::vector<Row> rows = enumerate_rows(p);
-  const ConvertedKV kv = convert_kv(p);
+  const AttentionKV kv = prepare_kv(p);
   for_rows_costliest_first(static_cast<int64_t>(rows.size()), [&](int64_t n) { return rows[n].block_abs; },
                            [&](int64_t n, Scratch& scratch) {
                              std::vector<int32_t> all(static_cast<size_t>(rows[n].block_abs + 1));
                              std::iota(all.begin(), all.end(), 0);
-                             attend_row(p, kv, rows[n], all.data(), static_cast<int64_t>(all.size()), scratch);
+                             attend(p, kv, rows[n], all.data(), static_cast<int64_t>(all.size()), scratch);
                            });
 }
 

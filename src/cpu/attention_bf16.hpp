@@ -1,0 +1,60 @@
+// Step 5 for bf16 inputs on CPUs with bf16 dot products: S = Q K^T and O += P V as bf16 products
+// with fp32 accumulation (AMX tiles, or AVX-512 BF16's vdpbf16ps), the online softmax in fp32 with
+// AVX-512, P rounded to bf16 for the second product (as FlashAttention does on tensor cores).
+//
+// K and V are packed once per call into the pair-interleaved ("VNNI") layout that both instruction
+// sets read as their second operand, one contiguous piece per (key block, kv head), so every query
+// head of a GQA group reuses it:
+//   K block: [D / 2][n_pad][2]   (element (key c, dim d) at ((d / 2) * n_pad + c) * 2 + d % 2)
+//   V block: [n_pad / 2][D][2]   (element (key c, dim d) at ((c / 2) * D + d) * 2 + c % 2)
+// n_pad is the block size rounded up to kKeyChunk; keys past the sequence's end are zeros.
+//
+// Only plain data and declarations here: this header is included by the files compiled with wide
+// instruction sets, which must not emit their own copies of inline functions.
+#pragma once
+
+#include <cstdint>
+
+namespace flashprefill::cpu::kernels {
+
+constexpr int kSlabRows = 32;   // query rows per slab: two 16-row tiles
+constexpr int kKeyChunk = 32;   // keys per step of P V (one bf16 tile row holds 32)
+
+// One layout row: the query rows of one (sequence, head, query block) and the key blocks it keeps.
+struct Bf16Row {
+  const uint16_t* q;        // m rows of D bf16, row r at q + r * q_stride
+  int64_t q_stride;
+  uint16_t* out;            // like q
+  int64_t out_stride;
+  float* lse;               // m consecutive floats (natural log), or null
+  int64_t m;                // query rows
+  int64_t first_pos;        // absolute key position of query row 0 (causal: row r sees keys <= first_pos + r)
+  int64_t len_kv;
+  const int32_t* blocks;    // kept key blocks, ascending
+  int64_t num_blocks;
+  int64_t block;            // block size (keys per block)
+  const uint16_t* k_packed; // packed K of key block j at k_packed + j * block_stride
+  const uint16_t* v_packed;
+  int64_t block_stride;     // elements between consecutive key blocks of this (sequence, kv head)
+  int64_t n_pad;            // block rounded up to kKeyChunk
+  int64_t head_dim;
+  float factor;             // scale * log2(e): scores in the exp2 domain
+  float* scratch;           // bf16_row_scratch_floats(n_pad, head_dim) floats, 64-byte aligned
+};
+
+// Scratch floats one thread needs for Bf16Row: S [32][n_pad] fp32, P [32][n_pad] bf16,
+// Q [32][D] bf16, O [32][D] fp32 (callers round the pointer up to 64 bytes themselves).
+#define FP_BF16_ROW_SCRATCH_FLOATS(n_pad, head_dim) \
+  (int64_t(::flashprefill::cpu::kernels::kSlabRows) * ((n_pad) + (n_pad) / 2 + (head_dim) / 2 + (head_dim)))
+
+namespace amx {
+// Requests the AMX tile state from the kernel once per process (Linux: arch_prctl); false when
+// refused or not Linux, and the caller uses another variant.
+bool enable();
+void attend_row(const Bf16Row& row);
+}  // namespace amx
+namespace avx512bf16 {
+void attend_row(const Bf16Row& row);
+}  // namespace avx512bf16
+
+}  // namespace flashprefill::cpu::kernels

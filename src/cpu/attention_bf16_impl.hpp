@@ -1,0 +1,142 @@
+// The body of the bf16 attention row (see attention_bf16.hpp), shared by the AMX and AVX-512 BF16
+// variants: the including file defines a `Products` policy (the two matrix products on one slab)
+// and is compiled with AVX-512 BF16 (and AMX) flags. The online softmax is AVX-512 in both.
+//
+// Per slab of 32 query rows and per kept key block (ALGORITHM.md step 5, FlashAttention's order):
+// S = Q K^T (fp32), the causal mask, the running max and sum, P = exp2(S * factor - max) rounded to
+// bf16, O += P V (fp32). Nothing here calls a function defined outside this file but intrinsics.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "cpu/attention_bf16.hpp"
+
+// GCC 12's AVX-512 headers pass _mm512_undefined_ps() through (max, scalef, roundscale, the
+// reductions' extracts) and then warn that it may be uninitialised: a false positive.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace flashprefill::cpu::kernels::FP_BF16_ISA {
+namespace {
+
+constexpr float kNegInf = -__builtin_inff();
+
+// 2^x for x <= ~0 (finite), with the fraction's polynomial and vscalefps; inputs below -126 give
+// values below 2^-126, which the callers' sums cannot tell from 0. Relative error < 2e-6.
+[[gnu::always_inline]] inline __m512 exp2_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
+  const __m512 whole = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, whole);  // [-0.5, 0.5]
+  // Taylor series of 2^f = e^(f ln 2) to degree 5: relative error < 2e-6 on [-0.5, 0.5].
+  __m512 poly = _mm512_set1_ps(1.3333558e-3f);
+  poly = _mm512_fmadd_ps(poly, f, _mm512_set1_ps(9.6181291e-3f));
+  poly = _mm512_fmadd_ps(poly, f, _mm512_set1_ps(5.5504109e-2f));
+  poly = _mm512_fmadd_ps(poly, f, _mm512_set1_ps(2.4022651e-1f));
+  poly = _mm512_fmadd_ps(poly, f, _mm512_set1_ps(6.9314718e-1f));
+  poly = _mm512_fmadd_ps(poly, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(poly, whole);
+}
+
+[[gnu::always_inline]] inline float exp2_scalar(float x) {
+  return _mm512_cvtss_f32(exp2_nonpositive(_mm512_set1_ps(x)));
+}
+
+// Lanes [0, count) of a 16-lane vector, count clamped to [0, 16].
+[[gnu::always_inline]] inline __mmask16 first_lanes(int64_t count) {
+  return count >= 16 ? __mmask16(0xffff) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1u);
+}
+
+// One key block of the online softmax on a slab: rows r < rows of s [kSlabRows][ld] (columns
+// [0, cols), cols a multiple of 32); row r sees keys c < clamp(first_visible + r + 1, 0, keys).
+// Updates row_max (exp2 domain) and row_sum, rescales o's rows, writes P (bf16) to p [kSlabRows][ld].
+// Returns false when no row sees any key (nothing to accumulate).
+bool softmax_block(const float* s, int64_t rows, int64_t ld, int64_t cols, int64_t keys, int64_t first_visible, float factor,
+                   float* row_max, float* row_sum, float* o, int64_t D, uint16_t* p) {
+  bool any = false;
+  const __m512 factor_v = _mm512_set1_ps(factor);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = s + r * ld;
+    uint16_t* pr = p + r * ld;
+    int64_t visible = first_visible + r + 1;
+    visible = visible < 0 ? 0 : visible > keys ? keys : visible;
+    if (visible == 0) {
+      for (int64_t c = 0; c < cols; c += 32) _mm512_storeu_si512(pr + c, _mm512_setzero_si512());
+      continue;
+    }
+    any = true;
+    __m512 max_v = _mm512_set1_ps(kNegInf);
+    for (int64_t c = 0; c < visible; c += 16)
+      max_v = _mm512_mask_max_ps(max_v, first_lanes(visible - c), max_v, _mm512_loadu_ps(x + c));
+    // factor > 0, so the maximum of the scaled scores is the scaled maximum (rounding is monotonic).
+    const float block_max = _mm512_reduce_max_ps(max_v) * factor;
+    const float new_max = block_max > row_max[r] ? block_max : row_max[r];
+    const __m512 shift = _mm512_set1_ps(new_max);
+    __m512 sum_v = _mm512_setzero_ps();
+    for (int64_t c = 0; c < cols; c += 32) {
+      const __mmask16 lo = first_lanes(visible - c), hi = first_lanes(visible - c - 16);
+      const __m512 p_lo = _mm512_maskz_mov_ps(lo, exp2_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(x + c), factor_v, shift)));
+      const __m512 p_hi = _mm512_maskz_mov_ps(hi, exp2_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(x + c + 16), factor_v, shift)));
+      sum_v = _mm512_add_ps(sum_v, _mm512_add_ps(p_lo, p_hi));
+      _mm512_storeu_si512(pr + c, (__m512i)_mm512_cvtne2ps_pbh(p_hi, p_lo));
+    }
+    const float correction = row_max[r] == kNegInf ? 0.0f : exp2_scalar(row_max[r] - new_max);
+    row_sum[r] = row_sum[r] * correction + _mm512_reduce_add_ps(sum_v);
+    if (correction != 1.0f) {
+      const __m512 c_v = _mm512_set1_ps(correction);
+      for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + r * D + d, _mm512_mul_ps(c_v, _mm512_loadu_ps(o + r * D + d)));
+    }
+    row_max[r] = new_max;
+  }
+  return any;
+}
+
+}  // namespace
+
+void attend_row(const Bf16Row& row) {
+  const int64_t D = row.head_dim, ld = row.n_pad;
+  float* s = row.scratch;                                              // [32][ld] fp32
+  uint16_t* p = reinterpret_cast<uint16_t*>(s + kSlabRows * ld);      // [32][ld] bf16
+  uint16_t* q = p + kSlabRows * ld;                                    // [32][D] bf16
+  float* o = reinterpret_cast<float*>(q + kSlabRows * D);              // [32][D] fp32
+  float row_max[kSlabRows], row_sum[kSlabRows];
+  Products products;
+  constexpr float kLn2 = 0.6931471805599453f;
+  for (int64_t r0 = 0; r0 < row.m; r0 += kSlabRows) {
+    const int64_t rows = row.m - r0 < kSlabRows ? row.m - r0 : kSlabRows;
+    for (int64_t r = 0; r < kSlabRows; ++r) {
+      for (int64_t d = 0; d < D; d += 32)
+        _mm512_storeu_si512(q + r * D + d, r < rows ? _mm512_loadu_si512(row.q + (r0 + r) * row.q_stride + d) : _mm512_setzero_si512());
+      for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + r * D + d, _mm512_setzero_ps());
+      if (r >= rows)  // rows past the slab's end take part in the products as zeros
+        for (int64_t c = 0; c < ld; c += 32) _mm512_storeu_si512(p + r * ld + c, _mm512_setzero_si512());
+      row_max[r] = kNegInf;
+      row_sum[r] = 0.0f;
+    }
+    const int64_t slab_pos = row.first_pos + r0;  // row r of the slab sees keys <= slab_pos + r
+    for (int64_t n = 0; n < row.num_blocks; ++n) {
+      const int64_t key0 = int64_t(row.blocks[n]) * row.block;
+      int64_t key_end = key0 + row.block < row.len_kv ? key0 + row.block : row.len_kv;
+      key_end = key_end < slab_pos + rows ? key_end : slab_pos + rows;  // no row of the slab sees past this
+      const int64_t keys = key_end - key0;
+      if (keys <= 0) continue;
+      const int64_t chunks = (keys + kKeyChunk - 1) / kKeyChunk;
+      const uint16_t* kp = row.k_packed + int64_t(row.blocks[n]) * row.block_stride;
+      const uint16_t* vp = row.v_packed + int64_t(row.blocks[n]) * row.block_stride;
+      products.qk(q, D, kp, ld, chunks, s);
+      if (!softmax_block(s, rows, ld, chunks * kKeyChunk, keys, slab_pos - key0, row.factor, row_max, row_sum, o, D, p)) continue;
+      products.pv(p, ld, chunks, vp, D, o);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m512 inverse = _mm512_set1_ps(row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f);
+      uint16_t* out = row.out + (r0 + r) * row.out_stride;
+      for (int64_t d = 0; d < D; d += 32) {
+        const __m512 lo = _mm512_mul_ps(_mm512_loadu_ps(o + r * D + d), inverse);
+        const __m512 hi = _mm512_mul_ps(_mm512_loadu_ps(o + r * D + d + 16), inverse);
+        _mm512_storeu_si512(out + d, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      }
+      if (row.lse) row.lse[r0 + r] = row_sum[r] > 0.0f ? (row_max[r] + __builtin_log2f(row_sum[r])) * kLn2 : kNegInf;
+    }
+  }
+  products.finish();
+}
+
+}  // namespace flashprefill::cpu::kernels::FP_BF16_ISA

@@ -1,0 +1,79 @@
+#include "cpu/packed_kv.hpp"
+
+#include <algorithm>
+
+#include "cpu/attention_bf16.hpp"
+#include "cpu/parallel.hpp"
+#include "flashprefill/error.hpp"
+
+namespace flashprefill::cpu {
+
+using detail::Problem;
+using detail::SeqExtent;
+
+PackedBf16KV pack_bf16_kv(const Problem& p) {
+  PackedBf16KV kv;
+  const int64_t D = p.head_dim, block = p.block();
+  kv.n_pad = (block + kernels::kKeyChunk - 1) / kernels::kKeyChunk * kernels::kKeyChunk;
+  kv.block_elems = kv.n_pad * D;
+  const int64_t slots = detail::stage_shapes_of(p).pooled_key_slots;
+  kv.k.assign(static_cast<size_t>(slots * p.heads_kv * kv.block_elems), 0);
+  kv.v.assign(kv.k.size(), 0);
+  const uint16_t* k_in = static_cast<const uint16_t*>(p.k);
+  const uint16_t* v_in = static_cast<const uint16_t*>(p.v);
+  for (int64_t b = 0; b < p.num_seqs; ++b) {
+    const SeqExtent s = p.seq(b);
+    const int64_t slot0 = p.pooled_slot0(b, s);
+    parallel_for(num_key_blocks(s.len_kv, block) * p.heads_kv, [&](int64_t n) {
+      const int64_t j = n / p.heads_kv, kv_head = n % p.heads_kv;
+      uint16_t* k = &kv.k[((slot0 + j) * p.heads_kv + kv_head) * kv.block_elems];
+      uint16_t* v = &kv.v[((slot0 + j) * p.heads_kv + kv_head) * kv.block_elems];
+      const int64_t keys = std::min(block, s.len_kv - j * block);
+      for (int64_t c = 0; c < keys; ++c) {
+        const uint16_t* key = k_in + p.k_offset(b, s, j * block + c, kv_head);
+        const uint16_t* value = v_in + p.v_offset(b, s, j * block + c, kv_head);
+        for (int64_t d = 0; d < D; ++d) {
+          k[((d / 2) * kv.n_pad + c) * 2 + d % 2] = key[d];
+          v[((c / 2) * D + d) * 2 + c % 2] = value[d];
+        }
+      }
+    });
+  }
+  return kv;
+}
+
+void attend_row_bf16(Isa isa, const Problem& p, const PackedBf16KV& kv, int64_t seq, const SeqExtent& extent, int64_t head,
+                     int64_t t_begin, int64_t t_end, const int32_t* blocks, int64_t num_blocks, std::vector<float>& scratch) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  const int64_t D = p.head_dim, kv_head = head / p.group;
+  const size_t floats = static_cast<size_t>(FP_BF16_ROW_SCRATCH_FLOATS(kv.n_pad, D)) + 16;
+  if (scratch.size() < floats) scratch.resize(floats);
+  kernels::Bf16Row row{};
+  row.q = static_cast<const uint16_t*>(p.q) + p.q_offset(seq, extent, t_begin, head);
+  row.q_stride = p.q_stride.token;
+  row.out = static_cast<uint16_t*>(p.out) + p.out_offset(seq, extent, t_begin, head);
+  row.out_stride = p.out_stride.token;
+  row.lse = p.lse ? p.lse + p.lse_offset(seq, extent, t_begin, head) : nullptr;
+  row.m = t_end - t_begin;
+  row.first_pos = extent.len_kv - extent.len_q + t_begin;
+  row.len_kv = extent.len_kv;
+  row.blocks = blocks;
+  row.num_blocks = num_blocks;
+  row.block = p.block();
+  row.block_stride = p.heads_kv * kv.block_elems;
+  const int64_t first_slot = (p.pooled_slot0(seq, extent) * p.heads_kv + kv_head) * kv.block_elems;
+  row.k_packed = kv.k.data() + first_slot;
+  row.v_packed = kv.v.data() + first_slot;
+  row.n_pad = kv.n_pad;
+  row.head_dim = D;
+  row.factor = p.params.scale * kLog2e;
+  const uintptr_t address = reinterpret_cast<uintptr_t>(scratch.data());
+  row.scratch = reinterpret_cast<float*>((address + 63) / 64 * 64);  // 64-byte aligned
+#if defined(FLASHPREFILL_CPU_BF16_KERNELS)
+  if (isa == Isa::amx) return kernels::amx::attend_row(row);
+  if (isa == Isa::avx512bf16) return kernels::avx512bf16::attend_row(row);
+#endif
+  throw Error(std::string("flashprefill: internal error: no bf16 attention kernel for the CPU variant ") + isa_name(isa));
+}
+
+}  // namespace flashprefill::cpu

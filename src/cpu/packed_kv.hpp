@@ -1,0 +1,27 @@
+// K and V of one call packed for the bf16 attention kernels (attention_bf16.hpp), and the call of
+// those kernels for one layout row. Plain C++: the ISA-specific code is behind kernels::*::attend_row.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/problem.hpp"
+#include "cpu/isa.hpp"
+
+namespace flashprefill::cpu {
+
+// Per (key block slot, kv head), in the pooled-key slot numbering of flashprefill.hpp, one packed
+// K block and one packed V block of n_pad * D bf16 each. O(L * H_kv * D) memory, made once per call.
+struct PackedBf16KV {
+  int64_t n_pad = 0, block_elems = 0;
+  std::vector<uint16_t> k, v;
+};
+PackedBf16KV pack_bf16_kv(const detail::Problem& p);
+
+// Step 5 for query rows [t_begin, t_end) of (sequence seq, head) over the given key blocks
+// (ascending), with the bf16 kernels of `isa` (amx or avx512bf16). `scratch` is the thread's own.
+void attend_row_bf16(Isa isa, const detail::Problem& p, const PackedBf16KV& kv, int64_t seq, const detail::SeqExtent& extent,
+                     int64_t head, int64_t t_begin, int64_t t_end, const int32_t* blocks, int64_t num_blocks,
+                     std::vector<float>& scratch);
+
+}  // namespace flashprefill::cpu
