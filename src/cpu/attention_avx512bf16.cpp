@@ -1,7 +1,7 @@
 // bf16 attention with AVX-512 BF16's vdpbf16ps (compiler flags in src/cpu/CMakeLists.txt): each
 // instruction adds 16 two-term bf16 dot products to 16 fp32 lanes, reading the same packed K/V as
 // the AMX tiles. Register blocks of 16 accumulators: 8 query rows x 32 keys for S, 4 rows x 64
-// dims for O.
+// dims for O (the unroll pragmas keep the accumulators in registers: GCC 12 would not unroll them).
 #include <immintrin.h>
 
 #include <cstdint>
@@ -27,16 +27,19 @@ struct Products {
     for (int64_t c = 0; c < chunks; ++c)
       for (int64_t r0 = 0; r0 < kSlabRows; r0 += kRows) {
         __m512 acc[kRows][2];
+        #pragma GCC unroll 16
         for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
         for (int64_t pair = 0; pair < D / 2; ++pair) {
           const uint16_t* k_row = k + pair * ld * 2 + c * 64;
           const __m512bh k0 = (__m512bh)_mm512_loadu_si512(k_row), k1 = (__m512bh)_mm512_loadu_si512(k_row + 32);
+          #pragma GCC unroll 16
           for (int r = 0; r < kRows; ++r) {
             const __m512bh qr = pair_broadcast(q + (r0 + r) * D + 2 * pair);
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], qr, k0);
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], qr, k1);
           }
         }
+        #pragma GCC unroll 16
         for (int r = 0; r < kRows; ++r) {
           _mm512_storeu_ps(s + (r0 + r) * ld + c * 32, acc[r][0]);
           _mm512_storeu_ps(s + (r0 + r) * ld + c * 32 + 16, acc[r][1]);
@@ -50,17 +53,24 @@ struct Products {
     for (int64_t d0 = 0; d0 < D; d0 += 16 * kVectors)
       for (int64_t r0 = 0; r0 < kSlabRows; r0 += kRows) {
         __m512 acc[kRows][kVectors];
+        #pragma GCC unroll 16
         for (int r = 0; r < kRows; ++r)
+          #pragma GCC unroll 16
           for (int x = 0; x < kVectors; ++x) acc[r][x] = _mm512_loadu_ps(o + (r0 + r) * D + d0 + 16 * x);
         for (int64_t pair = 0; pair < chunks * kKeyChunk / 2; ++pair) {
           __m512bh v_vec[kVectors];
+          #pragma GCC unroll 16
           for (int x = 0; x < kVectors; ++x) v_vec[x] = (__m512bh)_mm512_loadu_si512(v + (pair * D + d0 + 16 * x) * 2);
+          #pragma GCC unroll 16
           for (int r = 0; r < kRows; ++r) {
             const __m512bh pr = pair_broadcast(p + (r0 + r) * ld + 2 * pair);
+            #pragma GCC unroll 16
             for (int x = 0; x < kVectors; ++x) acc[r][x] = _mm512_dpbf16_ps(acc[r][x], pr, v_vec[x]);
           }
         }
+        #pragma GCC unroll 16
         for (int r = 0; r < kRows; ++r)
+          #pragma GCC unroll 16
           for (int x = 0; x < kVectors; ++x) _mm512_storeu_ps(o + (r0 + r) * D + d0 + 16 * x, acc[r][x]);
       }
   }

@@ -10,6 +10,7 @@
 #include "cpu/attention_bf16.hpp"
 #include "cpu/isa.hpp"
 #include "flashprefill/error.hpp"
+#include "flashprefill/flashprefill.hpp"
 
 namespace flashprefill::cpu {
 namespace kernels {
@@ -152,3 +153,11 @@ void online_softmax_block(float* s, int64_t m, int64_t m_pad, int64_t ld, int64_
 
 }  // namespace kernels
 }  // namespace flashprefill::cpu
+
+namespace flashprefill {
+const char* cpu_kernel_variant(DType dtype) {
+  if (dtype != DType::bf16 && dtype != DType::fp16 && dtype != DType::fp32)
+    throw Error(std::string("flashprefill: cpu_kernel_variant: dtype ") + dtype_name(dtype) + "; expected bf16, fp16 or fp32");
+  return cpu::isa_name(cpu::isa_for(dtype));
+}
+}  // namespace flashprefill
