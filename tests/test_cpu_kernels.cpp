@@ -106,12 +106,39 @@ Inputs make_inputs(const Shape& shape, DType dtype, uint64_t seed, const std::ve
   return in;
 }
 
-// flash_prefill (and dense_attention) against the reference on the layout discover_layout chose.
+// Steps 1-4: block scores (on the backend's own pooled keys) within 1e-4 of the reference's, and
+// the layout the reference selects, up to blocks whose score lies within rounding of the threshold.
+void check_discovery(Inputs& in, const Params& params, const std::vector<std::vector<int32_t>>& rows) {
+  AttentionArgs args = in.args();
+  const detail::Problem problem = make_problem(args, params, Needs::discovery);
+  const StageShapes shapes = stage_shapes(args, params);
+  const int64_t pooled_count = shapes.pooled_key_slots * problem.heads_kv * problem.head_dim;
+  std::vector<float> pooled(static_cast<size_t>(std::max<int64_t>(1, pooled_count)));
+  const TensorView pooled_view = TensorView::contiguous(pooled.data(), DType::fp32, Device::cpu(),
+                                                        {shapes.pooled_key_slots, problem.heads_kv, problem.head_dim});
+  pool_keys(args, params, pooled_view);
+  std::vector<float> scores(static_cast<size_t>(std::max<int64_t>(1, shapes.max_rows * shapes.max_key_blocks)), NAN);
+  block_scores(args, params, pooled_view,
+               TensorView::contiguous(scores.data(), DType::fp32, Device::cpu(), {shapes.max_rows, shapes.max_key_blocks}));
+  const std::vector<double> given_pooled(pooled.begin(), pooled.begin() + pooled_count);
+  const std::vector<double> ref_scores = reference::block_scores(problem, given_pooled, shapes.max_key_blocks);
+  for (size_t n = 0; n < ref_scores.size(); ++n)
+    ASSERT_NEAR(scores[n], ref_scores[n], 1e-4 * (1 + ref_scores[n])) << "score element " << n;
+  const auto ref_pooled = reference::pool_keys(problem, shapes.pooled_key_slots);
+  const auto ref_layout_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
+  const auto ref_rows = reference::select_blocks(problem, ref_layout_scores, shapes.max_key_blocks);
+  ASSERT_EQ(rows.size(), ref_rows.size());
+  expect_rows_differ_only_at_threshold(rows, ref_rows, ref_layout_scores, shapes.max_key_blocks, params.alpha, 1e-3);
+}
+
+// Discovery against the reference, then flash_prefill (and dense_attention) against the reference
+// on the layout discover_layout chose.
 void check_against_reference(Inputs& in, const Params& params) {
   AttentionArgs args = in.args();
   LayoutStorage layout = allocate_layout(args, params);
   discover_layout(args, params, layout.view);
   const auto rows = rows_of(layout.view);
+  check_discovery(in, params, rows);
   flash_prefill(args, params);
   const detail::Problem problem = make_problem(args, params, Needs::attention);
   const auto ref = reference::attention(problem, rows);

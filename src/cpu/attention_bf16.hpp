@@ -42,19 +42,42 @@ struct Bf16Row {
   float* scratch;           // bf16_row_scratch_floats(n_pad, head_dim) floats, 64-byte aligned
 };
 
-// Scratch floats one thread needs for Bf16Row: S [32][n_pad] fp32, P [32][n_pad] bf16,
-// Q [32][D] bf16, O [32][D] fp32 (callers round the pointer up to 64 bytes themselves).
+// Scratch floats one thread needs for Bf16Row: S [32][n_pad] fp32 and P [32][n_pad] bf16 for one
+// slab, and for the whole row (at most n_pad query rows) Q bf16, O fp32, running max and sum
+// (callers round the pointer up to 64 bytes themselves).
 #define FP_BF16_ROW_SCRATCH_FLOATS(n_pad, head_dim) \
-  (int64_t(::flashprefill::cpu::kernels::kSlabRows) * ((n_pad) + (n_pad) / 2 + (head_dim) / 2 + (head_dim)))
+  (int64_t(::flashprefill::cpu::kernels::kSlabRows) * (n_pad) * 3 / 2 + (n_pad) * ((head_dim) / 2 + (head_dim) + 2))
+
+// Step 2 for one layout row with the same products: x[t][j] = q_t . kbar_j (kbar rounded to bf16,
+// so the products are exact and only the fp32 accumulation order differs from the fp32 path), then
+// scores[j] = sum_t exp2(x[t][j] * factor - max * factor) for j < num_blocks.
+struct Bf16ScoreRow {
+  const uint16_t* q;        // m rows of D bf16, row r at q + r * q_stride
+  int64_t q_stride;
+  int64_t m;
+  const uint16_t* kbar;     // pooled keys of this (sequence, kv head), packed as a K block: [D / 2][ld][2]
+  int64_t ld;               // a multiple of kKeyChunk, >= num_blocks
+  int64_t num_blocks;       // i + 1: blocks 0 .. i
+  int64_t diagonal_from;    // rows r >= this see all of block i (the others mask it: ALGORITHM.md step 2)
+  int64_t head_dim;
+  float factor;             // scale * log2(e)
+  float* scores;            // num_blocks floats
+  float* scratch;           // FP_BF16_SCORE_SCRATCH_FLOATS(m, ld, head_dim) floats, 64-byte aligned
+};
+#define FP_BF16_SCORE_SCRATCH_FLOATS(m, ld, head_dim) \
+  ((((m) + ::flashprefill::cpu::kernels::kSlabRows - 1) / ::flashprefill::cpu::kernels::kSlabRows * \
+    ::flashprefill::cpu::kernels::kSlabRows) * ((ld) + (head_dim) / 2) + (ld))
 
 namespace amx {
 // Requests the AMX tile state from the kernel once per process (Linux: arch_prctl); false when
 // refused or not Linux, and the caller uses another variant.
 bool enable();
 void attend_row(const Bf16Row& row);
+void score_row(const Bf16ScoreRow& row);
 }  // namespace amx
 namespace avx512bf16 {
 void attend_row(const Bf16Row& row);
+void score_row(const Bf16ScoreRow& row);
 }  // namespace avx512bf16
 
 }  // namespace flashprefill::cpu::kernels

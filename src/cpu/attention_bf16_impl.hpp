@@ -2,7 +2,7 @@
 // variants: the including file defines a `Products` policy (the two matrix products on one slab)
 // and is compiled with AVX-512 BF16 (and AMX) flags. The online softmax is AVX-512 in both.
 //
-// Per slab of 32 query rows and per kept key block (ALGORITHM.md step 5, FlashAttention's order):
+// Per kept key block and slab of 32 query rows (ALGORITHM.md step 5, FlashAttention's tiling):
 // S = Q K^T (fp32), the causal mask, the running max and sum, P = exp2(S * factor - max) rounded to
 // bf16, O += P V (fp32). Nothing here calls a function defined outside this file but intrinsics.
 #include <immintrin.h>
@@ -14,6 +14,7 @@
 // GCC 12's AVX-512 headers pass _mm512_undefined_ps() through (max, scalef, roundscale, the
 // reductions' extracts) and then warn that it may be uninitialised: a false positive.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace flashprefill::cpu::kernels::FP_BF16_ISA {
 namespace {
@@ -92,51 +93,94 @@ bool softmax_block(const float* s, int64_t rows, int64_t ld, int64_t cols, int64
 }  // namespace
 
 void attend_row(const Bf16Row& row) {
-  const int64_t D = row.head_dim, ld = row.n_pad;
-  float* s = row.scratch;                                              // [32][ld] fp32
-  uint16_t* p = reinterpret_cast<uint16_t*>(s + kSlabRows * ld);      // [32][ld] bf16
-  uint16_t* q = p + kSlabRows * ld;                                    // [32][D] bf16
-  float* o = reinterpret_cast<float*>(q + kSlabRows * D);              // [32][D] fp32
-  float row_max[kSlabRows], row_sum[kSlabRows];
+  const int64_t D = row.head_dim, ld = row.n_pad, m_pad = (row.m + kSlabRows - 1) / kSlabRows * kSlabRows;
+  float* s = row.scratch;                                              // [32][ld] fp32, one slab
+  uint16_t* p = reinterpret_cast<uint16_t*>(s + kSlabRows * ld);      // [32][ld] bf16, one slab
+  uint16_t* q = p + kSlabRows * ld;                                    // [m_pad][D] bf16
+  float* o = reinterpret_cast<float*>(q + m_pad * D);                  // [m_pad][D] fp32
+  float* row_max = o + m_pad * D;                                      // [m_pad], exp2 domain
+  float* row_sum = row_max + m_pad;                                    // [m_pad]
+  for (int64_t r = 0; r < m_pad; ++r) {
+    for (int64_t d = 0; d < D; d += 32)
+      _mm512_storeu_si512(q + r * D + d, r < row.m ? _mm512_loadu_si512(row.q + r * row.q_stride + d) : _mm512_setzero_si512());
+    for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + r * D + d, _mm512_setzero_ps());
+    row_max[r] = kNegInf;
+    row_sum[r] = 0.0f;
+  }
   Products products;
-  constexpr float kLn2 = 0.6931471805599453f;
-  for (int64_t r0 = 0; r0 < row.m; r0 += kSlabRows) {
-    const int64_t rows = row.m - r0 < kSlabRows ? row.m - r0 : kSlabRows;
-    for (int64_t r = 0; r < kSlabRows; ++r) {
-      for (int64_t d = 0; d < D; d += 32)
-        _mm512_storeu_si512(q + r * D + d, r < rows ? _mm512_loadu_si512(row.q + (r0 + r) * row.q_stride + d) : _mm512_setzero_si512());
-      for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + r * D + d, _mm512_setzero_ps());
-      if (r >= rows)  // rows past the slab's end take part in the products as zeros
-        for (int64_t c = 0; c < ld; c += 32) _mm512_storeu_si512(p + r * ld + c, _mm512_setzero_si512());
-      row_max[r] = kNegInf;
-      row_sum[r] = 0.0f;
-    }
-    const int64_t slab_pos = row.first_pos + r0;  // row r of the slab sees keys <= slab_pos + r
-    for (int64_t n = 0; n < row.num_blocks; ++n) {
-      const int64_t key0 = int64_t(row.blocks[n]) * row.block;
+  // Key blocks outermost: each is read from memory once per row and reused by every slab from cache.
+  for (int64_t n = 0; n < row.num_blocks; ++n) {
+    const int64_t key0 = int64_t(row.blocks[n]) * row.block;
+    const uint16_t* kp = row.k_packed + int64_t(row.blocks[n]) * row.block_stride;
+    const uint16_t* vp = row.v_packed + int64_t(row.blocks[n]) * row.block_stride;
+    for (int64_t r0 = 0; r0 < row.m; r0 += kSlabRows) {
+      const int64_t rows = row.m - r0 < kSlabRows ? row.m - r0 : kSlabRows;
+      const int64_t slab_pos = row.first_pos + r0;  // row r of the slab sees keys <= slab_pos + r
       int64_t key_end = key0 + row.block < row.len_kv ? key0 + row.block : row.len_kv;
       key_end = key_end < slab_pos + rows ? key_end : slab_pos + rows;  // no row of the slab sees past this
       const int64_t keys = key_end - key0;
       if (keys <= 0) continue;
       const int64_t chunks = (keys + kKeyChunk - 1) / kKeyChunk;
-      const uint16_t* kp = row.k_packed + int64_t(row.blocks[n]) * row.block_stride;
-      const uint16_t* vp = row.v_packed + int64_t(row.blocks[n]) * row.block_stride;
-      products.qk(q, D, kp, ld, chunks, s);
-      if (!softmax_block(s, rows, ld, chunks * kKeyChunk, keys, slab_pos - key0, row.factor, row_max, row_sum, o, D, p)) continue;
-      products.pv(p, ld, chunks, vp, D, o);
-    }
-    for (int64_t r = 0; r < rows; ++r) {
-      const __m512 inverse = _mm512_set1_ps(row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f);
-      uint16_t* out = row.out + (r0 + r) * row.out_stride;
-      for (int64_t d = 0; d < D; d += 32) {
-        const __m512 lo = _mm512_mul_ps(_mm512_loadu_ps(o + r * D + d), inverse);
-        const __m512 hi = _mm512_mul_ps(_mm512_loadu_ps(o + r * D + d + 16), inverse);
-        _mm512_storeu_si512(out + d, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-      }
-      if (row.lse) row.lse[r0 + r] = row_sum[r] > 0.0f ? (row_max[r] + __builtin_log2f(row_sum[r])) * kLn2 : kNegInf;
+      products.qk(q + r0 * D, D, kp, ld, chunks, s);
+      if (!softmax_block(s, rows, ld, chunks * kKeyChunk, keys, slab_pos - key0, row.factor, row_max + r0, row_sum + r0,
+                         o + r0 * D, D, p))
+        continue;
+      for (int64_t r = rows; r < kSlabRows; ++r)  // rows past the row's end take part in P V as zeros
+        for (int64_t c = 0; c < chunks * kKeyChunk; c += 32) _mm512_storeu_si512(p + r * ld + c, _mm512_setzero_si512());
+      products.pv(p, ld, chunks, vp, D, o + r0 * D);
     }
   }
   products.finish();
+  constexpr float kLn2 = 0.6931471805599453f;
+  for (int64_t r = 0; r < row.m; ++r) {
+    const __m512 inverse = _mm512_set1_ps(row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f);
+    uint16_t* out = row.out + r * row.out_stride;
+    for (int64_t d = 0; d < D; d += 32) {
+      const __m512 lo = _mm512_mul_ps(_mm512_loadu_ps(o + r * D + d), inverse);
+      const __m512 hi = _mm512_mul_ps(_mm512_loadu_ps(o + r * D + d + 16), inverse);
+      _mm512_storeu_si512(out + d, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+    if (row.lse) row.lse[r] = row_sum[r] > 0.0f ? (row_max[r] + __builtin_log2f(row_sum[r])) * kLn2 : kNegInf;
+  }
+}
+
+void score_row(const Bf16ScoreRow& row) {
+  const int64_t D = row.head_dim, ld = row.ld, m_pad = (row.m + kSlabRows - 1) / kSlabRows * kSlabRows;
+  const int64_t chunks = (row.num_blocks + kKeyChunk - 1) / kKeyChunk;
+  float* s = row.scratch;                                   // [m_pad][ld] fp32
+  uint16_t* q = reinterpret_cast<uint16_t*>(s + m_pad * ld);  // [32][D] bf16, one slab
+  float* sums = s + m_pad * ld + kSlabRows * D / 2;           // [ld]
+  Products products;
+  for (int64_t r0 = 0; r0 < row.m; r0 += kSlabRows) {
+    for (int64_t r = 0; r < kSlabRows; ++r)
+      for (int64_t d = 0; d < D; d += 32)
+        _mm512_storeu_si512(q + r * D + d, r0 + r < row.m ? _mm512_loadu_si512(row.q + (r0 + r) * row.q_stride + d)
+                                                           : _mm512_setzero_si512());
+    products.qk(q, D, row.kbar, ld, chunks, s + r0 * ld);
+  }
+  products.finish();
+  // M = max over rows and visible blocks; the diagonal block only for rows that see it whole.
+  const int64_t diagonal = row.num_blocks - 1;
+  __m512 max_v = _mm512_set1_ps(kNegInf);
+  for (int64_t r = 0; r < row.m; ++r) {
+    const int64_t visible = r >= row.diagonal_from ? row.num_blocks : diagonal;
+    for (int64_t c = 0; c < visible; c += 16)
+      max_v = _mm512_mask_max_ps(max_v, first_lanes(visible - c), max_v, _mm512_loadu_ps(s + r * ld + c));
+  }
+  const float row_max = _mm512_reduce_max_ps(max_v);
+  for (int64_t c = 0; c < ld; c += 16) _mm512_storeu_ps(sums + c, _mm512_setzero_ps());
+  if (row_max != kNegInf) {
+    const __m512 factor_v = _mm512_set1_ps(row.factor), shift = _mm512_set1_ps(row_max * row.factor);
+    for (int64_t r = 0; r < row.m; ++r) {
+      const int64_t visible = r >= row.diagonal_from ? row.num_blocks : diagonal;
+      for (int64_t c = 0; c < visible; c += 16) {
+        const __m512 x = _mm512_fmsub_ps(_mm512_loadu_ps(s + r * ld + c), factor_v, shift);
+        const __m512 p = _mm512_maskz_mov_ps(first_lanes(visible - c), exp2_nonpositive(x));
+        _mm512_storeu_ps(sums + c, _mm512_add_ps(_mm512_loadu_ps(sums + c), p));
+      }
+    }
+  }
+  for (int64_t j = 0; j < row.num_blocks; ++j) row.scores[j] = sums[j];
 }
 
 }  // namespace flashprefill::cpu::kernels::FP_BF16_ISA

@@ -337,17 +337,42 @@ std::vector<std::vector<float>> transposed_pooled_keys(const Problem& p, const f
   return transposed;
 }
 
+// The pooled keys as the chosen step-2 kernels read them: packed bf16 for the bf16 products, else
+// transposed fp32.
+struct ScoreKeys {
+  Isa isa;
+  bool bf16_products;
+  std::vector<std::vector<float>> fp32;
+  std::vector<int64_t> ld;
+  PackedPooledKeys bf16;
+};
+
+ScoreKeys prepare_score_keys(const Problem& p, const float* pooled_keys) {
+  ScoreKeys keys;
+  keys.isa = isa_for(p.dtype);
+  keys.bf16_products = keys.isa == Isa::amx || keys.isa == Isa::avx512bf16;
+  if (keys.bf16_products) keys.bf16 = pack_pooled_keys_bf16(p, pooled_keys);
+  else keys.fp32 = transposed_pooled_keys(p, pooled_keys, keys.ld);
+  return keys;
+}
+
+void score(const Problem& p, const ScoreKeys& keys, const Row& r, float* scores, Scratch& ws) {
+  if (keys.bf16_products) {
+    score_row_bf16(keys.isa, p, keys.bf16, r.seq, r.extent, r.head, r.block_abs, r.t_begin, r.t_end, scores, ws.bf16_row);
+  } else {
+    const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
+    score_row(p, r, keys.fp32[pair].data(), keys.ld[pair], scores, ws);
+  }
+}
+
 void block_scores(const Problem& p, const float* pooled_keys, float* scores, int64_t ld) {
   const std::vector<Row> rows = enumerate_rows(p);
-  std::vector<int64_t> ld_pooled;
-  const auto pooled_t = transposed_pooled_keys(p, pooled_keys, ld_pooled);
+  const ScoreKeys keys = prepare_score_keys(p, pooled_keys);
   for_rows_costliest_first(static_cast<int64_t>(rows.size()), [&](int64_t n) { return rows[n].block_abs; },
                            [&](int64_t n, Scratch& scratch) {
-                             const Row& r = rows[n];
-                             const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
                              float* out = scores + n * ld;
                              std::fill(out, out + ld, 0.0f);
-                             score_row(p, r, pooled_t[pair].data(), ld_pooled[pair], out, scratch);
+                             score(p, keys, rows[n], out, scratch);
                            });
 }
 
@@ -359,13 +384,11 @@ void discover_layout(const Problem& p, const BlockSparseLayout& layout, void* wo
   const int64_t slots = detail::stage_shapes_of(p).pooled_key_slots;
   std::vector<float> pooled(static_cast<size_t>(slots * p.heads_kv * p.head_dim));
   pool_keys(p, pooled.data());
-  std::vector<int64_t> ld_pooled;
-  const auto pooled_t = transposed_pooled_keys(p, pooled.data(), ld_pooled);
+  const ScoreKeys keys = prepare_score_keys(p, pooled.data());
   // One row's scores at a time per thread: the score matrix is never materialised.
   build_layout(p, layout, [&](int64_t, const Row& r, int32_t* kept, Scratch& scratch) {
-    const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
     std::vector<float> scores(static_cast<size_t>(r.block_abs + 1));
-    score_row(p, r, pooled_t[pair].data(), ld_pooled[pair], scores.data(), scratch);
+    score(p, keys, r, scores.data(), scratch);
     return select_row(p, r, scores.data(), kept);
   });
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "common/half.hpp"
 #include "cpu/attention_bf16.hpp"
 #include "cpu/parallel.hpp"
 #include "flashprefill/error.hpp"
@@ -74,6 +75,54 @@ void attend_row_bf16(Isa isa, const Problem& p, const PackedBf16KV& kv, int64_t 
   if (isa == Isa::avx512bf16) return kernels::avx512bf16::attend_row(row);
 #endif
   throw Error(std::string("flashprefill: internal error: no bf16 attention kernel for the CPU variant ") + isa_name(isa));
+}
+
+PackedPooledKeys pack_pooled_keys_bf16(const Problem& p, const float* pooled_keys) {
+  PackedPooledKeys packed;
+  const int64_t D = p.head_dim;
+  packed.per_pair.resize(static_cast<size_t>(p.num_seqs * p.heads_kv));
+  packed.ld.assign(packed.per_pair.size(), 0);
+  parallel_for(static_cast<int64_t>(packed.per_pair.size()), [&](int64_t n) {
+    const int64_t b = n / p.heads_kv, kv_head = n % p.heads_kv;
+    const SeqExtent s = p.seq(b);
+    const int64_t nkb = num_key_blocks(s.len_kv, p.block()), slot0 = p.pooled_slot0(b, s);
+    const int64_t ld = std::max<int64_t>(kernels::kKeyChunk, (nkb + kernels::kKeyChunk - 1) / kernels::kKeyChunk * kernels::kKeyChunk);
+    std::vector<uint16_t>& keys = packed.per_pair[n];
+    keys.assign(static_cast<size_t>(ld * D), 0);
+    for (int64_t j = 0; j < nkb; ++j)
+      for (int64_t d = 0; d < D; ++d)
+        keys[((d / 2) * ld + j) * 2 + d % 2] = detail::float_to_bf16(pooled_keys[((slot0 + j) * p.heads_kv + kv_head) * D + d]);
+    packed.ld[n] = ld;
+  });
+  return packed;
+}
+
+void score_row_bf16(Isa isa, const Problem& p, const PackedPooledKeys& pooled, int64_t seq, const SeqExtent& extent, int64_t head,
+                    int64_t block_abs, int64_t t_begin, int64_t t_end, float* scores, std::vector<float>& scratch) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  const int64_t D = p.head_dim, pair = seq * p.heads_kv + head / p.group, shift = extent.len_kv - extent.len_q;
+  kernels::Bf16ScoreRow row{};
+  row.q = static_cast<const uint16_t*>(p.q) + p.q_offset(seq, extent, t_begin, head);
+  row.q_stride = p.q_stride.token;
+  row.m = t_end - t_begin;
+  row.kbar = pooled.per_pair[pair].data();
+  row.ld = pooled.ld[pair];
+  row.num_blocks = block_abs + 1;
+  // Step 2's mask: the diagonal block counts for a row once the row sees its last valid key.
+  const int64_t last_key = std::min((block_abs + 1) * p.block(), extent.len_kv) - 1;
+  row.diagonal_from = std::max<int64_t>(0, last_key - (shift + t_begin));
+  row.head_dim = D;
+  row.factor = p.params.scale * kLog2e;
+  row.scores = scores;
+  const size_t floats = static_cast<size_t>(FP_BF16_SCORE_SCRATCH_FLOATS(row.m, row.ld, D)) + 16;
+  if (scratch.size() < floats) scratch.resize(floats);
+  const uintptr_t address = reinterpret_cast<uintptr_t>(scratch.data());
+  row.scratch = reinterpret_cast<float*>((address + 63) / 64 * 64);
+#if defined(FLASHPREFILL_CPU_BF16_KERNELS)
+  if (isa == Isa::amx) return kernels::amx::score_row(row);
+  if (isa == Isa::avx512bf16) return kernels::avx512bf16::score_row(row);
+#endif
+  throw Error(std::string("flashprefill: internal error: no bf16 scoring kernel for the CPU variant ") + isa_name(isa));
 }
 
 }  // namespace flashprefill::cpu

@@ -24,4 +24,17 @@ void attend_row_bf16(Isa isa, const detail::Problem& p, const PackedBf16KV& kv, 
                      int64_t head, int64_t t_begin, int64_t t_end, const int32_t* blocks, int64_t num_blocks,
                      std::vector<float>& scratch);
 
+// Pooled keys rounded to bf16 (exact: scoring reads them so), packed per (sequence, kv head) as one
+// K block of ld = round_up(num_key_blocks, kKeyChunk) columns, for the bf16 step-2 kernels.
+struct PackedPooledKeys {
+  std::vector<std::vector<uint16_t>> per_pair;  // index seq * H_kv + kv_head
+  std::vector<int64_t> ld;
+};
+PackedPooledKeys pack_pooled_keys_bf16(const detail::Problem& p, const float* pooled_keys);
+
+// Step 2 for query rows [t_begin, t_end) of (sequence seq, head) in query block block_abs, with the
+// bf16 kernels of `isa`: scores[0 .. block_abs].
+void score_row_bf16(Isa isa, const detail::Problem& p, const PackedPooledKeys& pooled, int64_t seq, const detail::SeqExtent& extent,
+                    int64_t head, int64_t block_abs, int64_t t_begin, int64_t t_end, float* scores, std::vector<float>& scratch);
+
 }  // namespace flashprefill::cpu
