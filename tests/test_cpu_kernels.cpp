@@ -231,6 +231,63 @@ TEST_P(CpuKernels, HeadDims64To256GqaChunkedAndPartialBlocks) {
     }
 }
 
+// Step 5 attends up to four heads of a GQA group in one task, walking the union of their kept
+// blocks: groups of 7 (tasks of 4 + 3) and 1, heads keeping different blocks.
+TEST_P(CpuKernels, GqaGroupsSplitIntoTasks) {
+  FP_SEEDED(seed);
+  Params params;
+  params.block_size = 32;
+  params.alpha = 0.3f;
+  params.sink_blocks = 1;
+  params.window_blocks = 1;
+  for (const Shape& shape : {Shape{1, 200, 200, 14, 2, 64}, Shape{2, 150, 170, 3, 3, 128}})
+    for (DType dtype : {DType::bf16, DType::fp32}) {
+      SCOPED_TRACE(describe(shape, params, dtype));
+      Inputs in = make_inputs(shape, dtype, seed + uint64_t(shape.heads_q));
+      check_against_reference(in, params);
+    }
+}
+
+// The same with a layout of our own in which every head keeps its own random blocks, so that the
+// union the task walks differs from each head's list.
+TEST_P(CpuKernels, GqaHeadsWithDifferentLayouts) {
+  FP_SEEDED(seed);
+  std::mt19937_64 rng(seed);
+  Params params;
+  params.block_size = 16;
+  const Shape shape{1, 90, 130, 7, 1, 64};
+  for (DType dtype : {DType::bf16, DType::fp32}) {
+    Inputs in = make_inputs(shape, dtype, rng());
+    AttentionArgs args = in.args();
+    LayoutStorage layout = allocate_layout(args, params);
+    const int64_t nqb = num_query_blocks(shape.len_q, shape.len_kv, 16), first = first_query_block(shape.len_q, shape.len_kv, 16);
+    int64_t* row_ptr = layout.view.row_ptr.ptr<int64_t>();
+    int32_t* col_idx = layout.view.col_idx.ptr<int32_t>();
+    std::vector<std::vector<int32_t>> rows;
+    row_ptr[0] = 0;
+    for (int64_t h = 0; h < shape.heads_q; ++h)
+      for (int64_t i = 0; i < nqb; ++i) {
+        std::vector<int32_t> kept;
+        for (int32_t j = 0; j <= first + i; ++j)
+          if (j == first + i || std::bernoulli_distribution(0.35)(rng)) kept.push_back(j);
+        const int64_t r = h * nqb + i;
+        std::copy(kept.begin(), kept.end(), col_idx + row_ptr[r]);
+        row_ptr[r + 1] = row_ptr[r] + int64_t(kept.size());
+        rows.push_back(kept);
+      }
+    block_sparse_attention(args, params, layout.view);
+    const detail::Problem problem = make_problem(args, params, Needs::attention);
+    const auto ref = reference::attention(problem, rows);
+    double err = 0, norm = 0;
+    for (size_t n = 0; n < ref.out.size(); ++n) {
+      err += (in.output(int64_t(n)) - ref.out[n]) * (in.output(int64_t(n)) - ref.out[n]);
+      norm += ref.out[n] * ref.out[n];
+    }
+    EXPECT_LE(std::sqrt(err / norm), output_tolerance(dtype)) << dtype_name(dtype);
+    expect_lse_near(problem, ref.lse, in.lse, lse_tolerance(dtype));
+  }
+}
+
 TEST_P(CpuKernels, VarlenWithEmptyAndTinySequences) {
   FP_SEEDED(seed);
   Params params;

@@ -20,18 +20,27 @@ namespace flashprefill::cpu::kernels {
 constexpr int kSlabRows = 32;   // query rows per slab: two 16-row tiles
 constexpr int kKeyChunk = 32;   // keys per step of P V (one bf16 tile row holds 32)
 
-// One layout row: the query rows of one (sequence, head, query block) and the key blocks it keeps.
-struct Bf16Row {
+constexpr int kMaxGroupHeads = 4;  // query heads of one GQA group attended together (see Bf16Rows)
+
+// The kept key blocks of one query head's layout row, and where its rows live.
+struct Bf16Head {
   const uint16_t* q;        // m rows of D bf16, row r at q + r * q_stride
-  int64_t q_stride;
   uint16_t* out;            // like q
-  int64_t out_stride;
   float* lse;               // m consecutive floats (natural log), or null
-  int64_t m;                // query rows
-  int64_t first_pos;        // absolute key position of query row 0 (causal: row r sees keys <= first_pos + r)
-  int64_t len_kv;
   const int32_t* blocks;    // kept key blocks, ascending
   int64_t num_blocks;
+};
+
+// The layout rows of one query block for up to kMaxGroupHeads query heads that read the same kv
+// head: the kernel walks the union of their kept blocks once, ascending, and each block it reads
+// serves every slab of every head that keeps it while it is in cache.
+struct Bf16Rows {
+  Bf16Head heads[kMaxGroupHeads];
+  int64_t num_heads;
+  int64_t q_stride, out_stride;
+  int64_t m;                // query rows per head
+  int64_t first_pos;        // absolute key position of query row 0 (causal: row r sees keys <= first_pos + r)
+  int64_t len_kv;
   int64_t block;            // block size (keys per block)
   const uint16_t* k_packed; // packed K of key block j at k_packed + j * block_stride
   const uint16_t* v_packed;
@@ -39,14 +48,15 @@ struct Bf16Row {
   int64_t n_pad;            // block rounded up to kKeyChunk
   int64_t head_dim;
   float factor;             // scale * log2(e): scores in the exp2 domain
-  float* scratch;           // bf16_row_scratch_floats(n_pad, head_dim) floats, 64-byte aligned
+  float* scratch;           // FP_BF16_ROWS_SCRATCH_FLOATS(n_pad, head_dim) floats, 64-byte aligned
 };
 
-// Scratch floats one thread needs for Bf16Row: S [32][n_pad] fp32 and P [32][n_pad] bf16 for one
-// slab, and for the whole row (at most n_pad query rows) Q bf16, O fp32, running max and sum
-// (callers round the pointer up to 64 bytes themselves).
-#define FP_BF16_ROW_SCRATCH_FLOATS(n_pad, head_dim) \
-  (int64_t(::flashprefill::cpu::kernels::kSlabRows) * (n_pad) * 3 / 2 + (n_pad) * ((head_dim) / 2 + (head_dim) + 2))
+// Scratch floats one thread needs for Bf16Rows: S [32][n_pad] fp32 and P [32][n_pad] bf16 for one
+// slab, and per head (at most n_pad query rows) Q bf16, O fp32, running max and sum (callers round
+// the pointer up to 64 bytes themselves).
+#define FP_BF16_ROWS_SCRATCH_FLOATS(n_pad, head_dim)                        \
+  (int64_t(::flashprefill::cpu::kernels::kSlabRows) * (n_pad) * 3 / 2 + \
+   ::flashprefill::cpu::kernels::kMaxGroupHeads * (n_pad) * ((head_dim) / 2 + (head_dim) + 2))
 
 // Step 2 for one layout row with the same products: x[t][j] = q_t . kbar_j (kbar rounded to bf16,
 // so the products are exact and only the fp32 accumulation order differs from the fp32 path), then
@@ -72,11 +82,11 @@ namespace amx {
 // Requests the AMX tile state from the kernel once per process (Linux: arch_prctl); false when
 // refused or not Linux, and the caller uses another variant.
 bool enable();
-void attend_row(const Bf16Row& row);
+void attend_rows(const Bf16Rows& rows);
 void score_row(const Bf16ScoreRow& row);
 }  // namespace amx
 namespace avx512bf16 {
-void attend_row(const Bf16Row& row);
+void attend_rows(const Bf16Rows& rows);
 void score_row(const Bf16ScoreRow& row);
 }  // namespace avx512bf16
 

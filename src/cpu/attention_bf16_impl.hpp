@@ -98,56 +98,79 @@ bool softmax_block(const float* s, int64_t rows, int64_t ld, int64_t cols, int64
 
 }  // namespace
 
-void attend_row(const Bf16Row& row) {
-  const int64_t D = row.head_dim, ld = row.n_pad, m_pad = (row.m + kSlabRows - 1) / kSlabRows * kSlabRows;
-  float* s = row.scratch;                                              // [32][ld] fp32, one slab
-  uint16_t* p = reinterpret_cast<uint16_t*>(s + kSlabRows * ld);      // [32][ld] bf16, one slab
-  uint16_t* q = p + kSlabRows * ld;                                    // [m_pad][D] bf16
-  float* o = reinterpret_cast<float*>(q + m_pad * D);                  // [m_pad][D] fp32
-  float* row_max = o + m_pad * D;                                      // [m_pad], exp2 domain
-  float* row_sum = row_max + m_pad;                                    // [m_pad]
-  for (int64_t r = 0; r < m_pad; ++r) {
-    for (int64_t d = 0; d < D; d += 32)
-      _mm512_storeu_si512(q + r * D + d, r < row.m ? _mm512_loadu_si512(row.q + r * row.q_stride + d) : _mm512_setzero_si512());
-    for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + r * D + d, _mm512_setzero_ps());
-    row_max[r] = kNegInf;
-    row_sum[r] = 0.0f;
+void attend_rows(const Bf16Rows& rows) {
+  const int64_t D = rows.head_dim, ld = rows.n_pad, m = rows.m, m_pad = (m + kSlabRows - 1) / kSlabRows * kSlabRows;
+  float* s = rows.scratch;                                           // [32][ld] fp32, one slab
+  uint16_t* p = reinterpret_cast<uint16_t*>(s + kSlabRows * ld);    // [32][ld] bf16, one slab
+  uint16_t* q_all = p + kSlabRows * ld;                              // per head [m_pad][D] bf16
+  float* o_all = reinterpret_cast<float*>(q_all + kMaxGroupHeads * m_pad * D);  // per head [m_pad][D] fp32
+  float* max_all = o_all + kMaxGroupHeads * m_pad * D;               // per head [m_pad], exp2 domain
+  float* sum_all = max_all + kMaxGroupHeads * m_pad;                 // per head [m_pad]
+  int64_t cursor[kMaxGroupHeads];
+  for (int64_t h = 0; h < rows.num_heads; ++h) {
+    uint16_t* q = q_all + h * m_pad * D;
+    float* o = o_all + h * m_pad * D;
+    for (int64_t r = 0; r < m_pad; ++r) {
+      for (int64_t d = 0; d < D; d += 32)
+        _mm512_storeu_si512(q + r * D + d, r < m ? _mm512_loadu_si512(rows.heads[h].q + r * rows.q_stride + d) : _mm512_setzero_si512());
+      for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + r * D + d, _mm512_setzero_ps());
+      max_all[h * m_pad + r] = kNegInf;
+      sum_all[h * m_pad + r] = 0.0f;
+    }
+    cursor[h] = 0;
   }
   Products products;
-  // Key blocks outermost: each is read from memory once per row and reused by every slab from cache.
-  for (int64_t n = 0; n < row.num_blocks; ++n) {
-    const int64_t key0 = int64_t(row.blocks[n]) * row.block;
-    const uint16_t* kp = row.k_packed + int64_t(row.blocks[n]) * row.block_stride;
-    const uint16_t* vp = row.v_packed + int64_t(row.blocks[n]) * row.block_stride;
-    for (int64_t r0 = 0; r0 < row.m; r0 += kSlabRows) {
-      const int64_t rows = row.m - r0 < kSlabRows ? row.m - r0 : kSlabRows;
-      const int64_t slab_pos = row.first_pos + r0;  // row r of the slab sees keys <= slab_pos + r
-      int64_t key_end = key0 + row.block < row.len_kv ? key0 + row.block : row.len_kv;
-      key_end = key_end < slab_pos + rows ? key_end : slab_pos + rows;  // no row of the slab sees past this
-      const int64_t keys = key_end - key0;
-      if (keys <= 0) continue;
-      const int64_t chunks = (keys + kKeyChunk - 1) / kKeyChunk;
-      products.qk(q + r0 * D, D, kp, ld, chunks, s);
-      if (!softmax_block(s, rows, ld, chunks * kKeyChunk, keys, slab_pos - key0, row.factor, row_max + r0, row_sum + r0,
-                         o + r0 * D, D, p))
-        continue;
-      for (int64_t r = rows; r < kSlabRows; ++r)  // rows past the row's end take part in P V as zeros
-        for (int64_t c = 0; c < chunks * kKeyChunk; c += 32) _mm512_storeu_si512(p + r * ld + c, _mm512_setzero_si512());
-      products.pv(p, ld, chunks, vp, D, o + r0 * D);
+  // Key blocks outermost, ascending over the union of the heads' lists (each head still sees its
+  // own blocks in ascending order): each is read from memory once and reused from cache by every
+  // slab of every head that keeps it.
+  for (;;) {
+    int64_t block_index = -1;
+    for (int64_t h = 0; h < rows.num_heads; ++h)
+      if (cursor[h] < rows.heads[h].num_blocks) {
+        const int64_t j = rows.heads[h].blocks[cursor[h]];
+        block_index = block_index < 0 || j < block_index ? j : block_index;
+      }
+    if (block_index < 0) break;
+    const int64_t key0 = block_index * rows.block;
+    const uint16_t* kp = rows.k_packed + block_index * rows.block_stride;
+    const uint16_t* vp = rows.v_packed + block_index * rows.block_stride;
+    for (int64_t h = 0; h < rows.num_heads; ++h) {
+      if (cursor[h] >= rows.heads[h].num_blocks || rows.heads[h].blocks[cursor[h]] != block_index) continue;
+      ++cursor[h];
+      for (int64_t r0 = 0; r0 < m; r0 += kSlabRows) {
+        const int64_t slab_rows = m - r0 < kSlabRows ? m - r0 : kSlabRows;
+        const int64_t slab_pos = rows.first_pos + r0;  // row r of the slab sees keys <= slab_pos + r
+        int64_t key_end = key0 + rows.block < rows.len_kv ? key0 + rows.block : rows.len_kv;
+        key_end = key_end < slab_pos + slab_rows ? key_end : slab_pos + slab_rows;  // no row of the slab sees past this
+        const int64_t keys = key_end - key0;
+        if (keys <= 0) continue;
+        const int64_t chunks = (keys + kKeyChunk - 1) / kKeyChunk;
+        float* o = o_all + (h * m_pad + r0) * D;
+        products.qk(q_all + (h * m_pad + r0) * D, D, kp, ld, chunks, s);
+        if (!softmax_block(s, slab_rows, ld, chunks * kKeyChunk, keys, slab_pos - key0, rows.factor, max_all + h * m_pad + r0,
+                           sum_all + h * m_pad + r0, o, D, p))
+          continue;
+        for (int64_t r = slab_rows; r < kSlabRows; ++r)  // rows past the row's end take part in P V as zeros
+          for (int64_t c = 0; c < chunks * kKeyChunk; c += 32) _mm512_storeu_si512(p + r * ld + c, _mm512_setzero_si512());
+        products.pv(p, ld, chunks, vp, D, o);
+      }
     }
   }
   products.finish();
   constexpr float kLn2 = 0.6931471805599453f;
-  for (int64_t r = 0; r < row.m; ++r) {
-    const __m512 inverse = _mm512_set1_ps(row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f);
-    uint16_t* out = row.out + r * row.out_stride;
-    for (int64_t d = 0; d < D; d += 32) {
-      const __m512 lo = _mm512_mul_ps(_mm512_loadu_ps(o + r * D + d), inverse);
-      const __m512 hi = _mm512_mul_ps(_mm512_loadu_ps(o + r * D + d + 16), inverse);
-      _mm512_storeu_si512(out + d, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+  for (int64_t h = 0; h < rows.num_heads; ++h)
+    for (int64_t r = 0; r < m; ++r) {
+      const float row_sum = sum_all[h * m_pad + r], row_max = max_all[h * m_pad + r];
+      const float* o = o_all + (h * m_pad + r) * D;
+      const __m512 inverse = _mm512_set1_ps(row_sum > 0.0f ? 1.0f / row_sum : 0.0f);
+      uint16_t* out = rows.heads[h].out + r * rows.out_stride;
+      for (int64_t d = 0; d < D; d += 32) {
+        const __m512 lo = _mm512_mul_ps(_mm512_loadu_ps(o + d), inverse);
+        const __m512 hi = _mm512_mul_ps(_mm512_loadu_ps(o + d + 16), inverse);
+        _mm512_storeu_si512(out + d, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      }
+      if (rows.heads[h].lse) rows.heads[h].lse[r] = row_sum > 0.0f ? (row_max + __builtin_log2f(row_sum)) * kLn2 : kNegInf;
     }
-    if (row.lse) row.lse[r] = row_sum[r] > 0.0f ? (row_max[r] + __builtin_log2f(row_sum[r])) * kLn2 : kNegInf;
-  }
 }
 
 void score_row(const Bf16ScoreRow& row) {

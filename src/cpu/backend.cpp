@@ -253,15 +253,53 @@ void attend_row(const Problem& p, const ConvertedKV& kv, const Row& r, const int
   }
 }
 
-void attend(const Problem& p, const AttentionKV& kv, const Row& r, const int32_t* blocks, int64_t num_blocks, Scratch& ws) {
-  if (kv.bf16_products)
-    attend_row_bf16(kv.isa, p, kv.bf16, r.seq, r.extent, r.head, r.t_begin, r.t_end, blocks, num_blocks, ws.bf16_row);
-  else
-    attend_row(p, kv.fp32, r, blocks, num_blocks, ws);
+// A task of step 5: query block i of up to kernels::kMaxGroupHeads query heads of one GQA group,
+// layout rows first_row + k * rows_per_head for k < heads. They read the same kv head, so the bf16
+// kernels load each key block once for all of them.
+struct GroupTask {
+  int64_t first_row, heads, rows_per_head;
+};
+
+std::vector<GroupTask> group_tasks(const Problem& p) {
+  std::vector<GroupTask> tasks;
+  int64_t row0 = 0;  // layout rows: sequence, then head, then query block (enumerate_rows' order)
+  for (int64_t b = 0; b < p.num_seqs; ++b) {
+    const SeqExtent s = p.seq(b);
+    const int64_t nqb = num_query_blocks(s.len_q, s.len_kv, p.block());
+    for (int64_t h0 = 0; h0 < p.heads_q;) {
+      const int64_t heads = std::min<int64_t>(kernels::kMaxGroupHeads, p.group - h0 % p.group);  // never across groups
+      for (int64_t i = 0; i < nqb; ++i) tasks.push_back({row0 + h0 * nqb + i, heads, nqb});
+      h0 += heads;
+    }
+    row0 += p.heads_q * nqb;
+  }
+  return tasks;
 }
 
-// Runs body(row_index, scratch) over rows on all threads, costliest first (by `cost`), each
-// thread taking the next row from a shared counter: rows differ a lot in kept blocks.
+// Step 5 for one task; blocks_of(row) gives a layout row's kept blocks as (pointer, count).
+template <typename BlocksOf>
+void attend(const Problem& p, const AttentionKV& kv, const std::vector<Row>& rows, const GroupTask& task, BlocksOf&& blocks_of,
+            Scratch& ws) {
+  const Row& first = rows[task.first_row];
+  if (kv.bf16_products) {
+    HeadBlocks heads[kernels::kMaxGroupHeads];
+    for (int64_t k = 0; k < task.heads; ++k) {
+      const auto [blocks, count] = blocks_of(task.first_row + k * task.rows_per_head);
+      heads[k] = {first.head + k, blocks, count};
+    }
+    attend_rows_bf16(kv.isa, p, kv.bf16, first.seq, first.extent, first.t_begin, first.t_end, heads, task.heads, ws.bf16_row);
+    return;
+  }
+  for (int64_t k = 0; k < task.heads; ++k) {
+    const int64_t row = task.first_row + k * task.rows_per_head;
+    const auto [blocks, count] = blocks_of(row);
+    attend_row(p, kv.fp32, rows[row], blocks, count, ws);
+  }
+}
+
+// Runs body(index, scratch) over tasks (layout rows, or step 5's GroupTasks) on all threads,
+// costliest first (by `cost`), each thread taking the next from a shared counter: rows differ a lot
+// in kept blocks.
 template <typename Cost, typename Body>
 void for_rows_costliest_first(int64_t count, Cost&& cost, Body&& body) {
   std::vector<int64_t> order(static_cast<size_t>(count));
@@ -394,26 +432,33 @@ void discover_layout(const Problem& p, const BlockSparseLayout& layout, void* wo
 }
 
 void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, void* workspace) {
-  const std::vector<Row> rows = enumerate_rows(p);
+  const std::vector<Row> rows = enumerate_rows(p);  // in layout order: rows[n] is layout row n
+  const std::vector<GroupTask> tasks = group_tasks(p);
   const int64_t* row_ptr = layout.row_ptr.ptr<const int64_t>();
   const int32_t* col_idx = layout.col_idx.ptr<const int32_t>();
   const AttentionKV kv = prepare_kv(p);
-  // enumerate_rows() yields rows in layout order, so task n is layout row n.
-  for_rows_costliest_first(static_cast<int64_t>(rows.size()), [&](int64_t n) { return row_ptr[n + 1] - row_ptr[n]; },
-                           [&](int64_t n, Scratch& scratch) {
-                             attend(p, kv, rows[n], col_idx + row_ptr[n], row_ptr[n + 1] - row_ptr[n], scratch);
-                           });
+  const auto blocks_of = [&](int64_t row) { return std::pair{col_idx + row_ptr[row], row_ptr[row + 1] - row_ptr[row]}; };
+  const auto kept_blocks = [&](int64_t n) {
+    int64_t count = 0;
+    for (int64_t k = 0; k < tasks[n].heads; ++k) count += blocks_of(tasks[n].first_row + k * tasks[n].rows_per_head).second;
+    return count;
+  };
+  for_rows_costliest_first(static_cast<int64_t>(tasks.size()), kept_blocks,
+                           [&](int64_t n, Scratch& scratch) { attend(p, kv, rows, tasks[n], blocks_of, scratch); });
 }
 
 void dense_attention(const Problem& p) {
   const std::vector<Row> rows = enumerate_rows(p);
+  const std::vector<GroupTask> tasks = group_tasks(p);
   const AttentionKV kv = prepare_kv(p);
-  for_rows_costliest_first(static_cast<int64_t>(rows.size()), [&](int64_t n) { return rows[n].block_abs; },
-                           [&](int64_t n, Scratch& scratch) {
-                             std::vector<int32_t> all(static_cast<size_t>(rows[n].block_abs + 1));
-                             std::iota(all.begin(), all.end(), 0);
-                             attend(p, kv, rows[n], all.data(), static_cast<int64_t>(all.size()), scratch);
-                           });
+  int64_t max_blocks = 0;
+  for (const Row& r : rows) max_blocks = std::max(max_blocks, r.block_abs + 1);
+  std::vector<int32_t> all(static_cast<size_t>(max_blocks));
+  std::iota(all.begin(), all.end(), 0);
+  const auto blocks_of = [&](int64_t row) { return std::pair{static_cast<const int32_t*>(all.data()), rows[row].block_abs + 1}; };
+  for_rows_costliest_first(static_cast<int64_t>(tasks.size()),
+                           [&](int64_t n) { return tasks[n].heads * (rows[tasks[n].first_row].block_abs + 1); },
+                           [&](int64_t n, Scratch& scratch) { attend(p, kv, rows, tasks[n], blocks_of, scratch); });
 }
 
 }  // namespace flashprefill::cpu

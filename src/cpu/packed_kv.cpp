@@ -1,6 +1,7 @@
 #include "cpu/packed_kv.hpp"
 
 #include <algorithm>
+#include <string>
 
 #include "common/half.hpp"
 #include "cpu/attention_bf16.hpp"
@@ -43,36 +44,42 @@ PackedBf16KV pack_bf16_kv(const Problem& p) {
   return kv;
 }
 
-void attend_row_bf16(Isa isa, const Problem& p, const PackedBf16KV& kv, int64_t seq, const SeqExtent& extent, int64_t head,
-                     int64_t t_begin, int64_t t_end, const int32_t* blocks, int64_t num_blocks, std::vector<float>& scratch) {
+void attend_rows_bf16(Isa isa, const Problem& p, const PackedBf16KV& kv, int64_t seq, const SeqExtent& extent, int64_t t_begin,
+                      int64_t t_end, const HeadBlocks* heads, int64_t num_heads, std::vector<float>& scratch) {
   constexpr float kLog2e = 1.4426950408889634f;
-  const int64_t D = p.head_dim, kv_head = head / p.group;
-  const size_t floats = static_cast<size_t>(FP_BF16_ROW_SCRATCH_FLOATS(kv.n_pad, D)) + 16;
+  if (num_heads < 1 || num_heads > kernels::kMaxGroupHeads)
+    throw Error("flashprefill: internal error: attend_rows_bf16 given " + std::to_string(num_heads) + " heads");
+  const int64_t D = p.head_dim, kv_head = heads[0].head / p.group;
+  const size_t floats = static_cast<size_t>(FP_BF16_ROWS_SCRATCH_FLOATS(kv.n_pad, D)) + 16;
   if (scratch.size() < floats) scratch.resize(floats);
-  kernels::Bf16Row row{};
-  row.q = static_cast<const uint16_t*>(p.q) + p.q_offset(seq, extent, t_begin, head);
-  row.q_stride = p.q_stride.token;
-  row.out = static_cast<uint16_t*>(p.out) + p.out_offset(seq, extent, t_begin, head);
-  row.out_stride = p.out_stride.token;
-  row.lse = p.lse ? p.lse + p.lse_offset(seq, extent, t_begin, head) : nullptr;
-  row.m = t_end - t_begin;
-  row.first_pos = extent.len_kv - extent.len_q + t_begin;
-  row.len_kv = extent.len_kv;
-  row.blocks = blocks;
-  row.num_blocks = num_blocks;
-  row.block = p.block();
-  row.block_stride = p.heads_kv * kv.block_elems;
+  kernels::Bf16Rows rows{};
+  rows.num_heads = num_heads;
+  for (int64_t h = 0; h < num_heads; ++h) {
+    kernels::Bf16Head& head = rows.heads[h];
+    head.q = static_cast<const uint16_t*>(p.q) + p.q_offset(seq, extent, t_begin, heads[h].head);
+    head.out = static_cast<uint16_t*>(p.out) + p.out_offset(seq, extent, t_begin, heads[h].head);
+    head.lse = p.lse ? p.lse + p.lse_offset(seq, extent, t_begin, heads[h].head) : nullptr;
+    head.blocks = heads[h].blocks;
+    head.num_blocks = heads[h].num_blocks;
+  }
+  rows.q_stride = p.q_stride.token;
+  rows.out_stride = p.out_stride.token;
+  rows.m = t_end - t_begin;
+  rows.first_pos = extent.len_kv - extent.len_q + t_begin;
+  rows.len_kv = extent.len_kv;
+  rows.block = p.block();
+  rows.block_stride = p.heads_kv * kv.block_elems;
   const int64_t first_slot = (p.pooled_slot0(seq, extent) * p.heads_kv + kv_head) * kv.block_elems;
-  row.k_packed = kv.k.data() + first_slot;
-  row.v_packed = kv.v.data() + first_slot;
-  row.n_pad = kv.n_pad;
-  row.head_dim = D;
-  row.factor = p.params.scale * kLog2e;
+  rows.k_packed = kv.k.data() + first_slot;
+  rows.v_packed = kv.v.data() + first_slot;
+  rows.n_pad = kv.n_pad;
+  rows.head_dim = D;
+  rows.factor = p.params.scale * kLog2e;
   const uintptr_t address = reinterpret_cast<uintptr_t>(scratch.data());
-  row.scratch = reinterpret_cast<float*>((address + 63) / 64 * 64);  // 64-byte aligned
+  rows.scratch = reinterpret_cast<float*>((address + 63) / 64 * 64);  // 64-byte aligned
 #if defined(FLASHPREFILL_CPU_BF16_KERNELS)
-  if (isa == Isa::amx) return kernels::amx::attend_row(row);
-  if (isa == Isa::avx512bf16) return kernels::avx512bf16::attend_row(row);
+  if (isa == Isa::amx) return kernels::amx::attend_rows(rows);
+  if (isa == Isa::avx512bf16) return kernels::avx512bf16::attend_rows(rows);
 #endif
   throw Error(std::string("flashprefill: internal error: no bf16 attention kernel for the CPU variant ") + isa_name(isa));
 }
