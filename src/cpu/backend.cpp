@@ -1,4 +1,5 @@
-// CPU backend: every stage of ALGORITHM.md, one (sequence, head, query block) row per task. Scores,
+// CPU backend: every stage of ALGORITHM.md, one (sequence, head, query block) row per task (step 5:
+// the rows of up to four heads of a GQA group per task, which read the same K/V blocks). Scores,
 // maxima and sums in fp32; step 5 multiplies bf16 inputs as bf16 with fp32 accumulation where the
 // CPU can (attention_bf16.hpp), everything else in fp32 (kernels.hpp).
 #include <algorithm>
