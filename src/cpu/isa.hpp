@@ -13,7 +13,9 @@ const char* isa_name(Isa isa);
 
 // The variant that runs inputs of this dtype: the widest one supported, at most the ceiling set by
 // set_isa_ceiling or, failing that, by the environment variable
-// FLASHPREFILL_CPU_KERNELS=amx|avx512bf16|avx512|avx2|generic (read once).
+// FLASHPREFILL_CPU_KERNELS=amx|avx512bf16|avx512|avx2|generic (read once). One exception: where
+// the CPU has AMX but the OS refused it, bf16 falls back to avx512, which is faster there than
+// avx512bf16 (unless the ceiling is avx512bf16 itself).
 Isa isa_for(DType dtype);
 
 // Whether this CPU can run the variant (tests run each one that it can).

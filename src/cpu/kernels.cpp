@@ -64,6 +64,16 @@ bool cpu_has(Isa isa) {
 #endif
 }
 
+// The processor has AMX tiles for bf16, whether or not the OS lets this process use them.
+bool amx_hardware() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("amx-bf16");
+#else
+  return false;
+#endif
+}
+
 constexpr Isa kAll[] = {Isa::amx, Isa::avx512bf16, Isa::avx512, Isa::avx2, Isa::generic};
 
 bool parse_isa(const std::string& name, Isa& isa) {
@@ -124,8 +134,15 @@ bool isa_supported(Isa isa) {
 
 Isa isa_for(DType dtype) {
   const bool bf16_products = dtype == DType::bf16;  // amx and avx512bf16 multiply bf16 only
-  for (Isa isa : kAll)
-    if (isa >= ceiling() && (bf16_products || isa >= Isa::avx512) && isa_supported(isa)) return isa;
+  const Isa cap = ceiling();
+  for (Isa isa : kAll) {
+    if (isa < cap || (!bf16_products && isa < Isa::avx512) || !isa_supported(isa)) continue;
+    // On a core with AMX whose tiles the OS refused, vdpbf16ps multiplies at half the rate of fp32
+    // FMAs (measured on Sapphire Rapids-class cores, bench/RESULTS.md): fall back to avx512 there,
+    // unless avx512bf16 itself is asked for.
+    if (isa == Isa::avx512bf16 && cap != Isa::avx512bf16 && amx_hardware()) continue;
+    return isa;
+  }
   return Isa::generic;
 }
 
