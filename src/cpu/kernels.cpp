@@ -50,9 +50,14 @@ bool cpu_has(Isa isa) {
   __builtin_cpu_init();
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+#if defined(FLASHPREFILL_CPU_BF16_KERNELS)  // the bf16 kernels are built (src/cpu/CMakeLists.txt)
   const bool avx512bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
+  const bool amx = avx512bf16 && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") && kernels::amx::enable();
+#else
+  const bool avx512bf16 = false, amx = false;
+#endif
   switch (isa) {
-    case Isa::amx: return avx512bf16 && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") && kernels::amx::enable();
+    case Isa::amx: return amx;
     case Isa::avx512bf16: return avx512bf16;
     case Isa::avx512: return avx512;
     case Isa::avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
