@@ -8,7 +8,8 @@ mkdir -p "$OUT"
 export CMAKE_BUILD_PARALLEL_LEVEL=16 PYTHONUNBUFFERED=1
 [ -d .ext/cutlass/include ] && export CMAKE_ARGS="-DFLASHPREFILL_CUTLASS_INCLUDE=$PWD/.ext/cutlass/include"
 python3 -m pip install --no-build-isolation --no-deps -q ./python > "$OUT/pip.log" 2>&1 || { tail -30 "$OUT/pip.log"; exit 1; }
-python3 -m pytest -q -s -p no:cacheprovider python/tests 2>&1 | tee "$OUT/pytest.log" | grep -E "passed|failed|overhead|Error|error|assert" | head -30
+python3 -m pytest -q -s -p no:cacheprovider python/tests 2>&1 | tee "$OUT/pytest.log" | grep -E "passed|failed|Error|error|assert" | head -30
+python3 bench/python_overhead.py 2>&1 | tee "$OUT/overhead.log" | tail -3
 LENGTHS=${LENGTHS:-4K,16K,32K,128K}
 REF_ARG=""; [ -n "${REFERENCE:-}" ] && REF_ARG="--reference $REFERENCE"
 timeout 300 python3 bench/gpu_bench.py --lengths "$LENGTHS" $REF_ARG --json "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/gpu_bench.log" | grep -v Warning

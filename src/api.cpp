@@ -80,19 +80,19 @@ void check_cu_seqlens_values(const std::vector<int32_t>& cu, const char* name, i
          str(total) + " tokens");
 }
 
-// Scans a (strided, 16-bit) tensor for NaN / Inf; copies it to the host first when it lives on a
-// GPU.
+
+// Scans a (strided; bf16, fp16 or fp32) tensor for NaN / Inf; copies it to the host first when it lives on a GPU.
 void check_finite(const TensorView& t, const char* name) {
   if (t.numel() == 0) return;
   int64_t span = 1;  // elements from the first to the last, inclusive
   for (int d = 0; d < t.rank; ++d) span += (t.shape[d] - 1) * t.stride[d];
-  std::vector<uint16_t> host(static_cast<size_t>(span));
-  copy_bytes(host.data(), Device::cpu(), t.data, t.device, host.size() * 2);
+  std::vector<float> host(static_cast<size_t>(span));  // room for fp32; 16-bit data fills half
+  copy_bytes(host.data(), Device::cpu(), t.data, t.device, size_t(span) * dtype_size(t.dtype));
   std::array<int64_t, 4> index{};
   for (int64_t n = 0; n < t.numel(); ++n) {
     int64_t offset = 0;
     for (int d = 0; d < t.rank; ++d) offset += index[d] * t.stride[d];
-    if (!std::isfinite(detail::half_bits_to_float(host[size_t(offset)], t.dtype))) {
+    if (!std::isfinite(detail::load_element(host.data(), offset, t.dtype))) {
       std::string where;
       for (int d = 0; d < t.rank; ++d) where += (d ? ", " : "") + str(index[d]);
       fail(std::string(name) + " holds a NaN or Inf at [" + where + "] (check_inputs is on)");
@@ -223,20 +223,19 @@ Problem detail::make_problem(const AttentionArgs& args, const Params& params, Ne
 
   Problem p;
   p.device = args.q.device;
+  // The dtype before the device's availability, so that the CUDA rule is checkable without a GPU.
+  if (p.device.type == DeviceType::cuda && args.q.dtype != DType::bf16 && args.q.dtype != DType::fp16)
+    fail(std::string("q has dtype ") + dtype_name(args.q.dtype) + "; expected bf16 or fp16 on CUDA (fp32 runs on the CPU backend only)");
+  if (args.q.dtype != DType::bf16 && args.q.dtype != DType::fp16 && args.q.dtype != DType::fp32)
+    fail(std::string("q has dtype ") + dtype_name(args.q.dtype) + "; expected bf16, fp16 or fp32 (fp32 on the CPU only)");
   if (p.device.type == DeviceType::cuda && !cuda_available())
     fail("q is on " + device_name(p.device) + " but no CUDA device is available to flashprefill");
   check_same_device(args.k, "k", p.device);
   check_same_device(args.v, "v", p.device);
 
   p.dtype = args.q.dtype;
-  if (p.dtype != DType::bf16 && p.dtype != DType::fp16)
-    fail(std::string("q has dtype ") + dtype_name(p.dtype) + "; expected bf16 or fp16");
-  if (args.k.dtype != p.dtype)
-    fail(std::string("k has dtype ") + dtype_name(args.k.dtype) + " but q has " +
-         dtype_name(p.dtype) + "; expected the same");
-  if (args.v.dtype != p.dtype)
-    fail(std::string("v has dtype ") + dtype_name(args.v.dtype) + " but q has " +
-         dtype_name(p.dtype) + "; expected the same");
+  if (args.k.dtype != p.dtype) fail(std::string("k has dtype ") + dtype_name(args.k.dtype) + " but q has " + dtype_name(p.dtype) + "; expected the same");
+  if (args.v.dtype != p.dtype) fail(std::string("v has dtype ") + dtype_name(args.v.dtype) + " but q has " + dtype_name(p.dtype) + "; expected the same");
 
   const int hd = rank - 2, kv_hd = kv_rank - 2;  // index of the head dimension
   p.heads_q = args.q.shape[hd];

@@ -16,7 +16,7 @@ using detail::SeqExtent;
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 double load(const Problem& p, const void* base, int64_t offset) {
-  return detail::half_bits_to_float(static_cast<const uint16_t*>(base)[offset], p.dtype);
+  return detail::load_element(base, offset, p.dtype);
 }
 
 }  // namespace

@@ -448,6 +448,8 @@ int run_bench(int argc, char** argv) {
                               double(s.heads_q) * double(s.batch);
   auto tflops = [&](double ms) { return causal_flops / (ms * 1e-3) / 1e12; };
   const std::string device = device_name(setup.device);
+  // Which CPU kernels ran (amx, avx512bf16, avx512, avx2, generic); none on a GPU.
+  const std::string cpu_kernel = on_gpu ? "" : cpu_kernel_variant(setup.dtype);
   if (options.has("json")) {
     std::printf(
         "{\"device\": \"%s\", \"dtype\": \"%s\", \"batch\": %ld, \"seq_len\": %ld, \"heads_q\": "
@@ -457,22 +459,22 @@ int run_bench(int argc, char** argv) {
         "%s, "
         "\"dense_tflops\": %s, \"sparse_equiv_tflops\": %.4f, \"density\": %.6f, "
         "\"rel_error_vs_dense\": %s, "
-        "\"attention_recall\": %.6f%s}\n",
+        "\"attention_recall\": %.6f, \"cpu_kernel\": %s%s}\n",
         device.c_str(), dtype_name(setup.dtype), long(s.batch), long(s.seq_len), long(s.heads_q),
         long(s.heads_kv), long(s.head_dim), double(setup.params.alpha), setup.params.block_size,
         repeats, dense ? std::to_string(dense_ms).c_str() : "null", discovery_ms, attention_ms,
         total_ms, dense ? std::to_string(dense_ms / total_ms).c_str() : "null",
         dense ? std::to_string(tflops(dense_ms)).c_str() : "null", tflops(total_ms),
         stats.density(), dense ? std::to_string(error).c_str() : "null", recall,
-        paged_json().c_str());
+        on_gpu ? "null" : ("\"" + cpu_kernel + "\"").c_str(), paged_json().c_str());
     return 0;
   }
   std::printf(
-      "flashprefill bench: %s, %s, B=%ld L=%ld H_q=%ld H_kv=%ld D=%ld, alpha=%g, block=%d, median "
-      "of %d\n",
-      device.c_str(), dtype_name(setup.dtype), long(s.batch), long(s.seq_len), long(s.heads_q),
-      long(s.heads_kv), long(s.head_dim), double(setup.params.alpha), setup.params.block_size,
-      repeats);
+      "flashprefill bench: %s%s, %s, B=%ld L=%ld H_q=%ld H_kv=%ld D=%ld, alpha=%g, block=%d, "
+      "median of %d\n",
+      device.c_str(), on_gpu ? "" : (" (kernels: " + cpu_kernel + ")").c_str(),
+      dtype_name(setup.dtype), long(s.batch), long(s.seq_len), long(s.heads_q), long(s.heads_kv),
+      long(s.head_dim), double(setup.params.alpha), setup.params.block_size, repeats);
   std::printf("  %-34s %12s %14s\n", "", "time (ms)", "TFLOP/s equiv");
   if (dense)
     std::printf("  %-34s %12.3f %14.3f\n", "dense causal attention (ours)", dense_ms,

@@ -108,4 +108,9 @@ struct LayoutStats {
 };
 LayoutStats layout_stats(const AttentionArgs& args, const Params& params, const BlockSparseLayout& layout);
 
+// The CPU kernel variant that runs inputs of this dtype (bf16, fp16 or fp32) on this machine:
+// "amx", "avx512bf16" (bf16 products, bf16 only), "avx512", "avx2" or "generic" (fp32 products).
+// The widest the processor supports, capped by FLASHPREFILL_CPU_KERNELS=<one of these> if set.
+const char* cpu_kernel_variant(DType dtype);
+
 }  // namespace flashprefill

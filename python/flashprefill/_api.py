@@ -72,7 +72,7 @@ def flash_prefill(q, k, v, *, alpha: float = 0.12, block_size: int = 128, sink_b
     """FlashPrefill attention (ALGORITHM.md steps 1-5) on a padded batch.
 
     Args:
-        q: ``[B, L_q, H_q, D]``, bf16 or fp16 (NumPy: float16), head dim 64, 128 or 256 (CUDA: 256 runs on the sm_80 kernels, also on Hopper).
+        q: ``[B, L_q, H_q, D]``, bf16 or fp16, or fp32 on the CPU (NumPy: float16 or float32), head dim 64, 128 or 256 (CUDA: 256 runs on the sm_80 kernels, also on Hopper).
         k, v: ``[B, L_kv, H_kv, D]``, same dtype and device, ``L_q <= L_kv``.
         alpha: keep key blocks whose score is at least ``alpha`` times the row's maximum, in [0, 1];
             0 keeps every causal block (dense attention).
@@ -232,6 +232,24 @@ def block_sparse_attention(q, k, v, layout: Layout, *, cu_seqlens_q=None, cu_seq
     _call(_C.block_sparse_attention, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params,
           seq_row_offset=layout.seq_row_offset, row_ptr=layout.row_ptr, col_idx=layout.col_idx)
     return (out, lse) if return_lse else out
+
+
+_DTYPE_SHORT = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "float32": "fp32", "fp32": "fp32"}
+
+
+def cpu_kernel_variant(dtype) -> str:
+    """The CPU kernel variant that runs inputs of ``dtype`` (torch or NumPy dtype, or "bf16"/"fp16"/"fp32"):
+    "amx" or "avx512bf16" (bf16 products, bf16 inputs only), "avx512", "avx2" or "generic" (fp32 products).
+    The widest the processor supports; the environment variable FLASHPREFILL_CPU_KERNELS caps it."""
+    name = str(dtype).replace("torch.", "")
+    if name not in _DTYPE_SHORT:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            pass
+    if name not in _DTYPE_SHORT:
+        raise FlashPrefillError(f"cpu_kernel_variant: dtype {dtype}; expected bfloat16, float16 or float32")
+    return _C.cpu_kernel_variant(_DTYPE_SHORT[name])
 
 
 def make_structured_input(seq_len: int, heads_q: int = 32, heads_kv: int = 8, head_dim: int = 128, batch: int = 1, seed: int = 0):

@@ -27,7 +27,7 @@ except AttributeError:  # pragma: no cover - older or CPU-only PyTorch builds
 
 # flashprefill::DType codes (include/flashprefill/tensor.hpp).
 _DTYPE_CODES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2, torch.int32: 3, torch.int64: 4}
-_EXPECTED_DTYPE = {"q": "bfloat16 or float16", "k": "bfloat16 or float16", "v": "bfloat16 or float16",
+_EXPECTED_DTYPE = {"q": "bfloat16, float16 or float32 (float32 on the CPU)", "k": "the dtype of q", "v": "the dtype of q",
                    "cu_seqlens_q": "int32", "cu_seqlens_k": "int32", "block_table": "int32", "seq_lens_kv": "int32"}
 
 

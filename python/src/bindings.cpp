@@ -281,6 +281,16 @@ NB_MODULE(_C, m) {
       FP_COMMON_ARGS, nb::arg("seq_row_offset"), nb::arg("row_ptr"), nb::arg("col_idx"));
 
   m.def(
+      "cpu_kernel_variant",
+      [](const std::string& dtype) {
+        if (dtype == "bf16") return std::string(cpu_kernel_variant(DType::bf16));
+        if (dtype == "fp16") return std::string(cpu_kernel_variant(DType::fp16));
+        if (dtype == "fp32") return std::string(cpu_kernel_variant(DType::fp32));
+        throw Error("cpu_kernel_variant: dtype '" + dtype + "'; expected bf16, fp16 or fp32");
+      },
+      nb::arg("dtype"), "The CPU kernel variant (amx, avx512bf16, avx512, avx2, generic) that runs inputs of this dtype.");
+
+  m.def(
       "make_structured_input",
       [](int64_t batch, int64_t seq_len, int64_t heads_q, int64_t heads_kv, int64_t head_dim, uint64_t seed) {
         const SyntheticShape shape{batch, seq_len, heads_q, heads_kv, head_dim};

@@ -75,9 +75,9 @@ def test_torch_compile_and_cuda_graph(rng):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("float32", "q has dtype fp32; expected bf16 or fp16"),
+    ("float32", "k has dtype bf16 but q has fp32; expected the same"),  # fp32 is accepted, but mixed dtypes are not
     ("int_k", "k has dtype int32 but q has bf16; expected the same"),
-    ("float64", "q has dtype torch.float64; expected bfloat16 or float16"),
+    ("float64", "q has dtype torch.float64; expected bfloat16, float16 or float32"),
     ("gqa", "GQA"),
     ("head_dim", "head dim"),
     ("requires_grad", "no backward"),

@@ -76,9 +76,22 @@ FP_HOST_DEVICE inline float half_bits_to_float(uint16_t h, DType dtype) {
 FP_HOST_DEVICE inline uint16_t float_to_half_bits(float f, DType dtype) {
   return dtype == DType::bf16 ? float_to_bf16(f) : float_to_fp16(f);
 }
-// The value as the 16-bit dtype holds it (round to nearest even).
+// The value as the dtype holds it (round to nearest even; fp32 holds it as is).
 FP_HOST_DEVICE inline float rounded_to(float f, DType dtype) {
-  return half_bits_to_float(float_to_half_bits(f, dtype), dtype);
+  return dtype == DType::fp32 ? f : half_bits_to_float(float_to_half_bits(f, dtype), dtype);
+}
+
+// Element `offset` of a bf16, fp16 or fp32 tensor, as fp32; and its store (host code: the CPU backend
+// and the tests, whose inputs may be fp32).
+inline float load_element(const void* base, int64_t offset, DType dtype) {
+  if (dtype == DType::fp32) return static_cast<const float*>(base)[offset];
+  return half_bits_to_float(static_cast<const uint16_t*>(base)[offset], dtype);
+}
+inline void store_element(void* base, int64_t offset, float value, DType dtype) {
+  if (dtype == DType::fp32)
+    static_cast<float*>(base)[offset] = value;
+  else
+    static_cast<uint16_t*>(base)[offset] = float_to_half_bits(value, dtype);
 }
 
 }  // namespace flashprefill::detail

@@ -1,5 +1,7 @@
-// CPU backend: every stage of ALGORITHM.md, straightforward and exact (fp32 arithmetic on
-// bf16/fp16 inputs), one (sequence, head, query block) row per task.
+// CPU backend: every stage of ALGORITHM.md, one (sequence, head, query block) row per task (step 5:
+// the rows of up to four heads of a GQA group per task, which read the same K/V blocks). Scores,
+// maxima and sums in fp32; step 5 multiplies bf16 inputs as bf16 with fp32 accumulation where the
+// CPU can (attention_bf16.hpp), everything else in fp32 (kernels.hpp).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -7,10 +9,13 @@
 #include <numeric>
 #include <vector>
 
+#include "common/constants.hpp"
 #include "backend.hpp"
 #include "common/half.hpp"
 #include "common/row_geometry.hpp"
+#include "cpu/isa.hpp"
 #include "cpu/kernels.hpp"
+#include "cpu/packed_kv.hpp"
 #include "cpu/parallel.hpp"
 
 namespace flashprefill::cpu {
@@ -20,11 +25,13 @@ using detail::Problem;
 using detail::SeqExtent;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-float load(const Problem& p, const void* base, int64_t offset) {
-  return detail::half_bits_to_float(static_cast<const uint16_t*>(base)[offset], p.dtype);
-}
-// n contiguous 16-bit values -> fp32 (the dtype branch outside the loop, so it vectorises).
+float load(const Problem& p, const void* base, int64_t offset) { return detail::load_element(base, offset, p.dtype); }
+// n contiguous values -> fp32 (the dtype branch outside the loop, so it vectorises).
 void load_row(const Problem& p, const void* base, int64_t offset, int64_t n, float* out) {
+  if (p.dtype == DType::fp32) {
+    std::copy_n(static_cast<const float*>(base) + offset, n, out);
+    return;
+  }
   const uint16_t* bits = static_cast<const uint16_t*>(base) + offset;
   if (p.dtype == DType::bf16)
     for (int64_t d = 0; d < n; ++d) out[d] = detail::bf16_to_float(bits[d]);
@@ -32,9 +39,7 @@ void load_row(const Problem& p, const void* base, int64_t offset, int64_t n, flo
     for (int64_t d = 0; d < n; ++d) out[d] = detail::fp16_to_float(bits[d]);
 }
 
-void store(const Problem& p, void* base, int64_t offset, float value) {
-  static_cast<uint16_t*>(base)[offset] = detail::float_to_half_bits(value, p.dtype);
-}
+void store(const Problem& p, void* base, int64_t offset, float value) { detail::store_element(base, offset, value, p.dtype); }
 
 // One layout row (common/row_geometry.hpp) and the chunk rows t of its queries.
 struct Row : detail::LayoutRow {
@@ -64,20 +69,19 @@ std::vector<Row> enumerate_rows(const Problem& p) {
   return rows;
 }
 
-constexpr float kLog2e = 1.4426950408889634f;
 
 int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
 
 // Per-thread scratch for one row's tiles, reused across rows so the hot loop never allocates.
 struct Scratch {
-  std::vector<float> q, s, o, row_max, row_sum;
+  std::vector<float> q, s, o, row_max, row_sum, bf16_row;
 };
 
 // Loads the row's queries as fp32, pre-multiplied by scale * log2(e) so that scores are in the
 // exp2 domain; rows are padded with zeros to a multiple of the micro-kernel's row group.
 int64_t load_queries(const Problem& p, const Row& r, Scratch& ws) {
   const int64_t D = p.head_dim, m = r.t_end - r.t_begin, m_pad = round_up(m, kernels::kRowGroup);
-  const float factor = p.params.scale * kLog2e;
+  const float factor = p.params.scale * detail::kLog2e;
   ws.q.assign(static_cast<size_t>(m_pad * D), 0.0f);
   for (int64_t t = r.t_begin; t < r.t_end; ++t) {
     float* q = &ws.q[(t - r.t_begin) * D];
@@ -186,6 +190,23 @@ ConvertedKV convert_kv(const Problem& p) {
   return kv;
 }
 
+// K and V as the chosen kernels read them: packed bf16 for the bf16 products, else fp32.
+struct AttentionKV {
+  Isa isa;
+  bool bf16_products;
+  ConvertedKV fp32;
+  PackedBf16KV bf16;
+};
+
+AttentionKV prepare_kv(const Problem& p) {
+  AttentionKV kv;
+  kv.isa = isa_for(p.dtype);
+  kv.bf16_products = kv.isa == Isa::amx || kv.isa == Isa::avx512bf16;
+  if (kv.bf16_products) kv.bf16 = pack_bf16_kv(p);
+  else kv.fp32 = convert_kv(p);
+  return kv;
+}
+
 // Step 5 for one row over the given key blocks (ascending): FlashAttention's tiling on the CPU.
 // Per key block: S = Q K^T (exp2 domain), causal mask where the block reaches past a row's
 // position, online softmax (running max and sum per row), O += P V. fp32 throughout.
@@ -208,7 +229,6 @@ void attend_row(const Problem& p, const ConvertedKV& kv, const Row& r, const int
                                   ws.row_sum.data(), ws.o.data(), D);
     kernels::pv(ws.s.data(), n_pad, m_pad, keys, kv.v_block(p, slot0 + blocks[n], kv_head), D, ws.o.data());
   }
-  constexpr float kLn2 = 0.6931471805599453f;
   for (int64_t t = r.t_begin; t < r.t_end; ++t) {
     const int64_t row = t - r.t_begin;
     const float inverse = ws.row_sum[row] > 0.0f ? 1.0f / ws.row_sum[row] : 0.0f;
@@ -216,12 +236,57 @@ void attend_row(const Problem& p, const ConvertedKV& kv, const Row& r, const int
     for (int64_t d = 0; d < D; ++d) store(p, p.out, out_offset + d, ws.o[row * D + d] * inverse);
     if (p.lse)
       p.lse[p.lse_offset(r.seq, r.extent, t, r.head)] =
-          ws.row_sum[row] > 0.0f ? (ws.row_max[row] + std::log2(ws.row_sum[row])) * kLn2 : kNegInf;
+          ws.row_sum[row] > 0.0f ? (ws.row_max[row] + std::log2(ws.row_sum[row])) * detail::kLn2 : kNegInf;
   }
 }
 
-// Runs body(row_index, scratch) over rows on all threads, costliest first (by `cost`), each
-// thread taking the next row from a shared counter: rows differ a lot in kept blocks.
+// A task of step 5: query block i of up to kernels::kMaxGroupHeads query heads of one GQA group,
+// layout rows first_row + k * rows_per_head for k < heads. They read the same kv head, so the bf16
+// kernels load each key block once for all of them.
+struct GroupTask {
+  int64_t first_row, heads, rows_per_head;
+};
+
+std::vector<GroupTask> group_tasks(const Problem& p) {
+  std::vector<GroupTask> tasks;
+  int64_t row0 = 0;  // layout rows: sequence, then head, then query block (enumerate_rows' order)
+  for (int64_t b = 0; b < p.num_seqs; ++b) {
+    const SeqExtent s = p.seq(b);
+    const int64_t nqb = num_query_blocks(s.len_q, s.len_kv, p.block());
+    for (int64_t h0 = 0; h0 < p.heads_q;) {
+      const int64_t heads = std::min<int64_t>(kernels::kMaxGroupHeads, p.group - h0 % p.group);  // never across groups
+      for (int64_t i = 0; i < nqb; ++i) tasks.push_back({row0 + h0 * nqb + i, heads, nqb});
+      h0 += heads;
+    }
+    row0 += p.heads_q * nqb;
+  }
+  return tasks;
+}
+
+// Step 5 for one task; blocks_of(row) gives a layout row's kept blocks as (pointer, count).
+template <typename BlocksOf>
+void attend(const Problem& p, const AttentionKV& kv, const std::vector<Row>& rows, const GroupTask& task, BlocksOf&& blocks_of,
+            Scratch& ws) {
+  const Row& first = rows[task.first_row];
+  if (kv.bf16_products) {
+    HeadBlocks heads[kernels::kMaxGroupHeads];
+    for (int64_t k = 0; k < task.heads; ++k) {
+      const auto [blocks, count] = blocks_of(task.first_row + k * task.rows_per_head);
+      heads[k] = {first.head + k, blocks, count};
+    }
+    attend_rows_bf16(kv.isa, p, kv.bf16, first.seq, first.extent, first.t_begin, first.t_end, heads, task.heads, ws.bf16_row);
+    return;
+  }
+  for (int64_t k = 0; k < task.heads; ++k) {
+    const int64_t row = task.first_row + k * task.rows_per_head;
+    const auto [blocks, count] = blocks_of(row);
+    attend_row(p, kv.fp32, rows[row], blocks, count, ws);
+  }
+}
+
+// Runs body(index, scratch) over tasks (layout rows, or step 5's GroupTasks) on all threads,
+// costliest first (by `cost`), each thread taking the next from a shared counter: rows differ a lot
+// in kept blocks.
 template <typename Cost, typename Body>
 void for_rows_costliest_first(int64_t count, Cost&& cost, Body&& body) {
   std::vector<int64_t> order(static_cast<size_t>(count));
@@ -297,17 +362,42 @@ std::vector<std::vector<float>> transposed_pooled_keys(const Problem& p, const f
   return transposed;
 }
 
+// The pooled keys as the chosen step-2 kernels read them: packed bf16 for the bf16 products, else
+// transposed fp32.
+struct ScoreKeys {
+  Isa isa;
+  bool bf16_products;
+  std::vector<std::vector<float>> fp32;
+  std::vector<int64_t> ld;
+  PackedPooledKeys bf16;
+};
+
+ScoreKeys prepare_score_keys(const Problem& p, const float* pooled_keys) {
+  ScoreKeys keys;
+  keys.isa = isa_for(p.dtype);
+  keys.bf16_products = keys.isa == Isa::amx || keys.isa == Isa::avx512bf16;
+  if (keys.bf16_products) keys.bf16 = pack_pooled_keys_bf16(p, pooled_keys);
+  else keys.fp32 = transposed_pooled_keys(p, pooled_keys, keys.ld);
+  return keys;
+}
+
+void score(const Problem& p, const ScoreKeys& keys, const Row& r, float* scores, Scratch& ws) {
+  if (keys.bf16_products) {
+    score_row_bf16(keys.isa, p, keys.bf16, r.seq, r.extent, r.head, r.block_abs, r.t_begin, r.t_end, scores, ws.bf16_row);
+  } else {
+    const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
+    score_row(p, r, keys.fp32[pair].data(), keys.ld[pair], scores, ws);
+  }
+}
+
 void block_scores(const Problem& p, const float* pooled_keys, float* scores, int64_t ld) {
   const std::vector<Row> rows = enumerate_rows(p);
-  std::vector<int64_t> ld_pooled;
-  const auto pooled_t = transposed_pooled_keys(p, pooled_keys, ld_pooled);
+  const ScoreKeys keys = prepare_score_keys(p, pooled_keys);
   for_rows_costliest_first(static_cast<int64_t>(rows.size()), [&](int64_t n) { return rows[n].block_abs; },
                            [&](int64_t n, Scratch& scratch) {
-                             const Row& r = rows[n];
-                             const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
                              float* out = scores + n * ld;
                              std::fill(out, out + ld, 0.0f);
-                             score_row(p, r, pooled_t[pair].data(), ld_pooled[pair], out, scratch);
+                             score(p, keys, rows[n], out, scratch);
                            });
 }
 
@@ -319,38 +409,44 @@ void discover_layout(const Problem& p, const BlockSparseLayout& layout, const de
   const int64_t slots = detail::stage_shapes_of(p).pooled_key_slots;
   std::vector<float> pooled(static_cast<size_t>(slots * p.heads_kv * p.head_dim));
   pool_keys(p, pooled.data());
-  std::vector<int64_t> ld_pooled;
-  const auto pooled_t = transposed_pooled_keys(p, pooled.data(), ld_pooled);
+  const ScoreKeys keys = prepare_score_keys(p, pooled.data());
   // One row's scores at a time per thread: the score matrix is never materialised.
   build_layout(p, layout, [&](int64_t, const Row& r, int32_t* kept, Scratch& scratch) {
-    const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
     std::vector<float> scores(static_cast<size_t>(r.block_abs + 1));
-    score_row(p, r, pooled_t[pair].data(), ld_pooled[pair], scores.data(), scratch);
+    score(p, keys, r, scores.data(), scratch);
     return select_row(p, r, scores.data(), kept);
   });
 }
 
-void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout, const detail::AttentionPlan&, void*) {
-  const std::vector<Row> rows = enumerate_rows(p);
+void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout,
+                            const detail::AttentionPlan&, void*) {
+  const std::vector<Row> rows = enumerate_rows(p);  // in layout order: rows[n] is layout row n
+  const std::vector<GroupTask> tasks = group_tasks(p);
   const int64_t* row_ptr = layout.row_ptr.ptr<const int64_t>();
   const int32_t* col_idx = layout.col_idx.ptr<const int32_t>();
-  const ConvertedKV kv = convert_kv(p);
-  // enumerate_rows() yields rows in layout order, so task n is layout row n.
-  for_rows_costliest_first(static_cast<int64_t>(rows.size()), [&](int64_t n) { return row_ptr[n + 1] - row_ptr[n]; },
-                           [&](int64_t n, Scratch& scratch) {
-                             attend_row(p, kv, rows[n], col_idx + row_ptr[n], row_ptr[n + 1] - row_ptr[n], scratch);
-                           });
+  const AttentionKV kv = prepare_kv(p);
+  const auto blocks_of = [&](int64_t row) { return std::pair{col_idx + row_ptr[row], row_ptr[row + 1] - row_ptr[row]}; };
+  const auto kept_blocks = [&](int64_t n) {
+    int64_t count = 0;
+    for (int64_t k = 0; k < tasks[n].heads; ++k) count += blocks_of(tasks[n].first_row + k * tasks[n].rows_per_head).second;
+    return count;
+  };
+  for_rows_costliest_first(static_cast<int64_t>(tasks.size()), kept_blocks,
+                           [&](int64_t n, Scratch& scratch) { attend(p, kv, rows, tasks[n], blocks_of, scratch); });
 }
 
 void dense_attention(const Problem& p) {
   const std::vector<Row> rows = enumerate_rows(p);
-  const ConvertedKV kv = convert_kv(p);
-  for_rows_costliest_first(static_cast<int64_t>(rows.size()), [&](int64_t n) { return rows[n].block_abs; },
-                           [&](int64_t n, Scratch& scratch) {
-                             std::vector<int32_t> all(static_cast<size_t>(rows[n].block_abs + 1));
-                             std::iota(all.begin(), all.end(), 0);
-                             attend_row(p, kv, rows[n], all.data(), static_cast<int64_t>(all.size()), scratch);
-                           });
+  const std::vector<GroupTask> tasks = group_tasks(p);
+  const AttentionKV kv = prepare_kv(p);
+  int64_t max_blocks = 0;
+  for (const Row& r : rows) max_blocks = std::max(max_blocks, r.block_abs + 1);
+  std::vector<int32_t> all(static_cast<size_t>(max_blocks));
+  std::iota(all.begin(), all.end(), 0);
+  const auto blocks_of = [&](int64_t row) { return std::pair{static_cast<const int32_t*>(all.data()), rows[row].block_abs + 1}; };
+  for_rows_costliest_first(static_cast<int64_t>(tasks.size()),
+                           [&](int64_t n) { return tasks[n].heads * (rows[tasks[n].first_row].block_abs + 1); },
+                           [&](int64_t n, Scratch& scratch) { attend(p, kv, rows, tasks[n], blocks_of, scratch); });
 }
 
 }  // namespace flashprefill::cpu

@@ -1,9 +1,9 @@
-// The CPU backend's inner loops: register-blocked fp32 micro-kernels for S = Q K^T and O += P V,
+// The CPU backend's fp32 inner loops (fp16 and fp32 inputs; bf16 ones where the CPU has no bf16
+// dot products, see attention_bf16.hpp): register-blocked fp32 micro-kernels for S = Q K^T and O += P V,
 // and the online-softmax step with a vectorisable exp2. They are plain loops with fixed trip counts
 // that the compiler vectorises; kernels_impl.hpp is compiled three times (AVX-512, AVX2+FMA,
 // baseline x86-64: kernels_avx512.cpp, kernels_avx2.cpp, kernels_generic.cpp) and these entry
-// points call the best one for the running CPU, chosen once by its feature flags (not its model
-// name, so AMD and Intel parts both get their widest path). For simple FMA streams like these a
+// points call the one isa.hpp chooses. For simple FMA streams like these a
 // SIMD library (Highway) would add code without adding speed.
 #pragma once
 
@@ -30,8 +30,5 @@ void exp2_rows(float* x, int64_t rows, int64_t cols, int64_t ld, const float* ro
 // rows m .. m_pad - 1 are zeroed). `keys` <= ld and ld a multiple of 16.
 void online_softmax_block(float* s, int64_t m, int64_t m_pad, int64_t ld, int64_t keys, int64_t first_visible,
                           float* row_max, float* row_sum, float* o, int64_t D);
-
-// Which instruction set the kernels run with on this CPU: "avx512", "avx2" or "generic".
-const char* isa_name();
 
 }  // namespace flashprefill::cpu::kernels
