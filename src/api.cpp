@@ -1,5 +1,6 @@
 // The public API: validate every argument, build a Problem, dispatch to the tensors' backend.
 // Nothing here computes; every message names the argument, its value and what was expected.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -80,7 +81,6 @@ void check_cu_seqlens_values(const std::vector<int32_t>& cu, const char* name, i
          str(total) + " tokens");
 }
 
-
 // Scans a (strided; bf16, fp16 or fp32) tensor for NaN / Inf; copies it to the host first when it lives on a GPU.
 void check_finite(const TensorView& t, const char* name) {
   if (t.numel() == 0) return;
@@ -112,8 +112,9 @@ std::vector<int32_t> read_int32(const TensorView& t, const char* name) {
 }
 
 // The paged half of make_problem: k and v are page pools (their ranks and head dims are checked
-// already), queries are packed by varlen.cu_seqlens_q.
-void make_paged(const AttentionArgs& args, const Params& params, Problem& p) {
+// already), queries are packed by varlen.cu_seqlens_q. Returns the pages the sequences use, when
+// it read the block table (on the CPU, or with check_inputs).
+std::vector<int32_t> make_paged(const AttentionArgs& args, const Params& params, Problem& p) {
   const TensorView& cq = args.varlen.cu_seqlens_q;
   const TensorView& table = args.paged.block_table;
   const TensorView& lens = args.paged.seq_lens_kv;
@@ -171,7 +172,7 @@ void make_paged(const AttentionArgs& args, const Params& params, Problem& p) {
   p.cu_seqlens_q = cq.ptr<const int32_t>();
 
   // On the CPU the metadata is free to read, so it is always checked; on a GPU only on request.
-  if (p.device.type != DeviceType::cpu && !params.check_inputs) return;
+  if (p.device.type != DeviceType::cpu && !params.check_inputs) return {};
   const auto cu_q = read_cu_seqlens(cq);
   check_cu_seqlens_values(cu_q, "cu_seqlens_q", p.total_q, p.len_q);
   const auto len_kv = read_int32(lens, "seq_lens_kv");
@@ -180,6 +181,7 @@ void make_paged(const AttentionArgs& args, const Params& params, Problem& p) {
     copy_bytes(pages.data() + b * table.shape[1], Device::cpu(),
                table.ptr<const int32_t>() + b * table.stride[0], table.device,
                size_t(table.shape[1]) * sizeof(int32_t));
+  std::vector<int32_t> used;
   for (int64_t b = 0; b < p.num_seqs; ++b) {
     const int64_t lq = cu_q[b + 1] - cu_q[b], lkv = len_kv[b];
     if (lkv < 0 || lkv > p.len_kv)
@@ -193,7 +195,26 @@ void make_paged(const AttentionArgs& args, const Params& params, Problem& p) {
       if (id < 0 || id >= num_pages)
         fail("block_table[" + str(b) + ", " + str(page) + "] is " + str(id) +
              "; expected a page of " + "the pools, in [0, " + str(num_pages) + ")");
+      used.push_back(id);
     }
+  }
+  std::sort(used.begin(), used.end());
+  used.erase(std::unique(used.begin(), used.end()), used.end());
+  return used;
+}
+
+// check_inputs on a paged K or V: the pages in use, whole (the sm_90 kernel reads a partial last
+// page to its end), not the pool's other pages.
+void check_pages_finite(const TensorView& pool, const std::vector<int32_t>& pages,
+                        const char* name) {
+  TensorView page = pool;
+  page.rank = 3;
+  for (int d = 0; d < 3; ++d)
+    page.shape[d] = pool.shape[d + 1], page.stride[d] = pool.stride[d + 1];
+  for (int32_t id : pages) {
+    page.data =
+        static_cast<char*>(pool.data) + id * pool.stride[0] * int64_t(dtype_size(pool.dtype));
+    check_finite(page, (std::string(name) + " page " + str(id)).c_str());
   }
 }
 
@@ -263,8 +284,9 @@ Problem detail::make_problem(const AttentionArgs& args, const Params& params, Ne
   check_last_dim_contiguous(args.v, "v");
 
   p.varlen = varlen;
+  std::vector<int32_t> used_pages;  // paged, when the block table was read
   if (paged) {
-    make_paged(args, params, p);
+    used_pages = make_paged(args, params, p);
   } else if (varlen) {
     const TensorView& cq = args.varlen.cu_seqlens_q;
     const TensorView& ck = args.varlen.cu_seqlens_kv;
@@ -386,8 +408,13 @@ Problem detail::make_problem(const AttentionArgs& args, const Params& params, Ne
 
   if (params.check_inputs) {
     check_finite(args.q, "q");
-    check_finite(args.k, "k");
-    check_finite(args.v, "v");
+    if (paged) {
+      check_pages_finite(args.k, used_pages, "k");
+      check_pages_finite(args.v, used_pages, "v");
+    } else {
+      check_finite(args.k, "k");
+      check_finite(args.v, "v");
+    }
   }
   p.params = params;
   if (p.params.scale == 0.0f) p.params.scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
@@ -400,6 +427,9 @@ Problem detail::make_problem(const AttentionArgs& args, const Params& params, Ne
       fail("the problem has " + str(p.total_q) + " query tokens, " + str(p.total_kv) +
            " key tokens and " + str(s.max_rows) +
            " layout rows; the CUDA backend expects each below 2^31");
+    if (p.pages.num_pages >= kInt32Max)  // a TMA coordinate, and one past it reads zeros
+      fail("k and v have " + str(p.pages.num_pages) +
+           " pages; the CUDA backend expects fewer than 2^31 - 1");
     cuda::set_device(p.device.index);
   }
   return p;

@@ -4,6 +4,7 @@
 // gets an error naming it.
 #include <cstring>
 
+#include "cpu/isa.hpp"
 #include "test_util.hpp"
 
 namespace flashprefill::testing {
@@ -113,6 +114,32 @@ TEST(Paged, BlockSizesAroundThePageSizeAndFp16) {
   }
 }
 
+// Every CPU kernel variant this CPU runs (AMX, AVX-512, AVX2, generic) reads pages through the
+// same addressing: bf16 and fp16, two page sizes.
+TEST(Paged, EveryCpuKernelVariantEqualsContiguous) {
+  FP_SEEDED(seed);
+  Shape shape;
+  shape.heads_q = 4, shape.heads_kv = 1, shape.head_dim = 128;
+  for (cpu::Isa isa :
+       {cpu::Isa::amx, cpu::Isa::avx512bf16, cpu::Isa::avx512, cpu::Isa::avx2, cpu::Isa::generic}) {
+    if (!cpu::isa_supported(isa)) continue;
+    SCOPED_TRACE(std::string("variant ") + cpu::isa_name(isa));
+    cpu::set_isa_ceiling(&isa);
+    for (DType dtype : {DType::bf16, DType::fp16}) {
+      HostBatch host = varlen_batch({{150, 400}, {3, 77}}, shape, dtype, seed);
+      Params params;
+      params.block_size = 32;
+      params.alpha = 0.3f;
+      for (int64_t page_size : {16, 128}) {
+        PagedBatch paged = make_paged(host, page_size, PoolLayout::interleaved, seed);
+        check_paged_equals_contiguous(host, paged, params, false);
+      }
+    }
+    cpu::set_isa_ceiling(nullptr);
+    if (HasFatalFailure()) return;
+  }
+}
+
 // The paged layout_stats read seq_lens_kv: the same counts as the contiguous call.
 TEST(Paged, LayoutStatsMatchContiguous) {
   FP_SEEDED(seed);
@@ -218,6 +245,17 @@ TEST_F(PagedErrors, BlockTableEntriesInRange) {
                {"block_table[0, 1]", std::to_string(paged.num_pages).c_str(), "[0, "});
   paged.block_table[1] = -2;
   expect_error([&] { flash_prefill(args, params); }, {"block_table[0, 1]", "-2"});
+}
+
+// check_inputs scans the pages in use (whole: the sm_90 kernel reads a partial last page to its
+// end), not the spare pages, which hold NaN here.
+TEST_F(PagedErrors, CheckInputsScansThePagesInUse) {
+  params.check_inputs = true;
+  EXPECT_NO_THROW(flash_prefill(args, params));
+  const int32_t page = paged.block_table[0];
+  paged.pool[size_t(paged.v_begin + page * paged.stride[0] + 5)] = to_half(NAN, DType::bf16);
+  const std::string name = "v page " + std::to_string(page);
+  expect_error([&] { flash_prefill(args, params); }, {name.c_str(), "NaN"});
 }
 
 }  // namespace

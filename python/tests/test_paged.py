@@ -70,6 +70,11 @@ def test_paged_equals_contiguous_torch_cpu(rng, page_size):
             assert rel_error(out[qs[b]:qs[b + 1]].float().numpy(), ref) <= 1e-2
 
 
+def test_paged_float32_cpu(rng):
+    t = make_paged(rng, LENGTHS, 64, dtype=torch.float32)
+    paged_equals_varlen(t, alpha=0.2, block_size=32)
+
+
 def test_paged_numpy(rng):
     t = make_paged(rng, LENGTHS, 32, dtype=torch.float16)
     n = lambda x: x.numpy()
