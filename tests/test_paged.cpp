@@ -88,8 +88,8 @@ TEST(Paged, EveryPageSizeAndPoolLayoutEqualsContiguous) {
   params.block_size = 64;
   params.alpha = 0.3f;
   for (int64_t page_size : {16, 32, 64, 128, 256})
-    for (PoolLayout layout :
-         {PoolLayout::separate, PoolLayout::combined, PoolLayout::interleaved}) {
+    for (PoolLayout layout : {PoolLayout::separate, PoolLayout::combined, PoolLayout::interleaved,
+                              PoolLayout::head_major}) {
       PagedBatch paged = make_paged(host, page_size, layout, seed + uint64_t(page_size));
       check_paged_equals_contiguous(host, paged, params, page_size == 16);
       if (HasFatalFailure()) return;

@@ -157,11 +157,13 @@ enum class PoolLayout {
   separate,     // k and v: two [num_pages, page_size, H_kv, D] pools
   combined,     // one [2, num_pages, page_size, H_kv, D] tensor, k = [0] and v = [1] (vLLM FA)
   interleaved,  // one [num_pages, 2, page_size, H_kv, D] tensor (pages hold K then V)
+  head_major,   // [2, num_pages, H_kv, page_size, D] memory seen as [.., page_size, H_kv, D] (HND)
 };
 inline const char* pool_layout_name(PoolLayout layout) {
-  return layout == PoolLayout::separate   ? "separate"
-         : layout == PoolLayout::combined ? "combined"
-                                          : "interleaved";
+  return layout == PoolLayout::separate      ? "separate"
+         : layout == PoolLayout::combined    ? "combined"
+         : layout == PoolLayout::interleaved ? "interleaved"
+                                             : "head_major";
 }
 
 struct PagedBatch {
@@ -230,6 +232,10 @@ inline PagedBatch make_paged(HostBatch& host, int64_t page_size, PoolLayout layo
       paged.k_begin = 0, paged.v_begin = N * page_elems;
       paged.stride = {page_elems, row, D, 1};
       break;
+    case PoolLayout::head_major:
+      paged.k_begin = 0, paged.v_begin = N * page_elems;
+      paged.stride = {page_elems, D, page_size * D, 1};
+      break;
     case PoolLayout::interleaved:
       paged.k_begin = 0, paged.v_begin = page_elems;
       paged.stride = {2 * page_elems, row, D, 1};
@@ -245,7 +251,8 @@ inline PagedBatch make_paged(HostBatch& host, int64_t page_size, PoolLayout layo
       for (int64_t r = 0; r < page_size; ++r) {
         const int64_t key = page * page_size + r;
         for (int64_t e = 0; e < row; ++e) {
-          const int64_t at = id * paged.stride[0] + r * row + e;
+          const int64_t at =
+              id * paged.stride[0] + r * paged.stride[1] + (e / D) * paged.stride[2] + e % D;
           if (key < len) {
             const size_t from = size_t((host.cu_kv[b] + key) * row + e);
             paged.pool[size_t(paged.k_begin + at)] = host.k[from];

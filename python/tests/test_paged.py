@@ -70,6 +70,16 @@ def test_paged_equals_contiguous_torch_cpu(rng, page_size):
             assert rel_error(out[qs[b]:qs[b + 1]].float().numpy(), ref) <= 1e-2
 
 
+def test_paged_head_major_strides(rng):
+    """Pages stored head-major ([2, num_pages, H_kv, page_size, D] memory, vLLM's HND cache layout) and
+    passed as permuted views: any strides with D contiguous."""
+    t = make_paged(rng, LENGTHS, 32)
+    hnd = t["cache"].permute(0, 1, 3, 2, 4).contiguous()
+    t["cache"] = hnd.permute(0, 1, 3, 2, 4)
+    assert not t["cache"][0].is_contiguous()
+    paged_equals_varlen(t, alpha=0.2, block_size=64)
+
+
 def test_paged_float32_cpu(rng):
     t = make_paged(rng, LENGTHS, 64, dtype=torch.float32)
     paged_equals_varlen(t, alpha=0.2, block_size=32)

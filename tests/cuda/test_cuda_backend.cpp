@@ -222,8 +222,8 @@ void check_paged_equals_contiguous_on_gpu(uint64_t seed, const Params& params, i
   contiguous.download_out();
   bool reference_checked = false;
   for (int64_t page_size : {16, 32, 64, 128, 256})
-    for (PoolLayout pool_layout :
-         {PoolLayout::separate, PoolLayout::combined, PoolLayout::interleaved}) {
+    for (PoolLayout pool_layout : {PoolLayout::separate, PoolLayout::combined,
+                                   PoolLayout::interleaved, PoolLayout::head_major}) {
       SCOPED_TRACE(std::string("page_size=") + std::to_string(page_size) +
                    " layout=" + pool_layout_name(pool_layout));
       PagedBatch paged = make_paged(host, page_size, pool_layout, seed + uint64_t(page_size));
