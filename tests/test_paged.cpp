@@ -13,9 +13,10 @@ namespace {
 using detail::make_problem;
 using detail::Needs;
 
-// Chunks that start mid-block, a sequence shorter than one page, partial last pages, GQA.
-const std::vector<std::pair<int32_t, int32_t>> kLengths = {
-    {300, 1000}, {64, 64}, {1, 517}, {250, 250}, {37, 129}};
+// Chunks that start mid-block, a sequence shorter than one page, an empty one (its block-table
+// row is all -1, never read), partial last pages, GQA.
+const std::vector<std::pair<int32_t, int32_t>> kLengths = {{300, 1000}, {64, 64},   {1, 517},
+                                                           {0, 0},      {250, 250}, {37, 129}};
 
 void expect_same_bits(const std::vector<uint16_t>& a, const std::vector<uint16_t>& b,
                       const char* what) {

@@ -210,8 +210,9 @@ void check_paged_equals_contiguous_on_gpu(uint64_t seed, const Params& params, i
                                           DType dtype) {
   Shape shape;
   shape.heads_q = 4, shape.heads_kv = 2, shape.head_dim = head_dim;
-  HostBatch host = varlen_batch(
-      {{300, 1000}, {64, 64}, {1, 517}, {250, 250}, {37, 129}, {700, 2100}}, shape, dtype, seed);
+  HostBatch host =
+      varlen_batch({{300, 1000}, {64, 64}, {1, 517}, {0, 0}, {250, 250}, {37, 129}, {700, 2100}},
+                   shape, dtype, seed);
   DeviceBatch contiguous(host);
   AttentionArgs contiguous_args = contiguous.args(true);
   LayoutStorage layout_c = allocate_layout(contiguous_args, params);
