@@ -13,8 +13,13 @@ namespace flashprefill::reference {
 // Step 1: pooled keys, [slot][kv head][d] in the slot numbering of flashprefill.hpp.
 std::vector<double> pool_keys(const detail::Problem& p, int64_t num_slots);
 
+// Robust discovery's second representative (docs/ROBUST.md), in pooled's layout: the valid key of
+// each block farthest from its mean rounded to the input dtype, the lowest index on ties.
+std::vector<double> farthest_keys(const detail::Problem& p, const std::vector<double>& pooled);
+
 // Step 2: S for every layout row, row-major [row][max_key_blocks] (0 where j > i), scoring
-// against the pooled keys rounded to the input dtype, as every backend does.
+// against the pooled keys rounded to the input dtype, as every backend does. With
+// params.discovery robust, on x_eff = max(x, scale * q . far - ln n_j) (docs/ROBUST.md).
 std::vector<double> block_scores(const detail::Problem& p, const std::vector<double>& pooled,
                                  int64_t max_key_blocks);
 

@@ -70,7 +70,7 @@ int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1
 
 // Per-thread scratch for one row's tiles, reused across rows so the hot loop never allocates.
 struct Scratch {
-  std::vector<float> q, s, o, row_max, row_sum;
+  std::vector<float> q, s, o, row_max, row_sum, s_far;
 };
 
 // Loads the row's queries as fp32, pre-multiplied by scale * log2(e) so that scores are in the
@@ -89,13 +89,25 @@ int64_t load_queries(const Problem& p, const Row& r, Scratch& ws) {
 
 // Step 2 for one row: S[j] for j <= i (written to scores[0 .. i]). pooled_t holds the sequence's
 // pooled keys of this kv head transposed, [D][ld_pooled], so the score tile is one Q Kbar^T product.
-void score_row(const Problem& p, const Row& r, const float* pooled_t, int64_t ld_pooled, float* scores, Scratch& ws) {
+// far_t (robust discovery, docs/ROBUST.md; nullptr for exact): each block's farthest key, the same
+// layout; a row then scores max(x_mean, x_far - log2(n_j)) in the exp2 domain.
+void score_row(const Problem& p, const Row& r, const float* pooled_t, const float* far_t, int64_t ld_pooled,
+               float* scores, Scratch& ws) {
   const int64_t D = p.head_dim, block = p.block(), m = r.t_end - r.t_begin;
   const int64_t num_j = r.block_abs + 1, n_pad = round_up(num_j, kernels::kColumnTile);
   const int64_t shift = r.extent.len_kv - r.extent.len_q;
   const int64_t m_pad = load_queries(p, r, ws);
   ws.s.resize(static_cast<size_t>(m_pad * n_pad));
   kernels::qk(ws.q.data(), m_pad, D, pooled_t, ld_pooled, n_pad, ws.s.data(), n_pad);
+  if (far_t) {
+    ws.s_far.resize(ws.s.size());
+    kernels::qk(ws.q.data(), m_pad, D, far_t, ld_pooled, n_pad, ws.s_far.data(), n_pad);
+    std::vector<float> penalty(static_cast<size_t>(num_j));
+    for (int64_t j = 0; j < num_j; ++j) penalty[j] = std::log2(float(std::min(block, r.extent.len_kv - j * block)));
+    for (int64_t t = 0; t < m; ++t)
+      for (int64_t j = 0; j < num_j; ++j)
+        ws.s[t * n_pad + j] = std::max(ws.s[t * n_pad + j], ws.s_far[t * n_pad + j] - penalty[j]);
+  }
   float row_max = kNegInf;  // M[i] = max over rows and visible blocks
   for (int64_t t = 0; t < m; ++t) {
     float* x = &ws.s[t * n_pad];
@@ -286,6 +298,33 @@ void pool_keys(const Problem& p, float* pooled_keys) {
   }
 }
 
+// Robust discovery's second representative (docs/ROBUST.md), [slot][kv head][D] beside the means:
+// the valid key of the block farthest from the block mean rounded to the input dtype (squared
+// distance in fp32, d ascending), the lowest index on ties.
+std::vector<float> farthest_keys(const Problem& p, const float* pooled_keys, int64_t slots) {
+  const int64_t D = p.head_dim, block = p.block();
+  std::vector<float> far(static_cast<size_t>(slots * p.heads_kv * D), 0.0f);
+  for (int64_t b = 0; b < p.num_seqs; ++b) {
+    const SeqExtent s = p.seq(b);
+    const int64_t slot0 = p.pooled_slot0(b, s), nkb = num_key_blocks(s.len_kv, block);
+    parallel_for(nkb * p.heads_kv, [&](int64_t n) {
+      const int64_t j = n / p.heads_kv, kv_head = n % p.heads_kv;
+      const int64_t index = ((slot0 + j) * p.heads_kv + kv_head) * D;
+      std::vector<float> mean(static_cast<size_t>(D)), key(static_cast<size_t>(D)), best(static_cast<size_t>(D));
+      for (int64_t d = 0; d < D; ++d) mean[d] = detail::rounded_to(pooled_keys[index + d], p.dtype);
+      float best_distance = -1.0f;
+      for (int64_t k = j * block; k < std::min((j + 1) * block, s.len_kv); ++k) {
+        load_row(p, p.k, p.k_offset(b, s, k, kv_head), D, key.data());
+        float distance = 0.0f;
+        for (int64_t d = 0; d < D; ++d) distance += (key[d] - mean[d]) * (key[d] - mean[d]);
+        if (distance > best_distance) best_distance = distance, best = key;
+      }
+      std::copy(best.begin(), best.end(), far.begin() + index);
+    });
+  }
+  return far;
+}
+
 // Pooled keys transposed per (sequence, kv head), shared by all rows of that pair.
 std::vector<std::vector<float>> transposed_pooled_keys(const Problem& p, const float* pooled_keys, std::vector<int64_t>& ld) {
   std::vector<std::vector<float>> transposed(static_cast<size_t>(p.num_seqs * p.heads_kv));
@@ -307,7 +346,7 @@ void block_scores(const Problem& p, const float* pooled_keys, float* scores, int
                              const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
                              float* out = scores + n * ld;
                              std::fill(out, out + ld, 0.0f);
-                             score_row(p, r, pooled_t[pair].data(), ld_pooled[pair], out, scratch);
+                             score_row(p, r, pooled_t[pair].data(), nullptr, ld_pooled[pair], out, scratch);
                            });
 }
 
@@ -321,11 +360,15 @@ void discover_layout(const Problem& p, const BlockSparseLayout& layout, const de
   pool_keys(p, pooled.data());
   std::vector<int64_t> ld_pooled;
   const auto pooled_t = transposed_pooled_keys(p, pooled.data(), ld_pooled);
+  const bool robust = p.params.discovery == Discovery::robust;
+  std::vector<std::vector<float>> far_t;
+  if (robust) far_t = transposed_pooled_keys(p, farthest_keys(p, pooled.data(), slots).data(), ld_pooled);
   // One row's scores at a time per thread: the score matrix is never materialised.
   build_layout(p, layout, [&](int64_t, const Row& r, int32_t* kept, Scratch& scratch) {
     const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
     std::vector<float> scores(static_cast<size_t>(r.block_abs + 1));
-    score_row(p, r, pooled_t[pair].data(), ld_pooled[pair], scores.data(), scratch);
+    score_row(p, r, pooled_t[pair].data(), robust ? far_t[pair].data() : nullptr, ld_pooled[pair], scores.data(),
+              scratch);
     return select_row(p, r, scores.data(), kept);
   });
 }
