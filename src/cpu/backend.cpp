@@ -310,16 +310,17 @@ std::vector<float> farthest_keys(const Problem& p, const float* pooled_keys, int
     parallel_for(nkb * p.heads_kv, [&](int64_t n) {
       const int64_t j = n / p.heads_kv, kv_head = n % p.heads_kv;
       const int64_t index = ((slot0 + j) * p.heads_kv + kv_head) * D;
-      std::vector<float> mean(static_cast<size_t>(D)), key(static_cast<size_t>(D)), best(static_cast<size_t>(D));
+      std::vector<float> mean(static_cast<size_t>(D)), key(static_cast<size_t>(D));
       for (int64_t d = 0; d < D; ++d) mean[d] = detail::rounded_to(pooled_keys[index + d], p.dtype);
       float best_distance = -1.0f;
+      int64_t best_key = j * block;
       for (int64_t k = j * block; k < std::min((j + 1) * block, s.len_kv); ++k) {
         load_row(p, p.k, p.k_offset(b, s, k, kv_head), D, key.data());
         float distance = 0.0f;
         for (int64_t d = 0; d < D; ++d) distance += (key[d] - mean[d]) * (key[d] - mean[d]);
-        if (distance > best_distance) best_distance = distance, best = key;
+        if (distance > best_distance) best_distance = distance, best_key = k;
       }
-      std::copy(best.begin(), best.end(), far.begin() + index);
+      load_row(p, p.k, p.k_offset(b, s, best_key, kv_head), D, far.data() + index);
     });
   }
   return far;

@@ -22,6 +22,13 @@
 // visited diagonal tile first, then the sink tile, then the rest from the diagonal back: the
 // largest scores of a row usually lie on the local band or the sinks, so M is high from the first
 // steps and most far tiles skip (how many, in this order and in ascending order: bench/RESULTS.md).
+//
+// Robust discovery (kRobust, docs/ROBUST.md): a key tile's 64 rows hold 32 blocks in groups of 16
+// rows, the means of 8 blocks then the far keys of the same 8 (loaded as 8-row TMA boxes, one
+// 128-byte swizzle atom each). The wgmma accumulator gives a thread rows r and r + 8 of its warp's
+// 16, so both scores of a block sit in one thread and x_eff = max(x_mean, x_far - ln(n_j) / scale)
+// is one FADD and one FMNMX per element; everything after (the skip included: its bound holds for
+// any x) runs on x_eff. Twice the tiles per row, no extra accumulator registers.
 #pragma once
 
 #include <cfloat>
@@ -47,14 +54,19 @@ using discovery::RowOfGrid;
 struct ScoreMaps {
   CUtensorMap q;       // as the attention kernel's (boxes of 128 tokens)
   CUtensorMap pooled;  // pooled keys [slots][H_kv][D] in the input dtype, boxes of 64 slots
+                       // (robust: of 8)
+  CUtensorMap far;     // robust: the far keys, as pooled, boxes of 8 slots
 };
 
-template <int kHeadDim_, bool kIsBf16_>
+template <int kHeadDim_, bool kIsBf16_, bool kRobust_ = false>
 struct ScoreTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kIsBf16 = kIsBf16_;
+  static constexpr bool kRobust = kRobust_;
   static constexpr int kBlockM = 128;  // queries: one query block (block_size 128)
   static constexpr int kKeyTile = 64;  // pooled keys per wgmma tile (its M)
+  static constexpr int kBlocksPerTile = kRobust ? kKeyTile / 2 : kKeyTile;
+  static constexpr int kBoxRows = kRobust ? 8 : kKeyTile;  // slots per TMA box
   static constexpr int kThreads = 128;
   static constexpr int kMinCtasPerSm = 3;  // two accumulators fit in 168 registers
   static constexpr int kStages = 2;
@@ -141,22 +153,29 @@ __device__ __forceinline__ float max_of_half(const float (&x)[64], int half) {
 // maxima need no shuffles then, and they cannot raise the row maximum, so warp_max_so_far (the
 // warp's largest score, the row maximum once reduced over warps) is updated only on tiles it
 // scores.
+//
+// Robust (Traits::kRobust): both halves are block j[0], the mean in half 0 and the far key in half
+// 1; they are merged into half 0 first (far_penalty = ln(n_j) / scale), and only half 0 is scored.
 template <typename Traits>
-__device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t (&j)[2], bool mask,
-                                                  const RowBounds32& row, float scale_log2,
-                                                  bool may_skip, float skip_offset,
-                                                  float* warp_running_max, int step,
-                                                  float* log_score, float& warp_max_so_far,
-                                                  float& thread_max_log_score) {
+__device__ __forceinline__ void reduce_exact_tile(
+    float (&x)[64], const int32_t (&j)[2], bool mask, const RowBounds32& row, float scale_log2,
+    bool may_skip, float skip_offset, float* warp_running_max, int step, float* log_score,
+    float& warp_max_so_far, float& thread_max_log_score, float far_penalty = 0.0f) {
+  constexpr int kHalves = Traits::kRobust ? 1 : 2;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, quad = lane % 4;
   const float4 seen = *reinterpret_cast<const float4*>(warp_running_max + 4 * (step % 2));
   const float running_max = fmaxf(fmaxf(seen.x, seen.y), fmaxf(seen.z, seen.w));
+  if constexpr (Traits::kRobust) {
+#pragma unroll
+    for (int i = 0; i < 64; ++i)
+      if ((i % 4) / 2 == 0) x[i] = fmaxf(x[i], x[i + 2] - far_penalty);
+  }
   if (mask) {
     // Query position pos sees block j when pos >= first_visible[half] (the block's last key, or the
     // chunk start) and pos < len_kv.
     int32_t first_visible[2];
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
+    for (int half = 0; half < kHalves; ++half) {
       first_visible[half] = INT32_MAX;
       if (j[half] < row.num_j)
         first_visible[half] = max(min((j[half] + 1) * Traits::kBlockM, row.len_kv) - 1, row.shift);
@@ -164,21 +183,22 @@ __device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t 
     const int32_t pos0 = row.block_start + 2 * quad;
 #pragma unroll
     for (int i = 0; i < 64; ++i) {
+      if ((i % 4) / 2 >= kHalves) continue;
       const int32_t pos = pos0 + 8 * (i / 4) + (i % 2);
       if (pos < first_visible[(i % 4) / 2] || pos >= row.len_kv) x[i] = -INFINITY;
     }
   }
-  float m[2] = {max_of_half(x, 0), max_of_half(x, 1)};
+  float m[2] = {max_of_half(x, 0), kHalves > 1 ? max_of_half(x, 1) : -INFINITY};
   const bool skip =
       may_skip && __all_sync(0xffffffffu, fmaxf(m[0], m[1]) < running_max + skip_offset);
   if (skip) {
     // Every block of the warp is dropped (S = 0 is below any threshold; log2 0 = -inf).
 #pragma unroll
-    for (int half = 0; half < 2; ++half)
+    for (int half = 0; half < kHalves; ++half)
       if (quad == 0 && j[half] < row.num_j) log_score[j[half]] = -INFINITY;
   } else {
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
+    for (int half = 0; half < kHalves; ++half) {
       m[half] = fmaxf(m[half], __shfl_xor_sync(0xffffffffu, m[half], 1));
       m[half] = fmaxf(m[half], __shfl_xor_sync(0xffffffffu, m[half], 2));
     }
@@ -188,7 +208,7 @@ __device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t 
       warp_max = fmaxf(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, offset));
     warp_max_so_far = fmaxf(warp_max_so_far, warp_max);
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
+    for (int half = 0; half < kHalves; ++half) {
       // every lane of the quad agrees (a masked block has s = 0)
       const bool masked = m[half] == -INFINITY;
       const float shift_x2 = masked ? 0.0f : m[half] * scale_log2;
@@ -242,7 +262,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   // wanted: every causal block is kept whatever its score.
   const bool skip_scores =
       scores == nullptr && r.block_abs >= r.num_kv_blocks - p.params.last_full_blocks;
-  const int num_tiles = skip_scores ? 0 : int((num_j + kKeyTile - 1) / kKeyTile);
+  constexpr int kBlocksPerTile = Traits::kBlocksPerTile;
+  const int num_tiles = skip_scores ? 0 : int((num_j + kBlocksPerTile - 1) / kBlocksPerTile);
   const bool partial_block = block_start < shift || block_start + kBlock > r.extent.len_kv;
   float warp_max_so_far = -INFINITY, thread_max_log_score = -INFINITY;
   if (skip_scores)
@@ -262,11 +283,25 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   const auto load_keys = [&](int step) {  // one thread
     const int stage = step % kStages, tile = key_tile_at(step, num_tiles);
     barrier_arrive_expect_tx(&key_full[stage], Traits::kKeyBytes);
-    for (int panel = 0; panel < Traits::kPanels; ++panel)
-      cute::SM90_TMA_LOAD_3D::copy(
-          &maps.pooled, &key_full[stage], kCacheHint,
-          key_smem + stage * Traits::kKeyBytes + panel * Traits::KeyPanels::kPanelBytes, panel * 64,
-          int32_t(kv_head), slot0 + tile * kKeyTile);
+    for (int panel = 0; panel < Traits::kPanels; ++panel) {
+      unsigned char* panel_smem =
+          key_smem + stage * Traits::kKeyBytes + panel * Traits::KeyPanels::kPanelBytes;
+      if constexpr (Traits::kRobust) {
+        // 16-row groups: 8 means at rows 16n, their 8 far keys at 16n + 8 (128 bytes a row).
+        for (int n = 0; n < kKeyTile / 16; ++n) {
+          const int32_t slot = slot0 + tile * kBlocksPerTile + 8 * n;
+          cute::SM90_TMA_LOAD_3D::copy(&maps.pooled, &key_full[stage], kCacheHint,
+                                       panel_smem + 16 * n * 128, panel * 64, int32_t(kv_head),
+                                       slot);
+          cute::SM90_TMA_LOAD_3D::copy(&maps.far, &key_full[stage], kCacheHint,
+                                       panel_smem + (16 * n + 8) * 128, panel * 64,
+                                       int32_t(kv_head), slot);
+        }
+      } else {
+        cute::SM90_TMA_LOAD_3D::copy(&maps.pooled, &key_full[stage], kCacheHint, panel_smem,
+                                     panel * 64, int32_t(kv_head), slot0 + tile * kKeyTile);
+      }
+    }
   };
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) Barrier::init(&key_full[s], 1);
@@ -303,11 +338,23 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     // tile kStages ahead, which then lands while this one is scored.
     named_barrier_sync(NamedBarrier::kScoreWarpgroup, Traits::kThreads);
     if (tid == 0 && step + kStages < num_tiles) load_keys(step + kStages);
-    const int32_t j0 = key_tile_at(step, num_tiles) * kKeyTile;
-    const int32_t j[2] = {j0 + 16 * warp + g, j0 + 16 * warp + g + 8};
-    reduce_exact_tile<Traits>(x, j, partial_block || j0 + kKeyTile - 1 >= r.block_abs, geometry,
-                              scale_log2, may_skip, skip_offset, warp_running_max, step, log_score,
-                              warp_max_so_far, thread_max_log_score);
+    const int32_t j0 = key_tile_at(step, num_tiles) * kBlocksPerTile;
+    const bool mask = partial_block || j0 + kBlocksPerTile - 1 >= r.block_abs;
+    if constexpr (Traits::kRobust) {
+      const int32_t block_j = j0 + 8 * warp + g;
+      const int32_t j[2] = {block_j, block_j};
+      // ln(n_j) / scale in raw score units (n_j < kBlock only in a sequence's last block)
+      const int32_t keys = max(1, min(kBlock, geometry.len_kv - block_j * kBlock));
+      const float far_penalty = __log2f(float(keys)) / scale_log2;
+      reduce_exact_tile<Traits>(x, j, mask, geometry, scale_log2, may_skip, skip_offset,
+                                warp_running_max, step, log_score, warp_max_so_far,
+                                thread_max_log_score, far_penalty);
+    } else {
+      const int32_t j[2] = {j0 + 16 * warp + g, j0 + 16 * warp + g + 8};
+      reduce_exact_tile<Traits>(x, j, mask, geometry, scale_log2, may_skip, skip_offset,
+                                warp_running_max, step, log_score, warp_max_so_far,
+                                thread_max_log_score);
+    }
   };
   // Tiles in pairs on two accumulators (x^T[j, t] for 64 key blocks x 128 queries each): the second
   // tile's wgmmas run while the first is scored. No wgmma is in flight across the loop's back edge;
