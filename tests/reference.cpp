@@ -69,9 +69,8 @@ std::vector<double> farthest_keys(const Problem& p, const std::vector<double>& p
 }
 
 std::vector<double> block_scores(const Problem& p, const std::vector<double>& pooled,
-                                 int64_t max_key_blocks) {
+                                 int64_t max_key_blocks, bool robust) {
   const int64_t D = p.head_dim, B = p.block();
-  const bool robust = p.params.discovery == Discovery::robust;
   const std::vector<double> far = robust ? farthest_keys(p, pooled) : std::vector<double>();
   std::vector<double> scores;
   detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
@@ -116,7 +115,8 @@ std::vector<double> block_scores(const Problem& p, const std::vector<double>& po
 }
 
 std::vector<std::vector<int32_t>> select_blocks(const Problem& p, const std::vector<double>& scores,
-                                                int64_t max_key_blocks) {
+                                                int64_t max_key_blocks,
+                                                const std::vector<double>& robust_scores) {
   std::vector<std::vector<int32_t>> kept;
   detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
     const int64_t i = r.block_abs;
@@ -126,6 +126,11 @@ std::vector<std::vector<int32_t>> select_blocks(const Problem& p, const std::vec
     for (int64_t j = 0; j <= i; ++j)
       keep[j] = S[j] >= p.params.alpha * row_max ||
                 detail::always_kept(i, j, r.key_blocks(p.block()), p.params);
+    if (!robust_scores.empty()) {  // docs/ROBUST.md: also the blocks x_eff's threshold keeps
+      const double* R = &robust_scores[row * max_key_blocks];
+      const double robust_max = *std::max_element(R, R + i + 1);
+      for (int64_t j = 0; j <= i; ++j) keep[j] = keep[j] || R[j] >= p.params.alpha * robust_max;
+    }
     std::vector<int32_t> order(static_cast<size_t>(i + 1));
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t c) { return S[a] > S[c]; });

@@ -27,10 +27,22 @@ void check_robust(HostBatch& batch, const Params& params) {
   const auto rows = rows_of(layout.view);
   const auto ref_pooled = reference::pool_keys(problem, shapes.pooled_key_slots);
   const auto ref_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
-  const auto ref_rows = reference::select_blocks(problem, ref_scores, shapes.max_key_blocks);
+  const auto ref_robust = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks, true);
+  const auto ref_rows =
+      reference::select_blocks(problem, ref_scores, shapes.max_key_blocks, ref_robust);
   ASSERT_EQ(rows.size(), ref_rows.size());
   expect_rows_differ_only_at_threshold(rows, ref_rows, ref_scores, shapes.max_key_blocks,
-                                       params.alpha, 1e-3);
+                                       params.alpha, 1e-3, ref_robust);
+  // The union contains the exact rule's layout.
+  Params exact = params;
+  exact.discovery = Discovery::exact;
+  LayoutStorage exact_layout = allocate_layout(args, exact);
+  discover_layout(args, exact, exact_layout.view);
+  const auto exact_rows = rows_of(exact_layout.view);
+  for (size_t r = 0; r < rows.size(); ++r)
+    EXPECT_TRUE(
+        std::includes(rows[r].begin(), rows[r].end(), exact_rows[r].begin(), exact_rows[r].end()))
+        << "row " << r << " lost a block the exact rule keeps";
 
   AttentionArgs with_lse = batch.args(/*with_lse=*/true);
   flash_prefill(with_lse, params);

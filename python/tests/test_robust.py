@@ -15,7 +15,7 @@ BLOCK = 128
 
 def prototype_kept(q, k, alpha, sink_blocks=2, window_blocks=4, last_full_blocks=2):
     """The rule in plain torch (fp32), one sequence [L, H, D]: kept mask [H_q, nb, nb] (bench/needle_suite.py's
-    prototype without the union with the exact rule, with ln(n_j) for a partial last block)."""
+    prototype, the union of the exact rule and the threshold on x_eff, with ln(n_j) for a partial last block)."""
     length, heads_q, dim = q.shape
     nb = -(-length // BLOCK)
     padded = torch.nn.functional.pad(k.float(), (0, 0, 0, 0, 0, nb * BLOCK - length)).view(nb, BLOCK, *k.shape[1:])
@@ -28,14 +28,18 @@ def prototype_kept(q, k, alpha, sink_blocks=2, window_blocks=4, last_full_blocks
     scale = 1.0 / math.sqrt(dim)
     x_mean = torch.einsum("thd,jhd->htj", q.float(), mean.repeat_interleave(group, 1)) * scale
     x_far = torch.einsum("thd,jhd->htj", q.float(), far.repeat_interleave(group, 1)) * scale - counts.log()
-    x = torch.maximum(x_mean, x_far)
     last_key = torch.clamp((torch.arange(nb) + 1) * BLOCK, max=length) - 1
-    x.masked_fill_((last_key[None, :] > torch.arange(length)[:, None])[None], float("-inf"))
-    rows = torch.nn.functional.pad(x, (0, 0, 0, nb * BLOCK - length), value=float("-inf")).view(heads_q, nb, BLOCK, nb)
-    scores = torch.exp(rows - rows.amax(dim=(2, 3), keepdim=True)).sum(2)
+    hidden = (last_key[None, :] > torch.arange(length)[:, None])[None]
+
+    def passes(x):
+        x = x.masked_fill(hidden, float("-inf"))
+        rows = torch.nn.functional.pad(x, (0, 0, 0, nb * BLOCK - length), value=float("-inf")).view(heads_q, nb, BLOCK, nb)
+        scores = torch.exp(rows - rows.amax(dim=(2, 3), keepdim=True)).sum(2)
+        return scores >= alpha * scores.amax(-1, keepdim=True)
+
     i, j = torch.arange(nb)[:, None], torch.arange(nb)[None, :]
     forced = (j < sink_blocks) | (i - j < window_blocks) | (i >= nb - last_full_blocks)
-    keep = (scores >= alpha * scores.amax(-1, keepdim=True)) | forced[None]
+    keep = passes(x_mean) | passes(torch.maximum(x_mean, x_far)) | forced[None]
     return keep & (j <= i)[None]
 
 
@@ -67,6 +71,7 @@ def test_robust_layout_is_the_prototype_rule():
     assert (got != want).sum().item() <= 3, f"{(got != want).sum().item()} of {int(want.sum())} kept blocks differ"
     exact = kept_mask(fp.select_blocks(q, k, alpha=0.12), 6, nb)
     assert not torch.equal(got, exact), "robust and exact should differ on this input"
+    assert not (exact & ~got).any(), "robust keeps every block the exact rule keeps"
 
 
 def test_robust_varlen_equals_each_sequence():

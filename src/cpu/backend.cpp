@@ -90,9 +90,9 @@ int64_t load_queries(const Problem& p, const Row& r, Scratch& ws) {
 // Step 2 for one row: S[j] for j <= i (written to scores[0 .. i]). pooled_t holds the sequence's
 // pooled keys of this kv head transposed, [D][ld_pooled], so the score tile is one Q Kbar^T product.
 // far_t (robust discovery, docs/ROBUST.md; nullptr for exact): each block's farthest key, the same
-// layout; a row then scores max(x_mean, x_far - log2(n_j)) in the exp2 domain.
+// layout; scores_eff[0 .. i] then gets S of x_eff = max(x_mean, x_far - log2(n_j)) (exp2 domain).
 void score_row(const Problem& p, const Row& r, const float* pooled_t, const float* far_t, int64_t ld_pooled,
-               float* scores, Scratch& ws) {
+               float* scores, Scratch& ws, float* scores_eff = nullptr) {
   const int64_t D = p.head_dim, block = p.block(), m = r.t_end - r.t_begin;
   const int64_t num_j = r.block_abs + 1, n_pad = round_up(num_j, kernels::kColumnTile);
   const int64_t shift = r.extent.len_kv - r.extent.len_q;
@@ -106,21 +106,25 @@ void score_row(const Problem& p, const Row& r, const float* pooled_t, const floa
     for (int64_t j = 0; j < num_j; ++j) penalty[j] = std::log2(float(std::min(block, r.extent.len_kv - j * block)));
     for (int64_t t = 0; t < m; ++t)
       for (int64_t j = 0; j < num_j; ++j)
-        ws.s[t * n_pad + j] = std::max(ws.s[t * n_pad + j], ws.s_far[t * n_pad + j] - penalty[j]);
+        ws.s_far[t * n_pad + j] = std::max(ws.s[t * n_pad + j], ws.s_far[t * n_pad + j] - penalty[j]);
   }
-  float row_max = kNegInf;  // M[i] = max over rows and visible blocks
-  for (int64_t t = 0; t < m; ++t) {
-    float* x = &ws.s[t * n_pad];
-    // Only the diagonal block can be partly visible (ALGORITHM.md step 2).
-    if (!detail::key_block_visible(r.block_abs, shift + r.t_begin + t, r.extent.len_kv, block)) x[r.block_abs] = kNegInf;
-    for (int64_t j = 0; j < num_j; ++j) row_max = std::max(row_max, x[j]);
-  }
-  std::fill(scores, scores + num_j, 0.0f);
-  if (row_max == kNegInf) return;
-  const std::vector<float> shifts(static_cast<size_t>(m), row_max);
-  kernels::exp2_rows(ws.s.data(), m, num_j, n_pad, shifts.data());
-  for (int64_t t = 0; t < m; ++t)
-    for (int64_t j = 0; j < num_j; ++j) scores[j] += ws.s[t * n_pad + j];
+  const auto exp_sums = [&](float* s, float* out) {
+    float row_max = kNegInf;  // M[i] = max over rows and visible blocks
+    for (int64_t t = 0; t < m; ++t) {
+      float* x = &s[t * n_pad];
+      // Only the diagonal block can be partly visible (ALGORITHM.md step 2).
+      if (!detail::key_block_visible(r.block_abs, shift + r.t_begin + t, r.extent.len_kv, block)) x[r.block_abs] = kNegInf;
+      for (int64_t j = 0; j < num_j; ++j) row_max = std::max(row_max, x[j]);
+    }
+    std::fill(out, out + num_j, 0.0f);
+    if (row_max == kNegInf) return;
+    const std::vector<float> shifts(static_cast<size_t>(m), row_max);
+    kernels::exp2_rows(s, m, num_j, n_pad, shifts.data());
+    for (int64_t t = 0; t < m; ++t)
+      for (int64_t j = 0; j < num_j; ++j) out[j] += s[t * n_pad + j];
+  };
+  exp_sums(ws.s.data(), scores);
+  if (far_t) exp_sums(ws.s_far.data(), scores_eff);
 }
 
 // Pooled keys of (sequence, kv head), rounded to the input dtype, transposed to [D][ld], zero-padded columns.
@@ -136,7 +140,9 @@ std::vector<float> transpose_pooled(const Problem& p, const float* pooled_keys, 
 }
 
 // Steps 3-4 for one row: the kept key blocks in ascending order. min_budget ties go to the smaller j.
-int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t* kept) {
+// scores_eff (robust discovery): the blocks that pass the same threshold on S of x_eff are kept too.
+int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t* kept,
+                   const float* scores_eff = nullptr) {
   const Params& params = p.params;
   const int64_t num_j = r.block_abs + 1;
   float max_score = 0.0f;
@@ -145,6 +151,10 @@ int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t*
   std::vector<char> keep(static_cast<size_t>(num_j), 0);
   for (int64_t j = 0; j < num_j; ++j)
     keep[j] = scores[j] >= threshold || detail::always_kept(r.block_abs, j, r.num_kv_blocks, params);
+  if (scores_eff) {
+    const float max_eff = *std::max_element(scores_eff, scores_eff + num_j);
+    for (int64_t j = 0; j < num_j; ++j) keep[j] |= scores_eff[j] >= params.alpha * max_eff;
+  }
   if (params.min_budget > 0) {
     std::vector<int32_t> order(static_cast<size_t>(num_j));
     std::iota(order.begin(), order.end(), 0);
@@ -367,10 +377,11 @@ void discover_layout(const Problem& p, const BlockSparseLayout& layout, const de
   // One row's scores at a time per thread: the score matrix is never materialised.
   build_layout(p, layout, [&](int64_t, const Row& r, int32_t* kept, Scratch& scratch) {
     const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
-    std::vector<float> scores(static_cast<size_t>(r.block_abs + 1));
+    std::vector<float> scores(static_cast<size_t>(r.block_abs + 1)), scores_eff;
+    if (robust) scores_eff.resize(scores.size());
     score_row(p, r, pooled_t[pair].data(), robust ? far_t[pair].data() : nullptr, ld_pooled[pair], scores.data(),
-              scratch);
-    return select_row(p, r, scores.data(), kept);
+              scratch, robust ? scores_eff.data() : nullptr);
+    return select_row(p, r, scores.data(), kept, robust ? scores_eff.data() : nullptr);
   });
 }
 

@@ -97,10 +97,14 @@ std::vector<std::vector<int32_t>> check_layout_matches_cpu(HostBatch& host, Devi
 
   const detail::Problem problem = make_problem(cpu_args, params, Needs::discovery);
   const StageShapes shapes = stage_shapes(cpu_args, params);
-  const auto ref_scores = reference::block_scores(
-      problem, reference::pool_keys(problem, shapes.pooled_key_slots), shapes.max_key_blocks);
+  const auto ref_pooled = reference::pool_keys(problem, shapes.pooled_key_slots);
+  const auto ref_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
+  const auto ref_robust =
+      params.discovery == Discovery::robust
+          ? reference::block_scores(problem, ref_pooled, shapes.max_key_blocks, true)
+          : std::vector<double>();
   const int64_t near_threshold = expect_rows_differ_only_at_threshold(
-      gpu_rows, cpu_rows, ref_scores, shapes.max_key_blocks, params.alpha, 1e-3);
+      gpu_rows, cpu_rows, ref_scores, shapes.max_key_blocks, params.alpha, 1e-3, ref_robust);
   if (near_threshold)
     std::printf("  [layout] %ld block(s) differ, all within rounding of the threshold\n",
                 long(near_threshold));
