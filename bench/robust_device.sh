@@ -3,8 +3,10 @@
 # extension), CTest (robust and exact tests) and compute-sanitizer on the robust tests, the CLI A/B
 # of exact vs robust discovery on the structured input (one binary, runs interleaved exact, robust,
 # exact, ... so clock drift lands on both), and the needle suite with the library's robust mode.
-# Usage (on the device, from the repository root; results under $OUT):
-#   bash bench/robust_device.sh
+# Usage (on the device, from the repository root; results under $OUT). Within a 10-minute call:
+#   NEEDLES=0 bash bench/robust_device.sh                                  # tests, sanitizers, A/B
+#   TESTS=0 SANITIZE=0 AB=0 NEEDLE_LENGTHS=16K,32K bash bench/robust_device.sh
+#   TESTS=0 SANITIZE=0 AB=0 NEEDLE_LENGTHS=64K,128K bash bench/robust_device.sh
 # Switches: TESTS=0 / SANITIZE=0 / AB=0 / NEEDLES=0 skip a part; AB_LENGTHS (default 32K,128K),
 #   ROUNDS (default 5), NEEDLE_LENGTHS (default 16K,32K,64K,128K), NEEDLE_MODES
 #   (default exact@0.12,robust@0.12,proto-outlier@0.12).
