@@ -3,11 +3,13 @@ with dense attention, per selection mode, on planted short key spans (flashprefi
 
     python bench/needle_suite.py --lengths 16K,32K --device cpu --json needles.json
 
-Modes: the exact rule (ALGORITHM.md) at the given alphas, the min_budget floor, and `proto-outlier`, a
-Python prototype of a candidate robust rule (a second representative per key block: the key farthest
-from the block mean, scored as max(x_mean, x_outlier - ln B) before the exp-sum; union with the exact
-rule) that runs the library's block_sparse_attention on the layout it builds. The structured input's
-density (BENCHMARK.md) is reported per mode beside it, as the ratio to the exact rule's.
+Modes: the exact rule (ALGORITHM.md) at the given alphas, the min_budget floor, `robust@alpha`, the
+library's robust discovery (docs/ROBUST.md: flash_prefill(..., discovery="robust")), and
+`proto-outlier`, the Python prototype that robust discovery was measured from (a second representative
+per key block: the key farthest from the block mean, scored as max(x_mean, x_outlier - ln B) before
+the exp-sum; union with the exact rule) that runs the library's block_sparse_attention on the layout
+it builds. The structured input's density (BENCHMARK.md) is reported per mode beside it, as the ratio
+to the exact rule's.
 """
 import argparse
 import json
@@ -99,6 +101,10 @@ def run_mode(mode, q, k, v):
         alpha = float(mode.split("@")[1])
         layout = fp.select_blocks(q, k, alpha=alpha)
         return fp.block_sparse_attention(q, k, v, layout), layout.density(causal)
+    if mode.startswith("robust"):
+        alpha = float(mode.split("@")[1])
+        layout = fp.select_blocks(q, k, alpha=alpha, discovery="robust")
+        return fp.block_sparse_attention(q, k, v, layout), layout.density(causal)
     if mode.startswith("budget"):
         budget = int(mode.split("@")[1])
         layout = fp.select_blocks(q, k, alpha=0.12, min_budget=budget)
@@ -114,7 +120,7 @@ def run_mode(mode, q, k, v):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="16K,32K")
-    parser.add_argument("--modes", default="exact@0.12,budget@16,proto-outlier@0.12")
+    parser.add_argument("--modes", default="exact@0.12,robust@0.12,proto-outlier@0.12")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--span-lens", default="4,16,48")
     parser.add_argument("--shares", default="0.6,0.9")

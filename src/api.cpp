@@ -572,6 +572,9 @@ void Params::validate() const {
   if (last_full_blocks < 0)
     fail("params.last_full_blocks is " + str(last_full_blocks) + "; expected >= 0");
   if (min_budget < 0) fail("params.min_budget is " + str(min_budget) + "; expected >= 0");
+  if (discovery != Discovery::exact && discovery != Discovery::robust)
+    fail("params.discovery is " + str(int(discovery)) +
+         "; expected Discovery::exact (0) or Discovery::robust (1)");
   if (!(scale >= 0.0f) || !std::isfinite(scale))
     fail("params.scale is " + std::to_string(scale) +
          "; expected a finite value > 0, or 0 for 1/sqrt(head_dim)");
@@ -610,6 +613,11 @@ void pool_keys(const AttentionArgs& args, const Params& params, const TensorView
 void block_scores(const AttentionArgs& args, const Params& params, const TensorView& pooled_keys,
                   const TensorView& scores) {
   const Problem p = make_problem(args, params, Needs::discovery);
+  // Robust scores need each block's farthest key besides its mean, which pooled_keys does not hold.
+  if (p.params.discovery != Discovery::exact)
+    fail("block_scores: params.discovery is robust; this stage takes given pooled keys and computes "
+         "the exact rule's scores only (expected Discovery::exact; discover_layout runs the robust "
+         "rule)");
   const StageShapes s = detail::stage_shapes_of(p);
   check_pooled(p, pooled_keys);
   check_fp32_matrix(scores, "scores", s.max_rows, s.max_key_blocks, p.device);

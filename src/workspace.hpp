@@ -46,6 +46,9 @@ struct DiscoveryPlan {
   Region counts;     // [max_rows] int64 kept blocks per row
   Region kept_bits;  // [max_rows][words] uint32 kept-block bitmask
   Region scan_temp;  // CUB's scan scratch (counts -> row_ptr)
+  // Robust discovery (docs/ROBUST.md): [slots][H_kv][D] each block's farthest key, in the input
+  // dtype; bytes 0 in exact mode.
+  Region pooled_far_half;
   int64_t slots = 0, max_rows = 0, words = 0;  // words: bitmask words per row
   size_t bytes = 0;
 };

@@ -42,9 +42,36 @@ std::vector<double> pool_keys(const Problem& p, int64_t num_slots) {
   return pooled;
 }
 
-std::vector<double> block_scores(const Problem& p, const std::vector<double>& pooled,
-                                 int64_t max_key_blocks) {
+std::vector<double> farthest_keys(const Problem& p, const std::vector<double>& pooled) {
   const int64_t D = p.head_dim, B = p.block();
+  std::vector<double> far(pooled.size(), 0.0);
+  for (int64_t b = 0; b < p.num_seqs; ++b) {
+    const SeqExtent s = p.seq(b);
+    for (int64_t j = 0; j < num_key_blocks(s.len_kv, B); ++j)
+      for (int64_t hk = 0; hk < p.heads_kv; ++hk) {
+        const int64_t index = ((p.pooled_slot0(b, s) + j) * p.heads_kv + hk) * D;
+        double best_distance = -1.0;
+        int64_t best_key = j * B;
+        for (int64_t key = j * B; key < std::min((j + 1) * B, s.len_kv); ++key) {
+          double distance = 0.0;
+          for (int64_t d = 0; d < D; ++d) {
+            const double diff = load(p, p.k, p.k_offset(b, s, key, hk) + d) -
+                                detail::rounded_to(float(pooled[index + d]), p.dtype);
+            distance += diff * diff;
+          }
+          if (distance > best_distance) best_distance = distance, best_key = key;
+        }
+        for (int64_t d = 0; d < D; ++d)
+          far[index + d] = load(p, p.k, p.k_offset(b, s, best_key, hk) + d);
+      }
+  }
+  return far;
+}
+
+std::vector<double> block_scores(const Problem& p, const std::vector<double>& pooled,
+                                 int64_t max_key_blocks, bool robust) {
+  const int64_t D = p.head_dim, B = p.block();
+  const std::vector<double> far = robust ? farthest_keys(p, pooled) : std::vector<double>();
   std::vector<double> scores;
   detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
     const int64_t b = r.seq, h = r.head, i = r.block_abs, shift = r.shift();
@@ -65,6 +92,15 @@ std::vector<double> block_scores(const Problem& p, const std::vector<double>& po
           dot += load(p, p.q, p.q_offset(b, s, t, h) + d) *
                  detail::rounded_to(float(kbar[d]), p.dtype);
         x[(t - t0) * (i + 1) + j] = p.params.scale * dot;
+        if (robust) {  // docs/ROBUST.md: max(x_mean, scale * q . far - ln n_j)
+          const double* kfar = &far[((p.pooled_slot0(b, s) + j) * p.heads_kv + h / p.group) * D];
+          double far_dot = 0.0;
+          for (int64_t d = 0; d < D; ++d)
+            far_dot += load(p, p.q, p.q_offset(b, s, t, h) + d) * kfar[d];
+          const double keys = double(std::min((j + 1) * B, s.len_kv) - j * B);
+          x[(t - t0) * (i + 1) + j] =
+              std::max(x[(t - t0) * (i + 1) + j], p.params.scale * far_dot - std::log(keys));
+        }
         row_max = std::max(row_max, x[(t - t0) * (i + 1) + j]);
       }
     for (int64_t j = 0; j <= i; ++j) {
@@ -79,7 +115,8 @@ std::vector<double> block_scores(const Problem& p, const std::vector<double>& po
 }
 
 std::vector<std::vector<int32_t>> select_blocks(const Problem& p, const std::vector<double>& scores,
-                                                int64_t max_key_blocks) {
+                                                int64_t max_key_blocks,
+                                                const std::vector<double>& robust_scores) {
   std::vector<std::vector<int32_t>> kept;
   detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
     const int64_t i = r.block_abs;
@@ -89,6 +126,11 @@ std::vector<std::vector<int32_t>> select_blocks(const Problem& p, const std::vec
     for (int64_t j = 0; j <= i; ++j)
       keep[j] = S[j] >= p.params.alpha * row_max ||
                 detail::always_kept(i, j, r.key_blocks(p.block()), p.params);
+    if (!robust_scores.empty()) {  // docs/ROBUST.md: also the blocks x_eff's threshold keeps
+      const double* R = &robust_scores[row * max_key_blocks];
+      const double robust_max = *std::max_element(R, R + i + 1);
+      for (int64_t j = 0; j <= i; ++j) keep[j] = keep[j] || R[j] >= p.params.alpha * robust_max;
+    }
     std::vector<int32_t> order(static_cast<size_t>(i + 1));
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t c) { return S[a] > S[c]; });

@@ -13,15 +13,22 @@ namespace flashprefill::reference {
 // Step 1: pooled keys, [slot][kv head][d] in the slot numbering of flashprefill.hpp.
 std::vector<double> pool_keys(const detail::Problem& p, int64_t num_slots);
 
-// Step 2: S for every layout row, row-major [row][max_key_blocks] (0 where j > i), scoring
-// against the pooled keys rounded to the input dtype, as every backend does.
-std::vector<double> block_scores(const detail::Problem& p, const std::vector<double>& pooled,
-                                 int64_t max_key_blocks);
+// Robust discovery's second representative (docs/ROBUST.md), in pooled's layout: the valid key of
+// each block farthest from its mean rounded to the input dtype, the lowest index on ties.
+std::vector<double> farthest_keys(const detail::Problem& p, const std::vector<double>& pooled);
 
-// Steps 3-4: the kept key blocks of every layout row, ascending.
+// Step 2: S for every layout row, row-major [row][max_key_blocks] (0 where j > i), scoring
+// against the pooled keys rounded to the input dtype, as every backend does. robust: S of
+// x_eff = max(x, scale * q . far - ln n_j) instead (docs/ROBUST.md).
+std::vector<double> block_scores(const detail::Problem& p, const std::vector<double>& pooled,
+                                 int64_t max_key_blocks, bool robust = false);
+
+// Steps 3-4: the kept key blocks of every layout row, ascending. robust_scores (robust discovery,
+// block_scores(..., true)): the blocks that pass the same threshold on them are kept too.
 std::vector<std::vector<int32_t>> select_blocks(const detail::Problem& p,
                                                 const std::vector<double>& scores,
-                                                int64_t max_key_blocks);
+                                                int64_t max_key_blocks,
+                                                const std::vector<double>& robust_scores = {});
 
 // Step 5: attention of every query row restricted to the given per-row key blocks (dense when
 // `rows` is empty). Output [token of q][head][d] as doubles in q's packed order, and lse

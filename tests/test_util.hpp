@@ -295,11 +295,13 @@ inline std::vector<std::vector<int32_t>> rows_of(const BlockSparseLayout& layout
 }
 
 // Two layouts may differ only in blocks whose fp64 score (ref_scores, [row][max_key_blocks]) lies
-// within rel_tol of the row's threshold alpha * max. Returns how many blocks differ.
+// within rel_tol of the row's threshold alpha * max (or, robust discovery, whose robust score
+// ref_robust lies within rel_tol of its threshold). Returns how many blocks differ.
 inline int64_t expect_rows_differ_only_at_threshold(
     const std::vector<std::vector<int32_t>>& rows,
     const std::vector<std::vector<int32_t>>& expected, const std::vector<double>& ref_scores,
-    int64_t max_key_blocks, double alpha, double rel_tol) {
+    int64_t max_key_blocks, double alpha, double rel_tol,
+    const std::vector<double>& ref_robust = {}) {
   int64_t differing = 0;
   for (size_t r = 0; r < std::min(rows.size(), expected.size()); ++r) {
     if (rows[r] == expected[r]) continue;
@@ -309,9 +311,14 @@ inline int64_t expect_rows_differ_only_at_threshold(
     std::set_symmetric_difference(rows[r].begin(), rows[r].end(), expected[r].begin(),
                                   expected[r].end(), std::back_inserter(diff));
     for (int32_t j : diff) {
+      ++differing;
+      if (!ref_robust.empty()) {
+        const double* R = &ref_robust[r * max_key_blocks];
+        const double robust_threshold = alpha * *std::max_element(R, R + expected[r].back() + 1);
+        if (std::abs(R[j] - robust_threshold) <= rel_tol * robust_threshold) continue;
+      }
       EXPECT_NEAR(S[j], threshold, rel_tol * threshold)
           << "row " << r << " block " << j << " differs away from the threshold";
-      ++differing;
     }
   }
   return differing;

@@ -31,9 +31,9 @@ namespace {
 constexpr const char* kVersion = "flashprefill 0.1.0";
 
 const std::set<std::string> kShapeOptions = {
-    "shape",         "seq-len",          "batch",     "heads",   "kv-heads", "head-dim",
-    "alpha",         "block-size",       "dtype",     "backend", "seed",     "sink-blocks",
-    "window-blocks", "last-full-blocks", "min-budget"};
+    "shape",         "seq-len",          "batch",      "heads",    "kv-heads", "head-dim",
+    "alpha",         "block-size",       "dtype",      "backend",  "seed",     "sink-blocks",
+    "window-blocks", "last-full-blocks", "min-budget", "discovery"};
 
 void print_shape_help(std::ostream& os, const char* default_len) {
   os << "  --shape NAME          llama3-8b (32 q heads, 8 kv, D 128; default), qwen2.5-7b (28, 4, "
@@ -47,9 +47,15 @@ void print_shape_help(std::ostream& os, const char* default_len) {
         "  --block-size B        power of two >= 16 (default 128)\n"
         "  --sink-blocks N, --window-blocks N, --last-full-blocks N, --min-budget N   (defaults 2, "
         "4, 2, 0)\n"
+        "  --discovery exact|robust   block scoring rule: ALGORITHM.md's (default) or "
+        "docs/ROBUST.md's\n"
         "  --dtype bf16|fp16     (default bf16)\n"
         "  --backend cpu|cuda|auto   (default auto: cuda when a GPU is present)\n"
         "  --seed S              input seed (default 0)\n";
+}
+
+const char* discovery_name(Discovery discovery) {
+  return discovery == Discovery::robust ? "robust" : "exact";
 }
 
 struct Setup {
@@ -84,6 +90,13 @@ Setup parse_setup(const Options& options, int64_t default_len) {
   setup.params.last_full_blocks =
       int(options.integer("last-full-blocks", setup.params.last_full_blocks, 0));
   setup.params.min_budget = int(options.integer("min-budget", setup.params.min_budget, 0));
+  const std::string discovery = options.text("discovery", "exact");
+  if (discovery == "exact")
+    setup.params.discovery = Discovery::exact;
+  else if (discovery == "robust")
+    setup.params.discovery = Discovery::robust;
+  else
+    throw UsageError("--discovery '" + discovery + "' is unknown; expected exact or robust");
   setup.params.validate();
   const std::string dtype = options.text("dtype", "bf16");
   if (dtype == "bf16")
@@ -454,7 +467,8 @@ int run_bench(int argc, char** argv) {
     std::printf(
         "{\"device\": \"%s\", \"dtype\": \"%s\", \"batch\": %ld, \"seq_len\": %ld, \"heads_q\": "
         "%ld, \"heads_kv\": %ld, "
-        "\"head_dim\": %ld, \"alpha\": %g, \"block_size\": %d, \"repeats\": %d, \"dense_ms\": %s, "
+        "\"head_dim\": %ld, \"alpha\": %g, \"block_size\": %d, \"discovery\": \"%s\", "
+        "\"repeats\": %d, \"dense_ms\": %s, "
         "\"discovery_ms\": %.4f, \"attention_ms\": %.4f, \"total_ms\": %.4f, \"speedup_vs_dense\": "
         "%s, "
         "\"dense_tflops\": %s, \"sparse_equiv_tflops\": %.4f, \"density\": %.6f, "
@@ -462,19 +476,21 @@ int run_bench(int argc, char** argv) {
         "\"attention_recall\": %.6f, \"cpu_kernel\": %s%s}\n",
         device.c_str(), dtype_name(setup.dtype), long(s.batch), long(s.seq_len), long(s.heads_q),
         long(s.heads_kv), long(s.head_dim), double(setup.params.alpha), setup.params.block_size,
-        repeats, dense ? std::to_string(dense_ms).c_str() : "null", discovery_ms, attention_ms,
-        total_ms, dense ? std::to_string(dense_ms / total_ms).c_str() : "null",
+        discovery_name(setup.params.discovery), repeats,
+        dense ? std::to_string(dense_ms).c_str() : "null", discovery_ms, attention_ms, total_ms,
+        dense ? std::to_string(dense_ms / total_ms).c_str() : "null",
         dense ? std::to_string(tflops(dense_ms)).c_str() : "null", tflops(total_ms),
         stats.density(), dense ? std::to_string(error).c_str() : "null", recall,
         on_gpu ? "null" : ("\"" + cpu_kernel + "\"").c_str(), paged_json().c_str());
     return 0;
   }
   std::printf(
-      "flashprefill bench: %s%s, %s, B=%ld L=%ld H_q=%ld H_kv=%ld D=%ld, alpha=%g, block=%d, "
-      "median of %d\n",
+      "flashprefill bench: %s%s, %s, B=%ld L=%ld H_q=%ld H_kv=%ld D=%ld, alpha=%g, block=%d, %s "
+      "discovery, median of %d\n",
       device.c_str(), on_gpu ? "" : (" (kernels: " + cpu_kernel + ")").c_str(),
       dtype_name(setup.dtype), long(s.batch), long(s.seq_len), long(s.heads_q), long(s.heads_kv),
-      long(s.head_dim), double(setup.params.alpha), setup.params.block_size, repeats);
+      long(s.head_dim), double(setup.params.alpha), setup.params.block_size,
+      discovery_name(setup.params.discovery), repeats);
   std::printf("  %-34s %12s %14s\n", "", "time (ms)", "TFLOP/s equiv");
   if (dense)
     std::printf("  %-34s %12.3f %14.3f\n", "dense causal attention (ours)", dense_ms,

@@ -3,16 +3,23 @@
 
 namespace flashprefill {
 
+// How step 2 scores a key block (docs/ROBUST.md): `exact` is ALGORITHM.md (the block mean only);
+// `robust` also scores the block's key farthest from its mean, so that a short span of keys that
+// dominates some queries is not diluted by the rest of its block.
+enum class Discovery { exact = 0, robust = 1 };
+
 struct Params {
-  int block_size = 128;      // tokens per block, queries and keys alike; a power of two >= 16
-  float alpha = 0.12f;       // keep S[i, j] >= alpha * max_j S[i, j]; in [0, 1]; 0 keeps every causal block
+  int block_size = 128;  // tokens per block, queries and keys alike; a power of two >= 16
+  float alpha =
+      0.12f;  // keep S[i, j] >= alpha * max_j S[i, j]; in [0, 1]; 0 keeps every causal block
   int sink_blocks = 2;       // leading key blocks always kept
   int window_blocks = 4;     // key blocks on and just before the diagonal always kept
   int last_full_blocks = 2;  // the last query blocks of a sequence attend densely
   int min_budget = 0;        // if > 0, the min_budget highest-scoring blocks of a row are kept too
   float scale = 0.0f;        // softmax scale; 0 means 1 / sqrt(head_dim)
-  // Check the data, not only the shapes: NaN / Inf in q, k, v and consistent cu_seqlens. Costs a pass
-  // over the inputs (and a host synchronisation on CUDA), so it is off by default.
+  Discovery discovery = Discovery::exact;  // the block-scoring rule (see Discovery)
+  // Check the data, not only the shapes: NaN / Inf in q, k, v and consistent cu_seqlens. Costs a
+  // pass over the inputs (and a host synchronisation on CUDA), so it is off by default.
   bool check_inputs = false;
 
   // Throws flashprefill::Error naming the first bad field.

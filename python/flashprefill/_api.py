@@ -29,15 +29,29 @@ def _torch_ops():
     return _torch_ops_module
 
 
-def _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs):
+# flashprefill::Discovery codes (include/flashprefill/params.hpp); the rules are docs/ROBUST.md.
+_DISCOVERY_CODES = {"exact": 0, "robust": 1}
+
+
+def _discovery_code(discovery) -> int:
+    code = _DISCOVERY_CODES.get(discovery)
+    if code is None:
+        raise FlashPrefillError(f"discovery is {discovery!r}; expected 'exact' or 'robust'")
+    return code
+
+
+def _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs,
+            discovery="exact"):
     return dict(alpha=float(alpha), block_size=int(block_size), sink_blocks=int(sink_blocks), window_blocks=int(window_blocks),
                 last_full_blocks=int(last_full_blocks), min_budget=int(min_budget),
-                softmax_scale=0.0 if softmax_scale is None else float(softmax_scale), check_inputs=bool(check_inputs))
+                softmax_scale=0.0 if softmax_scale is None else float(softmax_scale), check_inputs=bool(check_inputs),
+                discovery=_discovery_code(discovery))
 
 
-def _param_tuple(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs):
+def _param_tuple(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs,
+                 discovery="exact"):
     return (float(alpha), int(block_size), int(sink_blocks), int(window_blocks), int(last_full_blocks), int(min_budget),
-            0.0 if softmax_scale is None else float(softmax_scale), bool(check_inputs))
+            0.0 if softmax_scale is None else float(softmax_scale), bool(check_inputs), _discovery_code(discovery))
 
 
 def _stream_of(x) -> int:
@@ -68,7 +82,7 @@ def _empty_like(x):
 
 def flash_prefill(q, k, v, *, alpha: float = 0.12, block_size: int = 128, sink_blocks: int = 2, window_blocks: int = 4,
                   last_full_blocks: int = 2, min_budget: int = 0, softmax_scale: Optional[float] = None,
-                  return_lse: bool = False, check_inputs: bool = False):
+                  return_lse: bool = False, check_inputs: bool = False, discovery: str = "exact"):
     """FlashPrefill attention (ALGORITHM.md steps 1-5) on a padded batch.
 
     Args:
@@ -78,13 +92,16 @@ def flash_prefill(q, k, v, *, alpha: float = 0.12, block_size: int = 128, sink_b
             0 keeps every causal block (dense attention).
         softmax_scale: defaults to ``1 / sqrt(D)``.
         return_lse: also return the softmax log-sum-exp ``[B, H_q, L_q]`` (fp32, natural log).
+        discovery: ``"exact"`` (ALGORITHM.md, the default) or ``"robust"`` (docs/ROBUST.md: also scores each key
+            block's key farthest from its mean, so short dominant spans are kept).
     Returns:
         ``out`` like ``q``, or ``(out, lse)``.
     """
     if _is_torch(q):  # the hot path: a params tuple in the binding's order, no dict
         return _torch_ops().flash_prefill(q, k, v, _param_tuple(alpha, block_size, sink_blocks, window_blocks, last_full_blocks,
-                                                               min_budget, softmax_scale, check_inputs), return_lse)
-    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs)
+                                                               min_budget, softmax_scale, check_inputs, discovery), return_lse)
+    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs,
+                     discovery)
     out = np.empty_like(q)
     lse = _empty_lse(q, (q.shape[0], q.shape[2], q.shape[1])) if return_lse else None
     _call(_C.flash_prefill, q, k, v, out, lse, None, None, 0, 0, params, workspace=None)
@@ -94,7 +111,7 @@ def flash_prefill(q, k, v, *, alpha: float = 0.12, block_size: int = 128, sink_b
 def flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, *, alpha: float = 0.12,
                          block_size: int = 128, sink_blocks: int = 2, window_blocks: int = 4, last_full_blocks: int = 2,
                          min_budget: int = 0, softmax_scale: Optional[float] = None, return_lse: bool = False,
-                         check_inputs: bool = False):
+                         check_inputs: bool = False, discovery: str = "exact"):
     """FlashPrefill on packed sequences (FlashAttention's varlen convention).
 
     Args:
@@ -107,8 +124,9 @@ def flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
     if _is_torch(q):
         return _torch_ops().flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
                                                _param_tuple(alpha, block_size, sink_blocks, window_blocks, last_full_blocks,
-                                                            min_budget, softmax_scale, check_inputs), return_lse)
-    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs)
+                                                            min_budget, softmax_scale, check_inputs, discovery), return_lse)
+    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs,
+                     discovery)
     out = np.empty_like(q)
     lse = _empty_lse(q, (q.shape[1], q.shape[0])) if return_lse else None
     _call(_C.flash_prefill, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params, workspace=None)
@@ -118,7 +136,8 @@ def flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
 def flash_prefill_paged(q, k_pages, v_pages, block_table, seq_lens_kv, cu_seqlens_q, max_seqlen_q: int,
                         max_seqlen_kv: int, *, alpha: float = 0.12, block_size: int = 128, sink_blocks: int = 2,
                         window_blocks: int = 4, last_full_blocks: int = 2, min_budget: int = 0,
-                        softmax_scale: Optional[float] = None, return_lse: bool = False, check_inputs: bool = False):
+                        softmax_scale: Optional[float] = None, return_lse: bool = False, check_inputs: bool = False,
+                        discovery: str = "exact"):
     """FlashPrefill with K and V in a paged cache (vLLM's layout), read in place.
 
     Args:
@@ -133,6 +152,7 @@ def flash_prefill_paged(q, k_pages, v_pages, block_table, seq_lens_kv, cu_seqlen
         max_seqlen_q, max_seqlen_kv: host upper bounds of the query and key lengths.
         check_inputs: also check the data: NaN / Inf, cu_seqlens_q, seq_lens_kv and the block table's
             page ids (on CUDA this reads them back: a host synchronisation).
+        discovery: ``"exact"`` or ``"robust"``, as :func:`flash_prefill`.
     Returns:
         ``out`` ``[total_q, H_q, D]``, or ``(out, lse)`` with lse ``[H_q, total_q]``.
     """
@@ -140,9 +160,11 @@ def flash_prefill_paged(q, k_pages, v_pages, block_table, seq_lens_kv, cu_seqlen
         return _torch_ops().flash_prefill_paged(q, k_pages, v_pages, block_table, seq_lens_kv, cu_seqlens_q,
                                                 int(max_seqlen_q), int(max_seqlen_kv),
                                                 _param_tuple(alpha, block_size, sink_blocks, window_blocks,
-                                                             last_full_blocks, min_budget, softmax_scale, check_inputs),
+                                                             last_full_blocks, min_budget, softmax_scale, check_inputs,
+                                                             discovery),
                                                 return_lse)
-    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs)
+    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs,
+                     discovery)
     out = np.empty_like(q)
     lse = _empty_lse(q, (q.shape[1], q.shape[0])) if return_lse else None
     _call(_C.flash_prefill, q, k_pages, v_pages, out, lse, cu_seqlens_q, None, max_seqlen_q, max_seqlen_kv, params,
@@ -207,9 +229,12 @@ def _alloc_index(q, count, dtype_name):
 
 def select_blocks(q, k, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q: int = 0, max_seqlen_k: int = 0,
                   alpha: float = 0.12, block_size: int = 128, sink_blocks: int = 2, window_blocks: int = 4,
-                  last_full_blocks: int = 2, min_budget: int = 0, softmax_scale: Optional[float] = None) -> Layout:
-    """Pattern discovery alone (steps 1-4): the kept key blocks of every (sequence, head, query block)."""
-    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, False)
+                  last_full_blocks: int = 2, min_budget: int = 0, softmax_scale: Optional[float] = None,
+                  discovery: str = "exact") -> Layout:
+    """Pattern discovery alone (steps 1-4): the kept key blocks of every (sequence, head, query block).
+    ``discovery``: ``"exact"`` (default) or ``"robust"`` (docs/ROBUST.md), as :func:`flash_prefill`."""
+    params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, False,
+                     discovery)
     num_seqs, _, max_rows, max_key_blocks, max_cols = _call(_C.stage_shapes, q, k, k, None, None, cu_seqlens_q, cu_seqlens_k,
                                                             max_seqlen_q, max_seqlen_k, params)
     layout = Layout(_alloc_index(q, num_seqs + 1, "int64"), _alloc_index(q, max_rows + 1, "int64"),

@@ -12,7 +12,7 @@ import torch
 from . import _C
 
 _PARAM_NAMES = ("alpha", "block_size", "sink_blocks", "window_blocks", "last_full_blocks", "min_budget", "softmax_scale",
-                "check_inputs")
+                "check_inputs", "discovery")
 
 # Workspace bytes per call signature, for calls under CUDA-graph capture. The size depends only on
 # shapes, dtype, device and params (never on data: varlen bounds come from max_seqlen), so one C++
@@ -89,11 +89,11 @@ def _run(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, params, block_table=None, 
 
 def _flash_prefill_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float, block_size: int, sink_blocks: int,
                       window_blocks: int, last_full_blocks: int, min_budget: int, softmax_scale: float, check_inputs: bool,
-                      return_lse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                      discovery: int, return_lse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty_like(q)
     lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]) if return_lse else (0,), dtype=torch.float32, device=q.device)
     _run(q, k, v, out, lse if return_lse else None, None, None, 0, 0,
-         (alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs))
+         (alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs, discovery))
     return out, lse
 
 
@@ -102,7 +102,7 @@ _flash_prefill_op = torch.library.custom_op("flashprefill::flash_prefill", mutat
 
 @_flash_prefill_op.register_fake
 def _(q, k, v, alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs,
-      return_lse):
+      discovery, return_lse):
     lse_shape = (q.shape[0], q.shape[2], q.shape[1]) if return_lse else (0,)
     return torch.empty_like(q), q.new_empty(lse_shape, dtype=torch.float32)
 
@@ -110,11 +110,11 @@ def _(q, k, v, alpha, block_size, sink_blocks, window_blocks, last_full_blocks, 
 def _flash_prefill_varlen_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                              cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, alpha: float, block_size: int,
                              sink_blocks: int, window_blocks: int, last_full_blocks: int, min_budget: int, softmax_scale: float,
-                             check_inputs: bool, return_lse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                             check_inputs: bool, discovery: int, return_lse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty_like(q)
     lse = torch.empty((q.shape[1], q.shape[0]) if return_lse else (0,), dtype=torch.float32, device=q.device)
     _run(q, k, v, out, lse if return_lse else None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-         (alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs))
+         (alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs, discovery))
     return out, lse
 
 
@@ -124,20 +124,20 @@ _flash_prefill_varlen_op = torch.library.custom_op("flashprefill::flash_prefill_
 
 @_flash_prefill_varlen_op.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alpha, block_size, sink_blocks, window_blocks,
-      last_full_blocks, min_budget, softmax_scale, check_inputs, return_lse):
+      last_full_blocks, min_budget, softmax_scale, check_inputs, discovery, return_lse):
     return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]) if return_lse else (0,), dtype=torch.float32)
 
 
 def _flash_prefill_paged_impl(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, block_table: torch.Tensor,
                               seq_lens_kv: torch.Tensor, cu_seqlens_q: torch.Tensor, max_seqlen_q: int, max_seqlen_kv: int,
                               alpha: float, block_size: int, sink_blocks: int, window_blocks: int, last_full_blocks: int,
-                              min_budget: int, softmax_scale: float, check_inputs: bool,
+                              min_budget: int, softmax_scale: float, check_inputs: bool, discovery: int,
                               return_lse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty_like(q)
     lse = torch.empty((q.shape[1], q.shape[0]) if return_lse else (0,), dtype=torch.float32, device=q.device)
     _run(q, k_pages, v_pages, out, lse if return_lse else None, cu_seqlens_q, None, max_seqlen_q, max_seqlen_kv,
-         (alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs),
-         block_table, seq_lens_kv)
+         (alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs,
+          discovery), block_table, seq_lens_kv)
     return out, lse
 
 
@@ -147,7 +147,7 @@ _flash_prefill_paged_op = torch.library.custom_op("flashprefill::flash_prefill_p
 
 @_flash_prefill_paged_op.register_fake
 def _(q, k_pages, v_pages, block_table, seq_lens_kv, cu_seqlens_q, max_seqlen_q, max_seqlen_kv, alpha, block_size,
-      sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs, return_lse):
+      sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs, discovery, return_lse):
     return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]) if return_lse else (0,), dtype=torch.float32)
 
 

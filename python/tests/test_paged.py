@@ -70,6 +70,13 @@ def test_paged_equals_contiguous_torch_cpu(rng, page_size):
             assert rel_error(out[qs[b]:qs[b + 1]].float().numpy(), ref) <= 1e-2
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_gpu)])
+def test_paged_robust_discovery_equals_contiguous(rng, device):
+    """Robust discovery reads each block's farthest key through the page table too."""
+    t = make_paged(rng, LENGTHS, 16, device=device)
+    paged_equals_varlen(t, alpha=0.3, block_size=64, discovery="robust")
+
+
 def test_paged_head_major_strides(rng):
     """Pages stored head-major ([2, num_pages, H_kv, page_size, D] memory, vLLM's HND cache layout) and
     passed as permuted views: any strides with D contiguous."""

@@ -74,7 +74,7 @@ int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1
 
 // Per-thread scratch for one row's tiles, reused across rows so the hot loop never allocates.
 struct Scratch {
-  std::vector<float> q, s, o, row_max, row_sum, bf16_row;
+  std::vector<float> q, s, o, row_max, row_sum, bf16_row, s_far;
 };
 
 // Loads the row's queries as fp32, pre-multiplied by scale * log2(e) so that scores are in the
@@ -93,26 +93,42 @@ int64_t load_queries(const Problem& p, const Row& r, Scratch& ws) {
 
 // Step 2 for one row: S[j] for j <= i (written to scores[0 .. i]). pooled_t holds the sequence's
 // pooled keys of this kv head transposed, [D][ld_pooled], so the score tile is one Q Kbar^T product.
-void score_row(const Problem& p, const Row& r, const float* pooled_t, int64_t ld_pooled, float* scores, Scratch& ws) {
+// far_t (robust discovery, docs/ROBUST.md; nullptr for exact): each block's farthest key, the same
+// layout; scores_eff[0 .. i] then gets S of x_eff = max(x_mean, x_far - log2(n_j)) (exp2 domain).
+void score_row(const Problem& p, const Row& r, const float* pooled_t, const float* far_t, int64_t ld_pooled,
+               float* scores, Scratch& ws, float* scores_eff = nullptr) {
   const int64_t D = p.head_dim, block = p.block(), m = r.t_end - r.t_begin;
   const int64_t num_j = r.block_abs + 1, n_pad = round_up(num_j, kernels::kColumnTile);
   const int64_t shift = r.extent.len_kv - r.extent.len_q;
   const int64_t m_pad = load_queries(p, r, ws);
   ws.s.resize(static_cast<size_t>(m_pad * n_pad));
   kernels::qk(ws.q.data(), m_pad, D, pooled_t, ld_pooled, n_pad, ws.s.data(), n_pad);
-  float row_max = kNegInf;  // M[i] = max over rows and visible blocks
-  for (int64_t t = 0; t < m; ++t) {
-    float* x = &ws.s[t * n_pad];
-    // Only the diagonal block can be partly visible (ALGORITHM.md step 2).
-    if (!detail::key_block_visible(r.block_abs, shift + r.t_begin + t, r.extent.len_kv, block)) x[r.block_abs] = kNegInf;
-    for (int64_t j = 0; j < num_j; ++j) row_max = std::max(row_max, x[j]);
+  if (far_t) {
+    ws.s_far.resize(ws.s.size());
+    kernels::qk(ws.q.data(), m_pad, D, far_t, ld_pooled, n_pad, ws.s_far.data(), n_pad);
+    std::vector<float> penalty(static_cast<size_t>(num_j));
+    for (int64_t j = 0; j < num_j; ++j) penalty[j] = std::log2(float(std::min(block, r.extent.len_kv - j * block)));
+    for (int64_t t = 0; t < m; ++t)
+      for (int64_t j = 0; j < num_j; ++j)
+        ws.s_far[t * n_pad + j] = std::max(ws.s[t * n_pad + j], ws.s_far[t * n_pad + j] - penalty[j]);
   }
-  std::fill(scores, scores + num_j, 0.0f);
-  if (row_max == kNegInf) return;
-  const std::vector<float> shifts(static_cast<size_t>(m), row_max);
-  kernels::exp2_rows(ws.s.data(), m, num_j, n_pad, shifts.data());
-  for (int64_t t = 0; t < m; ++t)
-    for (int64_t j = 0; j < num_j; ++j) scores[j] += ws.s[t * n_pad + j];
+  const auto exp_sums = [&](float* s, float* out) {
+    float row_max = kNegInf;  // M[i] = max over rows and visible blocks
+    for (int64_t t = 0; t < m; ++t) {
+      float* x = &s[t * n_pad];
+      // Only the diagonal block can be partly visible (ALGORITHM.md step 2).
+      if (!detail::key_block_visible(r.block_abs, shift + r.t_begin + t, r.extent.len_kv, block)) x[r.block_abs] = kNegInf;
+      for (int64_t j = 0; j < num_j; ++j) row_max = std::max(row_max, x[j]);
+    }
+    std::fill(out, out + num_j, 0.0f);
+    if (row_max == kNegInf) return;
+    const std::vector<float> shifts(static_cast<size_t>(m), row_max);
+    kernels::exp2_rows(s, m, num_j, n_pad, shifts.data());
+    for (int64_t t = 0; t < m; ++t)
+      for (int64_t j = 0; j < num_j; ++j) out[j] += s[t * n_pad + j];
+  };
+  exp_sums(ws.s.data(), scores);
+  if (far_t) exp_sums(ws.s_far.data(), scores_eff);
 }
 
 // Pooled keys of (sequence, kv head), rounded to the input dtype, transposed to [D][ld], zero-padded columns.
@@ -128,7 +144,9 @@ std::vector<float> transpose_pooled(const Problem& p, const float* pooled_keys, 
 }
 
 // Steps 3-4 for one row: the kept key blocks in ascending order. min_budget ties go to the smaller j.
-int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t* kept) {
+// scores_eff (robust discovery): the blocks that pass the same threshold on S of x_eff are kept too.
+int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t* kept,
+                   const float* scores_eff = nullptr) {
   const Params& params = p.params;
   const int64_t num_j = r.block_abs + 1;
   float max_score = 0.0f;
@@ -137,6 +155,10 @@ int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t*
   std::vector<char> keep(static_cast<size_t>(num_j), 0);
   for (int64_t j = 0; j < num_j; ++j)
     keep[j] = scores[j] >= threshold || detail::always_kept(r.block_abs, j, r.num_kv_blocks, params);
+  if (scores_eff) {
+    const float max_eff = *std::max_element(scores_eff, scores_eff + num_j);
+    for (int64_t j = 0; j < num_j; ++j) keep[j] |= scores_eff[j] >= params.alpha * max_eff;
+  }
   if (params.min_budget > 0) {
     std::vector<int32_t> order(static_cast<size_t>(num_j));
     std::iota(order.begin(), order.end(), 0);
@@ -351,6 +373,34 @@ void pool_keys(const Problem& p, float* pooled_keys) {
   }
 }
 
+// Robust discovery's second representative (docs/ROBUST.md), [slot][kv head][D] beside the means:
+// the valid key of the block farthest from the block mean rounded to the input dtype (squared
+// distance in fp32, d ascending), the lowest index on ties.
+std::vector<float> farthest_keys(const Problem& p, const float* pooled_keys, int64_t slots) {
+  const int64_t D = p.head_dim, block = p.block();
+  std::vector<float> far(static_cast<size_t>(slots * p.heads_kv * D), 0.0f);
+  for (int64_t b = 0; b < p.num_seqs; ++b) {
+    const SeqExtent s = p.seq(b);
+    const int64_t slot0 = p.pooled_slot0(b, s), nkb = num_key_blocks(s.len_kv, block);
+    parallel_for(nkb * p.heads_kv, [&](int64_t n) {
+      const int64_t j = n / p.heads_kv, kv_head = n % p.heads_kv;
+      const int64_t index = ((slot0 + j) * p.heads_kv + kv_head) * D;
+      std::vector<float> mean(static_cast<size_t>(D)), key(static_cast<size_t>(D));
+      for (int64_t d = 0; d < D; ++d) mean[d] = detail::rounded_to(pooled_keys[index + d], p.dtype);
+      float best_distance = -1.0f;
+      int64_t best_key = j * block;
+      for (int64_t k = j * block; k < std::min((j + 1) * block, s.len_kv); ++k) {
+        load_row(p, p.k, p.k_offset(b, s, k, kv_head), D, key.data());
+        float distance = 0.0f;
+        for (int64_t d = 0; d < D; ++d) distance += (key[d] - mean[d]) * (key[d] - mean[d]);
+        if (distance > best_distance) best_distance = distance, best_key = k;
+      }
+      load_row(p, p.k, p.k_offset(b, s, best_key, kv_head), D, far.data() + index);
+    });
+  }
+  return far;
+}
+
 // Pooled keys transposed per (sequence, kv head), shared by all rows of that pair.
 std::vector<std::vector<float>> transposed_pooled_keys(const Problem& p, const float* pooled_keys, std::vector<int64_t>& ld) {
   std::vector<std::vector<float>> transposed(static_cast<size_t>(p.num_seqs * p.heads_kv));
@@ -386,7 +436,7 @@ void score(const Problem& p, const ScoreKeys& keys, const Row& r, float* scores,
     score_row_bf16(keys.isa, p, keys.bf16, r.seq, r.extent, r.head, r.block_abs, r.t_begin, r.t_end, scores, ws.bf16_row);
   } else {
     const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
-    score_row(p, r, keys.fp32[pair].data(), keys.ld[pair], scores, ws);
+    score_row(p, r, keys.fp32[pair].data(), nullptr, keys.ld[pair], scores, ws);
   }
 }
 
@@ -410,11 +460,28 @@ void discover_layout(const Problem& p, const BlockSparseLayout& layout, const de
   std::vector<float> pooled(static_cast<size_t>(slots * p.heads_kv * p.head_dim));
   pool_keys(p, pooled.data());
   const ScoreKeys keys = prepare_score_keys(p, pooled.data());
+  // Robust discovery (docs/ROBUST.md) keeps what the exact rule keeps, scored exactly as in exact
+  // mode, plus what passes the threshold on S of x_eff, computed in fp32 from the means and the
+  // farthest keys.
+  const bool robust = p.params.discovery == Discovery::robust;
+  std::vector<int64_t> ld_robust;
+  std::vector<std::vector<float>> mean_t, far_t;
+  if (robust) {
+    mean_t = transposed_pooled_keys(p, pooled.data(), ld_robust);
+    far_t = transposed_pooled_keys(p, farthest_keys(p, pooled.data(), slots).data(), ld_robust);
+  }
   // One row's scores at a time per thread: the score matrix is never materialised.
   build_layout(p, layout, [&](int64_t, const Row& r, int32_t* kept, Scratch& scratch) {
-    std::vector<float> scores(static_cast<size_t>(r.block_abs + 1));
+    std::vector<float> scores(static_cast<size_t>(r.block_abs + 1)), scores_eff, scores_mean;
     score(p, keys, r, scores.data(), scratch);
-    return select_row(p, r, scores.data(), kept);
+    if (robust) {
+      const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
+      scores_eff.resize(scores.size());
+      scores_mean.resize(scores.size());
+      score_row(p, r, mean_t[pair].data(), far_t[pair].data(), ld_robust[pair], scores_mean.data(),
+                scratch, scores_eff.data());
+    }
+    return select_row(p, r, scores.data(), kept, robust ? scores_eff.data() : nullptr);
   });
 }
 

@@ -32,6 +32,8 @@ detail::DiscoveryPlan plan(const Problem& p, int64_t max_rows) {
   plan.slots = shapes.pooled_key_slots;
   detail::RegionAllocator regions;
   plan.pooled_half = regions.take(size_t(plan.slots * p.heads_kv * p.head_dim) * 2);
+  if (p.params.discovery == Discovery::robust)
+    plan.pooled_far_half = regions.take(size_t(plan.slots * p.heads_kv * p.head_dim) * 2);
   plan.counts = regions.take(size_t(max_rows) * 8);
   plan.kept_bits = regions.take(size_t(max_rows * plan.words) * 4);
   size_t scan_bytes = 0;
@@ -47,6 +49,8 @@ Buffers carve(const detail::DiscoveryPlan& plan, void* workspace) {
   Buffers b;
   b.pooled = nullptr;  // the fp32 means are the pool_keys stage's output, in the caller's memory
   b.pooled_half = plan.pooled_half.in<void>(workspace);
+  b.pooled_far_half =
+      plan.pooled_far_half.bytes ? plan.pooled_far_half.in<void>(workspace) : nullptr;
   b.counts = plan.counts.in<int64_t>(workspace);
   b.kept_bits = plan.kept_bits.in<uint32_t>(workspace);
   b.scan_temp = plan.scan_temp.in<void>(workspace);

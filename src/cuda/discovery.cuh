@@ -20,6 +20,9 @@ struct Buffers {
   float* pooled = nullptr;  // [slots][H_kv][D] fp32 means (step 1); nullptr: not wanted
   // [slots][H_kv][D] the means rounded to the input dtype: what scoring reads
   void* pooled_half = nullptr;
+  // robust discovery (docs/ROBUST.md): [slots][H_kv][D] each block's key farthest from its mean
+  // (in the input dtype); nullptr in exact mode
+  void* pooled_far_half = nullptr;
   int64_t* counts = nullptr;      // [max_rows] kept blocks per row
   uint32_t* kept_bits = nullptr;  // [max_rows][words] kept-block bitmask
   int64_t words = 0;              // bitmask words per row
@@ -33,6 +36,7 @@ detail::DiscoveryPlan plan(const detail::Problem& p, int64_t max_rows);
 Buffers carve(const detail::DiscoveryPlan& plan, void* workspace);
 
 void fill_seq_row_offsets(const detail::Problem& p, int64_t* seq_row_offset);
+// Step 1; with robust discovery also each block's farthest key (pooled_far_half).
 void pool_keys(const detail::Problem& p, const Buffers& buffers);
 // Caller-given fp32 pooled keys ([slots][H_kv][D]) rounded to the input dtype, for scoring.
 void round_pooled(const detail::Problem& p, const float* pooled, int64_t slots,

@@ -98,10 +98,14 @@ std::vector<std::vector<int32_t>> check_layout_matches_cpu(HostBatch& host, Devi
 
   const detail::Problem problem = make_problem(cpu_args, params, Needs::discovery);
   const StageShapes shapes = stage_shapes(cpu_args, params);
-  const auto ref_scores = reference::block_scores(
-      problem, reference::pool_keys(problem, shapes.pooled_key_slots), shapes.max_key_blocks);
+  const auto ref_pooled = reference::pool_keys(problem, shapes.pooled_key_slots);
+  const auto ref_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
+  const auto ref_robust =
+      params.discovery == Discovery::robust
+          ? reference::block_scores(problem, ref_pooled, shapes.max_key_blocks, true)
+          : std::vector<double>();
   const int64_t near_threshold = expect_rows_differ_only_at_threshold(
-      gpu_rows, cpu_rows, ref_scores, shapes.max_key_blocks, params.alpha, 1e-3);
+      gpu_rows, cpu_rows, ref_scores, shapes.max_key_blocks, params.alpha, 1e-3, ref_robust);
   if (near_threshold)
     std::printf("  [layout] %ld block(s) differ, all within rounding of the threshold\n",
                 long(near_threshold));
@@ -121,13 +125,14 @@ void check_gpu_attention(HostBatch& host, const Params& params) {
   expect_lse_near(problem, ref.lse, host.lse, 2e-3);
 }
 
-void check_random_shapes(uint64_t seed, int trials) {
+void check_random_shapes(uint64_t seed, int trials, Discovery discovery = Discovery::exact) {
   std::mt19937_64 rng(seed);
   auto pick = [&](int64_t lo, int64_t hi) {
     return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
   };
   for (int trial = 0; trial < trials; ++trial) {
     Params params;
+    params.discovery = discovery;
     params.block_size = pick(0, 3) ? 128 : 64;
     params.alpha = std::uniform_real_distribution<float>(0.05f, 0.5f)(rng);
     params.min_budget = pick(0, 2) == 0 ? int(pick(1, 3)) : 0;
@@ -624,6 +629,94 @@ TEST(Cuda, UnsortedCallerLayoutIsMasked) {
     const auto ref = reference::attention(make_problem(host.args(), params, Needs::attention), {});
     EXPECT_LE(relative_error(host.out, host.dtype, ref.out), tolerance(host.dtype));
   }
+}
+
+// Robust discovery (docs/ROBUST.md): the pooling kernel's far keys and both score kernels' x_eff
+// against the CPU backend and the fp64 reference of the rule (check_layout_matches_cpu scores with
+// the rule of params.discovery). Random shapes: partial blocks, GQA, chunked, min_budget, both
+// dtypes and head dims; the sm_90a kernel by default on Hopper (block 128), the sm_80 one forced.
+TEST(Cuda, RobustRandomShapesMatchCpuAndReference) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  check_random_shapes(seed, 12, Discovery::robust);
+}
+
+TEST(Cuda, RobustRandomShapesMatchCpuAndReferenceAmpereKernel) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  ScopedKernelChoice choice("ampere");
+  check_random_shapes(seed, 6, Discovery::robust);
+}
+
+// Varlen (an empty sequence, chunked sequences, partial last blocks), and head dim 256 (the sm_80
+// score kernel, pooling's register cache full: 16 keys per thread at block 128).
+TEST(Cuda, RobustVarlenAndHeadDim256) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  Params params;
+  params.discovery = Discovery::robust;
+  params.alpha = 0.2f;
+  Shape shape;
+  shape.heads_q = 4;
+  shape.heads_kv = 2;
+  shape.head_dim = 128;
+  HostBatch varlen = varlen_batch({{700, 700}, {0, 0}, {5, 5}, {130, 600}, {1, 1}, {257, 300}},
+                                  shape, DType::bf16, seed);
+  check_gpu_attention(varlen, params);
+  for (const int block : {64, 128}) {
+    SCOPED_TRACE("D=256, block " + std::to_string(block));
+    params.block_size = block;
+    HostBatch host = padded_batch(Shape{2, 500, 700, 4, 2, 256}, DType::fp16, seed + block);
+    check_gpu_attention(host, params);
+  }
+}
+
+// Rows of up to 282 key blocks (nine robust tiles of 32 blocks: pairs and an odd last tile, the
+// stage ring wrapping) on the structured input, where most tiles skip their exponentials, with and
+// without min_budget; then random chunked input. Against the CPU backend.
+TEST(Cuda, RobustScoreRowsOfManyTiles) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  HostBatch host = structured_batch(SyntheticShape{1, 36000, 4, 2, 64}, seed);
+  DeviceBatch device(host);
+  Params params;
+  params.discovery = Discovery::robust;
+  for (int min_budget : {0, 2}) {
+    SCOPED_TRACE("structured, min_budget=" + std::to_string(min_budget));
+    params.min_budget = min_budget;
+    check_layout_matches_cpu(host, device, params);
+  }
+  SCOPED_TRACE("random, chunked");
+  HostBatch random = padded_batch(Shape{2, 9000, 30000, 4, 2, 64}, DType::fp16, seed + 1);
+  DeviceBatch random_device(random);
+  params.min_budget = 0;
+  params.alpha = 0.3f;
+  check_layout_matches_cpu(random, random_device, params);
+}
+
+// The exact rule's layout does not depend on the robust code paths: the same call with the default
+// Params and with discovery = exact spelled out gives the same layout; the robust one contains it.
+TEST(Cuda, ExactModeIsTheDefaultAndRobustDiffers) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  HostBatch host = structured_batch(SyntheticShape{1, 8000, 4, 2, 128}, seed);
+  DeviceBatch device(host);
+  Params exact, robust;
+  exact.discovery = Discovery::exact;
+  robust.discovery = Discovery::robust;
+  const auto layout_of = [&](const Params& params) {
+    LayoutStorage layout = allocate_layout(device.args(), params);
+    discover_layout(device.args(), params, layout.view);
+    return device_rows(layout.view);
+  };
+  const auto by_default = layout_of(Params{});
+  EXPECT_EQ(by_default, layout_of(exact));
+  const auto robust_rows = layout_of(robust);
+  EXPECT_NE(by_default, robust_rows);
+  for (size_t r = 0; r < robust_rows.size(); ++r)  // the robust rule adds to the exact layout
+    EXPECT_TRUE(std::includes(robust_rows[r].begin(), robust_rows[r].end(), by_default[r].begin(),
+                              by_default[r].end()))
+        << "row " << r;
 }
 
 TEST(Cuda, UnsupportedConfigurationsAreNamed) {

@@ -12,9 +12,14 @@ void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const B
   const bool found = dispatch_int<64, 128>(p.params.block_size, [&](auto block) {
     dispatch_head_dim_and_dtype<64, 128, 256>(
         p, "the sm_80 score kernel", [&](auto head_dim, auto is_bf16) {
-          launch_score_rows<decltype(head_dim)::value, decltype(is_bf16)::value,
-                            decltype(block)::value>(p, seq_row_offset, buffers, scores, scores_ld,
-                                                    grid, max_key_blocks);
+          constexpr int kHeadDim = decltype(head_dim)::value, kBlock = decltype(block)::value;
+          constexpr bool kIsBf16 = decltype(is_bf16)::value;
+          if (p.params.discovery == Discovery::robust)
+            launch_score_rows<kHeadDim, kIsBf16, kBlock, true>(p, seq_row_offset, buffers, scores,
+                                                               scores_ld, grid, max_key_blocks);
+          else
+            launch_score_rows<kHeadDim, kIsBf16, kBlock, false>(p, seq_row_offset, buffers, scores,
+                                                                scores_ld, grid, max_key_blocks);
         });
   });
   if (!found)
