@@ -4,7 +4,10 @@
 // every lane waits, so that the warp stays converged for the named barriers of the row handover.
 // A paged K/V tile (PagedKV) whose pages hold fewer keys than the tile comes in one TMA per page,
 // each issued by its own lane after lane 0 has armed the barrier, so that the block-table reads of
-// a tile run side by side.
+// a tile run side by side. Those reads are a dependent chain (kept block index, then page id) that
+// would otherwise sit between tiles: with small pages it outlasts the consumers' tile and starves
+// them. So they run ahead: tile t + 2's kept block and tile t + 1's pages are read before tile t
+// waits for its stages and issues its loads, and are used an iteration later.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +25,32 @@ struct ProducerMainloop {
   // Pipeline positions (Q buffers, K/V stages) run on across rows: counted, not reset.
   int tile_count = 0, q_count = 0;
 
+  // Paged: a tile comes in pieces of piece_rows() keys, lane `lane` loading rows
+  // [lane * piece_rows(), (lane + 1) * piece_rows()) if that is inside the tile.
+  __device__ __forceinline__ static int piece_rows(const KV& kv) {
+    return kv.template tma_rows<Traits::kBlockN>();
+  }
+  __device__ __forceinline__ static bool loads_piece(const KV& kv) {
+    return int(threadIdx.x % 32) * piece_rows(kv) < Traits::kBlockN;
+  }
+  // Paged: the kept block of tile `tile`, read only by the lanes that load a piece (0 past the
+  // row's last tile and in the other lanes: never used). Being per lane, it lives in an ordinary
+  // register, which the load fills in its own time; in a uniform register (one value per warp)
+  // the move into it would wait for the load at once.
+  __device__ __forceinline__ static int32_t kept_block(const SparseAttentionParams& params,
+                                                       const RowWork& w, const KV& kv, int tile) {
+    return loads_piece(kv) && tile < w.num_tiles ? w.key_block(params, tile) : 0;
+  }
+  // Paged: this lane's piece of tile `tile` (kept block `block`); {0, 0} if it loads none or the
+  // row has no such tile.
+  __device__ __forceinline__ static TmaCoord paged_piece(const KV& kv, const RowWork& w, int tile,
+                                                         int32_t block) {
+    return loads_piece(kv) && tile < w.num_tiles
+               ? kv.tma_piece(int64_t(block) * Traits::kBlockN +
+                              int(threadIdx.x % 32) * piece_rows(kv))
+               : TmaCoord{0, 0};
+  }
+
   // Loads row w (which has tiles): its Q, then K and V of each kept block. handover() is called
   // once Q and the first stages are on their way (so the consumers find them landing), and before
   // any load that needs a stage this row's consumers free.
@@ -33,6 +62,14 @@ struct ProducerMainloop {
     const KV kv{p, w.coord.seq, w.coord.extent, w.kv_head};
     int32_t batch = 0;  // of Q (packed when paged) and of contiguous K/V
     if constexpr (!KV::kPaged) batch = kv.tma_batch();
+    // The read-ahead (paged only; dead for contiguous K/V): the next tile's piece, and the kept
+    // block of the one after it.
+    TmaCoord piece_ahead{0, 0};
+    int32_t block_ahead = 0;
+    if constexpr (KV::kPaged) {
+      block_ahead = kept_block(params, w, kv, 1);
+      piece_ahead = paged_piece(kv, w, 0, kept_block(params, w, kv, 0));
+    }
     const int q_buffer = q_count % Traits::kQBuffers;
     barrier_wait(&smem.q_empty[q_buffer], ((q_count / Traits::kQBuffers) & 1) ^
                                               1);  // a fresh barrier's "previous phase" is complete
@@ -54,12 +91,14 @@ struct ProducerMainloop {
       if (tile == before_handover) handover();
       const int stage = tile_count % Traits::kStages;
       const uint32_t phase = (tile_count / Traits::kStages) & 1;
-      const int64_t key0 = int64_t(w.key_block(params, tile)) * Traits::kBlockN;
       if constexpr (KV::kPaged) {
-        const int rows = kv.template tma_rows<Traits::kBlockN>();
+        const TmaCoord piece = piece_ahead;
+        // Issued now, waited for only at the next iteration's use.
+        piece_ahead = paged_piece(kv, w, tile + 1, block_ahead);
+        block_ahead = kept_block(params, w, kv, tile + 2);
+        const int rows = piece_rows(kv);
         const int lane = int(threadIdx.x % 32);
-        const bool issues = lane * rows < Traits::kBlockN;
-        const TmaCoord piece = issues ? kv.tma_piece(key0 + lane * rows) : TmaCoord{0, 0};
+        const bool issues = loads_piece(kv);
         const auto load_tile = [&](const CUtensorMap* map, uint64_t* empty, uint64_t* full,
                                    unsigned char* tiles) {
           barrier_wait(&empty[stage], phase ^ 1);
@@ -78,7 +117,7 @@ struct ProducerMainloop {
         load_tile(&maps.k, smem.k_empty, smem.k_full, smem.k);
         load_tile(&maps.v, smem.v_empty, smem.v_full, smem.v);
       } else {
-        const int32_t kv_token = kv.tma_token(key0);
+        const int32_t kv_token = kv.tma_token(int64_t(w.key_block(params, tile)) * Traits::kBlockN);
         // K, then V, of this tile into the stage once its consumers have released it.
         const auto load_tile = [&](const CUtensorMap* map, uint64_t* empty, uint64_t* full,
                                    unsigned char* tiles) {
