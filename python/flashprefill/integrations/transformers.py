@@ -67,6 +67,27 @@ def _uses_flashprefill(module, query, key, attention_mask, dropout) -> bool:
             and query.shape[1] % key.shape[1] == 0)
 
 
+def causal_blocks_per_head(q_len: int, kv_len: int, block_size: int) -> int:
+    """Causal blocks of one head of one sequence: query blocks i = first .. nkb - 1 (bottom-right aligned,
+    ALGORITHM.md's absolute numbering) each see i + 1 key blocks; chunked prefill (q_len < kv_len) starts
+    at first = (kv_len - q_len) // block_size, not at 0."""
+    num_key_blocks = -(-kv_len // block_size)
+    first = (kv_len - q_len) // block_size
+    rows = num_key_blocks - first
+    return rows * (2 * first + rows + 1) // 2
+
+
+def _density_record(module, q, k, layout) -> dict:
+    """Kept fraction of the causal blocks, overall and per query head (mean over the batch)."""
+    batch, q_len, heads = q.shape[0], q.shape[1], q.shape[2]
+    causal = causal_blocks_per_head(q_len, k.shape[1], settings.block_size)
+    row_ptr = layout.row_ptr.cpu()
+    kept = (row_ptr[1:] - row_ptr[:-1]).view(batch, heads, -1).sum(dim=(0, 2)).double()
+    per_head = (kept / (batch * causal)).tolist()
+    return {"layer": getattr(module, "layer_idx", None), "q_len": q_len, "kv_len": k.shape[1],
+            "density": sum(per_head) / heads, "per_head": per_head}
+
+
 def _sdpa_fallback(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
     """The model's SDPA path, with the mask it needs: bottom-right causal (decoding, chunks), plus padding."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -92,11 +113,7 @@ def flashprefill_attention_forward(module, query, key, value, attention_mask, sc
     params = dict(alpha=_alpha_for(module), block_size=settings.block_size, sink_blocks=settings.sink_blocks,
                   window_blocks=settings.window_blocks, last_full_blocks=settings.last_full_blocks, softmax_scale=scaling)
     if settings.collect_density:
-        layout = _api.select_blocks(q, k, **params)
-        nqb = -(-q.shape[1] // settings.block_size)
-        causal = q.shape[0] * q.shape[2] * nqb * (nqb + 1) // 2
-        settings.densities.append({"layer": getattr(module, "layer_idx", None), "q_len": q.shape[1],
-                                   "density": layout.density(causal)})
+        settings.densities.append(_density_record(module, q, k, _api.select_blocks(q, k, **params)))
     out = _api.flash_prefill(q, k, v, **params)
     return out, None
 
