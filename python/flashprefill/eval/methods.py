@@ -10,6 +10,7 @@ A method name is ``kind[:value]``:
 | ``library-coverage:C`` | the library's coverage rule (``coverage=C``, docs/SELECTION.md) |
 | ``coverage:C`` | the coverage rule prototyped in PyTorch (selection.keep_coverage on the pooled scores) |
 | ``oracle:C`` | the coverage rule on the true attention mass (a bound; needs the full attention matrix) |
+| ``paper-mean:A``, ``coverage-mean:C`` | those rules plus the mean correction of the dropped blocks (selection.add_dropped_mean) |
 | ``profile:PATH`` | the paper's rule with the per-layer (per-head) alpha of a calibration profile |
 | ``default`` | the transformers integration exactly as a user gets it (its default settings) |
 
@@ -48,7 +49,7 @@ class Method:
         if kind == "profile":
             with open(value) as f:
                 return Method(kind, profile=json.load(f), label=text)
-        if kind in ("paper", "coverage", "oracle", "library-coverage"):
+        if kind in ("paper", "coverage", "oracle", "library-coverage", "paper-mean", "coverage-mean"):
             return Method(kind, float(value), label=text)
         raise SystemExit(f"unknown method '{text}'; expected sdpa, eager, default, paper:A, coverage:C, library-coverage:C, "
                          f"oracle:C or profile:PATH")
@@ -86,24 +87,25 @@ def _per_head_density(layout: _api.Layout, heads: int, geo: sel.Geometry) -> np.
     return kept.reshape(-1, heads, geo.num_query_blocks).sum(axis=(0, 2)) / (geo.causal_blocks() * (len(kept) // (heads * geo.num_query_blocks)))
 
 
-def _rule_layout(method: Method, layer: int, q, k, scale) -> _api.Layout:
-    """Layout of one sequence (q [L_q, H, D], k [L_kv, H_kv, D]) under a PyTorch-prototyped rule."""
+def _rule_keep(method: Method, layer: int, q, k, scale) -> torch.Tensor:
+    """Keep mask of one sequence (q [L_q, H, D], k [L_kv, H_kv, D]) under a PyTorch-prototyped rule."""
     geo = sel.Geometry(q.shape[0], k.shape[0], BLOCK)
     forced = geo.forced(**SPARSE_PARAMS, device=q.device)
     if method.kind == "oracle":
-        keep = sel.keep_coverage(sel.true_block_mass(q, k, BLOCK, scale), forced, method.value)
-    else:
-        scores = sel.block_scores(q, k, BLOCK, scale)
-        if method.kind == "coverage":
-            keep = sel.keep_coverage(scores, forced, method.value)
-        else:  # profile
-            keep = sel.keep_threshold(scores, forced, profile_alpha(method.profile, layer, q.device))
-    return sel.layout_from_mask(keep, geo, scale, SPARSE_PARAMS)
+        return sel.keep_coverage(sel.true_block_mass(q, k, BLOCK, scale), forced, method.value)
+    scores = sel.block_scores(q, k, BLOCK, scale)
+    if method.kind in ("coverage", "coverage-mean"):
+        return sel.keep_coverage(scores, forced, method.value)
+    if method.kind == "paper-mean":
+        return sel.keep_threshold(scores, forced, method.value)
+    rule = method.profile.get("rule", "threshold")
+    value = profile_value(method.profile, layer, q.device)
+    return sel.keep_coverage(scores, forced, value) if rule == "coverage" else sel.keep_threshold(scores, forced, value)
 
 
-def profile_alpha(profile: dict, layer: int, device) -> torch.Tensor:
-    alpha = profile["alpha"][layer]
-    return torch.as_tensor(alpha, dtype=torch.float32, device=device)
+def profile_value(profile: dict, layer: int, device) -> torch.Tensor:
+    """The profile's alpha (or coverage) of one layer: a float, or one per query head."""
+    return torch.as_tensor(profile["values"][layer], dtype=torch.float32, device=device)
 
 
 def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -132,8 +134,12 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
         extra = dict(alpha=method.value) if method.kind == "paper" else dict(alpha=0.0, coverage=method.value)
         layout = _api.select_blocks(q, k, block_size=BLOCK, softmax_scale=scaling, **SPARSE_PARAMS, **extra)
     else:
-        layout = _rule_layout(method, layer, q[0], k[0], scaling)
+        keep = _rule_keep(method, layer, q[0], k[0], scaling)
+        layout = sel.layout_from_mask(keep, geo, scaling, SPARSE_PARAMS)
     state.density.setdefault(layer, []).append(_per_head_density(layout, q.shape[2], geo))
+    if method.kind.endswith("-mean"):
+        out, lse = _api.block_sparse_attention(q, k, v, layout, softmax_scale=scaling, return_lse=True)
+        return sel.add_dropped_mean(q[0], k[0], v[0], keep, out[0], lse[0], BLOCK, scaling)[None], None
     return _api.block_sparse_attention(q, k, v, layout, softmax_scale=scaling), None
 
 

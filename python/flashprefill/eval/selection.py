@@ -154,3 +154,25 @@ def layout_from_mask(keep: torch.Tensor, geo: Geometry, scale: float, params: di
     seq_row_offset = torch.tensor([0, flat.shape[0]], dtype=torch.int64, device=keep.device)
     p = _api._params(0.0, geo.block, params["sink_blocks"], params["window_blocks"], params["last_full_blocks"], 0, scale, False)
     return _api.Layout(seq_row_offset, row_ptr, col_idx, geo.block, keep.shape[0], geo.num_key_blocks, p)
+
+
+def add_dropped_mean(q, k, v, keep, out, lse, block: int, scale: float):
+    """Mean correction (FlashPrefillv2's idea): each dropped causal block j of a row adds its pooled
+    contribution, weight n_j * exp(scale * q . Kbar_j) on value Vbar_j, to the kept blocks' exact softmax.
+
+    q [L_q, H, D], k/v [L_kv, H_kv, D], keep [H, nqb, nkb], out [L_q, H, D] and lse [H, L_q] of the kept blocks.
+    """
+    geo = Geometry(q.shape[0], k.shape[0], block)
+    group = q.shape[1] // k.shape[1]
+    kbar = pooled_keys(k, geo).repeat_interleave(group, dim=1)  # [nkb, H, D]
+    vbar = pooled_keys(v, geo).repeat_interleave(group, dim=1)
+    counts = torch.clamp(geo.len_kv - torch.arange(geo.num_key_blocks, device=q.device) * block, max=block).float()
+    logits = scale * torch.einsum("thd,jhd->htj", q.float(), kbar) + counts.log()  # [H, L_q, nkb]
+    pos = (geo.len_kv - geo.len_q) + torch.arange(geo.len_q, device=q.device)
+    dropped = (~keep & geo.causal(q.device))[:, pos // block - geo.first_query_block]  # [H, L_q, nkb]
+    logits = logits.masked_fill(~dropped, -math.inf)
+    top = torch.maximum(lse.float(), logits.amax(-1))  # [H, L_q]
+    kept_weight = torch.exp(lse.float() - top)
+    weights = torch.exp(logits - top[..., None])
+    numerator = kept_weight[..., None] * out.float().transpose(0, 1) + torch.einsum("htj,jhd->htd", weights, vbar)
+    return (numerator / (kept_weight + weights.sum(-1))[..., None]).transpose(0, 1).to(out.dtype)

@@ -15,8 +15,11 @@ that preload skip our name, and the SDPA fallback turns the 2D mask back into a 
 """
 from __future__ import annotations
 
+import glob
+import json
+import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 
@@ -25,11 +28,18 @@ from .. import _api
 # The paper's alpha per model family; anything else uses DEFAULT_ALPHA.
 MODEL_ALPHA: Dict[str, float] = {"llama": 0.18, "qwen2": 0.08, "qwen3": 0.12, "qwen3_moe": 0.12}
 DEFAULT_ALPHA = 0.12
+PROFILE_FORMAT = "flashprefill-profile/1"
+PROFILE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "profiles")
+# The config fields a profile's "match" may name: a shipped profile applies to a model whose config has them all.
+MATCH_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim")
 
 
 @dataclass
 class Settings:
-    alpha: Optional[float] = None  # None: MODEL_ALPHA by model_type
+    alpha: Optional[float] = None  # None: the profile's per-layer alpha, else MODEL_ALPHA by model_type
+    # Per-layer alpha calibrated on text (python -m flashprefill.calibrate): "auto" uses a profile shipped in
+    # flashprefill/profiles whose "match" fits the model's config, if any; None uses none; else a path or dict.
+    profile: Union[str, dict, None] = "auto"
     threshold: int = 4096          # shortest prefill (query tokens) that uses FlashPrefill
     block_size: int = 128
     sink_blocks: int = 2
@@ -51,12 +61,75 @@ def configure(**kwargs) -> Settings:
     return settings
 
 
+def load_profile(source: Union[str, dict]) -> dict:
+    """A calibration profile (python -m flashprefill.calibrate) from a path or a dict, checked."""
+    where = source if isinstance(source, str) else "profile"
+    if isinstance(source, str):
+        with open(source) as f:
+            source = json.load(f)
+    if not isinstance(source, dict) or source.get("format") != PROFILE_FORMAT:
+        raise ValueError(f"{where}: 'format' is {source.get('format') if isinstance(source, dict) else source!r}; "
+                         f"expected '{PROFILE_FORMAT}'")
+    if source.get("rule") != "threshold":
+        raise ValueError(f"{where}: 'rule' is {source.get('rule')!r}; expected 'threshold' (a per-layer alpha)")
+    values = source.get("values")
+    if not isinstance(values, list) or not values or not all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"{where}: 'values' must be a non-empty list of one alpha in [0, 1] per layer; got {values!r}")
+    return source
+
+
+def _matches(profile: dict, config) -> bool:
+    match = profile.get("match") or {}
+    return bool(match) and all(getattr(config, name, None) == value for name, value in match.items())
+
+
+_shipped_cache: Dict[str, Optional[dict]] = {}
+
+
+def shipped_profile(config) -> Optional[dict]:
+    """The profile in flashprefill/profiles whose "match" fits `config`, or None."""
+    key = json.dumps({name: getattr(config, name, None) for name in MATCH_FIELDS}, sort_keys=True, default=str)
+    if key not in _shipped_cache:
+        found = None
+        for path in sorted(glob.glob(os.path.join(PROFILE_DIR, "*.json"))):
+            profile = load_profile(path)
+            if _matches(profile, config):
+                found = profile
+                break
+        _shipped_cache[key] = found
+    return _shipped_cache[key]
+
+
+_loaded_profile: Dict[int, dict] = {}
+
+
+def _profile_for(config) -> Optional[dict]:
+    if settings.profile is None or config is None:
+        return None
+    if settings.profile == "auto":
+        return shipped_profile(config)
+    key = id(settings.profile)
+    if key not in _loaded_profile:
+        _loaded_profile.clear()
+        _loaded_profile[key] = load_profile(settings.profile)
+    return _loaded_profile[key]
+
+
 def _alpha_for(module) -> float:
+    """config.flashprefill_alpha, else configure(alpha=...), else the profile's alpha of this layer, else the
+    paper's alpha of the model family."""
     config = getattr(module, "config", None)
     if config is not None and getattr(config, "flashprefill_alpha", None) is not None:
         return float(config.flashprefill_alpha)
     if settings.alpha is not None:
         return float(settings.alpha)
+    profile = _profile_for(config)
+    if profile is not None:
+        layer = getattr(module, "layer_idx", None)
+        values = profile["values"]
+        if layer is None or not 0 <= layer < len(values):
+            raise ValueError(f"flashprefill profile has alphas for {len(values)} layers; layer_idx {layer} is outside it")
+        return float(values[layer])
     return MODEL_ALPHA.get(getattr(config, "model_type", None), DEFAULT_ALPHA)
 
 
