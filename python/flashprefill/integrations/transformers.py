@@ -73,8 +73,11 @@ def load_profile(source: Union[str, dict]) -> dict:
     if source.get("rule") != "threshold":
         raise ValueError(f"{where}: 'rule' is {source.get('rule')!r}; expected 'threshold' (a per-layer alpha)")
     values = source.get("values")
-    if not isinstance(values, list) or not values or not all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in values):
-        raise ValueError(f"{where}: 'values' must be a non-empty list of one alpha in [0, 1] per layer; got {values!r}")
+    alpha_ok = lambda a: isinstance(a, (int, float)) and 0.0 <= a <= 1.0
+    if not isinstance(values, list) or not values or not all(
+            alpha_ok(v) or (isinstance(v, list) and v and all(alpha_ok(a) for a in v)) for v in values):
+        raise ValueError(f"{where}: 'values' must be a non-empty list with, per layer, one alpha in [0, 1] or a list of "
+                         f"one per query head; got {values!r}")
     return source
 
 
@@ -115,7 +118,7 @@ def _profile_for(config) -> Optional[dict]:
     return _loaded_profile[key]
 
 
-def _alpha_for(module) -> float:
+def _alpha_for(module) -> Union[float, List[float]]:
     """config.flashprefill_alpha, else configure(alpha=...), else the profile's alpha of this layer, else the
     paper's alpha of the model family."""
     config = getattr(module, "config", None)
@@ -129,7 +132,13 @@ def _alpha_for(module) -> float:
         values = profile["values"]
         if layer is None or not 0 <= layer < len(values):
             raise ValueError(f"flashprefill profile has alphas for {len(values)} layers; layer_idx {layer} is outside it")
-        return float(values[layer])
+        value = values[layer]
+        if isinstance(value, list):
+            heads = getattr(config, "num_attention_heads", len(value))
+            if len(value) != heads:
+                raise ValueError(f"flashprefill profile: layer {layer} has {len(value)} per-head alphas; the model has {heads} heads")
+            return [float(a) for a in value] if len(set(value)) > 1 else float(value[0])
+        return float(value)
     return MODEL_ALPHA.get(getattr(config, "model_type", None), DEFAULT_ALPHA)
 
 
@@ -183,12 +192,37 @@ def flashprefill_attention_forward(module, query, key, value, attention_mask, sc
     if not _uses_flashprefill(module, query, key, attention_mask, dropout):
         return _sdpa_fallback(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [B, L, H, D] views, D contiguous
-    params = dict(alpha=_alpha_for(module), block_size=settings.block_size, sink_blocks=settings.sink_blocks,
-                  window_blocks=settings.window_blocks, last_full_blocks=settings.last_full_blocks, softmax_scale=scaling)
+    alpha = _alpha_for(module)
+    params = dict(block_size=settings.block_size, sink_blocks=settings.sink_blocks, window_blocks=settings.window_blocks,
+                  last_full_blocks=settings.last_full_blocks, softmax_scale=scaling)
+    if not isinstance(alpha, list):
+        if settings.collect_density:
+            settings.densities.append(_density_record(module, q, k, _api.select_blocks(q, k, alpha=alpha, **params)))
+        return _api.flash_prefill(q, k, v, alpha=alpha, **params), None
+    # A per-head profile: one call per run of query heads that share a kv head and an alpha (the library
+    # takes one alpha per call); each call sees its heads as a GQA group of one kv head.
+    group = q.shape[2] // k.shape[2]
+    outs, layouts = [], []
+    for h0, h1 in _runs_of_equal_alpha(alpha, group):
+        kv = slice(h0 // group, h0 // group + 1)
+        outs.append(_api.flash_prefill(q[:, :, h0:h1], k[:, :, kv], v[:, :, kv], alpha=alpha[h0], **params))
+        if settings.collect_density:
+            layouts.append((h1 - h0, _density_record(module, q[:, :, h0:h1], k[:, :, kv],
+                                                     _api.select_blocks(q[:, :, h0:h1], k[:, :, kv], alpha=alpha[h0], **params))))
     if settings.collect_density:
-        settings.densities.append(_density_record(module, q, k, _api.select_blocks(q, k, **params)))
-    out = _api.flash_prefill(q, k, v, **params)
-    return out, None
+        per_head = [d for _, record in layouts for d in record["per_head"]]
+        settings.densities.append({**layouts[0][1], "density": sum(per_head) / len(per_head), "per_head": per_head})
+    return torch.cat(outs, dim=2), None
+
+
+def _runs_of_equal_alpha(alpha: list, group: int) -> list:
+    """[(h0, h1)]: maximal runs of query heads with one kv head (h // group) and one alpha."""
+    runs, h0 = [], 0
+    for h in range(1, len(alpha) + 1):
+        if h == len(alpha) or h % group == 0 or alpha[h] != alpha[h0]:
+            runs.append((h0, h))
+            h0 = h
+    return runs
 
 
 def _skip_flash_kernel_preload(name: str) -> None:
