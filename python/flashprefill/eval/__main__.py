@@ -45,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="eval-out", help="folder for results.json, summary.md and the heat maps")
     p.add_argument("--lengths", default="4K,6K,8K")
     p.add_argument("--windows", type=int, default=3, help="windows of evaluation text per length")
+    p.add_argument("--floor-windows", type=int, default=None,
+                   help="run eager (the noise floor; slow on CPUs: ~7 min at 8K on one core) on the first N windows only")
     p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated (sdpa always runs); see methods.py")
     p.add_argument("--passkey-lengths", default="", help="lengths for passkey retrieval (default: none)")
     p.add_argument("--passkey-depths", default="10,20,30,40,50,60,70,80,90", help="needle depths in percent")
@@ -86,6 +88,8 @@ def main(argv=None) -> None:
             results["runs"].append({"length": length, "window": w, "method": "sdpa", "nll": dense["nll"], "seconds": dense["seconds"]})
             print(f"[eval] L={length} w={w} sdpa nll {dense['nll']:.4f} ({dense['seconds']:.1f} s)", flush=True)
             for m in methods:
+                if m.kind == "eager" and args.floor_windows is not None and w >= args.floor_windows:
+                    continue
                 stats = H.run_method(model, m, ids)
                 record = {"length": length, "window": w, "method": m.label, "nll": stats["nll"], "seconds": stats["seconds"],
                           "ppl_change": H.perplexity_change(stats["nll"], dense["nll"]), **H.agreement(dense["tail"], stats["tail"])}

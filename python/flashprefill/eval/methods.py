@@ -116,8 +116,13 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     if state.capture is not None and prefill:
         state.capture[layer] = tuple(x[0].transpose(0, 1).to("cpu", copy=True) for x in (query, key, value))
     if method.kind == "default":
-        before = len(fpt.settings.densities)
-        out = fpt.flashprefill_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        before, collecting = len(fpt.settings.densities), fpt.settings.collect_density
+        fpt.settings.collect_density = True
+        try:
+            out = fpt.flashprefill_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                                     **kwargs)
+        finally:
+            fpt.settings.collect_density = collecting
         for record in fpt.settings.densities[before:]:
             state.density.setdefault(layer, []).append(np.asarray(record["per_head"]))
         del fpt.settings.densities[before:]
