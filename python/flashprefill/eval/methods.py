@@ -7,7 +7,6 @@ A method name is ``kind[:value]``:
 | ``sdpa`` | dense causal SDPA (the reference) |
 | ``eager`` | transformers' eager attention (bf16 matmuls, fp32 softmax): with ``sdpa``, the noise floor |
 | ``paper:A`` | the library's exact rule (ALGORITHM.md) at alpha A: ``select_blocks`` then ``block_sparse_attention`` |
-| ``library-coverage:C`` | the library's coverage rule (``coverage=C``, docs/SELECTION.md) |
 | ``coverage:C`` | the coverage rule prototyped in PyTorch (selection.keep_coverage on the pooled scores) |
 | ``oracle:C`` | the coverage rule on the true attention mass (a bound; needs the full attention matrix) |
 | ``paper-mean:A``, ``coverage-mean:C`` | those rules plus the mean correction of the dropped blocks (selection.add_dropped_mean) |
@@ -49,10 +48,10 @@ class Method:
         if kind == "profile":
             with open(value) as f:
                 return Method(kind, profile=json.load(f), label=text)
-        if kind in ("paper", "coverage", "oracle", "library-coverage", "paper-mean", "coverage-mean"):
+        if kind in ("paper", "coverage", "oracle", "paper-mean", "coverage-mean"):
             return Method(kind, float(value), label=text)
-        raise SystemExit(f"unknown method '{text}'; expected sdpa, eager, default, paper:A, coverage:C, library-coverage:C, "
-                         f"oracle:C or profile:PATH")
+        raise SystemExit(f"unknown method '{text}'; expected sdpa, eager, default, paper:A, coverage:C, oracle:C, "
+                         f"paper-mean:A, coverage-mean:C or profile:PATH")
 
     @property
     def sparse(self) -> bool:
@@ -135,9 +134,8 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
         raise ValueError("the harness runs one sequence at a time")
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [1, L, H, D]
     geo = sel.Geometry(q_len, kv_len, BLOCK)
-    if method.kind in ("paper", "library-coverage"):
-        extra = dict(alpha=method.value) if method.kind == "paper" else dict(alpha=0.0, coverage=method.value)
-        layout = _api.select_blocks(q, k, block_size=BLOCK, softmax_scale=scaling, **SPARSE_PARAMS, **extra)
+    if method.kind == "paper":
+        layout = _api.select_blocks(q, k, alpha=method.value, block_size=BLOCK, softmax_scale=scaling, **SPARSE_PARAMS)
     else:
         keep = _rule_keep(method, layer, q[0], k[0], scaling)
         layout = sel.layout_from_mask(keep, geo, scaling, SPARSE_PARAMS)
