@@ -45,6 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="eval-out", help="folder for results.json, summary.md and the heat maps")
     p.add_argument("--lengths", default="4K,6K,8K")
     p.add_argument("--windows", type=int, default=3, help="windows of evaluation text per length")
+    p.add_argument("--first-window", type=int, default=0, help="skip this many windows (to split a run over processes)")
     p.add_argument("--floor-windows", type=int, default=None,
                    help="run eager (the noise floor; slow on CPUs: ~7 min at 8K on one core) on the first N windows only")
     p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated (sdpa always runs); see methods.py")
@@ -83,8 +84,10 @@ def main(argv=None) -> None:
 
     for length in (parse_length(x) for x in args.lengths.split(",") if x):
         grids = {}
-        for w, ids in enumerate(model_io.windows(evaluation, length, args.windows)):
-            dense = H.run_method(model, M.Method("sdpa", label="sdpa"), ids, capture=args.layer_error and w == 0)
+        for w, ids in enumerate(model_io.windows(evaluation, length, args.first_window + args.windows)):
+            if w < args.first_window:
+                continue
+            dense = H.run_method(model, M.Method("sdpa", label="sdpa"), ids, capture=args.layer_error and w == args.first_window)
             results["runs"].append({"length": length, "window": w, "method": "sdpa", "nll": dense["nll"], "seconds": dense["seconds"]})
             print(f"[eval] L={length} w={w} sdpa nll {dense['nll']:.4f} ({dense['seconds']:.1f} s)", flush=True)
             for m in methods:
@@ -107,6 +110,7 @@ def main(argv=None) -> None:
             grid = np.mean(per_window, axis=0)
             results["density"].setdefault(label, {})[str(length)] = grid.tolist()
             write_heatmap(os.path.join(args.out, f"density_{safe(label)}_{length}{args.tag}.png"), grid)
+        save(results, args)  # after every length, so that an interrupted run keeps what it measured
 
     passkey_methods = [M.Method("sdpa", label="sdpa")] + [
         M.Method.parse(x) for x in (args.passkey_methods.split(",") if args.passkey_methods else
@@ -126,13 +130,18 @@ def main(argv=None) -> None:
                                            "answer": answer, "correct": ok})
                 print(f"[eval] passkey L={length} depth {depth}% {m.label}: {'OK ' if ok else 'NO '} {answer!r} "
                       f"(key {key}, {time.perf_counter() - start:.1f} s)", flush=True)
+        save(results, args)
+    print(save(results, args))
 
+
+def save(results: dict, args) -> str:
+    """Writes results.json and summary.md under --out; returns the summary."""
     with open(os.path.join(args.out, f"results{args.tag}.json"), "w") as f:
         json.dump(results, f, indent=1)
     summary = render_summary(results)
     with open(os.path.join(args.out, f"summary{args.tag}.md"), "w") as f:
         f.write(summary)
-    print(summary)
+    return summary
 
 
 def safe(label: str) -> str:
