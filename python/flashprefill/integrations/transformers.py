@@ -8,6 +8,10 @@ Prefill of at least ``threshold`` tokens (default 4096) with a plain causal mask
 (also chunked prefill, ``q_len < kv_len``, bottom-right aligned). Shorter prefills, decoding, padded batches
 (an explicit mask), training and unsupported head dims go to the model's SDPA path.
 
+Alpha: ``config.flashprefill_alpha``, else ``configure(alpha=...)``, else a calibration profile (per layer or
+per query head; ``configure(profile=path)``, or by default one shipped in ``flashprefill/profiles`` that
+matches the model's config: docs/SELECTION.md), else the paper's alpha of the model family.
+
 transformers 5 treats every implementation name containing "flash" as a FlashAttention kernel: it builds
 FlashAttention-style masks for it (None without padding, else the 2D padding mask), which suits us, and it
 tries to preload a FlashAttention kernel of that name, which does not exist; ``register`` therefore makes
