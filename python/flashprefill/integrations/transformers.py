@@ -8,6 +8,10 @@ Prefill of at least ``threshold`` tokens (default 4096) with a plain causal mask
 (also chunked prefill, ``q_len < kv_len``, bottom-right aligned). Shorter prefills, decoding, padded batches
 (an explicit mask), training and unsupported head dims go to the model's SDPA path.
 
+Alpha: ``config.flashprefill_alpha``, else ``configure(alpha=...)``, else a calibration profile (per layer or
+per query head; ``configure(profile=path)``, or by default one shipped in ``flashprefill/profiles`` that
+matches the model's config: docs/SELECTION.md), else the paper's alpha of the model family.
+
 transformers 5 treats every implementation name containing "flash" as a FlashAttention kernel: it builds
 FlashAttention-style masks for it (None without padding, else the 2D padding mask), which suits us, and it
 tries to preload a FlashAttention kernel of that name, which does not exist; ``register`` therefore makes
@@ -15,8 +19,11 @@ that preload skip our name, and the SDPA fallback turns the 2D mask back into a 
 """
 from __future__ import annotations
 
+import glob
+import json
+import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 
@@ -25,11 +32,18 @@ from .. import _api
 # The paper's alpha per model family; anything else uses DEFAULT_ALPHA.
 MODEL_ALPHA: Dict[str, float] = {"llama": 0.18, "qwen2": 0.08, "qwen3": 0.12, "qwen3_moe": 0.12}
 DEFAULT_ALPHA = 0.12
+PROFILE_FORMAT = "flashprefill-profile/1"
+PROFILE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "profiles")
+# The config fields a profile's "match" may name: a shipped profile applies to a model whose config has them all.
+MATCH_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim")
 
 
 @dataclass
 class Settings:
-    alpha: Optional[float] = None  # None: MODEL_ALPHA by model_type
+    alpha: Optional[float] = None  # None: the profile's per-layer alpha, else MODEL_ALPHA by model_type
+    # Per-layer alpha calibrated on text (python -m flashprefill.calibrate): "auto" uses a profile shipped in
+    # flashprefill/profiles whose "match" fits the model's config, if any; None uses none; else a path or dict.
+    profile: Union[str, dict, None] = "auto"
     threshold: int = 4096          # shortest prefill (query tokens) that uses FlashPrefill
     block_size: int = 128
     sink_blocks: int = 2
@@ -51,12 +65,84 @@ def configure(**kwargs) -> Settings:
     return settings
 
 
-def _alpha_for(module) -> float:
+def load_profile(source: Union[str, dict]) -> dict:
+    """A calibration profile (python -m flashprefill.calibrate) from a path or a dict, checked."""
+    where = source if isinstance(source, str) else "profile"
+    if isinstance(source, str):
+        with open(source) as f:
+            source = json.load(f)
+    if not isinstance(source, dict) or source.get("format") != PROFILE_FORMAT:
+        raise ValueError(f"{where}: 'format' is {source.get('format') if isinstance(source, dict) else source!r}; "
+                         f"expected '{PROFILE_FORMAT}'")
+    if source.get("rule") != "threshold":
+        raise ValueError(f"{where}: 'rule' is {source.get('rule')!r}; expected 'threshold' (a per-layer alpha)")
+    values = source.get("values")
+    alpha_ok = lambda a: isinstance(a, (int, float)) and 0.0 <= a <= 1.0
+    if not isinstance(values, list) or not values or not all(
+            alpha_ok(v) or (isinstance(v, list) and v and all(alpha_ok(a) for a in v)) for v in values):
+        raise ValueError(f"{where}: 'values' must be a non-empty list with, per layer, one alpha in [0, 1] or a list of "
+                         f"one per query head; got {values!r}")
+    return source
+
+
+def _matches(profile: dict, config) -> bool:
+    match = profile.get("match") or {}
+    return bool(match) and all(getattr(config, name, None) == value for name, value in match.items())
+
+
+_shipped_cache: Dict[str, Optional[dict]] = {}
+
+
+def shipped_profile(config) -> Optional[dict]:
+    """The profile in flashprefill/profiles whose "match" fits `config`, or None."""
+    key = json.dumps({name: getattr(config, name, None) for name in MATCH_FIELDS}, sort_keys=True, default=str)
+    if key not in _shipped_cache:
+        found = None
+        for path in sorted(glob.glob(os.path.join(PROFILE_DIR, "*.json"))):
+            profile = load_profile(path)
+            if _matches(profile, config):
+                found = profile
+                break
+        _shipped_cache[key] = found
+    return _shipped_cache[key]
+
+
+_loaded_profile: Dict[int, dict] = {}
+
+
+def _profile_for(config) -> Optional[dict]:
+    if settings.profile is None or config is None:
+        return None
+    if settings.profile == "auto":
+        return shipped_profile(config)
+    key = id(settings.profile)
+    if key not in _loaded_profile:
+        _loaded_profile.clear()
+        _loaded_profile[key] = load_profile(settings.profile)
+    return _loaded_profile[key]
+
+
+def _alpha_for(module) -> Union[float, List[float]]:
+    """config.flashprefill_alpha, else configure(alpha=...), else the profile's alpha of this layer, else the
+    paper's alpha of the model family."""
     config = getattr(module, "config", None)
     if config is not None and getattr(config, "flashprefill_alpha", None) is not None:
         return float(config.flashprefill_alpha)
     if settings.alpha is not None:
         return float(settings.alpha)
+    profile = _profile_for(config)
+    if profile is not None:
+        layer = getattr(module, "layer_idx", None)
+        values = profile["values"]
+        if layer is None or not 0 <= layer < len(values):
+            raise ValueError(f"flashprefill profile has alphas for {len(values)} layers; layer_idx {layer} is outside it")
+        value = values[layer]
+        if isinstance(value, list):
+            heads = getattr(config, "num_attention_heads", len(value))
+            if len(value) != heads:
+                raise ValueError(f"flashprefill profile: layer {layer} has {len(value)} per-head alphas; the model has {heads} heads")
+            return [float(a) for a in value] if len(set(value)) > 1 else float(value[0])
+        return float(value)
     return MODEL_ALPHA.get(getattr(config, "model_type", None), DEFAULT_ALPHA)
 
 
@@ -65,6 +151,27 @@ def _uses_flashprefill(module, query, key, attention_mask, dropout) -> bool:
     return (attention_mask is None and not module.training and dropout == 0.0 and q_len >= settings.threshold
             and q_len <= kv_len and query.dtype in (torch.bfloat16, torch.float16) and query.shape[-1] in (64, 128)
             and query.shape[1] % key.shape[1] == 0)
+
+
+def causal_blocks_per_head(q_len: int, kv_len: int, block_size: int) -> int:
+    """Causal blocks of one head of one sequence: query blocks i = first .. nkb - 1 (bottom-right aligned,
+    ALGORITHM.md's absolute numbering) each see i + 1 key blocks; chunked prefill (q_len < kv_len) starts
+    at first = (kv_len - q_len) // block_size, not at 0."""
+    num_key_blocks = -(-kv_len // block_size)
+    first = (kv_len - q_len) // block_size
+    rows = num_key_blocks - first
+    return rows * (2 * first + rows + 1) // 2
+
+
+def _density_record(module, q, k, layout) -> dict:
+    """Kept fraction of the causal blocks, overall and per query head (mean over the batch)."""
+    batch, q_len, heads = q.shape[0], q.shape[1], q.shape[2]
+    causal = causal_blocks_per_head(q_len, k.shape[1], settings.block_size)
+    row_ptr = layout.row_ptr.cpu()
+    kept = (row_ptr[1:] - row_ptr[:-1]).view(batch, heads, -1).sum(dim=(0, 2)).double()
+    per_head = (kept / (batch * causal)).tolist()
+    return {"layer": getattr(module, "layer_idx", None), "q_len": q_len, "kv_len": k.shape[1],
+            "density": sum(per_head) / heads, "per_head": per_head}
 
 
 def _sdpa_fallback(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
@@ -89,16 +196,37 @@ def flashprefill_attention_forward(module, query, key, value, attention_mask, sc
     if not _uses_flashprefill(module, query, key, attention_mask, dropout):
         return _sdpa_fallback(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [B, L, H, D] views, D contiguous
-    params = dict(alpha=_alpha_for(module), block_size=settings.block_size, sink_blocks=settings.sink_blocks,
-                  window_blocks=settings.window_blocks, last_full_blocks=settings.last_full_blocks, softmax_scale=scaling)
+    alpha = _alpha_for(module)
+    params = dict(block_size=settings.block_size, sink_blocks=settings.sink_blocks, window_blocks=settings.window_blocks,
+                  last_full_blocks=settings.last_full_blocks, softmax_scale=scaling)
+    if not isinstance(alpha, list):
+        if settings.collect_density:
+            settings.densities.append(_density_record(module, q, k, _api.select_blocks(q, k, alpha=alpha, **params)))
+        return _api.flash_prefill(q, k, v, alpha=alpha, **params), None
+    # A per-head profile: one call per run of query heads that share a kv head and an alpha (the library
+    # takes one alpha per call); each call sees its heads as a GQA group of one kv head.
+    group = q.shape[2] // k.shape[2]
+    outs, layouts = [], []
+    for h0, h1 in _runs_of_equal_alpha(alpha, group):
+        kv = slice(h0 // group, h0 // group + 1)
+        outs.append(_api.flash_prefill(q[:, :, h0:h1], k[:, :, kv], v[:, :, kv], alpha=alpha[h0], **params))
+        if settings.collect_density:
+            layouts.append((h1 - h0, _density_record(module, q[:, :, h0:h1], k[:, :, kv],
+                                                     _api.select_blocks(q[:, :, h0:h1], k[:, :, kv], alpha=alpha[h0], **params))))
     if settings.collect_density:
-        layout = _api.select_blocks(q, k, **params)
-        nqb = -(-q.shape[1] // settings.block_size)
-        causal = q.shape[0] * q.shape[2] * nqb * (nqb + 1) // 2
-        settings.densities.append({"layer": getattr(module, "layer_idx", None), "q_len": q.shape[1],
-                                   "density": layout.density(causal)})
-    out = _api.flash_prefill(q, k, v, **params)
-    return out, None
+        per_head = [d for _, record in layouts for d in record["per_head"]]
+        settings.densities.append({**layouts[0][1], "density": sum(per_head) / len(per_head), "per_head": per_head})
+    return torch.cat(outs, dim=2), None
+
+
+def _runs_of_equal_alpha(alpha: list, group: int) -> list:
+    """[(h0, h1)]: maximal runs of query heads with one kv head (h // group) and one alpha."""
+    runs, h0 = [], 0
+    for h in range(1, len(alpha) + 1):
+        if h == len(alpha) or h % group == 0 or alpha[h] != alpha[h0]:
+            runs.append((h0, h))
+            h0 = h
+    return runs
 
 
 def _skip_flash_kernel_preload(name: str) -> None:
