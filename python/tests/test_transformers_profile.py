@@ -105,3 +105,18 @@ def test_profile_too_short_for_the_layer_names_both(settings_restored):
     fpt.configure(alpha=None, profile=_profile([0.1]))
     with pytest.raises(ValueError, match="1 layers; layer_idx 3"):
         fpt._alpha_for(SimpleNamespace(layer_idx=3, config=SimpleNamespace(model_type="llama")))
+
+
+def test_robust_discovery_setting_reaches_the_library(settings_restored):
+    from flashprefill import needles
+    case = needles.make_needle_case(4096, span_len=4, dense_share=0.9, seed=4)  # exact drops it, robust keeps it
+    q, k, v = (t.transpose(1, 2) for t in (case.q, case.k, case.v))  # transformers' [B, H, L, D]
+    fpt.configure(alpha=0.12, threshold=64, profile=None, discovery="robust")
+    try:
+        module = SimpleNamespace(layer_idx=0, training=False, config=SimpleNamespace(num_attention_heads=9))
+        out, _ = fpt.flashprefill_attention_forward(module, q, k, v, None)
+        robust = flashprefill.flash_prefill(case.q, case.k, case.v, alpha=0.12, discovery="robust")
+        exact = flashprefill.flash_prefill(case.q, case.k, case.v, alpha=0.12)
+        assert torch.equal(out, robust) and not torch.equal(out, exact)
+    finally:
+        fpt.configure(discovery="exact")

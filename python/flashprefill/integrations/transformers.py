@@ -49,6 +49,7 @@ class Settings:
     sink_blocks: int = 2
     window_blocks: int = 4
     last_full_blocks: int = 2
+    discovery: str = "exact"       # "robust" (docs/ROBUST.md) also keeps blocks with one dominant key
     collect_density: bool = False  # record the kept fraction per layer (adds a discovery pass and a sync)
     densities: List[dict] = field(default_factory=list)
 
@@ -198,7 +199,7 @@ def flashprefill_attention_forward(module, query, key, value, attention_mask, sc
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [B, L, H, D] views, D contiguous
     alpha = _alpha_for(module)
     params = dict(block_size=settings.block_size, sink_blocks=settings.sink_blocks, window_blocks=settings.window_blocks,
-                  last_full_blocks=settings.last_full_blocks, softmax_scale=scaling)
+                  last_full_blocks=settings.last_full_blocks, softmax_scale=scaling, discovery=settings.discovery)
     if not isinstance(alpha, list):
         if settings.collect_density:
             settings.densities.append(_density_record(module, q, k, _api.select_blocks(q, k, alpha=alpha, **params)))
