@@ -18,31 +18,43 @@ namespace gmma = cute::SM90::GMMA;
 template <int N, bool kRS>
 struct Atom;
 template <>
-struct Atom<128, false> { using Op = gmma::MMA_64x128x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>; };
+struct Atom<128, false> {
+  using Op = gmma::MMA_64x128x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>;
+};
 template <>
-struct Atom<256, false> { using Op = gmma::MMA_64x256x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>; };
+struct Atom<256, false> {
+  using Op = gmma::MMA_64x256x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>;
+};
 template <>
-struct Atom<128, true> { using Op = gmma::MMA_64x128x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::K>; };
+struct Atom<128, true> {
+  using Op = gmma::MMA_64x128x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::K>;
+};
 template <>
-struct Atom<256, true> { using Op = gmma::MMA_64x256x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::K>; };
+struct Atom<256, true> {
+  using Op = gmma::MMA_64x256x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::K>;
+};
 
 template <typename Op, int kCount, size_t... I>
-__device__ __forceinline__ void ss(uint64_t a, uint64_t b, float (&d)[kCount], gmma::ScaleOut s, std::index_sequence<I...>) {
+__device__ __forceinline__ void ss(uint64_t a, uint64_t b, float (&d)[kCount], gmma::ScaleOut s,
+                                   std::index_sequence<I...>) {
   Op::fma(a, b, d[I]..., s);
 }
 template <typename Op, int kCount, size_t... I>
-__device__ __forceinline__ void rs(const uint32_t (&a)[4], uint64_t b, float (&d)[kCount], gmma::ScaleOut s, std::index_sequence<I...>) {
+__device__ __forceinline__ void rs(const uint32_t (&a)[4], uint64_t b, float (&d)[kCount],
+                                   gmma::ScaleOut s, std::index_sequence<I...>) {
   Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., s);
 }
 
 template <int N, bool kRS>
-__device__ __forceinline__ void chain(uint32_t a_addr, uint32_t b_addr, const uint32_t (&a_regs)[8][4], float (&d)[N / 2]) {
+__device__ __forceinline__ void chain(uint32_t a_addr, uint32_t b_addr,
+                                      const uint32_t (&a_regs)[8][4], float (&d)[N / 2]) {
   using Op = typename Atom<N, kRS>::Op;
   sm90::fence_accumulators(d);
   cute::warpgroup_arrive();
 #pragma unroll
   for (int kk = 0; kk < 8; ++kk) {
-    const uint32_t k_bytes = (kk % 4) * 32;  // 16 elements along a 128-byte row; panels of 64 dims follow
+    const uint32_t k_bytes =
+        (kk % 4) * 32;  // 16 elements along a 128-byte row; panels of 64 dims follow
     const uint64_t b = sm90::make_desc_k_major(b_addr + (kk / 4) * N * 128 + k_bytes);
     const auto scale = kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One;
     if constexpr (kRS) {
@@ -73,7 +85,8 @@ __global__ void __launch_bounds__(128) probe(int iters, float* sink) {
   auto* words = reinterpret_cast<uint32_t*>(raw + (a_addr - raw_addr));
   for (int n = threadIdx.x; n < (16384 + N * 256) / 4; n += 128) {
     const uint32_t h = (n * 2654435761u) ^ (blockIdx.x * 40503u);
-    words[n] = ((0x3c00u | (h & 0x7fu)) << 16) | (0xbc00u | ((h >> 8) & 0x7fu));  // two bf16 near +-0.5..1
+    words[n] =
+        ((0x3c00u | (h & 0x7fu)) << 16) | (0xbc00u | ((h >> 8) & 0x7fu));  // two bf16 near +-0.5..1
   }
   uint32_t a_regs[8][4];
 #pragma unroll
@@ -134,7 +147,8 @@ void run(const char* name, int sms) {
     cudaEventElapsedTime(&ms, start, stop);
     const double flops = 2.0 * 64 * N * 128 * double(iters) * ctas;
     const cudaError_t err = cudaGetLastError();
-    std::printf("%-28s %d CTA/SM  %7.1f TFLOP/s  %s\n", name, per_sm, flops / ms / 1e9, err == cudaSuccess ? "" : cudaGetErrorString(err));
+    std::printf("%-28s %d CTA/SM  %7.1f TFLOP/s  %s\n", name, per_sm, flops / ms / 1e9,
+                err == cudaSuccess ? "" : cudaGetErrorString(err));
   }
   cudaFree(sink);
 }

@@ -81,7 +81,8 @@ void check_cu_seqlens_values(const std::vector<int32_t>& cu, const char* name, i
          str(total) + " tokens");
 }
 
-// Scans a (strided; bf16, fp16 or fp32) tensor for NaN / Inf; copies it to the host first when it lives on a GPU.
+// Scans a (strided; bf16, fp16 or fp32) tensor for NaN / Inf; copies it to the host first when it
+// lives on a GPU.
 void check_finite(const TensorView& t, const char* name) {
   if (t.numel() == 0) return;
   int64_t span = 1;  // elements from the first to the last, inclusive
@@ -245,18 +246,25 @@ Problem detail::make_problem(const AttentionArgs& args, const Params& params, Ne
   Problem p;
   p.device = args.q.device;
   // The dtype before the device's availability, so that the CUDA rule is checkable without a GPU.
-  if (p.device.type == DeviceType::cuda && args.q.dtype != DType::bf16 && args.q.dtype != DType::fp16)
-    fail(std::string("q has dtype ") + dtype_name(args.q.dtype) + "; expected bf16 or fp16 on CUDA (fp32 runs on the CPU backend only)");
+  if (p.device.type == DeviceType::cuda && args.q.dtype != DType::bf16 &&
+      args.q.dtype != DType::fp16)
+    fail(std::string("q has dtype ") + dtype_name(args.q.dtype) +
+         "; expected bf16 or fp16 on CUDA (fp32 runs on the CPU backend only)");
   if (args.q.dtype != DType::bf16 && args.q.dtype != DType::fp16 && args.q.dtype != DType::fp32)
-    fail(std::string("q has dtype ") + dtype_name(args.q.dtype) + "; expected bf16, fp16 or fp32 (fp32 on the CPU only)");
+    fail(std::string("q has dtype ") + dtype_name(args.q.dtype) +
+         "; expected bf16, fp16 or fp32 (fp32 on the CPU only)");
   if (p.device.type == DeviceType::cuda && !cuda_available())
     fail("q is on " + device_name(p.device) + " but no CUDA device is available to flashprefill");
   check_same_device(args.k, "k", p.device);
   check_same_device(args.v, "v", p.device);
 
   p.dtype = args.q.dtype;
-  if (args.k.dtype != p.dtype) fail(std::string("k has dtype ") + dtype_name(args.k.dtype) + " but q has " + dtype_name(p.dtype) + "; expected the same");
-  if (args.v.dtype != p.dtype) fail(std::string("v has dtype ") + dtype_name(args.v.dtype) + " but q has " + dtype_name(p.dtype) + "; expected the same");
+  if (args.k.dtype != p.dtype)
+    fail(std::string("k has dtype ") + dtype_name(args.k.dtype) + " but q has " +
+         dtype_name(p.dtype) + "; expected the same");
+  if (args.v.dtype != p.dtype)
+    fail(std::string("v has dtype ") + dtype_name(args.v.dtype) + " but q has " +
+         dtype_name(p.dtype) + "; expected the same");
 
   const int hd = rank - 2, kv_hd = kv_rank - 2;  // index of the head dimension
   p.heads_q = args.q.shape[hd];
@@ -615,9 +623,10 @@ void block_scores(const AttentionArgs& args, const Params& params, const TensorV
   const Problem p = make_problem(args, params, Needs::discovery);
   // Robust scores need each block's farthest key besides its mean, which pooled_keys does not hold.
   if (p.params.discovery != Discovery::exact)
-    fail("block_scores: params.discovery is robust; this stage takes given pooled keys and computes "
-         "the exact rule's scores only (expected Discovery::exact; discover_layout runs the robust "
-         "rule)");
+    fail(
+        "block_scores: params.discovery is robust; this stage takes given pooled keys and computes "
+        "the exact rule's scores only (expected Discovery::exact; discover_layout runs the robust "
+        "rule)");
   const StageShapes s = detail::stage_shapes_of(p);
   check_pooled(p, pooled_keys);
   check_fp32_matrix(scores, "scores", s.max_rows, s.max_key_blocks, p.device);

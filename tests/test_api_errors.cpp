@@ -92,7 +92,8 @@ TEST_F(ErrorsTest, DtypesAndDevices) {
   AttentionArgs bad = args;
   bad.q.dtype = bad.out.dtype = DType::int32;
   expect_error([&] { flash_prefill(bad, params); }, {"q has dtype int32", "bf16, fp16 or fp32"});
-  bad = args;  // fp32 is a CPU dtype: on CUDA the error names the supported ones (checked before the device)
+  bad = args;  // fp32 is a CPU dtype: on CUDA the error names the supported ones (checked before
+               // the device)
   bad.q.dtype = bad.k.dtype = bad.v.dtype = bad.out.dtype = DType::fp32;
   bad.q.device = bad.k.device = bad.v.device = bad.out.device = Device::cuda(0);
   expect_error([&] { flash_prefill(bad, params); }, {"q has dtype fp32", "bf16 or fp16 on CUDA"});

@@ -48,17 +48,22 @@ struct Inputs {
       a.v = TensorView::contiguous(v.data(), dtype, cpu, {total_kv(), s.heads_kv, s.head_dim});
       a.out = TensorView::contiguous(out.data(), dtype, cpu, {total_q(), s.heads_q, s.head_dim});
       a.lse = TensorView::contiguous(lse.data(), DType::fp32, cpu, {s.heads_q, total_q()});
-      a.varlen.cu_seqlens_q = TensorView::contiguous(cu_q.data(), DType::int32, cpu, {int64_t(cu_q.size())});
-      a.varlen.cu_seqlens_kv = TensorView::contiguous(cu_kv.data(), DType::int32, cpu, {int64_t(cu_kv.size())});
+      a.varlen.cu_seqlens_q =
+          TensorView::contiguous(cu_q.data(), DType::int32, cpu, {int64_t(cu_q.size())});
+      a.varlen.cu_seqlens_kv =
+          TensorView::contiguous(cu_kv.data(), DType::int32, cpu, {int64_t(cu_kv.size())});
       for (size_t b = 0; b + 1 < cu_q.size(); ++b) {
         a.varlen.max_seqlen_q = std::max<int64_t>(a.varlen.max_seqlen_q, cu_q[b + 1] - cu_q[b]);
         a.varlen.max_seqlen_kv = std::max<int64_t>(a.varlen.max_seqlen_kv, cu_kv[b + 1] - cu_kv[b]);
       }
     } else {
       a.q = TensorView::contiguous(q.data(), dtype, cpu, {s.batch, s.len_q, s.heads_q, s.head_dim});
-      a.k = TensorView::contiguous(k.data(), dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
-      a.v = TensorView::contiguous(v.data(), dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
-      a.out = TensorView::contiguous(out.data(), dtype, cpu, {s.batch, s.len_q, s.heads_q, s.head_dim});
+      a.k =
+          TensorView::contiguous(k.data(), dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
+      a.v =
+          TensorView::contiguous(v.data(), dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
+      a.out =
+          TensorView::contiguous(out.data(), dtype, cpu, {s.batch, s.len_q, s.heads_q, s.head_dim});
       a.lse = TensorView::contiguous(lse.data(), DType::fp32, cpu, {s.batch, s.heads_q, s.len_q});
     }
     return a;
@@ -69,7 +74,8 @@ struct Inputs {
 
 // Gaussian q, k, v with a shared direction in q and a few standout keys (as test_util's
 // fill_random), so that attention is far from uniform and the threshold drops blocks.
-Inputs make_inputs(const Shape& shape, DType dtype, uint64_t seed, const std::vector<std::pair<int32_t, int32_t>>* lengths = nullptr) {
+Inputs make_inputs(const Shape& shape, DType dtype, uint64_t seed,
+                   const std::vector<std::pair<int32_t, int32_t>>* lengths = nullptr) {
   Inputs in;
   in.dtype = dtype;
   in.shape = shape;
@@ -90,7 +96,8 @@ Inputs make_inputs(const Shape& shape, DType dtype, uint64_t seed, const std::ve
   for (float& x : direction) x = normal(rng);
   auto fill = [&](std::vector<float>& data, int64_t count, float bias) {
     data.assign(static_cast<size_t>(std::max<int64_t>(count, 1)), 0.0f);
-    for (int64_t n = 0; n < count; ++n) detail::store_element(data.data(), n, normal(rng) + bias * direction[n % D], dtype);
+    for (int64_t n = 0; n < count; ++n)
+      detail::store_element(data.data(), n, normal(rng) + bias * direction[n % D], dtype);
   };
   fill(in.q, in.total_q() * shape.heads_q * D, 0.5f);
   fill(in.k, in.total_kv() * shape.heads_kv * D, 0.0f);
@@ -98,7 +105,9 @@ Inputs make_inputs(const Shape& shape, DType dtype, uint64_t seed, const std::ve
   for (int n = 0; n < 4 && in.total_kv() > 0; ++n) {
     const int64_t key = pick(rng);
     for (int64_t e = key * shape.heads_kv * D; e < (key + 1) * shape.heads_kv * D; ++e)
-      detail::store_element(in.k.data(), e, detail::load_element(in.k.data(), e, dtype) + 3.0f * direction[e % D], dtype);
+      detail::store_element(in.k.data(), e,
+                            detail::load_element(in.k.data(), e, dtype) + 3.0f * direction[e % D],
+                            dtype);
   }
   fill(in.v, in.total_kv() * shape.heads_kv * D, 0.0f);
   in.out.assign(in.q.size(), NAN);  // poison: every element must be written
@@ -108,27 +117,34 @@ Inputs make_inputs(const Shape& shape, DType dtype, uint64_t seed, const std::ve
 
 // Steps 1-4: block scores (on the backend's own pooled keys) within 1e-4 of the reference's, and
 // the layout the reference selects, up to blocks whose score lies within rounding of the threshold.
-void check_discovery(Inputs& in, const Params& params, const std::vector<std::vector<int32_t>>& rows) {
+void check_discovery(Inputs& in, const Params& params,
+                     const std::vector<std::vector<int32_t>>& rows) {
   AttentionArgs args = in.args();
   const detail::Problem problem = make_problem(args, params, Needs::discovery);
   const StageShapes shapes = stage_shapes(args, params);
   const int64_t pooled_count = shapes.pooled_key_slots * problem.heads_kv * problem.head_dim;
   std::vector<float> pooled(static_cast<size_t>(std::max<int64_t>(1, pooled_count)));
-  const TensorView pooled_view = TensorView::contiguous(pooled.data(), DType::fp32, Device::cpu(),
-                                                        {shapes.pooled_key_slots, problem.heads_kv, problem.head_dim});
+  const TensorView pooled_view =
+      TensorView::contiguous(pooled.data(), DType::fp32, Device::cpu(),
+                             {shapes.pooled_key_slots, problem.heads_kv, problem.head_dim});
   pool_keys(args, params, pooled_view);
-  std::vector<float> scores(static_cast<size_t>(std::max<int64_t>(1, shapes.max_rows * shapes.max_key_blocks)), NAN);
+  std::vector<float> scores(
+      static_cast<size_t>(std::max<int64_t>(1, shapes.max_rows * shapes.max_key_blocks)), NAN);
   block_scores(args, params, pooled_view,
-               TensorView::contiguous(scores.data(), DType::fp32, Device::cpu(), {shapes.max_rows, shapes.max_key_blocks}));
+               TensorView::contiguous(scores.data(), DType::fp32, Device::cpu(),
+                                      {shapes.max_rows, shapes.max_key_blocks}));
   const std::vector<double> given_pooled(pooled.begin(), pooled.begin() + pooled_count);
-  const std::vector<double> ref_scores = reference::block_scores(problem, given_pooled, shapes.max_key_blocks);
+  const std::vector<double> ref_scores =
+      reference::block_scores(problem, given_pooled, shapes.max_key_blocks);
   for (size_t n = 0; n < ref_scores.size(); ++n)
     ASSERT_NEAR(scores[n], ref_scores[n], 1e-4 * (1 + ref_scores[n])) << "score element " << n;
   const auto ref_pooled = reference::pool_keys(problem, shapes.pooled_key_slots);
-  const auto ref_layout_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
+  const auto ref_layout_scores =
+      reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
   const auto ref_rows = reference::select_blocks(problem, ref_layout_scores, shapes.max_key_blocks);
   ASSERT_EQ(rows.size(), ref_rows.size());
-  expect_rows_differ_only_at_threshold(rows, ref_rows, ref_layout_scores, shapes.max_key_blocks, params.alpha, 1e-3);
+  expect_rows_differ_only_at_threshold(rows, ref_rows, ref_layout_scores, shapes.max_key_blocks,
+                                       params.alpha, 1e-3);
 }
 
 // Discovery against the reference, then flash_prefill (and dense_attention) against the reference
@@ -148,8 +164,11 @@ void check_against_reference(Inputs& in, const Params& params) {
     err += diff * diff;
     norm += ref.out[n] * ref.out[n];
   }
-  const double relative = std::isnan(err) ? INFINITY : norm > 0 ? std::sqrt(err / norm) : std::sqrt(err);
-  EXPECT_LE(relative, output_tolerance(in.dtype)) << "flash_prefill vs the reference on its own layout";
+  const double relative = std::isnan(err) ? INFINITY
+                          : norm > 0      ? std::sqrt(err / norm)
+                                          : std::sqrt(err);
+  EXPECT_LE(relative, output_tolerance(in.dtype))
+      << "flash_prefill vs the reference on its own layout";
   expect_lse_near(problem, ref.lse, in.lse, lse_tolerance(in.dtype));
 
   std::fill(in.out.begin(), in.out.end(), NAN);
@@ -161,21 +180,27 @@ void check_against_reference(Inputs& in, const Params& params) {
     err += diff * diff;
     norm += dense_ref.out[n] * dense_ref.out[n];
   }
-  EXPECT_LE(std::isnan(err) ? INFINITY : norm > 0 ? std::sqrt(err / norm) : std::sqrt(err), output_tolerance(in.dtype))
+  EXPECT_LE(std::isnan(err) ? INFINITY
+            : norm > 0      ? std::sqrt(err / norm)
+                            : std::sqrt(err),
+            output_tolerance(in.dtype))
       << "dense_attention vs the reference";
 }
 
 std::string describe(const Shape& s, const Params& p, DType dtype) {
-  return "B=" + std::to_string(s.batch) + " Lq=" + std::to_string(s.len_q) + " Lkv=" + std::to_string(s.len_kv) +
-         " Hq=" + std::to_string(s.heads_q) + " Hkv=" + std::to_string(s.heads_kv) + " D=" + std::to_string(s.head_dim) +
-         " block=" + std::to_string(p.block_size) + " alpha=" + std::to_string(p.alpha) + " dtype=" + dtype_name(dtype);
+  return "B=" + std::to_string(s.batch) + " Lq=" + std::to_string(s.len_q) +
+         " Lkv=" + std::to_string(s.len_kv) + " Hq=" + std::to_string(s.heads_q) +
+         " Hkv=" + std::to_string(s.heads_kv) + " D=" + std::to_string(s.head_dim) +
+         " block=" + std::to_string(p.block_size) + " alpha=" + std::to_string(p.alpha) +
+         " dtype=" + dtype_name(dtype);
 }
 
 // Runs the test body once per variant this CPU supports, with the variant as the ceiling.
 class CpuKernels : public ::testing::TestWithParam<Isa> {
  protected:
   void SetUp() override {
-    if (!cpu::isa_supported(GetParam())) GTEST_SKIP() << "this CPU cannot run the " << cpu::isa_name(GetParam()) << " kernels";
+    if (!cpu::isa_supported(GetParam()))
+      GTEST_SKIP() << "this CPU cannot run the " << cpu::isa_name(GetParam()) << " kernels";
     const Isa isa = GetParam();
     cpu::set_isa_ceiling(&isa);
   }
@@ -184,9 +209,11 @@ class CpuKernels : public ::testing::TestWithParam<Isa> {
 
 TEST_P(CpuKernels, VariantRunsWhatItNames) {
   const Isa isa = GetParam();
-  EXPECT_EQ(cpu::isa_for(DType::bf16), isa) << "bf16 runs the ceiling itself when the CPU supports it";
+  EXPECT_EQ(cpu::isa_for(DType::bf16), isa)
+      << "bf16 runs the ceiling itself when the CPU supports it";
   const Isa fp32 = cpu::isa_for(DType::fp32);
-  EXPECT_TRUE(fp32 == Isa::avx512 || fp32 == Isa::avx2 || fp32 == Isa::generic) << "fp32 products only for fp32 inputs";
+  EXPECT_TRUE(fp32 == Isa::avx512 || fp32 == Isa::avx2 || fp32 == Isa::generic)
+      << "fp32 products only for fp32 inputs";
   EXPECT_GE(fp32, isa) << "never wider than the ceiling";
   EXPECT_EQ(cpu::isa_for(DType::fp16), fp32);
   EXPECT_EQ(std::string(cpu_kernel_variant(DType::bf16)), cpu::isa_name(isa));
@@ -195,11 +222,15 @@ TEST_P(CpuKernels, VariantRunsWhatItNames) {
 TEST_P(CpuKernels, RandomShapesEveryDtypeMatchReference) {
   FP_SEEDED(seed);
   std::mt19937_64 rng(seed);
-  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  auto pick = [&](int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  };
   const DType dtypes[] = {DType::bf16, DType::fp16, DType::fp32};
   for (int trial = 0; trial < 9; ++trial) {
     Params params;
-    params.block_size = int(16 << pick(0, 3));  // 16 .. 128: partial key chunks (16) and several slabs per block (64, 128)
+    params.block_size =
+        int(16 << pick(
+                0, 3));  // 16 .. 128: partial key chunks (16) and several slabs per block (64, 128)
     params.alpha = trial % 3 == 0 ? 0.0f : std::uniform_real_distribution<float>(0.05f, 0.5f)(rng);
     params.window_blocks = int(pick(1, 3));
     Shape shape;
@@ -207,8 +238,8 @@ TEST_P(CpuKernels, RandomShapesEveryDtypeMatchReference) {
     shape.heads_q = shape.heads_kv * pick(1, 4);
     shape.head_dim = int64_t(64) << pick(0, 2);
     shape.batch = pick(1, 2);
-    shape.len_kv = pick(1, 5 * params.block_size);                       // partial last blocks
-    shape.len_q = pick(0, 1) ? shape.len_kv : pick(1, shape.len_kv);     // chunked prefill, unaligned
+    shape.len_kv = pick(1, 5 * params.block_size);                    // partial last blocks
+    shape.len_q = pick(0, 1) ? shape.len_kv : pick(1, shape.len_kv);  // chunked prefill, unaligned
     const DType dtype = dtypes[trial % 3];
     SCOPED_TRACE("trial " + std::to_string(trial) + ": " + describe(shape, params, dtype));
     Inputs in = make_inputs(shape, dtype, rng());
@@ -260,7 +291,8 @@ TEST_P(CpuKernels, GqaHeadsWithDifferentLayouts) {
     Inputs in = make_inputs(shape, dtype, rng());
     AttentionArgs args = in.args();
     LayoutStorage layout = allocate_layout(args, params);
-    const int64_t nqb = num_query_blocks(shape.len_q, shape.len_kv, 16), first = first_query_block(shape.len_q, shape.len_kv, 16);
+    const int64_t nqb = num_query_blocks(shape.len_q, shape.len_kv, 16),
+                  first = first_query_block(shape.len_q, shape.len_kv, 16);
     int64_t* row_ptr = layout.view.row_ptr.ptr<int64_t>();
     int32_t* col_idx = layout.view.col_idx.ptr<int32_t>();
     std::vector<std::vector<int32_t>> rows;
@@ -293,7 +325,8 @@ TEST_P(CpuKernels, VarlenWithEmptyAndTinySequences) {
   Params params;
   params.block_size = 32;
   params.alpha = 0.2f;
-  const std::vector<std::pair<int32_t, int32_t>> lengths = {{100, 100}, {0, 0}, {1, 1}, {0, 40}, {33, 97}, {64, 64}};
+  const std::vector<std::pair<int32_t, int32_t>> lengths = {{100, 100}, {0, 0},   {1, 1},
+                                                            {0, 40},    {33, 97}, {64, 64}};
   for (DType dtype : {DType::bf16, DType::fp32}) {
     SCOPED_TRACE(dtype_name(dtype));
     Inputs in = make_inputs(Shape{1, 0, 0, 3, 1, 128}, dtype, seed, &lengths);
@@ -356,8 +389,11 @@ TEST_P(CpuKernels, EmptyRowOutputsZeros) {
 }
 
 INSTANTIATE_TEST_SUITE_P(EveryVariant, CpuKernels,
-                         ::testing::Values(Isa::amx, Isa::avx512bf16, Isa::avx512, Isa::avx2, Isa::generic),
-                         [](const ::testing::TestParamInfo<Isa>& param_info) { return std::string(cpu::isa_name(param_info.param)); });
+                         ::testing::Values(Isa::amx, Isa::avx512bf16, Isa::avx512, Isa::avx2,
+                                           Isa::generic),
+                         [](const ::testing::TestParamInfo<Isa>& param_info) {
+                           return std::string(cpu::isa_name(param_info.param));
+                         });
 
 TEST(CpuKernelChoice, UnsupportedCeilingIsAnError) {
   for (Isa isa : {Isa::amx, Isa::avx512bf16, Isa::avx512, Isa::avx2}) {
@@ -376,8 +412,10 @@ TEST(CpuFp32, AgreesWithBf16OnTheSameValues) {
   const Shape shape{1, 333, 333, 2, 1, 128};
   Inputs bf16 = make_inputs(shape, DType::bf16, seed);
   Inputs fp32 = make_inputs(shape, DType::fp32, seed);
-  const int64_t nq = bf16.total_q() * shape.heads_q * shape.head_dim, nkv = bf16.total_kv() * shape.heads_kv * shape.head_dim;
-  for (int64_t n = 0; n < nq; ++n) fp32.q[n] = float(detail::load_element(bf16.q.data(), n, DType::bf16));
+  const int64_t nq = bf16.total_q() * shape.heads_q * shape.head_dim,
+                nkv = bf16.total_kv() * shape.heads_kv * shape.head_dim;
+  for (int64_t n = 0; n < nq; ++n)
+    fp32.q[n] = float(detail::load_element(bf16.q.data(), n, DType::bf16));
   for (int64_t n = 0; n < nkv; ++n) {
     fp32.k[n] = float(detail::load_element(bf16.k.data(), n, DType::bf16));
     fp32.v[n] = float(detail::load_element(bf16.v.data(), n, DType::bf16));

@@ -38,14 +38,15 @@ struct PagedKV {
 };
 
 // One attention call. Padded batch: q [B, L_q, H_q, D], k and v [B, L_kv, H_kv, D].
-// Varlen batch: as Varlen says. Paged K/V: as PagedKV says. Head dim (last) contiguous; other strides free.
-// Causal, bottom-right aligned: L_q <= L_kv per sequence (L_q < L_kv is chunked prefill).
+// Varlen batch: as Varlen says. Paged K/V: as PagedKV says. Head dim (last) contiguous; other
+// strides free. Causal, bottom-right aligned: L_q <= L_kv per sequence (L_q < L_kv is chunked
+// prefill).
 struct AttentionArgs {
   TensorView q, k, v;
-  TensorView out;   // like q, same dtype; not needed by the discovery stages
-  TensorView lse;   // optional fp32 natural-log softmax_lse: [B, H_q, L_q] padded, [H_q, T_q] varlen
-  Varlen varlen;    // not enabled: padded batch
-  PagedKV paged;    // enabled: k and v are page pools
+  TensorView out;  // like q, same dtype; not needed by the discovery stages
+  TensorView lse;  // optional fp32 natural-log softmax_lse: [B, H_q, L_q] padded, [H_q, T_q] varlen
+  Varlen varlen;   // not enabled: padded batch
+  PagedKV paged;   // enabled: k and v are page pools
   void* stream = nullptr;  // cudaStream_t for the CUDA backend; ignored on the CPU
 };
 
@@ -90,12 +91,12 @@ void select_blocks(const AttentionArgs& args, const Params& params, const Tensor
                    const BlockSparseLayout& layout);
 
 // Steps 1-4 fused, without a score matrix: what flash_prefill runs.
-void discover_layout(const AttentionArgs& args, const Params& params, const BlockSparseLayout& layout,
-                     Workspace workspace = {});
+void discover_layout(const AttentionArgs& args, const Params& params,
+                     const BlockSparseLayout& layout, Workspace workspace = {});
 
 // Step 5 on any layout of the right shape (yours or discover_layout's).
-void block_sparse_attention(const AttentionArgs& args, const Params& params, const BlockSparseLayout& layout,
-                            Workspace workspace = {});
+void block_sparse_attention(const AttentionArgs& args, const Params& params,
+                            const BlockSparseLayout& layout, Workspace workspace = {});
 
 // Dense causal attention, bottom-right aligned: the baseline.
 void dense_attention(const AttentionArgs& args, const Params& params = {});
@@ -104,9 +105,12 @@ void dense_attention(const AttentionArgs& args, const Params& params = {});
 struct LayoutStats {
   int64_t kept_blocks = 0;
   int64_t causal_blocks = 0;
-  double density() const { return causal_blocks ? double(kept_blocks) / double(causal_blocks) : 0.0; }
+  double density() const {
+    return causal_blocks ? double(kept_blocks) / double(causal_blocks) : 0.0;
+  }
 };
-LayoutStats layout_stats(const AttentionArgs& args, const Params& params, const BlockSparseLayout& layout);
+LayoutStats layout_stats(const AttentionArgs& args, const Params& params,
+                         const BlockSparseLayout& layout);
 
 // The CPU kernel variant that runs inputs of this dtype (bf16, fp16 or fp32) on this machine:
 // "amx", "avx512bf16" (bf16 products, bf16 only), "avx512", "avx2" or "generic" (fp32 products).

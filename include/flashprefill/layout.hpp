@@ -16,10 +16,12 @@ namespace flashprefill {
 // Query row t of a chunk of L_q queries against L_kv keys sits at absolute position
 // (L_kv - L_q) + t; its query block is that position / B. A sequence's query blocks are
 // therefore first_query_block .. first_query_block + num_query_blocks - 1 (absolute indices).
-FP_HOST_DEVICE constexpr int64_t first_query_block(int64_t len_q, int64_t len_kv, int64_t block_size) {
+FP_HOST_DEVICE constexpr int64_t first_query_block(int64_t len_q, int64_t len_kv,
+                                                   int64_t block_size) {
   return (len_kv - len_q) / block_size;
 }
-FP_HOST_DEVICE constexpr int64_t num_query_blocks(int64_t len_q, int64_t len_kv, int64_t block_size) {
+FP_HOST_DEVICE constexpr int64_t num_query_blocks(int64_t len_q, int64_t len_kv,
+                                                  int64_t block_size) {
   return len_q == 0 ? 0 : (len_kv - 1) / block_size - (len_kv - len_q) / block_size + 1;
 }
 FP_HOST_DEVICE constexpr int64_t num_key_blocks(int64_t len_kv, int64_t block_size) {

@@ -38,7 +38,8 @@ struct TensorView {
   std::array<int64_t, kMaxRank> stride{};
 
   // A contiguous (row-major) view.
-  static TensorView contiguous(void* data, DType dtype, Device device, std::initializer_list<int64_t> shape);
+  static TensorView contiguous(void* data, DType dtype, Device device,
+                               std::initializer_list<int64_t> shape);
 
   bool empty_view() const { return rank == 0; }  // "not given", as an optional argument
   int64_t size(int dim) const { return shape[dim]; }
@@ -47,7 +48,9 @@ struct TensorView {
   std::string shape_string() const;  // "[2, 4096, 32, 128]"
 
   template <typename T>
-  T* ptr() const { return static_cast<T*>(data); }
+  T* ptr() const {
+    return static_cast<T*>(data);
+  }
 };
 
 // Copies bytes between any two devices (host <-> CUDA, CUDA <-> CUDA) and synchronises.
@@ -75,7 +78,8 @@ class Buffer {
   Device device_{};
 };
 
-// Waits for all work on the device (no-op on the CPU). For tools and tests; the hot path never calls it.
+// Waits for all work on the device (no-op on the CPU). For tools and tests; the hot path never
+// calls it.
 void synchronize(Device device);
 
 // True when the library was built with its CUDA backend and a CUDA device is visible.

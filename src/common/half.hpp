@@ -81,8 +81,8 @@ FP_HOST_DEVICE inline float rounded_to(float f, DType dtype) {
   return dtype == DType::fp32 ? f : half_bits_to_float(float_to_half_bits(f, dtype), dtype);
 }
 
-// Element `offset` of a bf16, fp16 or fp32 tensor, as fp32; and its store (host code: the CPU backend
-// and the tests, whose inputs may be fp32).
+// Element `offset` of a bf16, fp16 or fp32 tensor, as fp32; and its store (host code: the CPU
+// backend and the tests, whose inputs may be fp32).
 inline float load_element(const void* base, int64_t offset, DType dtype) {
   if (dtype == DType::fp32) return static_cast<const float*>(base)[offset];
   return half_bits_to_float(static_cast<const uint16_t*>(base)[offset], dtype);

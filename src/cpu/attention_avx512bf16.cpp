@@ -27,19 +27,20 @@ struct Products {
     for (int64_t c = 0; c < chunks; ++c)
       for (int64_t r0 = 0; r0 < kSlabRows; r0 += kRows) {
         __m512 acc[kRows][2];
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
         for (int64_t pair = 0; pair < D / 2; ++pair) {
           const uint16_t* k_row = k + pair * ld * 2 + c * 64;
-          const __m512bh k0 = (__m512bh)_mm512_loadu_si512(k_row), k1 = (__m512bh)_mm512_loadu_si512(k_row + 32);
-          #pragma GCC unroll 16
+          const __m512bh k0 = (__m512bh)_mm512_loadu_si512(k_row),
+                         k1 = (__m512bh)_mm512_loadu_si512(k_row + 32);
+#pragma GCC unroll 16
           for (int r = 0; r < kRows; ++r) {
             const __m512bh qr = pair_broadcast(q + (r0 + r) * D + 2 * pair);
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], qr, k0);
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], qr, k1);
           }
         }
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int r = 0; r < kRows; ++r) {
           _mm512_storeu_ps(s + (r0 + r) * ld + c * 32, acc[r][0]);
           _mm512_storeu_ps(s + (r0 + r) * ld + c * 32 + 16, acc[r][1]);
@@ -53,25 +54,29 @@ struct Products {
     for (int64_t d0 = 0; d0 < D; d0 += 16 * kVectors)
       for (int64_t r0 = 0; r0 < kSlabRows; r0 += kRows) {
         __m512 acc[kRows][kVectors];
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int r = 0; r < kRows; ++r)
-          #pragma GCC unroll 16
-          for (int x = 0; x < kVectors; ++x) acc[r][x] = _mm512_loadu_ps(o + (r0 + r) * D + d0 + 16 * x);
+#pragma GCC unroll 16
+          for (int x = 0; x < kVectors; ++x)
+            acc[r][x] = _mm512_loadu_ps(o + (r0 + r) * D + d0 + 16 * x);
         for (int64_t pair = 0; pair < chunks * kKeyChunk / 2; ++pair) {
           __m512bh v_vec[kVectors];
-          #pragma GCC unroll 16
-          for (int x = 0; x < kVectors; ++x) v_vec[x] = (__m512bh)_mm512_loadu_si512(v + (pair * D + d0 + 16 * x) * 2);
-          #pragma GCC unroll 16
+#pragma GCC unroll 16
+          for (int x = 0; x < kVectors; ++x)
+            v_vec[x] = (__m512bh)_mm512_loadu_si512(v + (pair * D + d0 + 16 * x) * 2);
+#pragma GCC unroll 16
           for (int r = 0; r < kRows; ++r) {
             const __m512bh pr = pair_broadcast(p + (r0 + r) * ld + 2 * pair);
-            #pragma GCC unroll 16
-            for (int x = 0; x < kVectors; ++x) acc[r][x] = _mm512_dpbf16_ps(acc[r][x], pr, v_vec[x]);
+#pragma GCC unroll 16
+            for (int x = 0; x < kVectors; ++x)
+              acc[r][x] = _mm512_dpbf16_ps(acc[r][x], pr, v_vec[x]);
           }
         }
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int r = 0; r < kRows; ++r)
-          #pragma GCC unroll 16
-          for (int x = 0; x < kVectors; ++x) _mm512_storeu_ps(o + (r0 + r) * D + d0 + 16 * x, acc[r][x]);
+#pragma GCC unroll 16
+          for (int x = 0; x < kVectors; ++x)
+            _mm512_storeu_ps(o + (r0 + r) * D + d0 + 16 * x, acc[r][x]);
       }
   }
 };

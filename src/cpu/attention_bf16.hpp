@@ -17,17 +17,17 @@
 
 namespace flashprefill::cpu::kernels {
 
-constexpr int kSlabRows = 32;   // query rows per slab: two 16-row tiles
-constexpr int kKeyChunk = 32;   // keys per step of P V (one bf16 tile row holds 32)
+constexpr int kSlabRows = 32;  // query rows per slab: two 16-row tiles
+constexpr int kKeyChunk = 32;  // keys per step of P V (one bf16 tile row holds 32)
 
 constexpr int kMaxGroupHeads = 4;  // query heads of one GQA group attended together (see Bf16Rows)
 
 // The kept key blocks of one query head's layout row, and where its rows live.
 struct Bf16Head {
-  const uint16_t* q;        // m rows of D bf16, row r at q + r * q_stride
-  uint16_t* out;            // like q
-  float* lse;               // m consecutive floats (natural log), or null
-  const int32_t* blocks;    // kept key blocks, ascending
+  const uint16_t* q;      // m rows of D bf16, row r at q + r * q_stride
+  uint16_t* out;          // like q
+  float* lse;             // m consecutive floats (natural log), or null
+  const int32_t* blocks;  // kept key blocks, ascending
   int64_t num_blocks;
 };
 
@@ -38,45 +38,50 @@ struct Bf16Rows {
   Bf16Head heads[kMaxGroupHeads];
   int64_t num_heads;
   int64_t q_stride, out_stride;
-  int64_t m;                // query rows per head
-  int64_t first_pos;        // absolute key position of query row 0 (causal: row r sees keys <= first_pos + r)
+  int64_t m;  // query rows per head
+  int64_t
+      first_pos;  // absolute key position of query row 0 (causal: row r sees keys <= first_pos + r)
   int64_t len_kv;
-  int64_t block;            // block size (keys per block)
-  const uint16_t* k_packed; // packed K of key block j at k_packed + j * block_stride
+  int64_t block;             // block size (keys per block)
+  const uint16_t* k_packed;  // packed K of key block j at k_packed + j * block_stride
   const uint16_t* v_packed;
-  int64_t block_stride;     // elements between consecutive key blocks of this (sequence, kv head)
-  int64_t n_pad;            // block rounded up to kKeyChunk
+  int64_t block_stride;  // elements between consecutive key blocks of this (sequence, kv head)
+  int64_t n_pad;         // block rounded up to kKeyChunk
   int64_t head_dim;
-  float factor;             // scale * log2(e): scores in the exp2 domain
-  float* scratch;           // FP_BF16_ROWS_SCRATCH_FLOATS(n_pad, head_dim) floats, 64-byte aligned
+  float factor;    // scale * log2(e): scores in the exp2 domain
+  float* scratch;  // FP_BF16_ROWS_SCRATCH_FLOATS(n_pad, head_dim) floats, 64-byte aligned
 };
 
 // Scratch floats one thread needs for Bf16Rows: S [32][n_pad] fp32 and P [32][n_pad] bf16 for one
 // slab, and per head (at most n_pad query rows) Q bf16, O fp32, running max and sum (callers round
 // the pointer up to 64 bytes themselves).
-#define FP_BF16_ROWS_SCRATCH_FLOATS(n_pad, head_dim)                        \
-  (int64_t(::flashprefill::cpu::kernels::kSlabRows) * (n_pad) * 3 / 2 + \
+#define FP_BF16_ROWS_SCRATCH_FLOATS(n_pad, head_dim)                  \
+  (int64_t(::flashprefill::cpu::kernels::kSlabRows) * (n_pad)*3 / 2 + \
    ::flashprefill::cpu::kernels::kMaxGroupHeads * (n_pad) * ((head_dim) / 2 + (head_dim) + 2))
 
 // Step 2 for one layout row with the same products: x[t][j] = q_t . kbar_j (kbar rounded to bf16,
 // so the products are exact and only the fp32 accumulation order differs from the fp32 path), then
 // scores[j] = sum_t exp2(x[t][j] * factor - max * factor) for j < num_blocks.
 struct Bf16ScoreRow {
-  const uint16_t* q;        // m rows of D bf16, row r at q + r * q_stride
+  const uint16_t* q;  // m rows of D bf16, row r at q + r * q_stride
   int64_t q_stride;
   int64_t m;
-  const uint16_t* kbar;     // pooled keys of this (sequence, kv head), packed as a K block: [D / 2][ld][2]
-  int64_t ld;               // a multiple of kKeyChunk, >= num_blocks
-  int64_t num_blocks;       // i + 1: blocks 0 .. i
-  int64_t diagonal_from;    // rows r >= this see all of block i (the others mask it: ALGORITHM.md step 2)
+  const uint16_t*
+      kbar;    // pooled keys of this (sequence, kv head), packed as a K block: [D / 2][ld][2]
+  int64_t ld;  // a multiple of kKeyChunk, >= num_blocks
+  int64_t num_blocks;  // i + 1: blocks 0 .. i
+  int64_t
+      diagonal_from;  // rows r >= this see all of block i (the others mask it: ALGORITHM.md step 2)
   int64_t head_dim;
-  float factor;             // scale * log2(e)
-  float* scores;            // num_blocks floats
-  float* scratch;           // FP_BF16_SCORE_SCRATCH_FLOATS(m, ld, head_dim) floats, 64-byte aligned
+  float factor;    // scale * log2(e)
+  float* scores;   // num_blocks floats
+  float* scratch;  // FP_BF16_SCORE_SCRATCH_FLOATS(m, ld, head_dim) floats, 64-byte aligned
 };
-#define FP_BF16_SCORE_SCRATCH_FLOATS(m, ld, head_dim) \
-  ((((m) + ::flashprefill::cpu::kernels::kSlabRows - 1) / ::flashprefill::cpu::kernels::kSlabRows * \
-    ::flashprefill::cpu::kernels::kSlabRows) * ((ld) + (head_dim) / 2) + (ld))
+#define FP_BF16_SCORE_SCRATCH_FLOATS(m, ld, head_dim)                                    \
+  ((((m) + ::flashprefill::cpu::kernels::kSlabRows - 1) /                                \
+    ::flashprefill::cpu::kernels::kSlabRows * ::flashprefill::cpu::kernels::kSlabRows) * \
+       ((ld) + (head_dim) / 2) +                                                         \
+   (ld))
 
 namespace amx {
 // Requests the AMX tile state from the kernel once per process (Linux: arch_prctl); false when

@@ -44,15 +44,18 @@ constexpr float kNegInf = -__builtin_inff();
 
 // Lanes [0, count) of a 16-lane vector, count clamped to [0, 16].
 [[gnu::always_inline]] inline __mmask16 first_lanes(int64_t count) {
-  return count >= 16 ? __mmask16(0xffff) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1u);
+  return count >= 16  ? __mmask16(0xffff)
+         : count <= 0 ? __mmask16(0)
+                      : __mmask16((1u << count) - 1u);
 }
 
 // One key block of the online softmax on a slab: rows r < rows of s [kSlabRows][ld] (columns
 // [0, cols), cols a multiple of 32); row r sees keys c < clamp(first_visible + r + 1, 0, keys).
-// Updates row_max (exp2 domain) and row_sum, rescales o's rows, writes P (bf16) to p [kSlabRows][ld].
-// Returns false when no row sees any key (nothing to accumulate).
-bool softmax_block(const float* s, int64_t rows, int64_t ld, int64_t cols, int64_t keys, int64_t first_visible, float factor,
-                   float* row_max, float* row_sum, float* o, int64_t D, uint16_t* p) {
+// Updates row_max (exp2 domain) and row_sum, rescales o's rows, writes P (bf16) to p
+// [kSlabRows][ld]. Returns false when no row sees any key (nothing to accumulate).
+bool softmax_block(const float* s, int64_t rows, int64_t ld, int64_t cols, int64_t keys,
+                   int64_t first_visible, float factor, float* row_max, float* row_sum, float* o,
+                   int64_t D, uint16_t* p) {
   bool any = false;
   const __m512 factor_v = _mm512_set1_ps(factor);
   for (int64_t r = 0; r < rows; ++r) {
@@ -70,27 +73,34 @@ bool softmax_block(const float* s, int64_t rows, int64_t ld, int64_t cols, int64
     __m512 max_lo = _mm512_set1_ps(kNegInf), max_hi = max_lo;
     for (int64_t c = 0; c < visible; c += 32) {
       max_lo = _mm512_mask_max_ps(max_lo, first_lanes(visible - c), max_lo, _mm512_loadu_ps(x + c));
-      max_hi = _mm512_mask_max_ps(max_hi, first_lanes(visible - c - 16), max_hi, _mm512_loadu_ps(x + c + 16));
+      max_hi = _mm512_mask_max_ps(max_hi, first_lanes(visible - c - 16), max_hi,
+                                  _mm512_loadu_ps(x + c + 16));
     }
-    // factor > 0, so the maximum of the scaled scores is the scaled maximum (rounding is monotonic).
+    // factor > 0, so the maximum of the scaled scores is the scaled maximum (rounding is
+    // monotonic).
     const float block_max = _mm512_reduce_max_ps(_mm512_max_ps(max_lo, max_hi)) * factor;
     const float new_max = block_max > row_max[r] ? block_max : row_max[r];
     const __m512 shift = _mm512_set1_ps(new_max);
     __m512 sum_lo = _mm512_setzero_ps(), sum_hi = sum_lo;
     for (int64_t c = 0; c < cols; c += 32) {
       const __mmask16 lo = first_lanes(visible - c), hi = first_lanes(visible - c - 16);
-      const __m512 p_lo = _mm512_maskz_mov_ps(lo, exp2_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(x + c), factor_v, shift)));
-      const __m512 p_hi = _mm512_maskz_mov_ps(hi, exp2_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(x + c + 16), factor_v, shift)));
+      const __m512 p_lo = _mm512_maskz_mov_ps(
+          lo, exp2_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(x + c), factor_v, shift)));
+      const __m512 p_hi = _mm512_maskz_mov_ps(
+          hi, exp2_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(x + c + 16), factor_v, shift)));
       sum_lo = _mm512_add_ps(sum_lo, p_lo);
       sum_hi = _mm512_add_ps(sum_hi, p_hi);
       _mm512_storeu_si512(pr + c, (__m512i)_mm512_cvtne2ps_pbh(p_hi, p_lo));
     }
     // Exactly 1 while the maximum stands (the polynomial is not exact at 0), so O is left alone.
-    const float correction = row_max[r] == new_max ? 1.0f : row_max[r] == kNegInf ? 0.0f : exp2_scalar(row_max[r] - new_max);
+    const float correction = row_max[r] == new_max   ? 1.0f
+                             : row_max[r] == kNegInf ? 0.0f
+                                                     : exp2_scalar(row_max[r] - new_max);
     row_sum[r] = row_sum[r] * correction + _mm512_reduce_add_ps(_mm512_add_ps(sum_lo, sum_hi));
     if (correction != 1.0f) {
       const __m512 c_v = _mm512_set1_ps(correction);
-      for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + r * D + d, _mm512_mul_ps(c_v, _mm512_loadu_ps(o + r * D + d)));
+      for (int64_t d = 0; d < D; d += 16)
+        _mm512_storeu_ps(o + r * D + d, _mm512_mul_ps(c_v, _mm512_loadu_ps(o + r * D + d)));
     }
     row_max[r] = new_max;
   }
@@ -100,20 +110,24 @@ bool softmax_block(const float* s, int64_t rows, int64_t ld, int64_t cols, int64
 }  // namespace
 
 void attend_rows(const Bf16Rows& rows) {
-  const int64_t D = rows.head_dim, ld = rows.n_pad, m = rows.m, m_pad = (m + kSlabRows - 1) / kSlabRows * kSlabRows;
-  float* s = rows.scratch;                                           // [32][ld] fp32, one slab
-  uint16_t* p = reinterpret_cast<uint16_t*>(s + kSlabRows * ld);    // [32][ld] bf16, one slab
-  uint16_t* q_all = p + kSlabRows * ld;                              // per head [m_pad][D] bf16
-  float* o_all = reinterpret_cast<float*>(q_all + kMaxGroupHeads * m_pad * D);  // per head [m_pad][D] fp32
-  float* max_all = o_all + kMaxGroupHeads * m_pad * D;               // per head [m_pad], exp2 domain
-  float* sum_all = max_all + kMaxGroupHeads * m_pad;                 // per head [m_pad]
+  const int64_t D = rows.head_dim, ld = rows.n_pad, m = rows.m,
+                m_pad = (m + kSlabRows - 1) / kSlabRows * kSlabRows;
+  float* s = rows.scratch;                                        // [32][ld] fp32, one slab
+  uint16_t* p = reinterpret_cast<uint16_t*>(s + kSlabRows * ld);  // [32][ld] bf16, one slab
+  uint16_t* q_all = p + kSlabRows * ld;                           // per head [m_pad][D] bf16
+  float* o_all =
+      reinterpret_cast<float*>(q_all + kMaxGroupHeads * m_pad * D);  // per head [m_pad][D] fp32
+  float* max_all = o_all + kMaxGroupHeads * m_pad * D;  // per head [m_pad], exp2 domain
+  float* sum_all = max_all + kMaxGroupHeads * m_pad;    // per head [m_pad]
   int64_t cursor[kMaxGroupHeads];
   for (int64_t h = 0; h < rows.num_heads; ++h) {
     uint16_t* q = q_all + h * m_pad * D;
     float* o = o_all + h * m_pad * D;
     for (int64_t r = 0; r < m_pad; ++r) {
       for (int64_t d = 0; d < D; d += 32)
-        _mm512_storeu_si512(q + r * D + d, r < m ? _mm512_loadu_si512(rows.heads[h].q + r * rows.q_stride + d) : _mm512_setzero_si512());
+        _mm512_storeu_si512(q + r * D + d,
+                            r < m ? _mm512_loadu_si512(rows.heads[h].q + r * rows.q_stride + d)
+                                  : _mm512_setzero_si512());
       for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + r * D + d, _mm512_setzero_ps());
       max_all[h * m_pad + r] = kNegInf;
       sum_all[h * m_pad + r] = 0.0f;
@@ -136,23 +150,29 @@ void attend_rows(const Bf16Rows& rows) {
     const uint16_t* kp = rows.k_packed + block_index * rows.block_stride;
     const uint16_t* vp = rows.v_packed + block_index * rows.block_stride;
     for (int64_t h = 0; h < rows.num_heads; ++h) {
-      if (cursor[h] >= rows.heads[h].num_blocks || rows.heads[h].blocks[cursor[h]] != block_index) continue;
+      if (cursor[h] >= rows.heads[h].num_blocks || rows.heads[h].blocks[cursor[h]] != block_index)
+        continue;
       ++cursor[h];
       for (int64_t r0 = 0; r0 < m; r0 += kSlabRows) {
         const int64_t slab_rows = m - r0 < kSlabRows ? m - r0 : kSlabRows;
-        const int64_t slab_pos = rows.first_pos + r0;  // row r of the slab sees keys <= slab_pos + r
+        const int64_t slab_pos =
+            rows.first_pos + r0;  // row r of the slab sees keys <= slab_pos + r
         int64_t key_end = key0 + rows.block < rows.len_kv ? key0 + rows.block : rows.len_kv;
-        key_end = key_end < slab_pos + slab_rows ? key_end : slab_pos + slab_rows;  // no row of the slab sees past this
+        key_end = key_end < slab_pos + slab_rows
+                      ? key_end
+                      : slab_pos + slab_rows;  // no row of the slab sees past this
         const int64_t keys = key_end - key0;
         if (keys <= 0) continue;
         const int64_t chunks = (keys + kKeyChunk - 1) / kKeyChunk;
         float* o = o_all + (h * m_pad + r0) * D;
         products.qk(q_all + (h * m_pad + r0) * D, D, kp, ld, chunks, s);
-        if (!softmax_block(s, slab_rows, ld, chunks * kKeyChunk, keys, slab_pos - key0, rows.factor, max_all + h * m_pad + r0,
-                           sum_all + h * m_pad + r0, o, D, p))
+        if (!softmax_block(s, slab_rows, ld, chunks * kKeyChunk, keys, slab_pos - key0, rows.factor,
+                           max_all + h * m_pad + r0, sum_all + h * m_pad + r0, o, D, p))
           continue;
-        for (int64_t r = slab_rows; r < kSlabRows; ++r)  // rows past the row's end take part in P V as zeros
-          for (int64_t c = 0; c < chunks * kKeyChunk; c += 32) _mm512_storeu_si512(p + r * ld + c, _mm512_setzero_si512());
+        for (int64_t r = slab_rows; r < kSlabRows;
+             ++r)  // rows past the row's end take part in P V as zeros
+          for (int64_t c = 0; c < chunks * kKeyChunk; c += 32)
+            _mm512_storeu_si512(p + r * ld + c, _mm512_setzero_si512());
         products.pv(p, ld, chunks, vp, D, o);
       }
     }
@@ -169,22 +189,26 @@ void attend_rows(const Bf16Rows& rows) {
         const __m512 hi = _mm512_mul_ps(_mm512_loadu_ps(o + d + 16), inverse);
         _mm512_storeu_si512(out + d, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
       }
-      if (rows.heads[h].lse) rows.heads[h].lse[r] = row_sum > 0.0f ? (row_max + __builtin_log2f(row_sum)) * detail::kLn2 : kNegInf;
+      if (rows.heads[h].lse)
+        rows.heads[h].lse[r] =
+            row_sum > 0.0f ? (row_max + __builtin_log2f(row_sum)) * detail::kLn2 : kNegInf;
     }
 }
 
 void score_row(const Bf16ScoreRow& row) {
-  const int64_t D = row.head_dim, ld = row.ld, m_pad = (row.m + kSlabRows - 1) / kSlabRows * kSlabRows;
+  const int64_t D = row.head_dim, ld = row.ld,
+                m_pad = (row.m + kSlabRows - 1) / kSlabRows * kSlabRows;
   const int64_t chunks = (row.num_blocks + kKeyChunk - 1) / kKeyChunk;
-  float* s = row.scratch;                                   // [m_pad][ld] fp32
+  float* s = row.scratch;                                     // [m_pad][ld] fp32
   uint16_t* q = reinterpret_cast<uint16_t*>(s + m_pad * ld);  // [32][D] bf16, one slab
   float* sums = s + m_pad * ld + kSlabRows * D / 2;           // [ld]
   Products products;
   for (int64_t r0 = 0; r0 < row.m; r0 += kSlabRows) {
     for (int64_t r = 0; r < kSlabRows; ++r)
       for (int64_t d = 0; d < D; d += 32)
-        _mm512_storeu_si512(q + r * D + d, r0 + r < row.m ? _mm512_loadu_si512(row.q + (r0 + r) * row.q_stride + d)
-                                                           : _mm512_setzero_si512());
+        _mm512_storeu_si512(q + r * D + d,
+                            r0 + r < row.m ? _mm512_loadu_si512(row.q + (r0 + r) * row.q_stride + d)
+                                           : _mm512_setzero_si512());
     products.qk(q, D, row.kbar, ld, chunks, s + r0 * ld);
   }
   products.finish();
@@ -194,12 +218,14 @@ void score_row(const Bf16ScoreRow& row) {
   for (int64_t r = 0; r < row.m; ++r) {
     const int64_t visible = r >= row.diagonal_from ? row.num_blocks : diagonal;
     for (int64_t c = 0; c < visible; c += 16)
-      max_v = _mm512_mask_max_ps(max_v, first_lanes(visible - c), max_v, _mm512_loadu_ps(s + r * ld + c));
+      max_v = _mm512_mask_max_ps(max_v, first_lanes(visible - c), max_v,
+                                 _mm512_loadu_ps(s + r * ld + c));
   }
   const float row_max = _mm512_reduce_max_ps(max_v);
   for (int64_t c = 0; c < ld; c += 16) _mm512_storeu_ps(sums + c, _mm512_setzero_ps());
   if (row_max != kNegInf) {
-    const __m512 factor_v = _mm512_set1_ps(row.factor), shift = _mm512_set1_ps(row_max * row.factor);
+    const __m512 factor_v = _mm512_set1_ps(row.factor),
+                 shift = _mm512_set1_ps(row_max * row.factor);
     for (int64_t r = 0; r < row.m; ++r) {
       const int64_t visible = r >= row.diagonal_from ? row.num_blocks : diagonal;
       for (int64_t c = 0; c < visible; c += 16) {

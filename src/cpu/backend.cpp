@@ -9,8 +9,8 @@
 #include <numeric>
 #include <vector>
 
-#include "common/constants.hpp"
 #include "backend.hpp"
+#include "common/constants.hpp"
 #include "common/half.hpp"
 #include "common/row_geometry.hpp"
 #include "cpu/isa.hpp"
@@ -25,7 +25,9 @@ using detail::Problem;
 using detail::SeqExtent;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-float load(const Problem& p, const void* base, int64_t offset) { return detail::load_element(base, offset, p.dtype); }
+float load(const Problem& p, const void* base, int64_t offset) {
+  return detail::load_element(base, offset, p.dtype);
+}
 // n contiguous values -> fp32 (the dtype branch outside the loop, so it vectorises).
 void load_row(const Problem& p, const void* base, int64_t offset, int64_t n, float* out) {
   if (p.dtype == DType::fp32) {
@@ -39,7 +41,9 @@ void load_row(const Problem& p, const void* base, int64_t offset, int64_t n, flo
     for (int64_t d = 0; d < n; ++d) out[d] = detail::fp16_to_float(bits[d]);
 }
 
-void store(const Problem& p, void* base, int64_t offset, float value) { detail::store_element(base, offset, value, p.dtype); }
+void store(const Problem& p, void* base, int64_t offset, float value) {
+  detail::store_element(base, offset, value, p.dtype);
+}
 
 // One layout row (common/row_geometry.hpp) and the chunk rows t of its queries.
 struct Row : detail::LayoutRow {
@@ -49,7 +53,8 @@ struct Row : detail::LayoutRow {
 
 std::vector<int64_t> seq_row_offsets(const Problem& p) {
   std::vector<int64_t> offsets(static_cast<size_t>(p.num_seqs + 1), 0);
-  for (int64_t b = 0; b < p.num_seqs; ++b) offsets[b + 1] = offsets[b] + detail::layout_rows_of(p, p.seq(b));
+  for (int64_t b = 0; b < p.num_seqs; ++b)
+    offsets[b + 1] = offsets[b] + detail::layout_rows_of(p, p.seq(b));
   return offsets;
 }
 
@@ -69,8 +74,9 @@ std::vector<Row> enumerate_rows(const Problem& p) {
   return rows;
 }
 
-
-int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+int64_t round_up(int64_t value, int64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
 
 // Per-thread scratch for one row's tiles, reused across rows so the hot loop never allocates.
 struct Scratch {
@@ -92,11 +98,12 @@ int64_t load_queries(const Problem& p, const Row& r, Scratch& ws) {
 }
 
 // Step 2 for one row: S[j] for j <= i (written to scores[0 .. i]). pooled_t holds the sequence's
-// pooled keys of this kv head transposed, [D][ld_pooled], so the score tile is one Q Kbar^T product.
-// far_t (robust discovery, docs/ROBUST.md; nullptr for exact): each block's farthest key, the same
-// layout; scores_eff[0 .. i] then gets S of x_eff = max(x_mean, x_far - log2(n_j)) (exp2 domain).
-void score_row(const Problem& p, const Row& r, const float* pooled_t, const float* far_t, int64_t ld_pooled,
-               float* scores, Scratch& ws, float* scores_eff = nullptr) {
+// pooled keys of this kv head transposed, [D][ld_pooled], so the score tile is one Q Kbar^T
+// product. far_t (robust discovery, docs/ROBUST.md; nullptr for exact): each block's farthest key,
+// the same layout; scores_eff[0 .. i] then gets S of x_eff = max(x_mean, x_far - log2(n_j)) (exp2
+// domain).
+void score_row(const Problem& p, const Row& r, const float* pooled_t, const float* far_t,
+               int64_t ld_pooled, float* scores, Scratch& ws, float* scores_eff = nullptr) {
   const int64_t D = p.head_dim, block = p.block(), m = r.t_end - r.t_begin;
   const int64_t num_j = r.block_abs + 1, n_pad = round_up(num_j, kernels::kColumnTile);
   const int64_t shift = r.extent.len_kv - r.extent.len_q;
@@ -107,17 +114,20 @@ void score_row(const Problem& p, const Row& r, const float* pooled_t, const floa
     ws.s_far.resize(ws.s.size());
     kernels::qk(ws.q.data(), m_pad, D, far_t, ld_pooled, n_pad, ws.s_far.data(), n_pad);
     std::vector<float> penalty(static_cast<size_t>(num_j));
-    for (int64_t j = 0; j < num_j; ++j) penalty[j] = std::log2(float(std::min(block, r.extent.len_kv - j * block)));
+    for (int64_t j = 0; j < num_j; ++j)
+      penalty[j] = std::log2(float(std::min(block, r.extent.len_kv - j * block)));
     for (int64_t t = 0; t < m; ++t)
       for (int64_t j = 0; j < num_j; ++j)
-        ws.s_far[t * n_pad + j] = std::max(ws.s[t * n_pad + j], ws.s_far[t * n_pad + j] - penalty[j]);
+        ws.s_far[t * n_pad + j] =
+            std::max(ws.s[t * n_pad + j], ws.s_far[t * n_pad + j] - penalty[j]);
   }
   const auto exp_sums = [&](float* s, float* out) {
     float row_max = kNegInf;  // M[i] = max over rows and visible blocks
     for (int64_t t = 0; t < m; ++t) {
       float* x = &s[t * n_pad];
       // Only the diagonal block can be partly visible (ALGORITHM.md step 2).
-      if (!detail::key_block_visible(r.block_abs, shift + r.t_begin + t, r.extent.len_kv, block)) x[r.block_abs] = kNegInf;
+      if (!detail::key_block_visible(r.block_abs, shift + r.t_begin + t, r.extent.len_kv, block))
+        x[r.block_abs] = kNegInf;
       for (int64_t j = 0; j < num_j; ++j) row_max = std::max(row_max, x[j]);
     }
     std::fill(out, out + num_j, 0.0f);
@@ -131,20 +141,25 @@ void score_row(const Problem& p, const Row& r, const float* pooled_t, const floa
   if (far_t) exp_sums(ws.s_far.data(), scores_eff);
 }
 
-// Pooled keys of (sequence, kv head), rounded to the input dtype, transposed to [D][ld], zero-padded columns.
-std::vector<float> transpose_pooled(const Problem& p, const float* pooled_keys, int64_t seq, const SeqExtent& s,
-                                    int64_t kv_head, int64_t& ld) {
-  const int64_t D = p.head_dim, nkb = num_key_blocks(s.len_kv, p.block()), slot0 = p.pooled_slot0(seq, s);
+// Pooled keys of (sequence, kv head), rounded to the input dtype, transposed to [D][ld],
+// zero-padded columns.
+std::vector<float> transpose_pooled(const Problem& p, const float* pooled_keys, int64_t seq,
+                                    const SeqExtent& s, int64_t kv_head, int64_t& ld) {
+  const int64_t D = p.head_dim, nkb = num_key_blocks(s.len_kv, p.block()),
+                slot0 = p.pooled_slot0(seq, s);
   ld = round_up(std::max<int64_t>(nkb, 1), kernels::kColumnTile);
   std::vector<float> pooled_t(static_cast<size_t>(D * ld), 0.0f);
   for (int64_t j = 0; j < nkb; ++j)
-    for (int64_t d = 0; d < D; ++d)  // scoring reads the means rounded to the input dtype (as the GPU's tensor cores do)
-      pooled_t[d * ld + j] = detail::rounded_to(pooled_keys[((slot0 + j) * p.heads_kv + kv_head) * D + d], p.dtype);
+    for (int64_t d = 0; d < D;
+         ++d)  // scoring reads the means rounded to the input dtype (as the GPU's tensor cores do)
+      pooled_t[d * ld + j] =
+          detail::rounded_to(pooled_keys[((slot0 + j) * p.heads_kv + kv_head) * D + d], p.dtype);
   return pooled_t;
 }
 
-// Steps 3-4 for one row: the kept key blocks in ascending order. min_budget ties go to the smaller j.
-// scores_eff (robust discovery): the blocks that pass the same threshold on S of x_eff are kept too.
+// Steps 3-4 for one row: the kept key blocks in ascending order. min_budget ties go to the smaller
+// j. scores_eff (robust discovery): the blocks that pass the same threshold on S of x_eff are kept
+// too.
 int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t* kept,
                    const float* scores_eff = nullptr) {
   const Params& params = p.params;
@@ -154,7 +169,8 @@ int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t*
   const float threshold = params.alpha * max_score;
   std::vector<char> keep(static_cast<size_t>(num_j), 0);
   for (int64_t j = 0; j < num_j; ++j)
-    keep[j] = scores[j] >= threshold || detail::always_kept(r.block_abs, j, r.num_kv_blocks, params);
+    keep[j] =
+        scores[j] >= threshold || detail::always_kept(r.block_abs, j, r.num_kv_blocks, params);
   if (scores_eff) {
     const float max_eff = *std::max_element(scores_eff, scores_eff + num_j);
     for (int64_t j = 0; j < num_j; ++j) keep[j] |= scores_eff[j] >= params.alpha * max_eff;
@@ -164,7 +180,9 @@ int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t*
     std::iota(order.begin(), order.end(), 0);
     const int64_t budget = std::min<int64_t>(params.min_budget, num_j);
     std::partial_sort(order.begin(), order.begin() + budget, order.end(),
-                      [&](int32_t a, int32_t b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); });
+                      [&](int32_t a, int32_t b) {
+                        return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
+                      });
     for (int64_t n = 0; n < budget; ++n) keep[order[n]] = 1;
   }
   int64_t count = 0;
@@ -181,10 +199,13 @@ struct ConvertedKV {
   int64_t n_pad = 0, block_elems = 0;
   std::vector<float> kt, v;
 
-  const float* kt_block(const Problem& p, int64_t slot, int64_t kv_head) const { return &kt[(slot * p.heads_kv + kv_head) * block_elems]; }
-  const float* v_block(const Problem& p, int64_t slot, int64_t kv_head) const { return &v[(slot * p.heads_kv + kv_head) * block_elems]; }
+  const float* kt_block(const Problem& p, int64_t slot, int64_t kv_head) const {
+    return &kt[(slot * p.heads_kv + kv_head) * block_elems];
+  }
+  const float* v_block(const Problem& p, int64_t slot, int64_t kv_head) const {
+    return &v[(slot * p.heads_kv + kv_head) * block_elems];
+  }
 };
-
 
 ConvertedKV convert_kv(const Problem& p) {
   ConvertedKV kv;
@@ -224,16 +245,20 @@ AttentionKV prepare_kv(const Problem& p) {
   AttentionKV kv;
   kv.isa = isa_for(p.dtype);
   kv.bf16_products = kv.isa == Isa::amx || kv.isa == Isa::avx512bf16;
-  if (kv.bf16_products) kv.bf16 = pack_bf16_kv(p);
-  else kv.fp32 = convert_kv(p);
+  if (kv.bf16_products)
+    kv.bf16 = pack_bf16_kv(p);
+  else
+    kv.fp32 = convert_kv(p);
   return kv;
 }
 
 // Step 5 for one row over the given key blocks (ascending): FlashAttention's tiling on the CPU.
 // Per key block: S = Q K^T (exp2 domain), causal mask where the block reaches past a row's
 // position, online softmax (running max and sum per row), O += P V. fp32 throughout.
-void attend_row(const Problem& p, const ConvertedKV& kv, const Row& r, const int32_t* blocks, int64_t num_blocks, Scratch& ws) {
-  const int64_t D = p.head_dim, block = p.block(), kv_head = r.head / p.group, m = r.t_end - r.t_begin;
+void attend_row(const Problem& p, const ConvertedKV& kv, const Row& r, const int32_t* blocks,
+                int64_t num_blocks, Scratch& ws) {
+  const int64_t D = p.head_dim, block = p.block(), kv_head = r.head / p.group,
+                m = r.t_end - r.t_begin;
   const int64_t shift = r.extent.len_kv - r.extent.len_q, first_pos = shift + r.t_begin;
   const int64_t n_pad = kv.n_pad, slot0 = p.pooled_slot0(r.seq, r.extent);
   const int64_t m_pad = load_queries(p, r, ws);
@@ -243,13 +268,16 @@ void attend_row(const Problem& p, const ConvertedKV& kv, const Row& r, const int
   ws.row_sum.assign(static_cast<size_t>(m_pad), 0.0f);
   for (int64_t n = 0; n < num_blocks; ++n) {
     const int64_t key0 = int64_t(blocks[n]) * block;
-    const int64_t keys = std::min(std::min(key0 + block, r.extent.len_kv), first_pos + m) - key0;  // no row sees past this
+    const int64_t keys = std::min(std::min(key0 + block, r.extent.len_kv), first_pos + m) -
+                         key0;  // no row sees past this
     if (keys <= 0) continue;
-    kernels::qk(ws.q.data(), m_pad, D, kv.kt_block(p, slot0 + blocks[n], kv_head), n_pad, n_pad, ws.s.data(), n_pad);
+    kernels::qk(ws.q.data(), m_pad, D, kv.kt_block(p, slot0 + blocks[n], kv_head), n_pad, n_pad,
+                ws.s.data(), n_pad);
     // Keys past a row's position (diagonal block) or past the block's end are masked.
-    kernels::online_softmax_block(ws.s.data(), m, m_pad, n_pad, keys, first_pos - key0, ws.row_max.data(),
-                                  ws.row_sum.data(), ws.o.data(), D);
-    kernels::pv(ws.s.data(), n_pad, m_pad, keys, kv.v_block(p, slot0 + blocks[n], kv_head), D, ws.o.data());
+    kernels::online_softmax_block(ws.s.data(), m, m_pad, n_pad, keys, first_pos - key0,
+                                  ws.row_max.data(), ws.row_sum.data(), ws.o.data(), D);
+    kernels::pv(ws.s.data(), n_pad, m_pad, keys, kv.v_block(p, slot0 + blocks[n], kv_head), D,
+                ws.o.data());
   }
   for (int64_t t = r.t_begin; t < r.t_end; ++t) {
     const int64_t row = t - r.t_begin;
@@ -258,7 +286,8 @@ void attend_row(const Problem& p, const ConvertedKV& kv, const Row& r, const int
     for (int64_t d = 0; d < D; ++d) store(p, p.out, out_offset + d, ws.o[row * D + d] * inverse);
     if (p.lse)
       p.lse[p.lse_offset(r.seq, r.extent, t, r.head)] =
-          ws.row_sum[row] > 0.0f ? (ws.row_max[row] + std::log2(ws.row_sum[row])) * detail::kLn2 : kNegInf;
+          ws.row_sum[row] > 0.0f ? (ws.row_max[row] + std::log2(ws.row_sum[row])) * detail::kLn2
+                                 : kNegInf;
   }
 }
 
@@ -276,7 +305,8 @@ std::vector<GroupTask> group_tasks(const Problem& p) {
     const SeqExtent s = p.seq(b);
     const int64_t nqb = num_query_blocks(s.len_q, s.len_kv, p.block());
     for (int64_t h0 = 0; h0 < p.heads_q;) {
-      const int64_t heads = std::min<int64_t>(kernels::kMaxGroupHeads, p.group - h0 % p.group);  // never across groups
+      const int64_t heads = std::min<int64_t>(kernels::kMaxGroupHeads,
+                                              p.group - h0 % p.group);  // never across groups
       for (int64_t i = 0; i < nqb; ++i) tasks.push_back({row0 + h0 * nqb + i, heads, nqb});
       h0 += heads;
     }
@@ -287,8 +317,8 @@ std::vector<GroupTask> group_tasks(const Problem& p) {
 
 // Step 5 for one task; blocks_of(row) gives a layout row's kept blocks as (pointer, count).
 template <typename BlocksOf>
-void attend(const Problem& p, const AttentionKV& kv, const std::vector<Row>& rows, const GroupTask& task, BlocksOf&& blocks_of,
-            Scratch& ws) {
+void attend(const Problem& p, const AttentionKV& kv, const std::vector<Row>& rows,
+            const GroupTask& task, BlocksOf&& blocks_of, Scratch& ws) {
   const Row& first = rows[task.first_row];
   if (kv.bf16_products) {
     HeadBlocks heads[kernels::kMaxGroupHeads];
@@ -296,7 +326,8 @@ void attend(const Problem& p, const AttentionKV& kv, const std::vector<Row>& row
       const auto [blocks, count] = blocks_of(task.first_row + k * task.rows_per_head);
       heads[k] = {first.head + k, blocks, count};
     }
-    attend_rows_bf16(kv.isa, p, kv.bf16, first.seq, first.extent, first.t_begin, first.t_end, heads, task.heads, ws.bf16_row);
+    attend_rows_bf16(kv.isa, p, kv.bf16, first.seq, first.extent, first.t_begin, first.t_end, heads,
+                     task.heads, ws.bf16_row);
     return;
   }
   for (int64_t k = 0; k < task.heads; ++k) {
@@ -313,7 +344,8 @@ template <typename Cost, typename Body>
 void for_rows_costliest_first(int64_t count, Cost&& cost, Body&& body) {
   std::vector<int64_t> order(static_cast<size_t>(count));
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cost(a) > cost(b); });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return cost(a) > cost(b); });
   std::atomic<int64_t> next{0};
   parallel_for(std::min<int64_t>(worker_count(), count), [&](int64_t) {
     Scratch scratch;
@@ -329,11 +361,12 @@ void build_layout(const Problem& p, const BlockSparseLayout& layout, SelectRow&&
   const std::vector<int64_t> offsets = seq_row_offsets(p);
   std::copy(offsets.begin(), offsets.end(), layout.seq_row_offset.ptr<int64_t>());
   std::vector<std::vector<int32_t>> kept(rows.size());
-  for_rows_costliest_first(static_cast<int64_t>(rows.size()), [&](int64_t n) { return rows[n].block_abs; },
-                           [&](int64_t n, Scratch& scratch) {
-                             kept[n].resize(static_cast<size_t>(rows[n].block_abs + 1));
-                             kept[n].resize(static_cast<size_t>(select(n, rows[n], kept[n].data(), scratch)));
-                           });
+  for_rows_costliest_first(
+      static_cast<int64_t>(rows.size()), [&](int64_t n) { return rows[n].block_abs; },
+      [&](int64_t n, Scratch& scratch) {
+        kept[n].resize(static_cast<size_t>(rows[n].block_abs + 1));
+        kept[n].resize(static_cast<size_t>(select(n, rows[n], kept[n].data(), scratch)));
+      });
   int64_t* row_ptr = layout.row_ptr.ptr<int64_t>();
   int32_t* col_idx = layout.col_idx.ptr<int32_t>();
   row_ptr[0] = 0;
@@ -345,7 +378,9 @@ void build_layout(const Problem& p, const BlockSparseLayout& layout, SelectRow&&
 
 }  // namespace
 
-detail::DiscoveryPlan plan_discovery(const Problem& p, int64_t max_rows) { return {}; }  // no scratch
+detail::DiscoveryPlan plan_discovery(const Problem& p, int64_t max_rows) {
+  return {};
+}  // no scratch
 detail::AttentionPlan plan_attention(const Problem& p, int64_t max_rows) { return {}; }
 
 void fill_seq_row_offsets(const Problem& p, const BlockSparseLayout& layout) {
@@ -402,7 +437,8 @@ std::vector<float> farthest_keys(const Problem& p, const float* pooled_keys, int
 }
 
 // Pooled keys transposed per (sequence, kv head), shared by all rows of that pair.
-std::vector<std::vector<float>> transposed_pooled_keys(const Problem& p, const float* pooled_keys, std::vector<int64_t>& ld) {
+std::vector<std::vector<float>> transposed_pooled_keys(const Problem& p, const float* pooled_keys,
+                                                       std::vector<int64_t>& ld) {
   std::vector<std::vector<float>> transposed(static_cast<size_t>(p.num_seqs * p.heads_kv));
   ld.assign(transposed.size(), 0);
   parallel_for(static_cast<int64_t>(transposed.size()), [&](int64_t n) {
@@ -426,14 +462,17 @@ ScoreKeys prepare_score_keys(const Problem& p, const float* pooled_keys) {
   ScoreKeys keys;
   keys.isa = isa_for(p.dtype);
   keys.bf16_products = keys.isa == Isa::amx || keys.isa == Isa::avx512bf16;
-  if (keys.bf16_products) keys.bf16 = pack_pooled_keys_bf16(p, pooled_keys);
-  else keys.fp32 = transposed_pooled_keys(p, pooled_keys, keys.ld);
+  if (keys.bf16_products)
+    keys.bf16 = pack_pooled_keys_bf16(p, pooled_keys);
+  else
+    keys.fp32 = transposed_pooled_keys(p, pooled_keys, keys.ld);
   return keys;
 }
 
 void score(const Problem& p, const ScoreKeys& keys, const Row& r, float* scores, Scratch& ws) {
   if (keys.bf16_products) {
-    score_row_bf16(keys.isa, p, keys.bf16, r.seq, r.extent, r.head, r.block_abs, r.t_begin, r.t_end, scores, ws.bf16_row);
+    score_row_bf16(keys.isa, p, keys.bf16, r.seq, r.extent, r.head, r.block_abs, r.t_begin, r.t_end,
+                   scores, ws.bf16_row);
   } else {
     const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
     score_row(p, r, keys.fp32[pair].data(), nullptr, keys.ld[pair], scores, ws);
@@ -443,19 +482,24 @@ void score(const Problem& p, const ScoreKeys& keys, const Row& r, float* scores,
 void block_scores(const Problem& p, const float* pooled_keys, float* scores, int64_t ld) {
   const std::vector<Row> rows = enumerate_rows(p);
   const ScoreKeys keys = prepare_score_keys(p, pooled_keys);
-  for_rows_costliest_first(static_cast<int64_t>(rows.size()), [&](int64_t n) { return rows[n].block_abs; },
-                           [&](int64_t n, Scratch& scratch) {
-                             float* out = scores + n * ld;
-                             std::fill(out, out + ld, 0.0f);
-                             score(p, keys, rows[n], out, scratch);
-                           });
+  for_rows_costliest_first(
+      static_cast<int64_t>(rows.size()), [&](int64_t n) { return rows[n].block_abs; },
+      [&](int64_t n, Scratch& scratch) {
+        float* out = scores + n * ld;
+        std::fill(out, out + ld, 0.0f);
+        score(p, keys, rows[n], out, scratch);
+      });
 }
 
-void select_blocks(const Problem& p, const float* scores, int64_t ld, const BlockSparseLayout& layout) {
-  build_layout(p, layout, [&](int64_t n, const Row& r, int32_t* kept, Scratch&) { return select_row(p, r, scores + n * ld, kept); });
+void select_blocks(const Problem& p, const float* scores, int64_t ld,
+                   const BlockSparseLayout& layout) {
+  build_layout(p, layout, [&](int64_t n, const Row& r, int32_t* kept, Scratch&) {
+    return select_row(p, r, scores + n * ld, kept);
+  });
 }
 
-void discover_layout(const Problem& p, const BlockSparseLayout& layout, const detail::DiscoveryPlan&, void*) {
+void discover_layout(const Problem& p, const BlockSparseLayout& layout,
+                     const detail::DiscoveryPlan&, void*) {
   const int64_t slots = detail::stage_shapes_of(p).pooled_key_slots;
   std::vector<float> pooled(static_cast<size_t>(slots * p.heads_kv * p.head_dim));
   pool_keys(p, pooled.data());
@@ -492,14 +536,18 @@ void block_sparse_attention(const Problem& p, const BlockSparseLayout& layout,
   const int64_t* row_ptr = layout.row_ptr.ptr<const int64_t>();
   const int32_t* col_idx = layout.col_idx.ptr<const int32_t>();
   const AttentionKV kv = prepare_kv(p);
-  const auto blocks_of = [&](int64_t row) { return std::pair{col_idx + row_ptr[row], row_ptr[row + 1] - row_ptr[row]}; };
+  const auto blocks_of = [&](int64_t row) {
+    return std::pair{col_idx + row_ptr[row], row_ptr[row + 1] - row_ptr[row]};
+  };
   const auto kept_blocks = [&](int64_t n) {
     int64_t count = 0;
-    for (int64_t k = 0; k < tasks[n].heads; ++k) count += blocks_of(tasks[n].first_row + k * tasks[n].rows_per_head).second;
+    for (int64_t k = 0; k < tasks[n].heads; ++k)
+      count += blocks_of(tasks[n].first_row + k * tasks[n].rows_per_head).second;
     return count;
   };
-  for_rows_costliest_first(static_cast<int64_t>(tasks.size()), kept_blocks,
-                           [&](int64_t n, Scratch& scratch) { attend(p, kv, rows, tasks[n], blocks_of, scratch); });
+  for_rows_costliest_first(
+      static_cast<int64_t>(tasks.size()), kept_blocks,
+      [&](int64_t n, Scratch& scratch) { attend(p, kv, rows, tasks[n], blocks_of, scratch); });
 }
 
 void dense_attention(const Problem& p) {
@@ -510,10 +558,13 @@ void dense_attention(const Problem& p) {
   for (const Row& r : rows) max_blocks = std::max(max_blocks, r.block_abs + 1);
   std::vector<int32_t> all(static_cast<size_t>(max_blocks));
   std::iota(all.begin(), all.end(), 0);
-  const auto blocks_of = [&](int64_t row) { return std::pair{static_cast<const int32_t*>(all.data()), rows[row].block_abs + 1}; };
-  for_rows_costliest_first(static_cast<int64_t>(tasks.size()),
-                           [&](int64_t n) { return tasks[n].heads * (rows[tasks[n].first_row].block_abs + 1); },
-                           [&](int64_t n, Scratch& scratch) { attend(p, kv, rows, tasks[n], blocks_of, scratch); });
+  const auto blocks_of = [&](int64_t row) {
+    return std::pair{static_cast<const int32_t*>(all.data()), rows[row].block_abs + 1};
+  };
+  for_rows_costliest_first(
+      static_cast<int64_t>(tasks.size()),
+      [&](int64_t n) { return tasks[n].heads * (rows[tasks[n].first_row].block_abs + 1); },
+      [&](int64_t n, Scratch& scratch) { attend(p, kv, rows, tasks[n], blocks_of, scratch); });
 }
 
 }  // namespace flashprefill::cpu

@@ -15,12 +15,13 @@
 namespace flashprefill::cpu {
 namespace kernels {
 
-#define FP_DECLARE_KERNELS(isa)                                                                              \
-  namespace isa {                                                                                             \
-  void qk(const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t);                 \
-  void pv(const float*, int64_t, int64_t, int64_t, const float*, int64_t, float*);                          \
-  void exp2_rows(float*, int64_t, int64_t, int64_t, const float*);                                           \
-  void online_softmax_block(float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*, float*, float*, int64_t); \
+#define FP_DECLARE_KERNELS(isa)                                                                  \
+  namespace isa {                                                                                \
+  void qk(const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t);      \
+  void pv(const float*, int64_t, int64_t, int64_t, const float*, int64_t, float*);               \
+  void exp2_rows(float*, int64_t, int64_t, int64_t, const float*);                               \
+  void online_softmax_block(float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*, float*, \
+                            float*, int64_t);                                                    \
   }
 FP_DECLARE_KERNELS(avx512)
 FP_DECLARE_KERNELS(avx2)
@@ -36,8 +37,10 @@ struct KernelTable {
   decltype(&generic::online_softmax_block) online_softmax_block;
 };
 
-#define FP_KERNEL_TABLE(isa) KernelTable{isa::qk, isa::pv, isa::exp2_rows, isa::online_softmax_block}
-const KernelTable kAvx512 = FP_KERNEL_TABLE(avx512), kAvx2 = FP_KERNEL_TABLE(avx2), kGeneric = FP_KERNEL_TABLE(generic);
+#define FP_KERNEL_TABLE(isa) \
+  KernelTable { isa::qk, isa::pv, isa::exp2_rows, isa::online_softmax_block }
+const KernelTable kAvx512 = FP_KERNEL_TABLE(avx512), kAvx2 = FP_KERNEL_TABLE(avx2),
+                  kGeneric = FP_KERNEL_TABLE(generic);
 #undef FP_KERNEL_TABLE
 
 }  // namespace
@@ -52,16 +55,22 @@ bool cpu_has(Isa isa) {
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
 #if defined(FLASHPREFILL_CPU_BF16_KERNELS)  // the bf16 kernels are built (src/cpu/CMakeLists.txt)
   const bool avx512bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
-  const bool amx = avx512bf16 && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") && kernels::amx::enable();
+  const bool amx = avx512bf16 && __builtin_cpu_supports("amx-tile") &&
+                   __builtin_cpu_supports("amx-bf16") && kernels::amx::enable();
 #else
   const bool avx512bf16 = false, amx = false;
 #endif
   switch (isa) {
-    case Isa::amx: return amx;
-    case Isa::avx512bf16: return avx512bf16;
-    case Isa::avx512: return avx512;
-    case Isa::avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case Isa::generic: return true;
+    case Isa::amx:
+      return amx;
+    case Isa::avx512bf16:
+      return avx512bf16;
+    case Isa::avx512:
+      return avx512;
+    case Isa::avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::generic:
+      return true;
   }
   return false;
 #else
@@ -113,9 +122,12 @@ Isa ceiling() {
 
 const kernels::KernelTable& fp32_table() {
   switch (isa_for(DType::fp32)) {
-    case Isa::avx512: return kernels::kAvx512;
-    case Isa::avx2: return kernels::kAvx2;
-    default: return kernels::kGeneric;
+    case Isa::avx512:
+      return kernels::kAvx512;
+    case Isa::avx2:
+      return kernels::kAvx2;
+    default:
+      return kernels::kGeneric;
   }
 }
 
@@ -123,17 +135,23 @@ const kernels::KernelTable& fp32_table() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::amx: return "amx";
-    case Isa::avx512bf16: return "avx512bf16";
-    case Isa::avx512: return "avx512";
-    case Isa::avx2: return "avx2";
-    case Isa::generic: return "generic";
+    case Isa::amx:
+      return "amx";
+    case Isa::avx512bf16:
+      return "avx512bf16";
+    case Isa::avx512:
+      return "avx512";
+    case Isa::avx2:
+      return "avx2";
+    case Isa::generic:
+      return "generic";
   }
   return "unknown";
 }
 
 bool isa_supported(Isa isa) {
-  static const bool supported[] = {cpu_has(Isa::amx), cpu_has(Isa::avx512bf16), cpu_has(Isa::avx512), cpu_has(Isa::avx2), true};
+  static const bool supported[] = {cpu_has(Isa::amx), cpu_has(Isa::avx512bf16),
+                                   cpu_has(Isa::avx512), cpu_has(Isa::avx2), true};
   return supported[static_cast<int>(isa)];
 }
 
@@ -153,13 +171,15 @@ Isa isa_for(DType dtype) {
 
 void set_isa_ceiling(const Isa* isa) {
   if (isa && !isa_supported(*isa))
-    throw Error(std::string("flashprefill: the CPU kernel variant ") + isa_name(*isa) + " is not supported by this CPU");
+    throw Error(std::string("flashprefill: the CPU kernel variant ") + isa_name(*isa) +
+                " is not supported by this CPU");
   forced_ceiling.store(isa ? static_cast<int>(*isa) : -1, std::memory_order_relaxed);
 }
 
 namespace kernels {
 
-void qk(const float* q, int64_t m, int64_t D, const float* kt, int64_t ld_kt, int64_t n, float* s, int64_t ld_s) {
+void qk(const float* q, int64_t m, int64_t D, const float* kt, int64_t ld_kt, int64_t n, float* s,
+        int64_t ld_s) {
   fp32_table().qk(q, m, D, kt, ld_kt, n, s, ld_s);
 }
 void pv(const float* p, int64_t ld_p, int64_t m, int64_t n, const float* v, int64_t D, float* o) {
@@ -168,8 +188,9 @@ void pv(const float* p, int64_t ld_p, int64_t m, int64_t n, const float* v, int6
 void exp2_rows(float* x, int64_t rows, int64_t cols, int64_t ld, const float* row_max) {
   fp32_table().exp2_rows(x, rows, cols, ld, row_max);
 }
-void online_softmax_block(float* s, int64_t m, int64_t m_pad, int64_t ld, int64_t keys, int64_t first_visible,
-                          float* row_max, float* row_sum, float* o, int64_t D) {
+void online_softmax_block(float* s, int64_t m, int64_t m_pad, int64_t ld, int64_t keys,
+                          int64_t first_visible, float* row_max, float* row_sum, float* o,
+                          int64_t D) {
   fp32_table().online_softmax_block(s, m, m_pad, ld, keys, first_visible, row_max, row_sum, o, D);
 }
 
@@ -179,7 +200,8 @@ void online_softmax_block(float* s, int64_t m, int64_t m_pad, int64_t ld, int64_
 namespace flashprefill {
 const char* cpu_kernel_variant(DType dtype) {
   if (dtype != DType::bf16 && dtype != DType::fp16 && dtype != DType::fp32)
-    throw Error(std::string("flashprefill: cpu_kernel_variant: dtype ") + dtype_name(dtype) + "; expected bf16, fp16 or fp32");
+    throw Error(std::string("flashprefill: cpu_kernel_variant: dtype ") + dtype_name(dtype) +
+                "; expected bf16, fp16 or fp32");
   return cpu::isa_name(cpu::isa_for(dtype));
 }
 }  // namespace flashprefill

@@ -29,8 +29,8 @@ using ::flashprefill::cpu::kernels::kRowGroup;
   return x < -126.0f ? 0.0f : poly * scale;
 }
 
-
-void qk(const float* q, int64_t m, int64_t D, const float* kt, int64_t ld_kt, int64_t n, float* s, int64_t ld_s) {
+void qk(const float* q, int64_t m, int64_t D, const float* kt, int64_t ld_kt, int64_t n, float* s,
+        int64_t ld_s) {
   // Column panels outermost: one D x 64 panel of kt stays in L1 while every row group uses it.
   for (int64_t c0 = 0; c0 < n; c0 += kColumnTile)
     for (int64_t r = 0; r < m; r += kRowGroup) {
@@ -74,8 +74,9 @@ void exp2_rows(float* x, int64_t rows, int64_t cols, int64_t ld, const float* ro
   }
 }
 
-void online_softmax_block(float* s, int64_t m, int64_t m_pad, int64_t ld, int64_t keys, int64_t first_visible,
-                          float* row_max, float* row_sum, float* o, int64_t D) {
+void online_softmax_block(float* s, int64_t m, int64_t m_pad, int64_t ld, int64_t keys,
+                          int64_t first_visible, float* row_max, float* row_sum, float* o,
+                          int64_t D) {
   constexpr int kLanes = 16;  // explicit partial maxima and sums: fp reductions that vectorise
   constexpr float kNegInf = -__builtin_inff();
   for (int64_t r = 0; r < m; ++r) {
@@ -86,10 +87,12 @@ void online_softmax_block(float* s, int64_t m, int64_t m_pad, int64_t ld, int64_
     float lane_max[kLanes];
     for (int l = 0; l < kLanes; ++l) lane_max[l] = row_max[r];
     for (int64_t c = 0; c < ld; c += kLanes)
-      for (int l = 0; l < kLanes; ++l) lane_max[l] = lane_max[l] > x[c + l] ? lane_max[l] : x[c + l];
+      for (int l = 0; l < kLanes; ++l)
+        lane_max[l] = lane_max[l] > x[c + l] ? lane_max[l] : x[c + l];
     float new_max = lane_max[0];
     for (int l = 1; l < kLanes; ++l) new_max = new_max > lane_max[l] ? new_max : lane_max[l];
-    const float shift = new_max == kNegInf ? 0.0f : new_max;  // nothing visible yet: avoid -inf - -inf
+    const float shift =
+        new_max == kNegInf ? 0.0f : new_max;  // nothing visible yet: avoid -inf - -inf
     float lane_sum[kLanes] = {};
     for (int64_t c = 0; c < ld; c += kLanes)
       for (int l = 0; l < kLanes; ++l) {

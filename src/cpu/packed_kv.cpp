@@ -45,10 +45,12 @@ PackedBf16KV pack_bf16_kv(const Problem& p) {
   return kv;
 }
 
-void attend_rows_bf16(Isa isa, const Problem& p, const PackedBf16KV& kv, int64_t seq, const SeqExtent& extent, int64_t t_begin,
-                      int64_t t_end, const HeadBlocks* heads, int64_t num_heads, std::vector<float>& scratch) {
+void attend_rows_bf16(Isa isa, const Problem& p, const PackedBf16KV& kv, int64_t seq,
+                      const SeqExtent& extent, int64_t t_begin, int64_t t_end,
+                      const HeadBlocks* heads, int64_t num_heads, std::vector<float>& scratch) {
   if (num_heads < 1 || num_heads > kernels::kMaxGroupHeads)
-    throw Error("flashprefill: internal error: attend_rows_bf16 given " + std::to_string(num_heads) + " heads");
+    throw Error("flashprefill: internal error: attend_rows_bf16 given " +
+                std::to_string(num_heads) + " heads");
   const int64_t D = p.head_dim, kv_head = heads[0].head / p.group;
   const size_t floats = static_cast<size_t>(FP_BF16_ROWS_SCRATCH_FLOATS(kv.n_pad, D)) + 16;
   if (scratch.size() < floats) scratch.resize(floats);
@@ -81,7 +83,9 @@ void attend_rows_bf16(Isa isa, const Problem& p, const PackedBf16KV& kv, int64_t
   if (isa == Isa::amx) return kernels::amx::attend_rows(rows);
   if (isa == Isa::avx512bf16) return kernels::avx512bf16::attend_rows(rows);
 #endif
-  throw Error(std::string("flashprefill: internal error: no bf16 attention kernel for the CPU variant ") + isa_name(isa));
+  throw Error(
+      std::string("flashprefill: internal error: no bf16 attention kernel for the CPU variant ") +
+      isa_name(isa));
 }
 
 PackedPooledKeys pack_pooled_keys_bf16(const Problem& p, const float* pooled_keys) {
@@ -93,20 +97,25 @@ PackedPooledKeys pack_pooled_keys_bf16(const Problem& p, const float* pooled_key
     const int64_t b = n / p.heads_kv, kv_head = n % p.heads_kv;
     const SeqExtent s = p.seq(b);
     const int64_t nkb = num_key_blocks(s.len_kv, p.block()), slot0 = p.pooled_slot0(b, s);
-    const int64_t ld = std::max<int64_t>(kernels::kKeyChunk, (nkb + kernels::kKeyChunk - 1) / kernels::kKeyChunk * kernels::kKeyChunk);
+    const int64_t ld =
+        std::max<int64_t>(kernels::kKeyChunk,
+                          (nkb + kernels::kKeyChunk - 1) / kernels::kKeyChunk * kernels::kKeyChunk);
     std::vector<uint16_t>& keys = packed.per_pair[n];
     keys.assign(static_cast<size_t>(ld * D), 0);
     for (int64_t j = 0; j < nkb; ++j)
       for (int64_t d = 0; d < D; ++d)
-        keys[((d / 2) * ld + j) * 2 + d % 2] = detail::float_to_bf16(pooled_keys[((slot0 + j) * p.heads_kv + kv_head) * D + d]);
+        keys[((d / 2) * ld + j) * 2 + d % 2] =
+            detail::float_to_bf16(pooled_keys[((slot0 + j) * p.heads_kv + kv_head) * D + d]);
     packed.ld[n] = ld;
   });
   return packed;
 }
 
-void score_row_bf16(Isa isa, const Problem& p, const PackedPooledKeys& pooled, int64_t seq, const SeqExtent& extent, int64_t head,
-                    int64_t block_abs, int64_t t_begin, int64_t t_end, float* scores, std::vector<float>& scratch) {
-  const int64_t D = p.head_dim, pair = seq * p.heads_kv + head / p.group, shift = extent.len_kv - extent.len_q;
+void score_row_bf16(Isa isa, const Problem& p, const PackedPooledKeys& pooled, int64_t seq,
+                    const SeqExtent& extent, int64_t head, int64_t block_abs, int64_t t_begin,
+                    int64_t t_end, float* scores, std::vector<float>& scratch) {
+  const int64_t D = p.head_dim, pair = seq * p.heads_kv + head / p.group,
+                shift = extent.len_kv - extent.len_q;
   kernels::Bf16ScoreRow row{};
   row.q = static_cast<const uint16_t*>(p.q) + p.q_offset(seq, extent, t_begin, head);
   row.q_stride = p.q_stride.token;
@@ -128,7 +137,9 @@ void score_row_bf16(Isa isa, const Problem& p, const PackedPooledKeys& pooled, i
   if (isa == Isa::amx) return kernels::amx::score_row(row);
   if (isa == Isa::avx512bf16) return kernels::avx512bf16::score_row(row);
 #endif
-  throw Error(std::string("flashprefill: internal error: no bf16 scoring kernel for the CPU variant ") + isa_name(isa));
+  throw Error(
+      std::string("flashprefill: internal error: no bf16 scoring kernel for the CPU variant ") +
+      isa_name(isa));
 }
 
 }  // namespace flashprefill::cpu
