@@ -153,17 +153,24 @@ __global__ void __launch_bounds__(kBlockM * 2, kRobust&& kHeadDim == 256 ? 1 : 0
         }
       }
     __syncthreads();
+    // Column c's statistics over the warps' rows: its maximum and log2 S (-inf when masked).
+    struct ColumnStat {
+      float max, log_score;
+    };
+    const auto merge_warps = [&](int c) {
+      float m = -INFINITY;
+      for (int w = 0; w < kWarps; ++w) m = fmaxf(m, warp_max[w * kKeyChunk + c]);
+      float s = 0.0f;
+      if (m != -INFINITY)
+        for (int w = 0; w < kWarps; ++w)
+          s += warp_sum[w * kKeyChunk + c] * exp2f(warp_max[w * kKeyChunk + c] - m);
+      return ColumnStat{m, m == -INFINITY ? -INFINITY : m + log2f(s)};
+    };
     if constexpr (kRobust) {
       for (int c = tid; c < kKeyChunk; c += kThreads) {
         const int64_t j = j0 + c % kBlocksPerChunk;
         if (j >= num_j) continue;
-        float m = -INFINITY;
-        for (int w = 0; w < kWarps; ++w) m = fmaxf(m, warp_max[w * kKeyChunk + c]);
-        float s = 0.0f;
-        if (m != -INFINITY)
-          for (int w = 0; w < kWarps; ++w)
-            s += warp_sum[w * kKeyChunk + c] * exp2f(warp_max[w * kKeyChunk + c] - m);
-        const float value = m == -INFINITY ? -INFINITY : m + log2f(s);
+        const auto [m, value] = merge_warps(c);
         if (c < kBlocksPerChunk) {
           log_score[j] = value;
           thread_max_x2 = fmaxf(thread_max_x2, m);
@@ -175,13 +182,7 @@ __global__ void __launch_bounds__(kBlockM * 2, kRobust&& kHeadDim == 256 ? 1 : 0
       }
     } else {
       for (int c = tid; c < kBlocksPerChunk && j0 + c < num_j; c += kThreads) {
-        float m = -INFINITY;
-        for (int w = 0; w < kWarps; ++w) m = fmaxf(m, warp_max[w * kKeyChunk + c]);
-        float s = 0.0f;
-        if (m != -INFINITY)
-          for (int w = 0; w < kWarps; ++w)
-            s += warp_sum[w * kKeyChunk + c] * exp2f(warp_max[w * kKeyChunk + c] - m);
-        const float value = m == -INFINITY ? -INFINITY : m + log2f(s);
+        const auto [m, value] = merge_warps(c);
         log_score[j0 + c] = value;
         thread_max_x2 = fmaxf(thread_max_x2, m);
         thread_max_log_score = fmaxf(thread_max_log_score, value);

@@ -146,6 +146,25 @@ __device__ __forceinline__ float max_of_half(const float (&x)[64], int half) {
   return fmaxf(fmaxf(level[0], level[2]), fmaxf(level[1], level[3]));
 }
 
+// log2 S of one key block over the quad's rows: log2 of the sum of exp2(x * scale_log2 - shift)
+// over the thread's 32 scores of `half` (as max_of_half) and the quad's other lanes, plus the shift
+// (m * scale_log2, m the block's maximum, the same in every lane of the quad); -inf when m is -inf
+// (a masked block has S = 0).
+__device__ __forceinline__ float log2_block_score(const float (&x)[64], int half, float m,
+                                                  float scale_log2) {
+  const bool masked = m == -INFINITY;
+  const float shift_x2 = masked ? 0.0f : m * scale_log2;
+  float s[4] = {};  // four partial sums: independent adds
+#pragma unroll
+  for (int nt = 0; nt < 16; ++nt)
+    s[nt % 4] += fast_exp2(fmaf(x[4 * nt + 2 * half], scale_log2, -shift_x2)) +
+                 fast_exp2(fmaf(x[4 * nt + 2 * half + 1], scale_log2, -shift_x2));
+  float sum = (s[0] + s[1]) + (s[2] + s[3]);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+  return masked ? -INFINITY : shift_x2 + __log2f(sum);  // sum >= 1: the maximum's own term
+}
+
 // Step 2's statistics of one exact tile. x holds x^T[64 key blocks][128 queries]; element i is key
 // block j[(i % 4) / 2] (j >= num_j: none, masked) and query row 8 * (i / 4) + 2 * quad + (i % 2).
 // Writes log_score[j] (select_row.cuh) for the thread's two blocks. `mask`: the tile may hold
@@ -206,19 +225,7 @@ __device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t 
     warp_max_so_far = fmaxf(warp_max_so_far, warp_max);
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      // every lane of the quad agrees (a masked block has s = 0)
-      const bool masked = m[half] == -INFINITY;
-      const float shift_x2 = masked ? 0.0f : m[half] * scale_log2;
-      float s[4] = {};  // four partial sums: independent adds
-#pragma unroll
-      for (int nt = 0; nt < 16; ++nt)
-        s[nt % 4] += fast_exp2(fmaf(x[4 * nt + 2 * half], scale_log2, -shift_x2)) +
-                     fast_exp2(fmaf(x[4 * nt + 2 * half + 1], scale_log2, -shift_x2));
-      float sum = (s[0] + s[1]) + (s[2] + s[3]);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      // sum >= 1: the maximum's own term
-      const float log_sum = masked ? -INFINITY : shift_x2 + __log2f(sum);
+      const float log_sum = log2_block_score(x, half, m[half], scale_log2);
       if (quad == 0 && j[half] < row.num_j) log_score[j[half]] = log_sum;
       thread_max_log_score = fmaxf(thread_max_log_score, log_sum);
     }
@@ -282,17 +289,7 @@ __device__ __forceinline__ void reduce_robust_tile(
     warp_max_so_far_eff = fmaxf(warp_max_so_far_eff, warp_max_eff);
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const bool masked = m[half] == -INFINITY;
-      const float shift_x2 = masked ? 0.0f : m[half] * scale_log2;
-      float s[4] = {};
-#pragma unroll
-      for (int nt = 0; nt < 16; ++nt)
-        s[nt % 4] += fast_exp2(fmaf(x[4 * nt + 2 * half], scale_log2, -shift_x2)) +
-                     fast_exp2(fmaf(x[4 * nt + 2 * half + 1], scale_log2, -shift_x2));
-      float sum = (s[0] + s[1]) + (s[2] + s[3]);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const float log_sum = masked ? -INFINITY : shift_x2 + __log2f(sum);
+      const float log_sum = log2_block_score(x, half, m[half], scale_log2);
       if (quad == 0 && j < row.num_j) (half == 0 ? log_score : log_score_eff)[j] = log_sum;
       if (half == 0)
         thread_max_log_score = fmaxf(thread_max_log_score, log_sum);
