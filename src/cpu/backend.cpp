@@ -101,7 +101,7 @@ int64_t load_queries(const Problem& p, const Row& r, Scratch& ws) {
 // pooled keys of this kv head transposed, [D][ld_pooled], so the score tile is one Q Kbar^T
 // product. far_t (robust discovery, docs/ROBUST.md; nullptr for exact): each block's farthest key,
 // the same layout; scores_eff[0 .. i] then gets S of x_eff = max(x_mean, x_far - log2(n_j)) (exp2
-// domain).
+// domain). scores may be nullptr when only scores_eff is wanted.
 void score_row(const Problem& p, const Row& r, const float* pooled_t, const float* far_t,
                int64_t ld_pooled, float* scores, Scratch& ws, float* scores_eff = nullptr) {
   const int64_t D = p.head_dim, block = p.block(), m = r.t_end - r.t_begin;
@@ -137,7 +137,7 @@ void score_row(const Problem& p, const Row& r, const float* pooled_t, const floa
     for (int64_t t = 0; t < m; ++t)
       for (int64_t j = 0; j < num_j; ++j) out[j] += s[t * n_pad + j];
   };
-  exp_sums(ws.s.data(), scores);
+  if (scores) exp_sums(ws.s.data(), scores);
   if (far_t) exp_sums(ws.s_far.data(), scores_eff);
 }
 
@@ -516,14 +516,13 @@ void discover_layout(const Problem& p, const BlockSparseLayout& layout,
   }
   // One row's scores at a time per thread: the score matrix is never materialised.
   build_layout(p, layout, [&](int64_t, const Row& r, int32_t* kept, Scratch& scratch) {
-    std::vector<float> scores(static_cast<size_t>(r.block_abs + 1)), scores_eff, scores_mean;
+    std::vector<float> scores(static_cast<size_t>(r.block_abs + 1)), scores_eff;
     score(p, keys, r, scores.data(), scratch);
-    if (robust) {
+    if (robust) {  // the means' own S is `scores`, from the exact mode's kernels
       const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
       scores_eff.resize(scores.size());
-      scores_mean.resize(scores.size());
-      score_row(p, r, mean_t[pair].data(), far_t[pair].data(), ld_robust[pair], scores_mean.data(),
-                scratch, scores_eff.data());
+      score_row(p, r, mean_t[pair].data(), far_t[pair].data(), ld_robust[pair], nullptr, scratch,
+                scores_eff.data());
     }
     return select_row(p, r, scores.data(), kept, robust ? scores_eff.data() : nullptr);
   });
