@@ -6,20 +6,6 @@
 namespace flashprefill::testing {
 namespace {
 
-// Runs `call` and checks that it throws flashprefill::Error whose message contains every fragment.
-template <typename Call>
-void expect_error(Call&& call, std::initializer_list<const char*> fragments) {
-  try {
-    call();
-    ADD_FAILURE() << "expected flashprefill::Error mentioning '" << *fragments.begin() << "'";
-  } catch (const Error& error) {
-    const std::string message = error.what();
-    for (const char* fragment : fragments)
-      EXPECT_NE(message.find(fragment), std::string::npos)
-          << "message: " << message << "\nmissing: " << fragment;
-  }
-}
-
 struct ErrorsTest : ::testing::Test {
   HostBatch batch = padded_batch(Shape{1, 64, 64, 4, 2, 64}, DType::bf16, 11);
   Params params;

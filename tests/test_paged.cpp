@@ -160,19 +160,6 @@ TEST(Paged, LayoutStatsMatchContiguous) {
   EXPECT_GT(a.causal_blocks, 0);
 }
 
-template <typename Call>
-void expect_error(Call&& call, std::initializer_list<const char*> fragments) {
-  try {
-    call();
-    ADD_FAILURE() << "expected flashprefill::Error mentioning '" << *fragments.begin() << "'";
-  } catch (const Error& error) {
-    const std::string message = error.what();
-    for (const char* fragment : fragments)
-      EXPECT_NE(message.find(fragment), std::string::npos)
-          << "message: " << message << "\nmissing: " << fragment;
-  }
-}
-
 struct PagedErrors : ::testing::Test {
   HostBatch host = varlen_batch({{40, 100}, {10, 30}}, Shape{}, DType::bf16, 5);
   PagedBatch paged = make_paged(host, 16, PoolLayout::separate, 5);

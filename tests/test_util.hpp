@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
 #include <iterator>
 #include <numeric>
 #include <random>
@@ -21,6 +22,20 @@
 #include "reference.hpp"
 
 namespace flashprefill::testing {
+
+// Runs `call` and checks that it throws flashprefill::Error whose message contains every fragment.
+template <typename Call>
+void expect_error(Call&& call, std::initializer_list<const char*> fragments) {
+  try {
+    call();
+    ADD_FAILURE() << "expected flashprefill::Error mentioning '" << *fragments.begin() << "'";
+  } catch (const Error& error) {
+    const std::string message = error.what();
+    for (const char* fragment : fragments)
+      EXPECT_NE(message.find(fragment), std::string::npos)
+          << "message: " << message << "\nmissing: " << fragment;
+  }
+}
 
 // A fresh seed per call unless FLASHPREFILL_SEED is set; tests SCOPED_TRACE it so failures show it.
 inline uint64_t fresh_seed() {

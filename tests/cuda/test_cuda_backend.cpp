@@ -20,19 +20,22 @@ using detail::Needs;
   if (!cuda_available()) \
   GTEST_SKIP() << "no CUDA device: the CUDA backend tests run only on a GPU machine"
 
+// A host vector copied into a new allocation on GPU 0 (at least 4 bytes, so empty ones get one).
+template <typename T>
+Buffer upload(const std::vector<T>& vec) {
+  const Device gpu = Device::cuda(0);
+  const size_t bytes = vec.size() * sizeof(T);
+  Buffer b = Buffer::allocate(gpu, std::max<size_t>(bytes, 4));
+  if (bytes) copy_bytes(b.data(), gpu, vec.data(), Device::cpu(), bytes);
+  return b;
+}
+
 // A host batch mirrored on the GPU.
 struct DeviceBatch {
   HostBatch& host;
   Buffer q, k, v, out, lse, cu_q, cu_kv;
 
   explicit DeviceBatch(HostBatch& h) : host(h) {
-    const Device gpu = Device::cuda(0);
-    auto upload = [&](const auto& vec) {
-      const size_t bytes = vec.size() * sizeof(vec[0]);
-      Buffer b = Buffer::allocate(gpu, std::max<size_t>(bytes, 4));
-      if (bytes) copy_bytes(b.data(), gpu, vec.data(), Device::cpu(), bytes);
-      return b;
-    };
     q = upload(h.q);
     k = upload(h.k);
     v = upload(h.v);
@@ -169,13 +172,6 @@ struct DevicePagedBatch {
   Buffer pool, block_table, seq_lens, q, cu_q, out, lse;
 
   explicit DevicePagedBatch(PagedBatch& p) : paged(p) {
-    const Device gpu = Device::cuda(0);
-    auto upload = [&](const auto& vec) {
-      const size_t bytes = vec.size() * sizeof(vec[0]);
-      Buffer b = Buffer::allocate(gpu, std::max<size_t>(bytes, 4));
-      if (bytes) copy_bytes(b.data(), gpu, vec.data(), Device::cpu(), bytes);
-      return b;
-    };
     pool = upload(p.pool);
     block_table = upload(p.block_table);
     seq_lens = upload(p.seq_lens_kv);
