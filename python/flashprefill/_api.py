@@ -137,7 +137,7 @@ def flash_prefill_paged(q, k_pages, v_pages, block_table, seq_lens_kv, cu_seqlen
                         max_seqlen_kv: int, *, alpha: float = 0.12, block_size: int = 128, sink_blocks: int = 2,
                         window_blocks: int = 4, last_full_blocks: int = 2, min_budget: int = 0,
                         softmax_scale: Optional[float] = None, return_lse: bool = False, check_inputs: bool = False,
-                        discovery: str = "exact"):
+                        discovery: str = "exact", out=None):
     """FlashPrefill with K and V in a paged cache (vLLM's layout), read in place.
 
     Args:
@@ -153,6 +153,8 @@ def flash_prefill_paged(q, k_pages, v_pages, block_table, seq_lens_kv, cu_seqlen
         check_inputs: also check the data: NaN / Inf, cu_seqlens_q, seq_lens_kv and the block table's
             page ids (on CUDA this reads them back: a host synchronisation).
         discovery: ``"exact"`` or ``"robust"``, as :func:`flash_prefill`.
+        out: optional ``[total_q, H_q, D]`` output to write (e.g. rows of a serving engine's buffer), with the
+            dtype and device of q and D contiguous; not under torch.compile.
     Returns:
         ``out`` ``[total_q, H_q, D]``, or ``(out, lse)`` with lse ``[H_q, total_q]``.
     """
@@ -162,10 +164,10 @@ def flash_prefill_paged(q, k_pages, v_pages, block_table, seq_lens_kv, cu_seqlen
                                                 _param_tuple(alpha, block_size, sink_blocks, window_blocks,
                                                              last_full_blocks, min_budget, softmax_scale, check_inputs,
                                                              discovery),
-                                                return_lse)
+                                                return_lse, out)
     params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs,
                      discovery)
-    out = np.empty_like(q)
+    out = np.empty_like(q) if out is None else out
     lse = _empty_lse(q, (q.shape[1], q.shape[0])) if return_lse else None
     _call(_C.flash_prefill, q, k_pages, v_pages, out, lse, cu_seqlens_q, None, max_seqlen_q, max_seqlen_kv, params,
           workspace=None, block_table=block_table, seq_lens_kv=seq_lens_kv)

@@ -179,9 +179,12 @@ def flash_prefill_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, params: tu
 
 
 def flash_prefill_paged(q, k_pages, v_pages, block_table, seq_lens_kv, cu_q, max_q: int, max_kv: int, params: tuple,
-                        return_lse: bool):
+                        return_lse: bool, out=None):
+    if out is not None and not _eager():
+        raise _C.FlashPrefillError("out= is for eager calls (a serving engine's buffer); under torch.compile use the "
+                                   "returned tensor")
     if _eager():
-        out = torch.empty_like(q)
+        out = torch.empty_like(q) if out is None else out
         lse = torch.empty((q.shape[1], q.shape[0]), dtype=torch.float32, device=q.device) if return_lse else None
         _run(q, k_pages, v_pages, out, lse, cu_q, None, max_q, max_kv, params, block_table, seq_lens_kv)
         return (out, lse) if return_lse else out

@@ -1,0 +1,287 @@
+"""End to end through vllm.LLM on a GPU: flashprefill's vLLM backend (attention_backend="CUSTOM") against
+vLLM's own FlashAttention backend, same process, same random Llama-shaped model.
+
+Checks (issue 14, point 4): with alpha 0 (every block kept) the greedy tokens equal FlashAttention's for
+prompts of 4K-32K tokens, alone, repeated (a prefix-cache hit), concurrently with short requests (steps
+that mix decodes and prefills), and with a small max_num_batched_tokens (many chunks per prompt). With
+the default alpha: the density (kept / causal blocks, from the plugin's density log) and the share of
+greedy tokens equal to FlashAttention's. Benchmark (point 5): time to first token of one request at the
+given lengths, both backends; the attention-only time of one layer at the same shapes (flash_prefill
+through the plugin's forward vs vLLM's flash_attn_varlen_func on the same paged cache); the plugin's own
+host cost (planning + routing) against the step.
+
+Usage (GPU machine, vllm==0.26.0 and flashprefill importable):
+    python3 bench/vllm_e2e.py --out $OUT/vllm [--lengths 4096,8192,16384,32768] [--ttft 32768,65536,131072]
+Writes summary.json and prints one line per check; exits 1 if an alpha-0 comparison differs.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+# The model: Llama-shaped, small enough that a run takes minutes, head dim 128, GQA 4.
+MODEL = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=8,
+             num_key_value_heads=2, head_dim=128, vocab_size=32000, max_position_embeddings=262144,
+             rope_theta=1e6, tie_word_embeddings=False)
+# Random init gives flat logits; a larger lm_head makes greedy tokens decisive, so that equal attention
+# gives equal tokens and rounding differences of two exact kernels cannot flip an argmax tie.
+LM_HEAD_SCALE = 8.0
+
+
+def make_model(folder: str) -> str:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    config = LlamaConfig(**MODEL, torch_dtype="bfloat16")
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(LM_HEAD_SCALE)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def prompts(rng, length: int, count: int = 1) -> list:
+    return [{"prompt_token_ids": rng.integers(100, MODEL["vocab_size"], size=length).tolist()} for _ in range(count)]
+
+
+class Engine:
+    """One vllm.LLM; flashprefill's settings go through the environment its engine process inherits."""
+
+    def __init__(self, model: str, backend: str, env: dict, max_model_len: int, **kwargs):
+        from vllm import LLM
+        self.saved = {k: os.environ.get(k) for k in env}
+        os.environ.update({k: str(v) for k, v in env.items()})
+        start = time.perf_counter()
+        self.llm = LLM(model=model, attention_backend=backend, max_model_len=max_model_len, skip_tokenizer_init=True,
+                       enable_prefix_caching=True, seed=0, gpu_memory_utilization=0.3, **kwargs)
+        self.startup_s = time.perf_counter() - start
+        self.name = f"{backend} {env} {kwargs}"
+
+    def greedy(self, batch: list, max_tokens: int) -> list:
+        from vllm import SamplingParams
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, detokenize=False, ignore_eos=True)
+        outs = self.llm.generate(batch, params, use_tqdm=False)
+        return [dict(tokens=list(o.outputs[0].token_ids), cached=o.num_cached_tokens or 0) for o in outs]
+
+    def ttft(self, batch: list) -> float:
+        start = time.perf_counter()
+        self.greedy(batch, 1)
+        return time.perf_counter() - start
+
+    def close(self):
+        try:
+            self.llm.llm_engine.engine_core.shutdown()
+        except Exception as e:  # noqa: BLE001 - best effort; the process exits anyway
+            print(f"shutdown: {e}")
+        del self.llm
+        gc.collect()
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def agreement(a: list, b: list) -> float:
+    same = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra["tokens"], rb["tokens"]))
+    total = sum(len(r["tokens"]) for r in a)
+    return same / max(total, 1)
+
+
+SCENARIOS = ("alone", "repeat", "extend", "mixed")
+
+
+def scenario_prompts(rng, lengths):
+    """alone: one prompt per length; repeat: the longest again (a prefix-cache hit, only its tail is computed);
+    extend: the longest plus 1000 new tokens (a cache hit, then an extend over the cached prefix); mixed: new
+    prompts of every length at once with 6 short ones that decode while the long ones prefill."""
+    alone = [prompts(rng, n)[0] for n in lengths]
+    extended = {"prompt_token_ids": alone[-1]["prompt_token_ids"] + prompts(rng, 1000)[0]["prompt_token_ids"]}
+    return dict(alone=alone, repeat=[alone[-1]], extend=[extended],
+                mixed=[prompts(rng, n)[0] for n in lengths] + prompts(rng, 64, 6))
+
+
+def run_scenarios(engine: Engine, scen: dict, max_tokens: int) -> dict:
+    out = {"alone": [engine.greedy([p], max_tokens)[0] for p in scen["alone"]]}
+    for key in SCENARIOS[1:]:
+        out[key] = engine.greedy(scen[key], max_tokens)
+    return out
+
+
+def compare(name: str, ref: dict, got: dict, lengths, summary: dict, must_equal: bool) -> bool:
+    ok = True
+    for key in SCENARIOS:
+        share = agreement(ref[key], got[key])
+        equal = all(a["tokens"] == b["tokens"] for a, b in zip(ref[key], got[key]))
+        cached = [r["cached"] for r in got[key]]
+        summary.setdefault("checks", []).append(dict(name=name, scenario=key, equal=equal, agreement=share,
+                                                     cached_tokens=cached))
+        print(f"{name:28s} {key:7s} greedy tokens equal: {equal}  agreement {share:.3f}  cached tokens {cached}")
+        ok &= equal or not must_equal
+    return ok
+
+
+def attention_only(lengths, page_size: int = 16) -> list:
+    """One layer's attention at the model's shapes on a paged cache: vLLM's flash_attn_varlen_func vs the
+    plugin's forward (flash_prefill_paged, default alpha), and the plugin's host cost per layer."""
+    import torch
+    from vllm.vllm_flash_attn import flash_attn_varlen_func
+
+    import flashprefill as fp
+    from flashprefill.integrations import transformers as hf
+    from flashprefill.integrations.vllm import routing
+    hq, hkv, d = MODEL["num_attention_heads"], MODEL["num_key_value_heads"], MODEL["head_dim"]
+    rows = []
+    for n in lengths:
+        pages = n // page_size
+        cache = torch.randn(pages, page_size, hkv, 2 * d, dtype=torch.bfloat16, device="cuda").transpose(1, 2)
+        k_pages, v_pages = routing.paged_kv_views(cache, d)
+        q = torch.randn(n, hq, d, dtype=torch.bfloat16, device="cuda")
+        out = torch.empty_like(q)
+        table = torch.randperm(pages, dtype=torch.int32, device="cuda")[None]
+        cu = torch.tensor([0, n], dtype=torch.int32, device="cuda")
+        lens = torch.tensor([n], dtype=torch.int32, device="cuda")
+        settings = routing.Settings()
+        alpha = hf.MODEL_ALPHA.get("llama", hf.DEFAULT_ALPHA)
+
+        def fa():
+            flash_attn_varlen_func(q=q, k=k_pages, v=v_pages, out=out, cu_seqlens_q=cu, max_seqlen_q=n, seqused_k=lens,
+                                   max_seqlen_k=n, softmax_scale=d**-0.5, causal=True, block_table=table, fa_version=3)
+
+        def direct():
+            fp.flash_prefill_paged(q, k_pages, v_pages, table, lens, cu, n, n, alpha=alpha, softmax_scale=d**-0.5,
+                                   out=out, **settings.library_params())
+
+        def plugin():  # the step's planning and the layer's routing, as the backend does them
+            plan = routing.plan_batch(cu, cu.cpu(), lens, lens.cpu(), table, 1, settings)
+            routing.forward(q, out, cache, d, plan, attend_short=None, alpha=alpha, softmax_scale=d**-0.5,
+                            settings=settings)
+
+        def gpu_ms(fn, reps=20):
+            fn()
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / reps
+
+        def host_us(fn, reps=200):
+            cu_cpu, lens_cpu = cu.cpu(), lens.cpu()
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn(cu_cpu, lens_cpu)
+            return (time.perf_counter() - start) / reps * 1e6
+
+        plan_us = host_us(lambda c, s: routing.plan_batch(cu, c, lens, s, table, 1, settings))
+        row = dict(length=n, fa_ms=gpu_ms(fa), flashprefill_ms=gpu_ms(direct), plugin_ms=gpu_ms(plugin),
+                   plan_host_us=plan_us)
+        row["speedup"] = row["fa_ms"] / row["flashprefill_ms"]
+        rows.append(row)
+        print(f"attention only L={n}: FlashAttention {row['fa_ms']:.3f} ms, flash_prefill {row['flashprefill_ms']:.3f} ms"
+              f" ({row['speedup']:.2f}x), through the plugin {row['plugin_ms']:.3f} ms; planning {plan_us:.1f} us host")
+        del cache, q, out
+        torch.cuda.empty_cache()
+    return rows
+
+
+def densities(path: str) -> dict:
+    kept = causal = 0
+    if os.path.exists(path):
+        for line in open(path):
+            r = json.loads(line)
+            kept += r["kept"]
+            causal += r["causal"]
+    return dict(kept=kept, causal=causal, density=kept / causal if causal else None)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="/tmp/out/vllm")
+    parser.add_argument("--lengths", default="4096,8192,16384,32768")
+    parser.add_argument("--ttft", default="32768,65536,131072")
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--chunk", type=int, default=2048, help="max_num_batched_tokens of the chunked scenario")
+    parser.add_argument("--batched-tokens", type=int, default=32768, help="max_num_batched_tokens otherwise")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: chunked,ttft,attention")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    skip = set(filter(None, args.skip.split(",")))
+    lengths = [int(x) for x in args.lengths.split(",")]
+    ttft_lengths = [int(x) for x in args.ttft.split(",")] if "ttft" not in skip else []
+    max_len = max(lengths + ttft_lengths) + 1000 + args.max_tokens + 64
+    model = make_model(tempfile.mkdtemp(prefix="fp-llama-"))
+    rng = np.random.default_rng(0)
+    scen = scenario_prompts(rng, lengths)
+    ttft_prompts = {n: prompts(rng, n, 4) for n in ttft_lengths}  # 1 warm-up + 3 timed, all distinct
+    summary = dict(model=MODEL, lm_head_scale=LM_HEAD_SCALE, lengths=lengths, ttft_lengths=ttft_lengths)
+    common = dict(max_num_batched_tokens=args.batched_tokens)
+    ok = True
+
+    def timed(engine, name):
+        rows = {}
+        for n, batch in ttft_prompts.items():
+            engine.ttft([batch[0]])
+            times = [engine.ttft([p]) for p in batch[1:]]
+            rows[n] = min(times)
+            print(f"TTFT {name:14s} L={n}: {min(times) * 1e3:.1f} ms (best of {len(times)})")
+        return rows
+
+    fa = Engine(model, "FLASH_ATTN", {}, max_len, **common)
+    ref = run_scenarios(fa, scen, args.max_tokens)
+    summary["ttft_flash_attn"] = timed(fa, "FLASH_ATTN")
+    summary["startup_s"] = {"FLASH_ATTN": fa.startup_s}
+    fa.close()
+
+    dense = Engine(model, "CUSTOM", {"FLASHPREFILL_ALPHA": 0}, max_len, **common)
+    summary["startup_s"]["CUSTOM alpha 0"] = dense.startup_s
+    ok &= compare("CUSTOM alpha 0", ref, run_scenarios(dense, scen, args.max_tokens), lengths, summary, True)
+    dense.close()
+
+    log = os.path.join(args.out, "density.jsonl")
+    if os.path.exists(log):
+        os.remove(log)
+    sparse = Engine(model, "CUSTOM", {"FLASHPREFILL_VLLM_DENSITY_LOG": log}, max_len, **common)
+    compare("CUSTOM default alpha", ref, run_scenarios(sparse, scen, args.max_tokens), lengths, summary, False)
+    summary["density_default_alpha"] = densities(log)
+    print(f"density at the default alpha (scenarios): {summary['density_default_alpha']}")
+    sparse.close()
+
+    if ttft_lengths:
+        fast = Engine(model, "CUSTOM", {}, max_len, **common)
+        summary["ttft_flashprefill"] = timed(fast, "CUSTOM")
+        fast.close()
+        for n in ttft_lengths:
+            ratio = summary["ttft_flash_attn"][n] / summary["ttft_flashprefill"][n]
+            print(f"TTFT L={n}: FlashAttention / flashprefill = {ratio:.2f}")
+
+    if "chunked" not in skip:
+        chunked = dict(max_num_batched_tokens=args.chunk, enforce_eager=True)
+        fa_c = Engine(model, "FLASH_ATTN", {}, max_len, **chunked)
+        ref_c = run_scenarios(fa_c, scen, args.max_tokens)
+        fa_c.close()
+        fp_c = Engine(model, "CUSTOM", {"FLASHPREFILL_ALPHA": 0}, max_len, **chunked)
+        ok &= compare(f"CUSTOM alpha 0, chunks {args.chunk}", ref_c, run_scenarios(fp_c, scen, args.max_tokens), lengths,
+                      summary, True)
+        fp_c.close()
+
+    if "attention" not in skip:
+        summary["attention_only"] = attention_only(sorted(set(ttft_lengths or lengths)))
+    summary["alpha0_all_equal"] = bool(ok)
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1, default=str)
+    print("alpha 0 greedy tokens equal FlashAttention's everywhere:", ok)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
