@@ -67,7 +67,9 @@ class FlashPrefillMetadataBuilder(FlashAttentionMetadataBuilder):
                                     num_reqs=short.num_reqs, num_actual_tokens=short.num_tokens,
                                     max_query_len=short.max_query_len, max_seq_len=short.max_seq_len,
                                     block_table_tensor=short.block_table, seq_lens_cpu_upper_bound=short.seq_lens_cpu,
-                                    _seq_lens_cpu=None, _num_computed_tokens_cpu=None, is_prefilling=None,
+                                    _seq_lens_cpu=None, _num_computed_tokens_cpu=None,
+                                    _num_computed_tokens_cache=None, _token_to_req_indices_cache=None,
+                                    is_prefilling=None,
                                     positions=None, mm_req_doc_ranges=None, rswa_prefix_lens=None,
                                     dcp_local_seq_lens=None, dcp_local_seq_lens_cpu=None), fast_build)
         whole = super().build(0, cm, fast_build=True)  # for anything that reads the batch's metadata
