@@ -14,6 +14,8 @@ from reference import attention, rel_error
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: the vLLM plugin tests need it")
 from flashprefill.integrations.vllm import routing  # noqa: E402
 
+needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and fp.cuda_available()),
+                               reason="no CUDA device: the GPU tests run only on a GPU machine")
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                 reason="vLLM is not installed: its backend-class tests run where vllm==0.26.0 is")
 
@@ -22,7 +24,7 @@ HQ, HKV, D = 4, 2, 64
 SETTINGS = routing.Settings(threshold=512, min_query_len=16)
 
 
-def make_batch(rng, requests, page_size, layout="NHD", dtype=torch.float32):
+def make_batch(rng, requests, page_size, layout="NHD", dtype=torch.float32, device="cpu"):
     """vLLM's view of a step: requests as (query_len, context_len) - the new tokens and the cached prefix
     before them - their K/V written to a FlashAttention cache (logical [pages, H_kv, page, 2 D]) in a random
     page order, a block table with a spare column, and packed queries padded by 3 rows (CUDA-graph padding)."""
@@ -52,14 +54,15 @@ def make_batch(rng, requests, page_size, layout="NHD", dtype=torch.float32):
     query_lens = [q for q, _ in requests]
     starts = torch.tensor(np.cumsum([0] + query_lens), dtype=torch.int32)
     q = gen(int(starts[-1]) + 3, HQ, D)
-    return dict(cache=cache, table=table, q=q, keys=keys, values=values, starts=starts,
-                seq_lens=torch.tensor(seq_lens, dtype=torch.int32), requests=requests)
+    return dict(cache=cache.to(device), table=table.to(device), q=q.to(device), keys=keys, values=values,
+                starts=starts.to(device), seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(device),
+                requests=requests)
 
 
 def dense_rows(batch, b, scale):
     """fp64 dense causal attention of request b's new tokens against its whole sequence."""
     s, e = int(batch["starts"][b]), int(batch["starts"][b + 1])
-    out, _ = attention(batch["q"][s:e].double().numpy(), batch["keys"][b].double().numpy(),
+    out, _ = attention(batch["q"][s:e].double().cpu().numpy(), batch["keys"][b].double().numpy(),
                        batch["values"][b].double().numpy(), scale=scale)
     return out
 
@@ -76,15 +79,15 @@ def reference_short(batch, scale):
             rows = seg.block_table[i, :-(-n // page)].long()
             k = k_pages.index_select(0, rows).flatten(0, 1)[:n]
             v = v_pages.index_select(0, rows).flatten(0, 1)[:n]
-            o, _ = attention(q[starts[i]:starts[i + 1]].double().numpy(), k.double().numpy(), v.double().numpy(),
-                             scale=scale)
+            o, _ = attention(q[starts[i]:starts[i + 1]].double().cpu().numpy(), k.double().cpu().numpy(),
+                             v.double().cpu().numpy(), scale=scale)
             out[starts[i]:starts[i + 1]] = torch.from_numpy(o).to(out.dtype)
     return attend
 
 
 def run_plugin(batch, settings, alpha=0.0):
-    plan = routing.plan_batch(batch["starts"], batch["starts"], batch["seq_lens"], batch["seq_lens"], batch["table"],
-                              len(batch["requests"]), settings)
+    plan = routing.plan_batch(batch["starts"], batch["starts"].cpu(), batch["seq_lens"], batch["seq_lens"].cpu(),
+                              batch["table"], len(batch["requests"]), settings)
     assert plan is not None
     plan.short_metadata = plan.short
     scale = D**-0.5
@@ -114,6 +117,19 @@ def test_alpha_zero_equals_dense_attention(rng, page_size, layout, requests):
         s, e = int(batch["starts"][b]), int(batch["starts"][b + 1])
         assert rel_error(output[s:e].double().numpy(), dense_rows(batch, b, D**-0.5)) < 1e-5, f"request {b}"
     assert torch.isnan(output[-3:]).all(), "the padding rows past the batch's tokens were written"
+
+
+@needs_gpu
+@pytest.mark.parametrize("page_size", [16, 128])
+@pytest.mark.parametrize("requests", [MIXED, RUNS], ids=["interleaved", "runs"])
+def test_alpha_zero_equals_dense_attention_cuda(rng, page_size, requests):
+    """The CUDA kernels on vLLM's interleaved K|V pages (head stride 2 D), bf16."""
+    batch = make_batch(rng, requests, page_size, dtype=torch.bfloat16, device="cuda")
+    plan, output = run_plugin(batch, SETTINGS)
+    for b in range(len(requests)):
+        s, e = int(batch["starts"][b]), int(batch["starts"][b + 1])
+        assert rel_error(output[s:e].double().cpu().numpy(), dense_rows(batch, b, D**-0.5)) < 2e-2, f"request {b}"
+    assert torch.isnan(output[-3:]).all()
 
 
 def test_group_tokens_are_slices_for_runs_and_gathers_otherwise(rng):
