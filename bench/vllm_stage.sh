@@ -64,6 +64,7 @@ receive() {
 
 install() {
     local left payload
+    manifest > /dev/null
     left=$(missing_parts | tr '\n' ' ')
     [[ -z $left ]] || die "install: missing or damaged in $STAGE: ${left}(machine restarted? send them again with 'receive N')"
     payload=$(awk '$1 == "payload" {print $3}' "$STAGE/manifest.txt")
@@ -77,7 +78,12 @@ install() {
         rm -rf "$STAGE/unpacked" "$SITE"
         mkdir -p "$STAGE/unpacked" "$SITE"
         # shellcheck disable=SC2086
-        cat $parts | xz -d -T0 | tar -x -C "$STAGE/unpacked"
+        if command -v xz > /dev/null; then
+            cat $parts | xz -d -T0 | tar -x -C "$STAGE/unpacked"
+        else  # no xz-utils: Python's lzma reads the same stream
+            cat $parts | "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)' |
+                tar -x -C "$STAGE/unpacked"
+        fi
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
             --disable-pip-version-check --target "$SITE" "$STAGE"/unpacked/cp312/*.whl
         cp -a "$STAGE/unpacked/vllm-tree/." "$SITE/"
@@ -85,6 +91,11 @@ install() {
         echo "$payload" > "$SITE/.stage-payload"
         echo "installed $(ls "$SITE" | grep -c '\.dist-info$') distributions into $SITE"
     fi
+    # The machine's own versions that the staged pins lean on (pydantic needs typing-extensions
+    # >= 4.16, googleapis-common-protos protobuf >= 6.33.5, vLLM numba 0.65.0).
+    "$PY" -m pip list --disable-pip-version-check 2>/dev/null |
+        grep -iE '^(typing[-_]extensions|protobuf|numpy|numba|anyio|transformers|tokenizers|torch|triton) ' |
+        tr -s ' ' | tr '\n' ';' | sed 's/^/machine has: /; s/$/\n/' || true
     PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} "$PY" bench/vllm_smoke.py --site "$SITE" --quiet
     echo "usage: export PYTHONPATH=$SITE   (then python3 -c 'import vllm')"
 }
