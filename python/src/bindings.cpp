@@ -204,12 +204,12 @@ nb::ndarray<nb::numpy, uint16_t> numpy_u16(std::vector<uint16_t>&& data, const S
       nb::arg("head_alpha").none(), nb::arg("stream")
 #define FP_MAKE_DESCRIBED_ARGS                                                           \
   make_args(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, alpha, block_size, sink_blocks, \
-            window_blocks, last_full_blocks, min_budget, scale, check_inputs, discovery, head_alpha, \
-            stream)
+            window_blocks, last_full_blocks, min_budget, scale, check_inputs, discovery, \
+            head_alpha, stream)
 #define FP_MAKE_ARGS                                                                     \
   make_args(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, alpha, block_size, sink_blocks, \
-            window_blocks, last_full_blocks, min_budget, scale, check_inputs, discovery, head_alpha, \
-            stream)
+            window_blocks, last_full_blocks, min_budget, scale, check_inputs, discovery, \
+            head_alpha, stream)
 
 NB_MODULE(_C, m) {
   m.doc() = "flashprefill C++ library binding (use the flashprefill package, not this module)";
