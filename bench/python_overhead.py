@@ -36,7 +36,8 @@ def main():
         raise SystemExit("python_overhead: no CUDA device")
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, 128, 1, 64, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
-    params = (0.12, 128, 2, 4, 2, 0, 0.0, False)  # the public defaults, as _torch_ops passes them
+    # The public defaults as _torch_ops passes them: ..., check_inputs, discovery (exact), head_alpha (none).
+    params = (0.12, 128, 2, 4, 2, 0, 0.0, False, 0, None)
     stream = torch.cuda.current_stream().cuda_stream
     out = torch.empty_like(q)
     described = tuple(_torch_ops._describe(t, n) for t, n in ((q, "q"), (k, "k"), (v, "v"), (out, "out"))) + (

@@ -112,6 +112,34 @@ std::vector<int32_t> read_int32(const TensorView& t, const char* name) {
   return host;
 }
 
+// params.head_alpha (Params in params.hpp): fp32 [H_q], contiguous, on the tensors' device, values
+// in [0, 1] (read and checked on the CPU always, on a GPU with check_inputs). Returns its data, or
+// nullptr when not given.
+const float* check_head_alpha(const TensorView& head_alpha, const Problem& p, bool check_values) {
+  if (head_alpha.empty_view()) return nullptr;
+  const char* name = "params.head_alpha";
+  if (head_alpha.dtype != DType::fp32 || head_alpha.rank != 1 || head_alpha.shape[0] != p.heads_q ||
+      (p.heads_q > 1 && head_alpha.stride[0] != 1))
+    fail(std::string(name) + " is " + dtype_name(head_alpha.dtype) + " " +
+         head_alpha.shape_string() + "; expected contiguous fp32 [H_q] = [" + str(p.heads_q) +
+         "], one alpha per query head");
+  if (head_alpha.data == nullptr) fail(std::string(name) + " has a null data pointer");
+  if (!(head_alpha.device == p.device))
+    fail(std::string(name) + " is on " + device_name(head_alpha.device) + " but q is on " +
+         device_name(p.device) +
+         "; expected the tensors' device (CUDA: device memory the kernels read)");
+  if (p.device.type == DeviceType::cpu || check_values) {
+    std::vector<float> values(static_cast<size_t>(p.heads_q));
+    copy_bytes(values.data(), Device::cpu(), head_alpha.data, head_alpha.device,
+               values.size() * sizeof(float));
+    for (int64_t h = 0; h < p.heads_q; ++h)
+      if (!(values[h] >= 0.0f && values[h] <= 1.0f))
+        fail(std::string(name) + "[" + str(h) + "] is " + std::to_string(values[h]) +
+             "; expected a value in [0, 1]");
+  }
+  return head_alpha.ptr<const float>();
+}
+
 // The paged half of make_problem: k and v are page pools (their ranks and head dims are checked
 // already), queries are packed by varlen.cu_seqlens_q. Returns the pages the sequences use, when
 // it read the block table (on the CPU, or with check_inputs).
@@ -424,6 +452,7 @@ Problem detail::make_problem(const AttentionArgs& args, const Params& params, Ne
       check_finite(args.v, "v");
     }
   }
+  p.head_alpha = check_head_alpha(params.head_alpha, p, params.check_inputs);
   p.params = params;
   if (p.params.scale == 0.0f) p.params.scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
   p.stream = args.stream;

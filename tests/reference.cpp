@@ -122,14 +122,15 @@ std::vector<std::vector<int32_t>> select_blocks(const Problem& p, const std::vec
     const int64_t i = r.block_abs;
     const double* S = &scores[row * max_key_blocks];
     const double row_max = *std::max_element(S, S + i + 1);
+    const double alpha = p.alpha_of_head(r.head);
     std::vector<bool> keep(static_cast<size_t>(i + 1));
     for (int64_t j = 0; j <= i; ++j)
-      keep[j] = S[j] >= p.params.alpha * row_max ||
-                detail::always_kept(i, j, r.key_blocks(p.block()), p.params);
+      keep[j] =
+          S[j] >= alpha * row_max || detail::always_kept(i, j, r.key_blocks(p.block()), p.params);
     if (!robust_scores.empty()) {  // docs/ROBUST.md: also the blocks x_eff's threshold keeps
       const double* R = &robust_scores[row * max_key_blocks];
       const double robust_max = *std::max_element(R, R + i + 1);
-      for (int64_t j = 0; j <= i; ++j) keep[j] = keep[j] || R[j] >= p.params.alpha * robust_max;
+      for (int64_t j = 0; j <= i; ++j) keep[j] = keep[j] || R[j] >= alpha * robust_max;
     }
     std::vector<int32_t> order(static_cast<size_t>(i + 1));
     std::iota(order.begin(), order.end(), 0);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/half.hpp"
+#include "common/row_geometry.hpp"
 #include "common/validate.hpp"
 #include "flashprefill/flashprefill.hpp"
 #include "reference.hpp"
@@ -337,6 +338,46 @@ inline int64_t expect_rows_differ_only_at_threshold(
     }
   }
   return differing;
+}
+
+// Params::head_alpha against one call per query head with the scalar alpha of that head: the same
+// layout rows and the same output bits, head by head. `run(params)` runs discover_layout and
+// flash_prefill on the caller's device and returns {layout rows, out} on the host; `head_alpha` is
+// a view of `alphas` on that device; `host` is the call's Problem on host memory (for the row and
+// output geometry).
+struct HeadAlphaCall {
+  std::vector<std::vector<int32_t>> rows;
+  std::vector<uint16_t> out;
+};
+template <typename Run>
+void expect_head_alpha_equals_scalar_calls(const detail::Problem& host, Params params,
+                                           const std::vector<float>& alphas,
+                                           const TensorView& head_alpha, Run&& run) {
+  ASSERT_EQ(int64_t(alphas.size()), host.heads_q);
+  std::vector<int64_t> head_of_row;
+  detail::for_each_layout_row(
+      host, [&](const detail::LayoutRow& r, int64_t) { head_of_row.push_back(r.head); });
+  params.head_alpha = head_alpha;
+  const HeadAlphaCall per_head = run(params);
+  ASSERT_EQ(per_head.rows.size(), head_of_row.size());
+  params.head_alpha = TensorView{};
+  for (int64_t h = 0; h < host.heads_q; ++h) {
+    SCOPED_TRACE("head " + std::to_string(h) + " alpha " + std::to_string(alphas[h]));
+    params.alpha = alphas[h];
+    const HeadAlphaCall scalar = run(params);
+    ASSERT_EQ(scalar.rows.size(), per_head.rows.size());
+    for (size_t r = 0; r < head_of_row.size(); ++r) {
+      if (head_of_row[r] == h) {
+        ASSERT_EQ(per_head.rows[r], scalar.rows[r]) << "layout row " << r;
+      }
+    }
+    ASSERT_EQ(scalar.out.size(), per_head.out.size());
+    for (size_t n = 0; n < per_head.out.size(); ++n) {  // out is [.., H_q, D], contiguous
+      if (int64_t(n) / host.head_dim % host.heads_q == h) {
+        ASSERT_EQ(per_head.out[n], scalar.out[n]) << "out element " << n;
+      }
+    }
+  }
 }
 
 // lse of a call ([B, H, L_q] padded, [H, T] varlen) against the reference's [token][head].

@@ -1,6 +1,8 @@
 // flashprefill: the parameters of ALGORITHM.md, with the paper's defaults.
 #pragma once
 
+#include "flashprefill/tensor.hpp"
+
 namespace flashprefill {
 
 // How step 2 scores a key block (docs/ROBUST.md): `exact` is ALGORITHM.md (the block mean only);
@@ -21,6 +23,16 @@ struct Params {
   // Check the data, not only the shapes: NaN / Inf in q, k, v and consistent cu_seqlens. Costs a
   // pass over the inputs (and a host synchronisation on CUDA), so it is off by default.
   bool check_inputs = false;
+  // Optional: one alpha per query head, fp32 [H_q] (contiguous). When given, the rows of query
+  // head h (every sequence and query block) are thresholded with head_alpha[h] instead of `alpha`
+  // (ALGORITHM.md step 3); everything else is unchanged. Values in [0, 1].
+  // CPU tensors: host memory, always checked. CUDA tensors: device memory on the tensors' device,
+  // read by the kernels (stream-ordered, no upload and no host synchronisation, so a CUDA graph
+  // may capture the call and later replays see the values then in that memory); its values are
+  // checked only with check_inputs (a host synchronisation); otherwise a value outside [0, 1]
+  // gives an unspecified layout (NaN or a negative value keeps only the forced blocks), never an
+  // out-of-bounds access.
+  TensorView head_alpha;
 
   // Throws flashprefill::Error naming the first bad field.
   void validate() const;

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -41,17 +41,65 @@ def _discovery_code(discovery) -> int:
 
 
 def _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs,
-            discovery="exact"):
+            discovery="exact", head_alpha=None):
     return dict(alpha=float(alpha), block_size=int(block_size), sink_blocks=int(sink_blocks), window_blocks=int(window_blocks),
                 last_full_blocks=int(last_full_blocks), min_budget=int(min_budget),
                 softmax_scale=0.0 if softmax_scale is None else float(softmax_scale), check_inputs=bool(check_inputs),
-                discovery=_discovery_code(discovery))
+                discovery=_discovery_code(discovery), head_alpha=head_alpha)
 
 
 def _param_tuple(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs,
-                 discovery="exact"):
+                 discovery="exact", head_alpha=None):
     return (float(alpha), int(block_size), int(sink_blocks), int(window_blocks), int(last_full_blocks), int(min_budget),
-            0.0 if softmax_scale is None else float(softmax_scale), bool(check_inputs), _discovery_code(discovery))
+            0.0 if softmax_scale is None else float(softmax_scale), bool(check_inputs), _discovery_code(discovery),
+            head_alpha)
+
+
+def _check_alpha_values(values) -> None:
+    for h, a in enumerate(values):
+        if not 0.0 <= a <= 1.0:  # NaN fails too
+            raise FlashPrefillError(f"alpha[{h}] is {a}; expected a value in [0, 1]")
+
+
+def _split_alpha(alpha, q):
+    """``alpha`` as (scalar, per-head array or None). A float is one alpha for every head; a sequence, NumPy array or
+    1-D tensor of H_q values is one per query head (Params::head_alpha): float32 on q's device (a torch tensor already
+    there is passed as is, so a CUDA call neither copies nor synchronises and may be captured in a graph)."""
+    if isinstance(alpha, (int, float, np.floating, np.integer)):
+        return float(alpha), None
+    heads = int(q.shape[-2])
+    if isinstance(alpha, (str, bytes)):
+        raise FlashPrefillError(f"alpha is {alpha!r}; expected a float or one float per query head (H_q = {heads})")
+    if _is_torch(alpha):
+        import torch
+        if alpha.dim() == 0:
+            return float(alpha), None
+        if alpha.dim() != 1 or not alpha.is_floating_point():
+            raise FlashPrefillError(f"alpha is a {alpha.dtype} tensor of shape {tuple(alpha.shape)}; expected a float or a "
+                                    f"1-D float tensor with one alpha per query head (H_q = {heads})")
+        if alpha.shape[0] != heads:
+            raise FlashPrefillError(f"alpha has {alpha.shape[0]} values; expected a float or one per query head "
+                                    f"(H_q = {heads})")
+        device = q.device if _is_torch(q) else torch.device("cpu")
+        head_alpha = alpha.detach().to(device=device, dtype=torch.float32).contiguous()
+        if head_alpha.device.type == "cpu" and not torch.compiler.is_compiling():
+            _check_alpha_values(head_alpha.tolist())  # GPU values: checked by the library with check_inputs
+        return 0.0, head_alpha if _is_torch(q) else head_alpha.numpy()
+    try:
+        values = np.asarray(alpha, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise FlashPrefillError(f"alpha is {alpha!r}; expected a float or one float per query head (H_q = {heads})")
+    if values.ndim == 0:
+        return float(values), None
+    if values.ndim != 1:
+        raise FlashPrefillError(f"alpha has shape {values.shape}; expected a float or one per query head (H_q = {heads})")
+    if values.shape[0] != heads:
+        raise FlashPrefillError(f"alpha has {values.shape[0]} values; expected a float or one per query head (H_q = {heads})")
+    _check_alpha_values(values.tolist())
+    if _is_torch(q):
+        import torch
+        return 0.0, torch.tensor(values, dtype=torch.float32, device=q.device)
+    return 0.0, values.astype(np.float32)
 
 
 def _stream_of(x) -> int:
@@ -80,8 +128,8 @@ def _empty_like(x):
     return np.empty_like(x)
 
 
-def flash_prefill(q, k, v, *, alpha: float = 0.12, block_size: int = 128, sink_blocks: int = 2, window_blocks: int = 4,
-                  last_full_blocks: int = 2, min_budget: int = 0, softmax_scale: Optional[float] = None,
+def flash_prefill(q, k, v, *, alpha: Union[float, Sequence[float]] = 0.12, block_size: int = 128, sink_blocks: int = 2,
+                  window_blocks: int = 4, last_full_blocks: int = 2, min_budget: int = 0, softmax_scale: Optional[float] = None,
                   return_lse: bool = False, check_inputs: bool = False, discovery: str = "exact"):
     """FlashPrefill attention (ALGORITHM.md steps 1-5) on a padded batch.
 
@@ -89,7 +137,10 @@ def flash_prefill(q, k, v, *, alpha: float = 0.12, block_size: int = 128, sink_b
         q: ``[B, L_q, H_q, D]``, bf16 or fp16, or fp32 on the CPU (NumPy: float16 or float32), head dim 64, 128 or 256 (CUDA: 256 runs on the sm_80 kernels, also on Hopper).
         k, v: ``[B, L_kv, H_kv, D]``, same dtype and device, ``L_q <= L_kv``.
         alpha: keep key blocks whose score is at least ``alpha`` times the row's maximum, in [0, 1];
-            0 keeps every causal block (dense attention).
+            0 keeps every causal block (dense attention). A float, or one value per query head (a sequence or
+            1-D tensor of H_q values; head h's rows use ``alpha[h]``): a float32 torch tensor on q's device is
+            used in place (no copy, no synchronisation: CUDA-graph safe; its values are checked on a GPU only
+            with ``check_inputs``).
         softmax_scale: defaults to ``1 / sqrt(D)``.
         return_lse: also return the softmax log-sum-exp ``[B, H_q, L_q]`` (fp32, natural log).
         discovery: ``"exact"`` (ALGORITHM.md, the default) or ``"robust"`` (docs/ROBUST.md: also scores each key
@@ -97,21 +148,24 @@ def flash_prefill(q, k, v, *, alpha: float = 0.12, block_size: int = 128, sink_b
     Returns:
         ``out`` like ``q``, or ``(out, lse)``.
     """
+    alpha, head_alpha = _split_alpha(alpha, q)
     if _is_torch(q):  # the hot path: a params tuple in the binding's order, no dict
         return _torch_ops().flash_prefill(q, k, v, _param_tuple(alpha, block_size, sink_blocks, window_blocks, last_full_blocks,
-                                                               min_budget, softmax_scale, check_inputs, discovery), return_lse)
+                                                               min_budget, softmax_scale, check_inputs, discovery,
+                                                               head_alpha), return_lse)
     params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs,
-                     discovery)
+                     discovery, head_alpha)
     out = np.empty_like(q)
     lse = _empty_lse(q, (q.shape[0], q.shape[2], q.shape[1])) if return_lse else None
     _call(_C.flash_prefill, q, k, v, out, lse, None, None, 0, 0, params, workspace=None)
     return (out, lse) if return_lse else out
 
 
-def flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, *, alpha: float = 0.12,
-                         block_size: int = 128, sink_blocks: int = 2, window_blocks: int = 4, last_full_blocks: int = 2,
-                         min_budget: int = 0, softmax_scale: Optional[float] = None, return_lse: bool = False,
-                         check_inputs: bool = False, discovery: str = "exact"):
+def flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, *,
+                         alpha: Union[float, Sequence[float]] = 0.12, block_size: int = 128, sink_blocks: int = 2,
+                         window_blocks: int = 4, last_full_blocks: int = 2, min_budget: int = 0,
+                         softmax_scale: Optional[float] = None, return_lse: bool = False, check_inputs: bool = False,
+                         discovery: str = "exact"):
     """FlashPrefill on packed sequences (FlashAttention's varlen convention).
 
     Args:
@@ -121,12 +175,14 @@ def flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
     Returns:
         ``out`` ``[total_q, H_q, D]``, or ``(out, lse)`` with lse ``[H_q, total_q]``.
     """
+    alpha, head_alpha = _split_alpha(alpha, q)
     if _is_torch(q):
         return _torch_ops().flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
                                                _param_tuple(alpha, block_size, sink_blocks, window_blocks, last_full_blocks,
-                                                            min_budget, softmax_scale, check_inputs, discovery), return_lse)
+                                                            min_budget, softmax_scale, check_inputs, discovery, head_alpha),
+                                               return_lse)
     params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs,
-                     discovery)
+                     discovery, head_alpha)
     out = np.empty_like(q)
     lse = _empty_lse(q, (q.shape[1], q.shape[0])) if return_lse else None
     _call(_C.flash_prefill, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params, workspace=None)
@@ -134,8 +190,8 @@ def flash_prefill_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
 
 
 def flash_prefill_paged(q, k_pages, v_pages, block_table, seq_lens_kv, cu_seqlens_q, max_seqlen_q: int,
-                        max_seqlen_kv: int, *, alpha: float = 0.12, block_size: int = 128, sink_blocks: int = 2,
-                        window_blocks: int = 4, last_full_blocks: int = 2, min_budget: int = 0,
+                        max_seqlen_kv: int, *, alpha: Union[float, Sequence[float]] = 0.12, block_size: int = 128,
+                        sink_blocks: int = 2, window_blocks: int = 4, last_full_blocks: int = 2, min_budget: int = 0,
                         softmax_scale: Optional[float] = None, return_lse: bool = False, check_inputs: bool = False,
                         discovery: str = "exact", out=None):
     """FlashPrefill with K and V in a paged cache (vLLM's layout), read in place.
@@ -158,15 +214,16 @@ def flash_prefill_paged(q, k_pages, v_pages, block_table, seq_lens_kv, cu_seqlen
     Returns:
         ``out`` ``[total_q, H_q, D]``, or ``(out, lse)`` with lse ``[H_q, total_q]``.
     """
+    alpha, head_alpha = _split_alpha(alpha, q)
     if _is_torch(q):
         return _torch_ops().flash_prefill_paged(q, k_pages, v_pages, block_table, seq_lens_kv, cu_seqlens_q,
                                                 int(max_seqlen_q), int(max_seqlen_kv),
                                                 _param_tuple(alpha, block_size, sink_blocks, window_blocks,
                                                              last_full_blocks, min_budget, softmax_scale, check_inputs,
-                                                             discovery),
+                                                             discovery, head_alpha),
                                                 return_lse, out)
     params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs,
-                     discovery)
+                     discovery, head_alpha)
     out = np.empty_like(q) if out is None else out
     lse = _empty_lse(q, (q.shape[1], q.shape[0])) if return_lse else None
     _call(_C.flash_prefill, q, k_pages, v_pages, out, lse, cu_seqlens_q, None, max_seqlen_q, max_seqlen_kv, params,
@@ -230,13 +287,14 @@ def _alloc_index(q, count, dtype_name):
 
 
 def select_blocks(q, k, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q: int = 0, max_seqlen_k: int = 0,
-                  alpha: float = 0.12, block_size: int = 128, sink_blocks: int = 2, window_blocks: int = 4,
-                  last_full_blocks: int = 2, min_budget: int = 0, softmax_scale: Optional[float] = None,
+                  alpha: Union[float, Sequence[float]] = 0.12, block_size: int = 128, sink_blocks: int = 2,
+                  window_blocks: int = 4, last_full_blocks: int = 2, min_budget: int = 0, softmax_scale: Optional[float] = None,
                   discovery: str = "exact") -> Layout:
     """Pattern discovery alone (steps 1-4): the kept key blocks of every (sequence, head, query block).
     ``discovery``: ``"exact"`` (default) or ``"robust"`` (docs/ROBUST.md), as :func:`flash_prefill`."""
+    alpha, head_alpha = _split_alpha(alpha, q)
     params = _params(alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, False,
-                     discovery)
+                     discovery, head_alpha)
     num_seqs, _, max_rows, max_key_blocks, max_cols = _call(_C.stage_shapes, q, k, k, None, None, cu_seqlens_q, cu_seqlens_k,
                                                             max_seqlen_q, max_seqlen_k, params)
     layout = Layout(_alloc_index(q, num_seqs + 1, "int64"), _alloc_index(q, max_rows + 1, "int64"),

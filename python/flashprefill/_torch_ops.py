@@ -5,14 +5,14 @@ workspace cache of their device and stream: it allocates only when a call needs 
 (freeing the smaller buffer then waits for the device); other calls neither allocate nor wait."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from . import _C
 
 _PARAM_NAMES = ("alpha", "block_size", "sink_blocks", "window_blocks", "last_full_blocks", "min_budget", "softmax_scale",
-                "check_inputs", "discovery")
+                "check_inputs", "discovery", "head_alpha")
 
 # Workspace bytes per call signature, for calls under CUDA-graph capture. The size depends only on
 # shapes, dtype, device and params (never on data: varlen bounds come from max_seqlen), so one C++
@@ -28,7 +28,7 @@ except AttributeError:  # pragma: no cover - older or CPU-only PyTorch builds
 # flashprefill::DType codes (include/flashprefill/tensor.hpp).
 _DTYPE_CODES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2, torch.int32: 3, torch.int64: 4}
 _EXPECTED_DTYPE = {"q": "bfloat16, float16 or float32 (float32 on the CPU)", "k": "the dtype of q", "v": "the dtype of q",
-                   "cu_seqlens_q": "int32", "cu_seqlens_k": "int32", "block_table": "int32", "seq_lens_kv": "int32"}
+                   "alpha": "float32", "cu_seqlens_q": "int32", "cu_seqlens_k": "int32", "block_table": "int32", "seq_lens_kv": "int32"}
 
 
 def _describe(t, name):
@@ -60,8 +60,10 @@ def _run(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, params, block_table=None, 
     """One C++ call with positional arguments (in the binding's order); `params` is a tuple in _PARAM_NAMES order.
     With block_table and seq_lens_kv, k and v are page pools (paged K/V)."""
     _check_no_grad(q, k, v)
+    head_alpha = params[-1]  # None, or float32 [H_q] on q's device (_api._split_alpha)
     described = (_describe(q, "q"), _describe(k, "k"), _describe(v, "v"), _describe(out, "out"), _describe(lse, "lse"),
-                 _describe(cu_q, "cu_seqlens_q"), _describe(cu_k, "cu_seqlens_k"), max_q, max_k, *params)
+                 _describe(cu_q, "cu_seqlens_q"), _describe(cu_k, "cu_seqlens_k"), max_q, max_k, *params[:-1],
+                 _describe(head_alpha, "alpha"))
     paged = (_describe(block_table, "block_table"), _describe(seq_lens_kv, "seq_lens_kv"))
     if not q.is_cuda:
         _C.flash_prefill_described(*described, 0, 0, 0, *paged)
@@ -75,7 +77,8 @@ def _run(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, params, block_table=None, 
         return
     # Under CUDA-graph capture the workspace comes from PyTorch's allocator (graph-private pool), so
     # the captured graph owns it; the size depends only on shapes, dtype and params.
-    key = (q.shape, k.shape, v.shape, q.dtype, device, None if cu_q is None else cu_q.shape[0], max_q, max_k, params,
+    key = (q.shape, k.shape, v.shape, q.dtype, device, None if cu_q is None else cu_q.shape[0], max_q, max_k, params[:-1],
+           None if head_alpha is None else head_alpha.shape,
            lse is not None, None if block_table is None else block_table.shape)
     size = _workspace_sizes.get(key)
     if size is None:
@@ -89,11 +92,13 @@ def _run(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, params, block_table=None, 
 
 def _flash_prefill_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float, block_size: int, sink_blocks: int,
                       window_blocks: int, last_full_blocks: int, min_budget: int, softmax_scale: float, check_inputs: bool,
-                      discovery: int, return_lse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                      discovery: int, head_alpha: Optional[torch.Tensor],
+                      return_lse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty_like(q)
     lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]) if return_lse else (0,), dtype=torch.float32, device=q.device)
     _run(q, k, v, out, lse if return_lse else None, None, None, 0, 0,
-         (alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs, discovery))
+         (alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs, discovery,
+          head_alpha))
     return out, lse
 
 
@@ -102,7 +107,7 @@ _flash_prefill_op = torch.library.custom_op("flashprefill::flash_prefill", mutat
 
 @_flash_prefill_op.register_fake
 def _(q, k, v, alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs,
-      discovery, return_lse):
+      discovery, head_alpha, return_lse):
     lse_shape = (q.shape[0], q.shape[2], q.shape[1]) if return_lse else (0,)
     return torch.empty_like(q), q.new_empty(lse_shape, dtype=torch.float32)
 
@@ -110,11 +115,13 @@ def _(q, k, v, alpha, block_size, sink_blocks, window_blocks, last_full_blocks, 
 def _flash_prefill_varlen_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                              cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, alpha: float, block_size: int,
                              sink_blocks: int, window_blocks: int, last_full_blocks: int, min_budget: int, softmax_scale: float,
-                             check_inputs: bool, discovery: int, return_lse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                             check_inputs: bool, discovery: int, head_alpha: Optional[torch.Tensor],
+                             return_lse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty_like(q)
     lse = torch.empty((q.shape[1], q.shape[0]) if return_lse else (0,), dtype=torch.float32, device=q.device)
     _run(q, k, v, out, lse if return_lse else None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-         (alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs, discovery))
+         (alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs, discovery,
+          head_alpha))
     return out, lse
 
 
@@ -124,7 +131,7 @@ _flash_prefill_varlen_op = torch.library.custom_op("flashprefill::flash_prefill_
 
 @_flash_prefill_varlen_op.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alpha, block_size, sink_blocks, window_blocks,
-      last_full_blocks, min_budget, softmax_scale, check_inputs, discovery, return_lse):
+      last_full_blocks, min_budget, softmax_scale, check_inputs, discovery, head_alpha, return_lse):
     return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]) if return_lse else (0,), dtype=torch.float32)
 
 
@@ -132,12 +139,12 @@ def _flash_prefill_paged_impl(q: torch.Tensor, k_pages: torch.Tensor, v_pages: t
                               seq_lens_kv: torch.Tensor, cu_seqlens_q: torch.Tensor, max_seqlen_q: int, max_seqlen_kv: int,
                               alpha: float, block_size: int, sink_blocks: int, window_blocks: int, last_full_blocks: int,
                               min_budget: int, softmax_scale: float, check_inputs: bool, discovery: int,
-                              return_lse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                              head_alpha: Optional[torch.Tensor], return_lse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty_like(q)
     lse = torch.empty((q.shape[1], q.shape[0]) if return_lse else (0,), dtype=torch.float32, device=q.device)
     _run(q, k_pages, v_pages, out, lse if return_lse else None, cu_seqlens_q, None, max_seqlen_q, max_seqlen_kv,
          (alpha, block_size, sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs,
-          discovery), block_table, seq_lens_kv)
+          discovery, head_alpha), block_table, seq_lens_kv)
     return out, lse
 
 
@@ -147,7 +154,8 @@ _flash_prefill_paged_op = torch.library.custom_op("flashprefill::flash_prefill_p
 
 @_flash_prefill_paged_op.register_fake
 def _(q, k_pages, v_pages, block_table, seq_lens_kv, cu_seqlens_q, max_seqlen_q, max_seqlen_kv, alpha, block_size,
-      sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs, discovery, return_lse):
+      sink_blocks, window_blocks, last_full_blocks, min_budget, softmax_scale, check_inputs, discovery, head_alpha,
+      return_lse):
     return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]) if return_lse else (0,), dtype=torch.float32)
 
 

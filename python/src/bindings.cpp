@@ -119,7 +119,7 @@ CallArgs make_args(const Tensor& q, const Tensor& k, const Tensor& v, const Opti
                    const OptionalTensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
                    float alpha, int block_size, int sink_blocks, int window_blocks,
                    int last_full_blocks, int min_budget, float softmax_scale, bool check_inputs,
-                   int discovery, uintptr_t stream) {
+                   int discovery, const OptionalTensor& head_alpha, uintptr_t stream) {
   CallArgs c;
   c.args.q = to_view(q, "q");
   c.args.k = to_view(k, "k");
@@ -140,6 +140,8 @@ CallArgs make_args(const Tensor& q, const Tensor& k, const Tensor& v, const Opti
   c.params.scale = softmax_scale;
   c.params.check_inputs = check_inputs;
   c.params.discovery = static_cast<Discovery>(discovery);  // validated with the other params
+  // Python's `alpha` when it is one per query head (the package checks it and names it `alpha`).
+  c.params.head_alpha = to_view(head_alpha, "alpha");
   return c;
 }
 
@@ -180,30 +182,34 @@ nb::ndarray<nb::numpy, uint16_t> numpy_u16(std::vector<uint16_t>&& data, const S
       nb::arg("cu_seqlens_q").none(), nb::arg("cu_seqlens_k").none(), nb::arg("max_seqlen_q"),  \
       nb::arg("max_seqlen_k"), nb::arg("alpha"), nb::arg("block_size"), nb::arg("sink_blocks"), \
       nb::arg("window_blocks"), nb::arg("last_full_blocks"), nb::arg("min_budget"),             \
-      nb::arg("softmax_scale"), nb::arg("check_inputs"), nb::arg("discovery"), nb::arg("stream")
+      nb::arg("softmax_scale"), nb::arg("check_inputs"), nb::arg("discovery"),                  \
+      nb::arg("head_alpha").none(), nb::arg("stream")
 #define FP_COMMON_PARAMS                                                                       \
   const Array &q, const Array &k, const Array &v, const OptionalArray &out,                    \
       const OptionalArray &lse, const OptionalArray &cu_q, const OptionalArray &cu_k,          \
       int64_t max_q, int64_t max_k, float alpha, int block_size, int sink_blocks,              \
       int window_blocks, int last_full_blocks, int min_budget, float scale, bool check_inputs, \
-      int discovery, uintptr_t stream
+      int discovery, const OptionalArray &head_alpha, uintptr_t stream
 #define FP_DESCRIBED_PARAMS                                                                        \
   nb::handle q, nb::handle k, nb::handle v, nb::handle out, nb::handle lse, nb::handle cu_q,       \
       nb::handle cu_k, int64_t max_q, int64_t max_k, float alpha, int block_size, int sink_blocks, \
       int window_blocks, int last_full_blocks, int min_budget, float scale, bool check_inputs,     \
-      int discovery, uintptr_t stream
+      int discovery, nb::handle head_alpha, uintptr_t stream
 #define FP_DESCRIBED_ARGS                                                                       \
   nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out").none(), nb::arg("lse").none(),       \
       nb::arg("cu_seqlens_q").none(), nb::arg("cu_seqlens_k").none(), nb::arg("max_seqlen_q"),  \
       nb::arg("max_seqlen_k"), nb::arg("alpha"), nb::arg("block_size"), nb::arg("sink_blocks"), \
       nb::arg("window_blocks"), nb::arg("last_full_blocks"), nb::arg("min_budget"),             \
-      nb::arg("softmax_scale"), nb::arg("check_inputs"), nb::arg("discovery"), nb::arg("stream")
+      nb::arg("softmax_scale"), nb::arg("check_inputs"), nb::arg("discovery"),                  \
+      nb::arg("head_alpha").none(), nb::arg("stream")
 #define FP_MAKE_DESCRIBED_ARGS                                                           \
   make_args(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, alpha, block_size, sink_blocks, \
-            window_blocks, last_full_blocks, min_budget, scale, check_inputs, discovery, stream)
+            window_blocks, last_full_blocks, min_budget, scale, check_inputs, discovery, \
+            head_alpha, stream)
 #define FP_MAKE_ARGS                                                                     \
   make_args(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, alpha, block_size, sink_blocks, \
-            window_blocks, last_full_blocks, min_budget, scale, check_inputs, discovery, stream)
+            window_blocks, last_full_blocks, min_budget, scale, check_inputs, discovery, \
+            head_alpha, stream)
 
 NB_MODULE(_C, m) {
   m.doc() = "flashprefill C++ library binding (use the flashprefill package, not this module)";

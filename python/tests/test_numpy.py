@@ -139,10 +139,10 @@ def test_descriptor_entry_point_matches_dlpack_one(rng):
     None for absent ones) computes what the DLPack binding computes, here on the CPU backend."""
     from flashprefill import _C
     q, k, v = make(rng, 2, 200, 300, 4, 2, 64)
-    params = (0.12, 128, 2, 4, 2, 0, 0.0, False, 0)  # the last: discovery (0: exact)
+    params = (0.12, 128, 2, 4, 2, 0, 0.0, False, 0)  # the last: discovery (0: exact); then head_alpha, stream
     expected = fp.flash_prefill(q, k, v, alpha=0.12)
     out = np.full_like(q, np.nan)
-    described = (_describe(q), _describe(k), _describe(v), _describe(out), None, None, None, 0, 0, *params, 0)
+    described = (_describe(q), _describe(k), _describe(v), _describe(out), None, None, None, 0, 0, *params, None, 0)
     assert _C.workspace_size_described(*described) > 0
     _C.flash_prefill_described(*described, 0, 0)
     np.testing.assert_array_equal(out, expected)

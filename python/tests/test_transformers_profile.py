@@ -43,13 +43,18 @@ def test_per_layer_alpha_of_a_profile_is_the_libraries_call_at_that_alpha(rng, s
         assert torch.equal(out, expected)
 
 
-def test_per_head_alpha_runs_each_head_at_its_alpha(rng, settings_restored):
+def test_per_head_alpha_runs_each_head_at_its_alpha_in_one_call(rng, settings_restored, monkeypatch):
     q, k, v = _inputs(rng)
-    alphas = [0.0, 0.0, 0.95, 0.05, 0.05, 0.05]  # runs: (0, 2), (2, 3), (3, 6)
+    alphas = [0.0, 0.0, 0.95, 0.05, 0.05, 0.05]
     fpt.configure(alpha=None, threshold=64, profile=_profile([alphas]), collect_density=True)
     fpt.settings.densities.clear()
+    calls = []
+    library_call = fpt._api.flash_prefill
+    monkeypatch.setattr(fpt._api, "flash_prefill", lambda *a, **kw: calls.append(kw["alpha"]) or library_call(*a, **kw))
     module = SimpleNamespace(layer_idx=0, training=False, config=SimpleNamespace(num_attention_heads=6))
     out, _ = fpt.flashprefill_attention_forward(module, q, k, v, None, scaling=0.125)
+    assert len(calls) == 1 and calls[0].tolist() == pytest.approx(alphas), "one library call per layer, alpha per head"
+    monkeypatch.undo()
     assert out.shape == (1, 3000, 6, 64)
     per_head = fpt.settings.densities[-1]["per_head"]
     for h, alpha in enumerate(alphas):
@@ -59,11 +64,6 @@ def test_per_head_alpha_runs_each_head_at_its_alpha(rng, settings_restored):
                                             alpha=alpha, softmax_scale=0.125)
         assert per_head[h] == pytest.approx(layout.density(fpt.causal_blocks_per_head(3000, 3000, 128)))
     assert per_head[0] == pytest.approx(1.0) and per_head[2] < 1.0
-
-
-def test_runs_of_equal_alpha_split_at_kv_heads():
-    assert fpt._runs_of_equal_alpha([0.1, 0.1, 0.1, 0.1], 2) == [(0, 2), (2, 4)]
-    assert fpt._runs_of_equal_alpha([0.1, 0.2, 0.2, 0.2, 0.3, 0.3], 3) == [(0, 1), (1, 3), (3, 4), (4, 6)]
 
 
 def test_explicit_alpha_wins_over_the_profile(settings_restored):

@@ -56,8 +56,16 @@ struct Problem {
   int64_t lse_batch = 0,
           lse_head = 0;  // padded [B, H_q, L_q]; varlen [H_q, T_q] (lse_batch unused)
   void* stream = nullptr;
+  // params.head_alpha's data ([H_q] fp32 on `device`), or nullptr: one alpha for every head.
+  const float* head_alpha = nullptr;
 
   FP_HOST_DEVICE int block() const { return params.block_size; }
+
+  // ALGORITHM.md step 3's alpha for the layout rows of query head h: the one definition that every
+  // backend's selection (and the fp64 reference) reads.
+  FP_HOST_DEVICE float alpha_of_head(int64_t h) const {
+    return head_alpha ? head_alpha[h] : params.alpha;
+  }
 
   FP_HOST_DEVICE bool paged() const { return pages.page_size != 0; }
 

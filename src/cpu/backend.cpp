@@ -166,14 +166,15 @@ int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t*
   const int64_t num_j = r.block_abs + 1;
   float max_score = 0.0f;
   for (int64_t j = 0; j < num_j; ++j) max_score = std::max(max_score, scores[j]);
-  const float threshold = params.alpha * max_score;
+  const float alpha = p.alpha_of_head(r.head);
+  const float threshold = alpha * max_score;
   std::vector<char> keep(static_cast<size_t>(num_j), 0);
   for (int64_t j = 0; j < num_j; ++j)
     keep[j] =
         scores[j] >= threshold || detail::always_kept(r.block_abs, j, r.num_kv_blocks, params);
   if (scores_eff) {
     const float max_eff = *std::max_element(scores_eff, scores_eff + num_j);
-    for (int64_t j = 0; j < num_j; ++j) keep[j] |= scores_eff[j] >= params.alpha * max_eff;
+    for (int64_t j = 0; j < num_j; ++j) keep[j] |= scores_eff[j] >= alpha * max_eff;
   }
   if (params.min_budget > 0) {
     std::vector<int32_t> order(static_cast<size_t>(num_j));

@@ -25,7 +25,7 @@ __global__ void select_from_scores_kernel(const Problem p, const int64_t* seq_ro
   }
   __syncthreads();
   const float max_log_score = block_max(thread_max, reduce_smem);
-  select_row(p, log_score, max_log_score, num_j, r.block_abs, r.num_kv_blocks,
+  select_row(p, r.alpha, log_score, max_log_score, num_j, r.block_abs, r.num_kv_blocks,
              buffers.kept_bits + r.row * buffers.words, buffers.words, buffers.counts + r.row,
              reduce_smem);
 }

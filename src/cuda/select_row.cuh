@@ -28,6 +28,7 @@ namespace flashprefill::cuda::discovery {
 struct RowOfGrid : detail::LayoutRow {
   int64_t row = 0;  // its index in the layout
   int64_t num_kv_blocks = 0;
+  float alpha = 0.0f;  // step 3's alpha of the row's head (Problem::alpha_of_head)
   bool valid = false;  // false: a varlen sequence with fewer query blocks than the grid has
 };
 template <int kBlock = 0>
@@ -45,6 +46,7 @@ __device__ inline RowOfGrid row_of_grid(const detail::Problem& p, const int64_t*
   r.valid = block_local < nqb;
   r.row = seq_row_offset[seq] + head * nqb + block_local;
   r.num_kv_blocks = r.key_blocks(block);
+  r.alpha = p.alpha_of_head(head);
   return r;
 }
 
@@ -80,14 +82,14 @@ constexpr int kSelectScratchFloats = 120;
 constexpr int kMaxLogEffScratch = 120;  // [8]
 constexpr int kRobustSelectScratchFloats = 128;
 
-// Steps 3-4 for one row: the kept bitmask (`words` 32-bit words) and its popcount. min_budget
-// ties go to the smaller j (as the CPU backend). reduce_smem: the scratch above. Without
-// min_budget there is no full barrier: warp 0 waits for the others' counts and writes the total,
-// the other warps return at once (so a caller may not reuse log_score or the scratch after this
-// without a barrier first). kRobust (docs/ROBUST.md): a block whose log_score_eff passes the same
-// threshold against max_log_score_eff is kept too.
+// Steps 3-4 for one row (`alpha`: its RowOfGrid::alpha): the kept bitmask (`words` 32-bit words)
+// and its popcount. min_budget ties go to the smaller j (as the CPU backend). reduce_smem: the
+// scratch above. Without min_budget there is no full barrier: warp 0 waits for the others' counts
+// and writes the total, the other warps return at once (so a caller may not reuse log_score or the
+// scratch after this without a barrier first). kRobust (docs/ROBUST.md): a block whose
+// log_score_eff passes the same threshold against max_log_score_eff is kept too.
 template <bool kRobust = false>
-__device__ inline void select_row(const detail::Problem& p, const float* log_score,
+__device__ inline void select_row(const detail::Problem& p, float alpha, const float* log_score,
                                   float max_log_score, int64_t num_j, int64_t block_abs,
                                   int64_t num_kv_blocks, uint32_t* bits, int64_t words,
                                   int64_t* count, float* reduce_smem,
@@ -95,8 +97,8 @@ __device__ inline void select_row(const detail::Problem& p, const float* log_sco
                                   float max_log_score_eff = 0.0f) {
   const int tid = threadIdx.x, threads = blockDim.x;
   // alpha = 0: log2(0) = -inf keeps every block, blocks with S = 0 included (S >= 0 * max).
-  const float threshold = max_log_score + log2f(p.params.alpha);
-  const float threshold_eff = max_log_score_eff + log2f(p.params.alpha);
+  const float threshold = max_log_score + log2f(alpha);
+  const float threshold_eff = max_log_score_eff + log2f(alpha);
   // Budget: the min_budget best blocks, found one by one (min_budget is small).
   __shared__ int64_t budget_pick[64];
   const int budget = int(min(int64_t(min(p.params.min_budget, 64)), num_j));
@@ -174,7 +176,7 @@ __device__ inline void select_row(const detail::Problem& p, const float* log_sco
 // kRobust: log_score_eff and thread_max_log_score_eff as well (reduce_smem then holds
 // kRobustSelectScratchFloats floats).
 template <bool kRobust = false>
-__device__ inline void finish_row(const detail::Problem& p, const float* log_score,
+__device__ inline void finish_row(const detail::Problem& p, float alpha, const float* log_score,
                                   float thread_max_x2, float thread_max_log_score, int64_t num_j,
                                   int64_t block_abs, int64_t num_kv_blocks, int64_t row,
                                   const Buffers& buffers, float* scores, int64_t scores_ld,
@@ -208,7 +210,7 @@ __device__ inline void finish_row(const detail::Problem& p, const float* log_sco
     }
     return;
   }
-  select_row<kRobust>(p, log_score, max_log_score, num_j, block_abs, num_kv_blocks,
+  select_row<kRobust>(p, alpha, log_score, max_log_score, num_j, block_abs, num_kv_blocks,
                       buffers.kept_bits + row * buffers.words, buffers.words, buffers.counts + row,
                       reduce_smem, log_score_eff, max_log_score_eff);
 }

@@ -729,5 +729,164 @@ TEST(Cuda, UnsupportedConfigurationsAreNamed) {
   }
 }
 
+// Params::head_alpha on the GPU (device memory): one call with a per-head alpha gives, head by
+// head, the layout and output bits of the scalar call with that head's alpha; the sm_90 kernel's
+// skipped exponentials use the row's alpha. `run_args` makes the call's device args.
+template <typename Args, typename Download>
+void check_head_alpha_on_gpu(const detail::Problem& host_problem, const Params& params,
+                             const std::vector<float>& alphas, Args&& run_args, Download&& download,
+                             const std::vector<uint16_t>& host_out) {
+  Buffer device_alphas = upload(alphas);
+  const TensorView head_alpha = TensorView::contiguous(device_alphas.data(), DType::fp32,
+                                                       Device::cuda(0), {int64_t(alphas.size())});
+  expect_head_alpha_equals_scalar_calls(host_problem, params, alphas, head_alpha,
+                                        [&](const Params& call) {
+                                          AttentionArgs args = run_args();
+                                          LayoutStorage layout = allocate_layout(args, call);
+                                          discover_layout(args, call, layout.view);
+                                          flash_prefill(args, call);
+                                          synchronize(Device::cuda(0));
+                                          download();
+                                          return HeadAlphaCall{device_rows(layout.view), host_out};
+                                        });
+}
+
+std::vector<float> gpu_test_alphas(int64_t heads, std::mt19937_64& rng) {
+  std::vector<float> alphas(static_cast<size_t>(heads));
+  for (float& a : alphas) a = std::uniform_real_distribution<float>(0.02f, 0.5f)(rng);
+  alphas[0] = 0.0f;  // dense rows beside sparse ones
+  if (heads > 2) alphas[1] = 1.0f;
+  return alphas;
+}
+
+void check_head_alpha_padded_and_varlen(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  for (Discovery discovery : {Discovery::exact, Discovery::robust})
+    for (int block : {64, 128}) {
+      Params params;
+      params.block_size = block;
+      params.discovery = discovery;
+      SCOPED_TRACE("block_size=" + std::to_string(block) +
+                   (discovery == Discovery::robust ? " robust" : " exact"));
+      HostBatch padded = padded_batch(Shape{2, 700, 1300, 6, 2, 128}, DType::bf16, rng());
+      DeviceBatch device(padded);
+      check_head_alpha_on_gpu(
+          make_problem(padded.args(), params, Needs::attention), params, gpu_test_alphas(6, rng),
+          [&] { return device.args(); }, [&] { device.download_out(); }, padded.out);
+      if (::testing::Test::HasFatalFailure()) return;
+      Shape shape;
+      shape.heads_q = 4, shape.heads_kv = 1, shape.head_dim = 64;
+      HostBatch varlen =
+          varlen_batch({{300, 1000}, {0, 0}, {1, 517}, {250, 250}}, shape, DType::fp16, rng());
+      DeviceBatch device_varlen(varlen);
+      check_head_alpha_on_gpu(
+          make_problem(varlen.args(), params, Needs::attention), params, gpu_test_alphas(4, rng),
+          [&] { return device_varlen.args(); }, [&] { device_varlen.download_out(); }, varlen.out);
+      if (::testing::Test::HasFatalFailure()) return;
+    }
+}
+
+TEST(Cuda, HeadAlphaEqualsOneCallPerHead) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  check_head_alpha_padded_and_varlen(seed);
+}
+
+TEST(Cuda, HeadAlphaEqualsOneCallPerHeadAmpereKernel) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  ScopedKernelChoice choice("ampere");
+  check_head_alpha_padded_and_varlen(seed);
+}
+
+TEST(Cuda, HeadAlphaPagedAndSkippedExponentials) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  std::mt19937_64 rng(seed);
+  Params params;  // block 128: the sm_90 kernels on Hopper
+  Shape shape;
+  shape.heads_q = 4, shape.heads_kv = 2, shape.head_dim = 128;
+  HostBatch host = varlen_batch({{300, 1000}, {37, 129}, {700, 2100}}, shape, DType::bf16, seed);
+  PagedBatch paged = make_paged(host, 64, PoolLayout::combined, seed);
+  DevicePagedBatch device(paged);
+  check_head_alpha_on_gpu(
+      make_problem(paged.args(), params, Needs::attention), params, gpu_test_alphas(4, rng),
+      [&] { return device.args(); }, [&] { device.download_out(); }, paged.out);
+  if (HasFatalFailure()) return;
+  // The structured input: most far blocks are hopeless, so the fused kernel skips exponentials by
+  // the row's alpha; every head's layout must still be its scalar call's.
+  HostBatch structured = structured_batch(SyntheticShape{1, 4096, 8, 2, 128}, seed);
+  DeviceBatch structured_device(structured);
+  check_head_alpha_on_gpu(
+      make_problem(structured.args(), params, Needs::attention), params,
+      {0.3f, 0.0f, 0.05f, 0.12f, 0.12f, 1.0f, 0.5f, 0.01f},
+      [&] { return structured_device.args(); }, [&] { structured_device.download_out(); },
+      structured.out);
+}
+
+// Captured in a CUDA graph, the call reads head_alpha's device memory at replay: new values
+// written there after capture give the eager result of those values.
+TEST(Cuda, HeadAlphaGraphReplayReadsCurrentValues) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  HostBatch host = padded_batch(Shape{1, 2048, 2048, 4, 2, 128}, DType::bf16, seed);
+  DeviceBatch device(host);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  AttentionArgs args = device.args();
+  args.stream = stream;
+  const std::vector<float> first = {0.0f, 0.3f, 0.1f, 0.6f}, second = {0.5f, 0.02f, 0.0f, 0.2f};
+  Buffer alphas = upload(first);
+  Params params;
+  params.head_alpha = TensorView::contiguous(alphas.data(), DType::fp32, Device::cuda(0), {4});
+  const size_t bytes = flash_prefill_workspace_size(args, params);
+  Buffer workspace = Buffer::allocate(Device::cuda(0), bytes);
+  const auto eager_with = [&](const std::vector<float>& values) {
+    copy_bytes(alphas.data(), Device::cuda(0), values.data(), Device::cpu(), values.size() * 4);
+    flash_prefill(args, params, Workspace{workspace.data(), bytes});
+    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    std::vector<uint16_t> out(host.out.size());
+    copy_bytes(out.data(), Device::cpu(), device.out.data(), Device::cuda(0), out.size() * 2);
+    return out;
+  };
+  const std::vector<uint16_t> eager_second = eager_with(second);
+  const std::vector<uint16_t> eager_first = eager_with(first);
+  ASSERT_NE(eager_first, eager_second) << "the two alpha vectors should choose different layouts";
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  flash_prefill(args, params, Workspace{workspace.data(), bytes});  // no sync, no upload
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  copy_bytes(alphas.data(), Device::cuda(0), second.data(), Device::cpu(), second.size() * 4);
+  ASSERT_EQ(cudaMemset(device.out.data(), 0xff, host.out.size() * 2), cudaSuccess);  // poison
+  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  std::vector<uint16_t> replayed(host.out.size());
+  copy_bytes(replayed.data(), Device::cpu(), device.out.data(), Device::cuda(0),
+             replayed.size() * 2);
+  EXPECT_EQ(replayed, eager_second);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+// Host memory with GPU tensors is refused; values are checked with check_inputs.
+TEST(Cuda, HeadAlphaErrorsAreNamed) {
+  FP_REQUIRE_GPU();
+  HostBatch host = padded_batch(Shape{1, 256, 256, 2, 1, 64}, DType::bf16, 3);
+  DeviceBatch device(host);
+  std::vector<float> values = {0.1f, 1.5f};
+  Params params;
+  params.head_alpha = TensorView::contiguous(values.data(), DType::fp32, Device::cpu(), {2});
+  expect_error([&] { flash_prefill(device.args(), params); },
+               {"head_alpha", "is on cpu", "cuda:0"});
+  Buffer on_gpu = upload(values);
+  params.head_alpha = TensorView::contiguous(on_gpu.data(), DType::fp32, Device::cuda(0), {2});
+  params.check_inputs = true;
+  expect_error([&] { flash_prefill(device.args(), params); },
+               {"head_alpha[1]", "expected a value in [0, 1]"});
+}
+
 }  // namespace
 }  // namespace flashprefill::testing

@@ -200,34 +200,22 @@ def flashprefill_attention_forward(module, query, key, value, attention_mask, sc
     alpha = _alpha_for(module)
     params = dict(block_size=settings.block_size, sink_blocks=settings.sink_blocks, window_blocks=settings.window_blocks,
                   last_full_blocks=settings.last_full_blocks, softmax_scale=scaling, discovery=settings.discovery)
-    if not isinstance(alpha, list):
-        if settings.collect_density:
-            settings.densities.append(_density_record(module, q, k, _api.select_blocks(q, k, alpha=alpha, **params)))
-        return _api.flash_prefill(q, k, v, alpha=alpha, **params), None
-    # A per-head profile: one call per run of query heads that share a kv head and an alpha (the library
-    # takes one alpha per call); each call sees its heads as a GQA group of one kv head.
-    group = q.shape[2] // k.shape[2]
-    outs, layouts = [], []
-    for h0, h1 in _runs_of_equal_alpha(alpha, group):
-        kv = slice(h0 // group, h0 // group + 1)
-        outs.append(_api.flash_prefill(q[:, :, h0:h1], k[:, :, kv], v[:, :, kv], alpha=alpha[h0], **params))
-        if settings.collect_density:
-            layouts.append((h1 - h0, _density_record(module, q[:, :, h0:h1], k[:, :, kv],
-                                                     _api.select_blocks(q[:, :, h0:h1], k[:, :, kv], alpha=alpha[h0], **params))))
+    if isinstance(alpha, list):  # a per-head profile: one call, Params::head_alpha
+        alpha = _head_alpha_tensor(module, alpha, q.device)
     if settings.collect_density:
-        per_head = [d for _, record in layouts for d in record["per_head"]]
-        settings.densities.append({**layouts[0][1], "density": sum(per_head) / len(per_head), "per_head": per_head})
-    return torch.cat(outs, dim=2), None
+        settings.densities.append(_density_record(module, q, k, _api.select_blocks(q, k, alpha=alpha, **params)))
+    return _api.flash_prefill(q, k, v, alpha=alpha, **params), None
 
 
-def _runs_of_equal_alpha(alpha: list, group: int) -> list:
-    """[(h0, h1)]: maximal runs of query heads with one kv head (h // group) and one alpha."""
-    runs, h0 = [], 0
-    for h in range(1, len(alpha) + 1):
-        if h == len(alpha) or h % group == 0 or alpha[h] != alpha[h0]:
-            runs.append((h0, h))
-            h0 = h
-    return runs
+def _head_alpha_tensor(module, alpha: list, device) -> torch.Tensor:
+    """The layer's per-head alphas as a float32 tensor on the inputs' device, made once per layer and device (so a
+    forward copies nothing to the GPU and a CUDA graph captures a tensor that stays alive)."""
+    key = (tuple(alpha), str(device))
+    cached = getattr(module, "_flashprefill_head_alpha", None)
+    if cached is None or cached[0] != key:
+        cached = (key, torch.tensor(alpha, dtype=torch.float32, device=device))
+        module._flashprefill_head_alpha = cached
+    return cached[1]
 
 
 def _skip_flash_kernel_preload(name: str) -> None:

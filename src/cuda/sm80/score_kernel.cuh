@@ -192,11 +192,11 @@ __global__ void __launch_bounds__(kBlockM * 2, kRobust&& kHeadDim == 256 ? 1 : 0
   }
 
   if constexpr (kRobust)
-    finish_row<true>(p, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
+    finish_row<true>(p, r.alpha, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
                      r.num_kv_blocks, r.row, buffers, scores, scores_ld, reduce_smem, log_score_eff,
                      thread_max_log_score_eff);
   else
-    finish_row(p, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
+    finish_row(p, r.alpha, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
                r.num_kv_blocks, r.row, buffers, scores, scores_ld, reduce_smem);
 }
 

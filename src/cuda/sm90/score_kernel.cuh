@@ -350,9 +350,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   const float scale_log2 = p.params.scale * detail::kLog2e;
   // Skipping exponentials (see the header) needs the exact scores of every candidate: only on the
   // fused path, without min_budget. In raw score units: skip when m_j < M + skip_offset.
-  const bool may_skip = scores == nullptr && p.params.min_budget == 0 && p.params.alpha > 0.0f;
-  const float skip_offset =
-      (log2f(p.params.alpha) - log2f(float(2 * Traits::kBlockM))) / scale_log2;
+  const bool may_skip = scores == nullptr && p.params.min_budget == 0 && r.alpha > 0.0f;
+  const float skip_offset = (log2f(r.alpha) - log2f(float(2 * Traits::kBlockM))) / scale_log2;
   // [2][4]: each warp's largest score so far (reduce_exact_tile); 16-byte aligned.
   float* warp_running_max = reduce_smem;
   if (tid < 8) warp_running_max[tid] = -INFINITY;
@@ -464,11 +463,11 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   // M2 = the row's largest score (every tile is scored without skipping when scores are wanted).
   const float thread_max_x2 = warp_max_so_far * scale_log2;
   if constexpr (Traits::kRobust)
-    finish_row<true>(p, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
+    finish_row<true>(p, r.alpha, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
                      r.num_kv_blocks, r.row, buffers, scores, scores_ld, reduce_smem + 8,
                      log_score_eff, thread_max_log_score_eff);
   else
-    finish_row(p, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
+    finish_row(p, r.alpha, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
                r.num_kv_blocks, r.row, buffers, scores, scores_ld, reduce_smem + 8);
 }
 

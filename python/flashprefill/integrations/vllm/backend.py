@@ -101,12 +101,15 @@ class FlashPrefillImpl(FlashAttentionImpl):
         self._hf_config = vllm_config.model_config.hf_config if vllm_config is not None else None
         self._alpha = None
 
-    def _layer_alpha(self, layer):
+    def _layer_alpha(self, layer, device):
         if self._alpha is None:
             from vllm.distributed import get_tensor_model_parallel_rank
             match = re.search(r"layers\.(\d+)\.", getattr(layer, "layer_name", ""))
-            self._alpha = routing.model_alpha(self._hf_config, int(match.group(1)) if match else None, self.num_heads,
-                                              get_tensor_model_parallel_rank() * self.num_heads, self.settings)
+            alpha = routing.model_alpha(self._hf_config, int(match.group(1)) if match else None, self.num_heads,
+                                        get_tensor_model_parallel_rank() * self.num_heads, self.settings)
+            # Per-head alphas live on the device once: no copy or synchronisation per call.
+            self._alpha = alpha if isinstance(alpha, float) else torch.tensor(alpha, dtype=torch.float32,
+                                                                                device=device)
         return self._alpha
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None,
@@ -122,7 +125,7 @@ class FlashPrefillImpl(FlashAttentionImpl):
         fa_forward = super().forward
         routing.forward(q, out, kv_cache, self.head_size, plan,
                         attend_short=lambda q_, out_, meta: fa_forward(layer, q_, None, None, kv_cache, meta, out_),
-                        alpha=self._layer_alpha(layer), softmax_scale=self.scale, settings=self.settings,
+                        alpha=self._layer_alpha(layer, query.device), softmax_scale=self.scale, settings=self.settings,
                         layer_name=getattr(layer, "layer_name", ""))
         return output
 
