@@ -24,14 +24,19 @@ if [ "${PYTEST:-1}" = 1 ]; then
   echo "pytest exit $status ($(( $(date +%s) - start )) s)"; grep -E "passed|failed|skipped|Error|Fatal|Segmentation" "$OUT/pytest.log" | tail -15
   if [ $status -ge 128 ] || grep -q "Fatal Python error" "$OUT/pytest.log"; then
     # A crash: the failing test under cuda-gdb for the native backtrace.
-    failing=$(grep -oE "File \".*test_[a-z_]+\.py\", line [0-9]+ in test_[a-z_]+" "$OUT/pytest.log" | tail -1 | sed -E 's/.*\/(test_[a-z_]+\.py).* in (test_[a-z_]+)/python\/tests\/\1::\2/')
+    failing=$(grep -oE "python/tests/test_[a-z0-9_]+\.py\", line [0-9]+ in test_[a-z0-9_]+" "$OUT/pytest.log" | tail -1 \
+      | sed -E 's/\", line [0-9]+ in /::/')
     echo "native backtrace of $failing:"
     timeout 200 cuda-gdb -batch -ex run -ex bt -ex "info threads" --args python3 -m pytest -q -p no:cacheprovider -x \
-      python/tests/test_paged.py 2>&1 | grep -vE "^\[New Thread|^\[Thread .* exited" | tail -60 | tee "$OUT/backtrace.txt"
+      "${failing%%::*}" > "$OUT/backtrace.txt" 2>&1
+    grep -vE "^\[New Thread|^\[Thread .* exited" "$OUT/backtrace.txt" | grep -A25 -m1 "SIGSEGV"
   fi
 fi
 if [ "${E2E:-1}" = 1 ] && python3 -c "import vllm" 2>/dev/null; then
   python3 -c "import vllm, importlib.metadata as m; print('vllm', vllm.__version__, 'plugins:', [e.value for e in m.entry_points(group='vllm.general_plugins')])"
   timeout 120 python3 -m pytest -q -p no:cacheprovider python/tests/test_vllm_plugin.py 2>&1 | tail -3
-  timeout ${E2E_TIMEOUT:-480} python3 bench/vllm_e2e.py --out "$OUT/vllm" "$@" 2>&1 | grep -vE "(^|\) )(INFO|DEBUG) |Warning|warn\(" | tee "$OUT/vllm_e2e.log" | tail -60
+  # The whole log to a file; the summary lines (line-buffered, so a timeout keeps them) to the output.
+  timeout ${E2E_TIMEOUT:-480} python3 bench/vllm_e2e.py --out "$OUT/vllm" "$@" > "$OUT/vllm_e2e.log" 2>&1
+  echo "vllm_e2e exit $?"
+  grep -vE "(INFO|DEBUG|WARNING) |Warning|warn\(|^\s*$|it/s\]" "$OUT/vllm_e2e.log" | tail -60
 fi
