@@ -11,6 +11,8 @@ export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 if [ ! -d .ext/cutlass/include ] && [ -f .stage/ext.tar.xz ]; then mkdir -p .ext && tar -xJf .stage/ext.tar.xz -C .ext; fi
 [ -d .ext/cutlass/include ] && export CMAKE_ARGS="-DFLASHPREFILL_CUTLASS_INCLUDE=$PWD/.ext/cutlass/include"
+# Host debug info, unstripped: a crash's backtrace names our functions (optimisation is unchanged).
+export SKBUILD_INSTALL_STRIP=false CMAKE_ARGS="${CMAKE_ARGS:-} -DCMAKE_CXX_FLAGS=-g"
 start=$(date +%s)
 python3 -m pip install --no-build-isolation --no-deps -q --upgrade --target /tmp/fp-site ./python > "$OUT/pip.log" 2>&1 \
   || { tail -30 "$OUT/pip.log"; exit 1; }
