@@ -30,12 +30,16 @@ import numpy as np
 # vLLM's FlashInfer sampler stays off: the staged vLLM has no flashinfer package (bench/vllm_stage.py).
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+# Tensor parallelism (--tp): NVLink multicast stays off, in every process vLLM starts (they inherit this).
+os.environ.update(NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1", NVSHMEM_DISABLE_NVLS="1")
 
 # The model: Llama-shaped, small enough that a run takes minutes, head dim 128, GQA 4.
 MODEL = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=8,
              num_key_value_heads=2, head_dim=128, vocab_size=32000, max_position_embeddings=262144,
              rope_theta=1e6, tie_word_embeddings=False)
-# Random init gives flat logits; a larger lm_head makes greedy tokens decisive, so that equal attention
+# Weights: transformers' random init (std 0.02, norms 1), saved as a checkpoint, rather than vLLM's
+# load_format="dummy", whose uniform +-1e-3 weights (norms included) leave every logit near zero, so greedy
+# tokens would be decided by rounding. Random init gives flat logits; a larger lm_head makes greedy tokens decisive, so that equal attention
 # gives equal tokens and rounding differences of two exact kernels cannot flip an argmax tie.
 LM_HEAD_SCALE = 32.0
 
@@ -228,6 +232,7 @@ def main():
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--chunk", type=int, default=2048, help="max_num_batched_tokens of the chunked scenario")
     parser.add_argument("--batched-tokens", type=int, default=32768, help="max_num_batched_tokens otherwise")
+    parser.add_argument("--tp", type=int, default=1, help="tensor_parallel_size of every engine")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: chunked,ttft,attention")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -239,8 +244,8 @@ def main():
     rng = np.random.default_rng(0)
     scen = scenario_prompts(rng, lengths)
     ttft_prompts = {n: prompts(rng, n, 4) for n in ttft_lengths}  # 1 warm-up + 3 timed, all distinct
-    summary = dict(model=MODEL, lm_head_scale=LM_HEAD_SCALE, lengths=lengths, ttft_lengths=ttft_lengths)
-    common = dict(max_num_batched_tokens=args.batched_tokens)
+    summary = dict(model=MODEL, lm_head_scale=LM_HEAD_SCALE, lengths=lengths, ttft_lengths=ttft_lengths, tp=args.tp)
+    common = dict(max_num_batched_tokens=args.batched_tokens, tensor_parallel_size=args.tp)
     ok = True
 
     def timed(engine, name):
@@ -285,7 +290,7 @@ def main():
             print(f"TTFT L={n}: FlashAttention / flashprefill = {ratio:.2f}")
 
     if "chunked" not in skip:
-        chunked = dict(max_num_batched_tokens=args.chunk, enforce_eager=True)
+        chunked = dict(max_num_batched_tokens=args.chunk, enforce_eager=True, tensor_parallel_size=args.tp)
         fa_c = Engine(model, "FLASH_ATTN", {}, max_len, **chunked)
         ref_c = run_scenarios(fa_c, scen, args.max_tokens)
         fa_c.close()

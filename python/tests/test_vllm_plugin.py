@@ -259,3 +259,26 @@ def test_backend_registers_and_refuses_by_name():
         use_sparse=False, use_mm_prefix=False, use_per_head_quant_scales=False,
         device_capability=DeviceCapability(9, 0), attn_type="decoder")
     assert len(reasons) == 1 and "kv_cache_dtype='fp8'" in reasons[0]
+
+
+@pytest.mark.parametrize("tp", [2])
+def test_tensor_parallel_ranks_equal_the_whole(rng, tmp_path, tp):
+    """Tensor parallelism as vLLM shards attention: rank r holds query heads [r Hq/tp, (r+1) Hq/tp) and
+    their kv heads, its own slice of the cache, and the per-head profile's alphas of its heads
+    (model_alpha's head offset). Each rank's output is bit for bit that heads' part of the whole run."""
+    batch = make_batch(rng, MIXED, 16, dtype=torch.bfloat16)
+    profile = {"format": "flashprefill-profile/1", "rule": "threshold", "values": [[0.05, 0.3, 0.12, 0.2]]}
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    settings = routing.Settings(threshold=512, profile=str(path))
+    whole_alpha = routing.model_alpha(None, 0, HQ, 0, settings)
+    _, whole = run_plugin(batch, settings, alpha=torch.tensor(whole_alpha, dtype=torch.float32))
+    hq, hkv = HQ // tp, HKV // tp
+    for rank in range(tp):
+        shard = dict(batch, q=batch["q"][:, rank * hq:(rank + 1) * hq].contiguous(),
+                     cache=batch["cache"][:, rank * hkv:(rank + 1) * hkv])
+        alpha = routing.model_alpha(None, 0, hq, rank * hq, settings)
+        assert alpha == whole_alpha[rank * hq:(rank + 1) * hq]
+        _, out = run_plugin(shard, settings, alpha=torch.tensor(alpha, dtype=torch.float32))
+        real = int(batch["starts"][-1])
+        assert torch.equal(out[:real].view(torch.int16), whole[:real, rank * hq:(rank + 1) * hq].view(torch.int16))
