@@ -1,7 +1,6 @@
 // Tensor views, buffers and copies: the host side of memory handling.
 #include <cstdlib>
 #include <cstring>
-#include <sstream>
 #include <utility>
 
 #include "device_memory.hpp"
@@ -80,12 +79,12 @@ bool TensorView::is_contiguous() const {
   return true;
 }
 
+// std::to_string, not a stream: a stream takes the global C++ locale, which a host application (or a
+// library it loads) may have replaced, and error messages must read the same everywhere.
 std::string TensorView::shape_string() const {
-  std::ostringstream os;
-  os << '[';
-  for (int d = 0; d < rank; ++d) os << (d ? ", " : "") << shape[d];
-  os << ']';
-  return os.str();
+  std::string s = "[";
+  for (int d = 0; d < rank; ++d) s += (d ? ", " : "") + std::to_string(shape[d]);
+  return s + "]";
 }
 
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {

@@ -1,5 +1,6 @@
 // Every bad input gets a clear error naming the argument and what was expected.
 #include <limits>
+#include <locale>
 
 #include "test_util.hpp"
 
@@ -72,6 +73,22 @@ TEST_F(ErrorsTest, Shapes) {
   bad = args;
   bad.out = TensorView{};
   expect_error([&] { flash_prefill(bad, params); }, {"out was not given"});
+}
+
+// A host application may install a global C++ locale (some libraries do): messages stay the same.
+struct ThousandsGrouping : std::numpunct<char> {
+  char do_thousands_sep() const override { return ','; }
+  std::string do_grouping() const override { return "\3"; }
+};
+
+TEST_F(ErrorsTest, MessagesIgnoreTheGlobalLocale) {
+  const std::locale saved =
+      std::locale::global(std::locale(std::locale::classic(), new ThousandsGrouping));
+  HostBatch wide = padded_batch(Shape{1, 1024, 1024, 2, 1, 64}, DType::bf16, 5);
+  AttentionArgs bad = wide.args();
+  bad.k.shape[3] = 128;  // k's head dim differs from q's: the message prints the shapes
+  expect_error([&] { flash_prefill(bad, params); }, {"[1, 1024, 1, 128]"});
+  std::locale::global(saved);
 }
 
 TEST_F(ErrorsTest, DtypesAndDevices) {
