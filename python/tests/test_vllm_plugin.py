@@ -282,3 +282,70 @@ def test_tensor_parallel_ranks_equal_the_whole(rng, tmp_path, tp):
         _, out = run_plugin(shard, settings, alpha=torch.tensor(alpha, dtype=torch.float32))
         real = int(batch["starts"][-1])
         assert torch.equal(out[:real].view(torch.int16), whole[:real, rank * hq:(rank + 1) * hq].view(torch.int16))
+
+
+def _vllm_builder(settings, device):
+    """flashprefill's metadata builder without a running engine: the attributes vLLM 0.26's FlashAttention
+    builder reads in build(), set as an engine without CUDA graphs or AOT scheduling sets them."""
+    import types
+
+    from flashprefill.integrations.vllm.backend import FlashPrefillMetadataBuilder
+    builder = object.__new__(FlashPrefillMetadataBuilder)
+    builder.__dict__.update(settings=settings, aot_schedule=False, use_full_cuda_graph=False, max_cudagraph_size=None,
+                            dcp_world_size=1, aot_sliding_window=(-1, -1), rswa_window=None, max_num_splits=0,
+                            kv_cache_spec=types.SimpleNamespace(sliding_window=None), device=torch.device(device),
+                            cache_config=types.SimpleNamespace(cache_dtype="auto"), kv_cache_dtype=torch.bfloat16,
+                            vllm_config=None)
+    return builder
+
+
+def _common_metadata(batch):
+    from vllm.v1.attention.backend import CommonAttentionMetadata
+    starts, lens = batch["starts"], batch["seq_lens"]
+    tokens = int(starts[-1])
+    return CommonAttentionMetadata(
+        query_start_loc=starts, query_start_loc_cpu=starts.cpu(), seq_lens=lens, num_reqs=len(batch["requests"]),
+        num_actual_tokens=tokens, max_query_len=max(q for q, _ in batch["requests"]),
+        max_seq_len=int(lens.max()), block_table_tensor=batch["table"],
+        slot_mapping=torch.zeros(tokens, dtype=torch.int64, device=lens.device), seq_lens_cpu_upper_bound=lens.cpu())
+
+
+@needs_vllm
+def test_builder_plans_with_vllms_metadata():
+    """build() on vLLM's own CommonAttentionMetadata: the long requests get a plan, the short ones
+    FlashAttention metadata of their own (re-based query starts, their seq_lens and block-table rows)."""
+    batch = make_batch(np.random.default_rng(0), MIXED, 16)
+    metadata = _vllm_builder(SETTINGS, "cpu").build(0, _common_metadata(batch))
+    plan = metadata.flashprefill_plan
+    assert plan.long.requests.tolist() == [2, 4] and metadata.num_actual_tokens == int(batch["starts"][-1])
+    short = plan.short_metadata
+    assert short.num_actual_tokens == plan.short.num_tokens == 1 + 40 + 1 + 20 + 5
+    assert short.query_start_loc.tolist() == [0, 1, 41, 42, 62, 67]
+    assert short.seq_lens.tolist() == [901, 40, 31, 510, 1205]
+    assert torch.equal(short.block_table, batch["table"][[0, 1, 3, 5, 6]])
+    decode_only = make_batch(np.random.default_rng(1), [(1, 5000), (1, 700)], 16)
+    assert getattr(_vllm_builder(SETTINGS, "cpu").build(0, _common_metadata(decode_only)), "flashprefill_plan",
+                   None) is None
+
+
+@needs_vllm
+@needs_gpu
+@pytest.mark.parametrize("requests", [MIXED, RUNS], ids=["interleaved", "runs"])
+def test_backend_forward_equals_dense_attention(rng, requests):
+    """The backend's forward in one step: vLLM's FlashAttention on the short requests and flash_prefill
+    (alpha 0) on the long ones, on vLLM's cache layout, against fp64 dense attention of every request."""
+    import types
+
+    from flashprefill.integrations.vllm.backend import FlashPrefillImpl
+    batch = make_batch(rng, requests, 16, dtype=torch.bfloat16, device="cuda")
+    settings = routing.Settings(threshold=512, alpha=0.0)
+    metadata = _vllm_builder(settings, "cuda").build(0, _common_metadata(batch))
+    impl = FlashPrefillImpl(HQ, D, D**-0.5, HKV, None, None, "auto")
+    impl.settings = settings
+    one = torch.ones((), dtype=torch.float32, device="cuda")
+    layer = types.SimpleNamespace(_q_scale=one, _k_scale=one, _v_scale=one, layer_name="model.layers.0.self_attn.attn")
+    output = torch.full_like(batch["q"], float("nan"))
+    impl.forward(layer, batch["q"], None, None, batch["cache"], metadata, output)
+    for b in range(len(requests)):
+        s, e = int(batch["starts"][b]), int(batch["starts"][b + 1])
+        assert rel_error(output[s:e].double().cpu().numpy(), dense_rows(batch, b, D**-0.5)) < 2e-2, f"request {b}"

@@ -105,8 +105,12 @@ class FlashPrefillImpl(FlashAttentionImpl):
         if self._alpha is None:
             from vllm.distributed import get_tensor_model_parallel_rank
             match = re.search(r"layers\.(\d+)\.", getattr(layer, "layer_name", ""))
+            try:
+                rank = get_tensor_model_parallel_rank()
+            except AssertionError:  # no distributed state (a layer built outside an engine): one rank
+                rank = 0
             alpha = routing.model_alpha(self._hf_config, int(match.group(1)) if match else None, self.num_heads,
-                                        get_tensor_model_parallel_rank() * self.num_heads, self.settings)
+                                        rank * self.num_heads, self.settings)
             # Per-head alphas live on the device once: no copy or synchronisation per call.
             self._alpha = alpha if isinstance(alpha, float) else torch.tensor(alpha, dtype=torch.float32,
                                                                                 device=device)
