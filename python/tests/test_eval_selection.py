@@ -74,3 +74,12 @@ def test_mean_correction_changes_nothing_when_nothing_is_dropped(rng):
     out, lse = flashprefill.block_sparse_attention(q[None], k[None], v[None], layout, softmax_scale=0.125, return_lse=True)
     corrected = sel.add_dropped_mean(q, k, v, keep, out[0], lse[0], 128, 0.125)
     assert torch.allclose(corrected.float(), out[0].float(), atol=1e-2)
+
+
+def test_method_names_parse():
+    from flashprefill.eval.methods import Method
+    robust = Method.parse("robust:0.18")
+    assert (robust.kind, robust.value, robust.sparse) == ("robust", 0.18, True)
+    assert Method.parse("default-robust").kind == "default-robust"
+    with pytest.raises(SystemExit, match="robust:A"):
+        Method.parse("sturdy:0.1")

@@ -7,11 +7,13 @@ A method name is ``kind[:value]``:
 | ``sdpa`` | dense causal SDPA (the reference) |
 | ``eager`` | transformers' eager attention (bf16 matmuls, fp32 softmax): with ``sdpa``, the noise floor |
 | ``paper:A`` | the library's exact rule (ALGORITHM.md) at alpha A: ``select_blocks`` then ``block_sparse_attention`` |
+| ``robust:A`` | the library's robust discovery (docs/ROBUST.md) at alpha A |
 | ``coverage:C`` | the coverage rule prototyped in PyTorch (selection.keep_coverage on the pooled scores) |
 | ``oracle:C`` | the coverage rule on the true attention mass (a bound; needs the full attention matrix) |
 | ``paper-mean:A``, ``coverage-mean:C`` | those rules plus the mean correction of the dropped blocks (selection.add_dropped_mean) |
 | ``profile:PATH`` | the paper's rule with the per-layer (per-head) alpha of a calibration profile |
 | ``default`` | the transformers integration exactly as a user gets it (its default settings) |
+| ``default-robust`` | the same with ``configure(discovery="robust")`` |
 
 Every sparse method records, per layer, the kept fraction of each head's causal blocks.
 """
@@ -43,15 +45,15 @@ class Method:
     @staticmethod
     def parse(text: str) -> "Method":
         kind, _, value = text.partition(":")
-        if kind in ("sdpa", "eager", "default"):
+        if kind in ("sdpa", "eager", "default", "default-robust"):
             return Method(kind, label=text)
         if kind == "profile":
             with open(value) as f:
                 return Method(kind, profile=json.load(f), label=text)
-        if kind in ("paper", "coverage", "oracle", "paper-mean", "coverage-mean"):
+        if kind in ("paper", "robust", "coverage", "oracle", "paper-mean", "coverage-mean"):
             return Method(kind, float(value), label=text)
-        raise SystemExit(f"unknown method '{text}'; expected sdpa, eager, default, paper:A, coverage:C, oracle:C, "
-                         f"paper-mean:A, coverage-mean:C or profile:PATH")
+        raise SystemExit(f"unknown method '{text}'; expected sdpa, eager, default, default-robust, paper:A, robust:A, "
+                         f"coverage:C, oracle:C, paper-mean:A, coverage-mean:C or profile:PATH")
 
     @property
     def sparse(self) -> bool:
@@ -114,14 +116,15 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     prefill = attention_mask is None and q_len == kv_len and q_len > 1
     if state.capture is not None and prefill:
         state.capture[layer] = tuple(x[0].transpose(0, 1).to("cpu", copy=True) for x in (query, key, value))
-    if method.kind == "default":
-        before, collecting = len(fpt.settings.densities), fpt.settings.collect_density
+    if method.kind in ("default", "default-robust"):
+        before, collecting, discovery = len(fpt.settings.densities), fpt.settings.collect_density, fpt.settings.discovery
         fpt.settings.collect_density = True
+        fpt.settings.discovery = "robust" if method.kind == "default-robust" else discovery
         try:
             out = fpt.flashprefill_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                                      **kwargs)
         finally:
-            fpt.settings.collect_density = collecting
+            fpt.settings.collect_density, fpt.settings.discovery = collecting, discovery
         for record in fpt.settings.densities[before:]:
             state.density.setdefault(layer, []).append(np.asarray(record["per_head"]))
         del fpt.settings.densities[before:]
@@ -134,8 +137,9 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
         raise ValueError("the harness runs one sequence at a time")
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [1, L, H, D]
     geo = sel.Geometry(q_len, kv_len, BLOCK)
-    if method.kind == "paper":
-        layout = _api.select_blocks(q, k, alpha=method.value, block_size=BLOCK, softmax_scale=scaling, **SPARSE_PARAMS)
+    if method.kind in ("paper", "robust"):
+        layout = _api.select_blocks(q, k, alpha=method.value, block_size=BLOCK, softmax_scale=scaling,
+                                    discovery="robust" if method.kind == "robust" else "exact", **SPARSE_PARAMS)
     else:
         keep = _rule_keep(method, layer, q[0], k[0], scaling)
         layout = sel.layout_from_mask(keep, geo, scaling, SPARSE_PARAMS)
