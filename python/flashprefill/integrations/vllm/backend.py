@@ -13,14 +13,11 @@ from typing import ClassVar, Optional
 
 import torch
 from vllm.config import get_current_vllm_config_or_none
-from vllm.logger import init_logger
 from vllm.v1.attention.backend import AttentionCGSupport, AttentionType, CommonAttentionMetadata
 from vllm.v1.attention.backends.flash_attn import (FlashAttentionBackend, FlashAttentionImpl, FlashAttentionMetadata,
                                                    FlashAttentionMetadataBuilder)
 
 from . import routing
-
-logger = init_logger(__name__)
 
 
 def _settings(vllm_config) -> routing.Settings:
