@@ -178,5 +178,6 @@ def test_transformers_model_matches_sdpa_and_generates(rng, family, device):
     assert rel_error(logits.cpu().numpy(), ref_logits.cpu().numpy()) <= 2e-2
     fpt.configure(alpha=0.12, threshold=1024, collect_density=False)
     with torch.no_grad():
-        generated = ours.generate(ids, max_new_tokens=8, do_sample=False)
+        # min_new_tokens: a random model may pick its EOS id, which would end generation early.
+        generated = ours.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     assert generated.shape == (1, 2048 + 8)
