@@ -39,34 +39,8 @@ struct Inputs {
   int64_t total_kv() const { return varlen ? cu_kv.back() : shape.batch * shape.len_kv; }
 
   AttentionArgs args() {
-    const Device cpu = Device::cpu();
-    const Shape& s = shape;
-    AttentionArgs a;
-    if (varlen) {
-      a.q = TensorView::contiguous(q.data(), dtype, cpu, {total_q(), s.heads_q, s.head_dim});
-      a.k = TensorView::contiguous(k.data(), dtype, cpu, {total_kv(), s.heads_kv, s.head_dim});
-      a.v = TensorView::contiguous(v.data(), dtype, cpu, {total_kv(), s.heads_kv, s.head_dim});
-      a.out = TensorView::contiguous(out.data(), dtype, cpu, {total_q(), s.heads_q, s.head_dim});
-      a.lse = TensorView::contiguous(lse.data(), DType::fp32, cpu, {s.heads_q, total_q()});
-      a.varlen.cu_seqlens_q =
-          TensorView::contiguous(cu_q.data(), DType::int32, cpu, {int64_t(cu_q.size())});
-      a.varlen.cu_seqlens_kv =
-          TensorView::contiguous(cu_kv.data(), DType::int32, cpu, {int64_t(cu_kv.size())});
-      for (size_t b = 0; b + 1 < cu_q.size(); ++b) {
-        a.varlen.max_seqlen_q = std::max<int64_t>(a.varlen.max_seqlen_q, cu_q[b + 1] - cu_q[b]);
-        a.varlen.max_seqlen_kv = std::max<int64_t>(a.varlen.max_seqlen_kv, cu_kv[b + 1] - cu_kv[b]);
-      }
-    } else {
-      a.q = TensorView::contiguous(q.data(), dtype, cpu, {s.batch, s.len_q, s.heads_q, s.head_dim});
-      a.k =
-          TensorView::contiguous(k.data(), dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
-      a.v =
-          TensorView::contiguous(v.data(), dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
-      a.out =
-          TensorView::contiguous(out.data(), dtype, cpu, {s.batch, s.len_q, s.heads_q, s.head_dim});
-      a.lse = TensorView::contiguous(lse.data(), DType::fp32, cpu, {s.batch, s.heads_q, s.len_q});
-    }
-    return a;
+    return host_args(dtype, shape, varlen, cu_q, cu_kv, q.data(), k.data(), v.data(), out.data(),
+                     lse.data());
   }
 
   double output(int64_t n) const { return detail::load_element(out.data(), n, dtype); }

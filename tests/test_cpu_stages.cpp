@@ -48,37 +48,10 @@ void check_pool_and_scores(HostBatch& batch, const Params& params) {
     ASSERT_NEAR(scores[n], ref_scores[n], 1e-4 * (1 + ref_scores[n])) << "score element " << n;
 }
 
-// discover_layout vs the reference selection on reference scores; a row may differ only in
-// blocks whose score lies within rounding of the threshold.
-void check_layout(HostBatch& batch, const Params& params,
-                  std::vector<std::vector<int32_t>>* kept_out = nullptr) {
-  AttentionArgs args = batch.args();
-  const detail::Problem problem = make_problem(args, params, Needs::discovery);
-  const StageShapes shapes = stage_shapes(args, params);
-  LayoutStorage layout = allocate_layout(args, params);
-  discover_layout(args, params, layout.view);
-  const auto rows = rows_of(layout.view);
-
-  const auto ref_pooled = reference::pool_keys(problem, shapes.pooled_key_slots);
-  const auto ref_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
-  const auto ref_rows = reference::select_blocks(problem, ref_scores, shapes.max_key_blocks);
-  ASSERT_EQ(rows.size(), ref_rows.size());
-  // 1e-3: the fp64 reference's means can round to the other neighbour in the input dtype than the
-  // backend's fp32 means (see check_pool_and_scores), which moves S by up to ~1e-4 relative.
-  expect_rows_differ_only_at_threshold(rows, ref_rows, ref_scores, shapes.max_key_blocks,
-                                       params.alpha, 1e-3);
-  if (kept_out) *kept_out = rows;
-}
-
 void check_attention(HostBatch& batch, const Params& params) {
   std::vector<std::vector<int32_t>> rows;
-  check_layout(batch, params, &rows);
-  AttentionArgs args = batch.args(/*with_lse=*/true);
-  flash_prefill(args, params);
-  const detail::Problem problem = make_problem(args, params, Needs::attention);
-  const auto ref = reference::attention(problem, rows);
-  EXPECT_LE(relative_error(batch.out, batch.dtype, ref.out), tolerance(batch.dtype));
-  expect_lse_near(problem, ref.lse, batch.lse, 1e-3);
+  expect_layout_matches_reference(batch, params, &rows);
+  expect_attention_matches_reference(batch, params, rows);
 }
 
 struct RandomCase {

@@ -17,37 +17,23 @@ Params robust(Params params = {}) {
   return params;
 }
 
-// discover_layout vs the reference rule; then flash_prefill vs reference attention on that layout.
+// discover_layout vs the reference rule, the union's containment of the exact layout, then
+// flash_prefill vs reference attention on that layout.
 void check_robust(HostBatch& batch, const Params& params) {
-  AttentionArgs args = batch.args();
-  const detail::Problem problem = make_problem(args, params, Needs::discovery);
-  const StageShapes shapes = stage_shapes(args, params);
-  LayoutStorage layout = allocate_layout(args, params);
-  discover_layout(args, params, layout.view);
-  const auto rows = rows_of(layout.view);
-  const auto ref_pooled = reference::pool_keys(problem, shapes.pooled_key_slots);
-  const auto ref_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
-  const auto ref_robust = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks, true);
-  const auto ref_rows =
-      reference::select_blocks(problem, ref_scores, shapes.max_key_blocks, ref_robust);
-  ASSERT_EQ(rows.size(), ref_rows.size());
-  expect_rows_differ_only_at_threshold(rows, ref_rows, ref_scores, shapes.max_key_blocks,
-                                       params.alpha, 1e-3, ref_robust);
-  // The union contains the exact rule's layout.
+  std::vector<std::vector<int32_t>> rows;
+  expect_layout_matches_reference(batch, params, &rows);
   Params exact = params;
   exact.discovery = Discovery::exact;
+  AttentionArgs args = batch.args();
   LayoutStorage exact_layout = allocate_layout(args, exact);
   discover_layout(args, exact, exact_layout.view);
   const auto exact_rows = rows_of(exact_layout.view);
+  ASSERT_EQ(rows.size(), exact_rows.size());
   for (size_t r = 0; r < rows.size(); ++r)
     EXPECT_TRUE(
         std::includes(rows[r].begin(), rows[r].end(), exact_rows[r].begin(), exact_rows[r].end()))
         << "row " << r << " lost a block the exact rule keeps";
-
-  AttentionArgs with_lse = batch.args(/*with_lse=*/true);
-  flash_prefill(with_lse, params);
-  const auto ref = reference::attention(make_problem(with_lse, params, Needs::attention), rows);
-  EXPECT_LE(relative_error(batch.out, batch.dtype, ref.out), tolerance(batch.dtype));
+  expect_attention_matches_reference(batch, params, rows);
 }
 
 TEST(CpuRobust, RandomShapesMatchReference) {

@@ -63,6 +63,38 @@ struct Shape {
   int64_t batch = 1, len_q = 64, len_kv = 64, heads_q = 2, heads_kv = 1, head_dim = 64;
 };
 
+// AttentionArgs over host buffers: padded [B, L, H, D], or varlen packed [T, H, D] by cu_q / cu_kv
+// (then max_seqlen from them); lse ([B, H_q, L_q] or [H_q, T_q]) only if given.
+inline AttentionArgs host_args(DType dtype, const Shape& s, bool varlen, std::vector<int32_t>& cu_q,
+                               std::vector<int32_t>& cu_kv, void* q, void* k, void* v, void* out,
+                               float* lse) {
+  const Device cpu = Device::cpu();
+  AttentionArgs a;
+  if (varlen) {
+    const int64_t total_q = cu_q.back(), total_kv = cu_kv.back();
+    a.q = TensorView::contiguous(q, dtype, cpu, {total_q, s.heads_q, s.head_dim});
+    a.k = TensorView::contiguous(k, dtype, cpu, {total_kv, s.heads_kv, s.head_dim});
+    a.v = TensorView::contiguous(v, dtype, cpu, {total_kv, s.heads_kv, s.head_dim});
+    a.out = TensorView::contiguous(out, dtype, cpu, {total_q, s.heads_q, s.head_dim});
+    a.varlen.cu_seqlens_q =
+        TensorView::contiguous(cu_q.data(), DType::int32, cpu, {int64_t(cu_q.size())});
+    a.varlen.cu_seqlens_kv =
+        TensorView::contiguous(cu_kv.data(), DType::int32, cpu, {int64_t(cu_kv.size())});
+    for (size_t b = 0; b + 1 < cu_q.size(); ++b) {
+      a.varlen.max_seqlen_q = std::max<int64_t>(a.varlen.max_seqlen_q, cu_q[b + 1] - cu_q[b]);
+      a.varlen.max_seqlen_kv = std::max<int64_t>(a.varlen.max_seqlen_kv, cu_kv[b + 1] - cu_kv[b]);
+    }
+    if (lse) a.lse = TensorView::contiguous(lse, DType::fp32, cpu, {s.heads_q, total_q});
+  } else {
+    a.q = TensorView::contiguous(q, dtype, cpu, {s.batch, s.len_q, s.heads_q, s.head_dim});
+    a.k = TensorView::contiguous(k, dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
+    a.v = TensorView::contiguous(v, dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
+    a.out = TensorView::contiguous(out, dtype, cpu, {s.batch, s.len_q, s.heads_q, s.head_dim});
+    if (lse) a.lse = TensorView::contiguous(lse, DType::fp32, cpu, {s.batch, s.heads_q, s.len_q});
+  }
+  return a;
+}
+
 // Host inputs for one call. Padded: [B, L, H, D]. Varlen: lengths per sequence, packed [T, H, D].
 struct HostBatch {
   DType dtype = DType::bf16;
@@ -76,36 +108,8 @@ struct HostBatch {
   int64_t total_kv() const { return varlen ? cu_kv.back() : shape.batch * shape.len_kv; }
 
   AttentionArgs args(bool with_lse = false) {
-    const Device cpu = Device::cpu();
-    const auto& s = shape;
-    AttentionArgs a;
-    if (varlen) {
-      a.q = TensorView::contiguous(q.data(), dtype, cpu, {total_q(), s.heads_q, s.head_dim});
-      a.k = TensorView::contiguous(k.data(), dtype, cpu, {total_kv(), s.heads_kv, s.head_dim});
-      a.v = TensorView::contiguous(v.data(), dtype, cpu, {total_kv(), s.heads_kv, s.head_dim});
-      a.out = TensorView::contiguous(out.data(), dtype, cpu, {total_q(), s.heads_q, s.head_dim});
-      a.varlen.cu_seqlens_q =
-          TensorView::contiguous(cu_q.data(), DType::int32, cpu, {int64_t(cu_q.size())});
-      a.varlen.cu_seqlens_kv =
-          TensorView::contiguous(cu_kv.data(), DType::int32, cpu, {int64_t(cu_kv.size())});
-      for (size_t b = 0; b + 1 < cu_q.size(); ++b) {
-        a.varlen.max_seqlen_q = std::max<int64_t>(a.varlen.max_seqlen_q, cu_q[b + 1] - cu_q[b]);
-        a.varlen.max_seqlen_kv = std::max<int64_t>(a.varlen.max_seqlen_kv, cu_kv[b + 1] - cu_kv[b]);
-      }
-      if (with_lse)
-        a.lse = TensorView::contiguous(lse.data(), DType::fp32, cpu, {s.heads_q, total_q()});
-    } else {
-      a.q = TensorView::contiguous(q.data(), dtype, cpu, {s.batch, s.len_q, s.heads_q, s.head_dim});
-      a.k =
-          TensorView::contiguous(k.data(), dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
-      a.v =
-          TensorView::contiguous(v.data(), dtype, cpu, {s.batch, s.len_kv, s.heads_kv, s.head_dim});
-      a.out =
-          TensorView::contiguous(out.data(), dtype, cpu, {s.batch, s.len_q, s.heads_q, s.head_dim});
-      if (with_lse)
-        a.lse = TensorView::contiguous(lse.data(), DType::fp32, cpu, {s.batch, s.heads_q, s.len_q});
-    }
-    return a;
+    return host_args(dtype, shape, varlen, cu_q, cu_kv, q.data(), k.data(), v.data(), out.data(),
+                     with_lse ? lse.data() : nullptr);
   }
 };
 
@@ -338,6 +342,43 @@ inline int64_t expect_rows_differ_only_at_threshold(
     }
   }
   return differing;
+}
+
+// discover_layout vs the reference rule of params.discovery (exact or robust) on reference scores;
+// a row may differ only in blocks whose score lies within rounding of the threshold. The layout's
+// rows go to *rows_out if given.
+inline void expect_layout_matches_reference(HostBatch& batch, const Params& params,
+                                            std::vector<std::vector<int32_t>>* rows_out = nullptr) {
+  AttentionArgs args = batch.args();
+  const detail::Problem problem = detail::make_problem(args, params, detail::Needs::discovery);
+  const StageShapes shapes = stage_shapes(args, params);
+  LayoutStorage layout = allocate_layout(args, params);
+  discover_layout(args, params, layout.view);
+  auto rows = rows_of(layout.view);
+  const auto ref_pooled = reference::pool_keys(problem, shapes.pooled_key_slots);
+  const auto ref_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
+  const bool robust = params.discovery == Discovery::robust;
+  const auto ref_robust =
+      robust ? reference::block_scores(problem, ref_pooled, shapes.max_key_blocks, true)
+             : std::vector<double>{};
+  const auto ref_rows =
+      reference::select_blocks(problem, ref_scores, shapes.max_key_blocks, ref_robust);
+  ASSERT_EQ(rows.size(), ref_rows.size());
+  // 1e-3: the fp64 reference's means can round to the other neighbour in the input dtype than the
+  // backend's fp32 means, which moves S by up to ~1e-4 relative.
+  expect_rows_differ_only_at_threshold(rows, ref_rows, ref_scores, shapes.max_key_blocks,
+                                       params.alpha, 1e-3, ref_robust);
+  if (rows_out) *rows_out = std::move(rows);
+}
+
+// flash_prefill vs reference attention restricted to `rows` (the layout it should choose).
+inline void expect_attention_matches_reference(HostBatch& batch, const Params& params,
+                                               const std::vector<std::vector<int32_t>>& rows) {
+  AttentionArgs args = batch.args(/*with_lse=*/true);
+  flash_prefill(args, params);
+  const auto ref =
+      reference::attention(detail::make_problem(args, params, detail::Needs::attention), rows);
+  EXPECT_LE(relative_error(batch.out, batch.dtype, ref.out), tolerance(batch.dtype));
 }
 
 // Params::head_alpha against one call per query head with the scalar alpha of that head: the same
