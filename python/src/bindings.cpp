@@ -177,6 +177,7 @@ nb::ndarray<nb::numpy, uint16_t> numpy_u16(std::vector<uint16_t>&& data, const S
 
 }  // namespace
 
+// The keyword names of both entry points (arrays and descriptors take the same arguments).
 #define FP_COMMON_ARGS                                                                          \
   nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out").none(), nb::arg("lse").none(),       \
       nb::arg("cu_seqlens_q").none(), nb::arg("cu_seqlens_k").none(), nb::arg("max_seqlen_q"),  \
@@ -195,13 +196,6 @@ nb::ndarray<nb::numpy, uint16_t> numpy_u16(std::vector<uint16_t>&& data, const S
       nb::handle cu_k, int64_t max_q, int64_t max_k, float alpha, int block_size, int sink_blocks, \
       int window_blocks, int last_full_blocks, int min_budget, float scale, bool check_inputs,     \
       int discovery, nb::handle head_alpha, uintptr_t stream
-#define FP_DESCRIBED_ARGS                                                                       \
-  nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out").none(), nb::arg("lse").none(),       \
-      nb::arg("cu_seqlens_q").none(), nb::arg("cu_seqlens_k").none(), nb::arg("max_seqlen_q"),  \
-      nb::arg("max_seqlen_k"), nb::arg("alpha"), nb::arg("block_size"), nb::arg("sink_blocks"), \
-      nb::arg("window_blocks"), nb::arg("last_full_blocks"), nb::arg("min_budget"),             \
-      nb::arg("softmax_scale"), nb::arg("check_inputs"), nb::arg("discovery"),                  \
-      nb::arg("head_alpha").none(), nb::arg("stream")
 #define FP_MAKE_DESCRIBED_ARGS                                                           \
   make_args(q, k, v, out, lse, cu_q, cu_k, max_q, max_k, alpha, block_size, sink_blocks, \
             window_blocks, last_full_blocks, min_budget, scale, check_inputs, discovery, \
@@ -248,7 +242,7 @@ NB_MODULE(_C, m) {
         flash_prefill(c.args, c.params,
                       Workspace{reinterpret_cast<void*>(workspace), workspace_bytes});
       },
-      FP_DESCRIBED_ARGS, nb::arg("workspace"), nb::arg("workspace_bytes"),
+      FP_COMMON_ARGS, nb::arg("workspace"), nb::arg("workspace_bytes"),
       nb::arg("block_table").none() = nb::none(), nb::arg("seq_lens_kv").none() = nb::none());
 
   m.def(
@@ -258,7 +252,7 @@ NB_MODULE(_C, m) {
         set_paged(c, block_table, seq_lens_kv);
         return flash_prefill_workspace_size(c.args, c.params);
       },
-      FP_DESCRIBED_ARGS, nb::arg("block_table").none() = nb::none(),
+      FP_COMMON_ARGS, nb::arg("block_table").none() = nb::none(),
       nb::arg("seq_lens_kv").none() = nb::none());
 
   // For the overhead benchmark: the host time of `repeats` C++ flash_prefill calls, in microseconds
@@ -283,7 +277,7 @@ NB_MODULE(_C, m) {
         synchronize(c.args.q.device);
         return seconds / double(repeats) * 1e6;
       },
-      FP_DESCRIBED_ARGS, nb::arg("workspace"), nb::arg("workspace_bytes"), nb::arg("repeats"),
+      FP_COMMON_ARGS, nb::arg("workspace"), nb::arg("workspace_bytes"), nb::arg("repeats"),
       nb::arg("batch"));
 
   m.def(
