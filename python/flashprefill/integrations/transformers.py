@@ -123,6 +123,30 @@ def _profile_for(config) -> Optional[dict]:
     return _loaded_profile[key]
 
 
+def profile_alpha(profile: dict, layer: Optional[int], num_heads: Optional[int], heads: Optional[slice] = None,
+                  layer_name: str = "layer_idx") -> Union[float, List[float]]:
+    """A profile's alpha of one layer: a float, or one per query head of ``heads`` (default: all; a
+    tensor-parallel rank passes its own slice); equal values collapse to a float. ``num_heads``: the model's
+    query heads, which a per-head entry must match (None: not checked); ``layer_name`` names the layer's
+    index in errors."""
+    values = profile["values"]
+    if layer is None or not 0 <= layer < len(values):
+        raise ValueError(f"flashprefill profile has alphas for {len(values)} layers; {layer_name} {layer} is "
+                         "outside it")
+    value = values[layer]
+    if not isinstance(value, list):
+        return float(value)
+    if num_heads is not None and len(value) != num_heads:
+        raise ValueError(f"flashprefill profile: layer {layer} has {len(value)} per-head alphas; the model has "
+                         f"{num_heads} heads")
+    heads = heads or slice(0, len(value))
+    if heads.stop > len(value):
+        raise ValueError(f"flashprefill profile: layer {layer} has {len(value)} per-head alphas; heads "
+                         f"{heads.start}..{heads.stop - 1} were asked for")
+    chosen = value[heads]
+    return [float(a) for a in chosen] if len(set(chosen)) > 1 else float(chosen[0])
+
+
 def _alpha_for(module) -> Union[float, List[float]]:
     """config.flashprefill_alpha, else configure(alpha=...), else the profile's alpha of this layer, else the
     paper's alpha of the model family."""
@@ -133,17 +157,7 @@ def _alpha_for(module) -> Union[float, List[float]]:
         return float(settings.alpha)
     profile = _profile_for(config)
     if profile is not None:
-        layer = getattr(module, "layer_idx", None)
-        values = profile["values"]
-        if layer is None or not 0 <= layer < len(values):
-            raise ValueError(f"flashprefill profile has alphas for {len(values)} layers; layer_idx {layer} is outside it")
-        value = values[layer]
-        if isinstance(value, list):
-            heads = getattr(config, "num_attention_heads", len(value))
-            if len(value) != heads:
-                raise ValueError(f"flashprefill profile: layer {layer} has {len(value)} per-head alphas; the model has {heads} heads")
-            return [float(a) for a in value] if len(set(value)) > 1 else float(value[0])
-        return float(value)
+        return profile_alpha(profile, getattr(module, "layer_idx", None), getattr(config, "num_attention_heads", None))
     return MODEL_ALPHA.get(getattr(config, "model_type", None), DEFAULT_ALPHA)
 
 

@@ -190,12 +190,11 @@ def take_segments(requests: np.ndarray, query_start_loc, query_start_loc_cpu, se
     """The metadata of ``requests`` (ascending indices), on the device without a host synchronisation."""
     starts_cpu = torch.as_tensor(np.asarray(query_start_loc_cpu), dtype=torch.int32)
     first, last = int(requests[0]), int(requests[-1])
-    query_lens_cpu = starts_cpu[1:] - starts_cpu[:-1]
-    sub_lens_cpu = query_lens_cpu[torch.as_tensor(requests, dtype=torch.long)]
+    index_cpu = torch.as_tensor(requests, dtype=torch.long)
+    sub_lens_cpu = (starts_cpu[1:] - starts_cpu[:-1])[index_cpu]
     sub_starts_cpu = torch.zeros(len(requests) + 1, dtype=torch.int32)
     torch.cumsum(sub_lens_cpu, 0, out=sub_starts_cpu[1:])
-    seq_lens_sub_cpu = torch.as_tensor(np.asarray(seq_lens_cpu), dtype=torch.int32)[torch.as_tensor(requests,
-                                                                                                       dtype=torch.long)]
+    seq_lens_sub_cpu = torch.as_tensor(np.asarray(seq_lens_cpu), dtype=torch.int32)[index_cpu]
     device = seq_lens.device
     if _is_run(requests):
         begin, end = int(starts_cpu[first]), int(starts_cpu[last + 1])
@@ -206,7 +205,7 @@ def take_segments(requests: np.ndarray, query_start_loc, query_start_loc_cpu, se
     else:
         token_rows = torch.cat([torch.arange(int(starts_cpu[r]), int(starts_cpu[r + 1])) for r in requests])
         tokens = _to_device(token_rows, device)
-        index = _to_device(torch.as_tensor(requests, dtype=torch.long), device)
+        index = _to_device(index_cpu, device)
         sub_starts = _to_device(sub_starts_cpu, device)
         sub_seq_lens, sub_block_table = seq_lens.index_select(0, index), block_table.index_select(0, index)
     return Segments(requests=np.asarray(requests), tokens=tokens, num_tokens=int(sub_starts_cpu[-1]),
@@ -325,18 +324,8 @@ def model_alpha(hf_config, layer_index: Optional[int], num_heads: int, head_offs
     elif settings.profile not in ("none", "", None):
         profile = hf.load_profile(settings.profile)
     if profile is not None and layer_index is not None:
-        values = profile["values"]
-        if not 0 <= layer_index < len(values):
-            raise ValueError(f"flashprefill profile has alphas for {len(values)} layers; layer {layer_index} is "
-                             "outside it")
-        value = values[layer_index]
-        if not isinstance(value, list):
-            return float(value)
-        heads = value[head_offset:head_offset + num_heads]
-        if len(heads) != num_heads:
-            raise ValueError(f"flashprefill profile: layer {layer_index} has {len(value)} per-head alphas; this rank "
-                             f"needs heads {head_offset}..{head_offset + num_heads - 1}")
-        return heads[0] if len(set(heads)) == 1 else [float(a) for a in heads]
+        return hf.profile_alpha(profile, layer_index, getattr(hf_config, "num_attention_heads", None),
+                                slice(head_offset, head_offset + num_heads), layer_name="layer")
     model_type = getattr(hf_config, "model_type", None)
     return float(hf.MODEL_ALPHA.get(model_type, hf.DEFAULT_ALPHA))
 
