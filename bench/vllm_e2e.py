@@ -233,7 +233,7 @@ def main():
     parser.add_argument("--chunk", type=int, default=2048, help="max_num_batched_tokens of the chunked scenario")
     parser.add_argument("--batched-tokens", type=int, default=32768, help="max_num_batched_tokens otherwise")
     parser.add_argument("--tp", type=int, default=1, help="tensor_parallel_size of every engine")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: chunked,ttft,attention")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: scenarios,ttft,chunked,attention")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
@@ -248,6 +248,11 @@ def main():
     common = dict(max_num_batched_tokens=args.batched_tokens, tensor_parallel_size=args.tp)
     ok = True
 
+    def save():  # after every part, so a run cut short by a time limit keeps what it measured
+        summary["alpha0_all_equal"] = bool(ok)
+        with open(os.path.join(args.out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1, default=str)
+
     def timed(engine, name):
         rows = {}
         for n, batch in ttft_prompts.items():
@@ -257,29 +262,37 @@ def main():
             print(f"TTFT {name:14s} L={n}: {min(times) * 1e3:.1f} ms (best of {len(times)})")
         return rows
 
-    fa = Engine(model, "FLASH_ATTN", {}, max_len, **common)
-    ref = run_scenarios(fa, scen, args.max_tokens)
-    # The noise floor: a prefix-cache hit recomputes only the prompt's tail, so FlashAttention's own
-    # tokens for a repeated prompt may differ from its first run where two logits are nearly tied.
-    summary["flash_attn_repeat_equals_first"] = ref["repeat"][0]["tokens"] == ref["alone"][-1]["tokens"]
-    print(f"FLASH_ATTN repeat equals its first run: {summary['flash_attn_repeat_equals_first']}", flush=True)
-    summary["ttft_flash_attn"] = timed(fa, "FLASH_ATTN")
-    summary["startup_s"] = {"FLASH_ATTN": fa.startup_s}
-    fa.close()
+    summary["startup_s"] = {}
+    if "scenarios" not in skip or ttft_lengths:
+        fa = Engine(model, "FLASH_ATTN", {}, max_len, **common)
+        summary["startup_s"]["FLASH_ATTN"] = fa.startup_s
+        if "scenarios" not in skip:
+            ref = run_scenarios(fa, scen, args.max_tokens)
+            # The noise floor: a prefix-cache hit recomputes only the prompt's tail, so FlashAttention's own
+            # tokens for a repeated prompt may differ from its first run where two logits are nearly tied.
+            summary["flash_attn_repeat_equals_first"] = ref["repeat"][0]["tokens"] == ref["alone"][-1]["tokens"]
+            print(f"FLASH_ATTN repeat equals its first run: {summary['flash_attn_repeat_equals_first']}", flush=True)
+        if ttft_lengths:
+            summary["ttft_flash_attn"] = timed(fa, "FLASH_ATTN")
+        fa.close()
+        save()
 
-    dense = Engine(model, "CUSTOM", {"FLASHPREFILL_ALPHA": 0}, max_len, **common)
-    summary["startup_s"]["CUSTOM alpha 0"] = dense.startup_s
-    ok &= compare("CUSTOM alpha 0", ref, run_scenarios(dense, scen, args.max_tokens), lengths, summary, True)
-    dense.close()
+    if "scenarios" not in skip:
+        dense = Engine(model, "CUSTOM", {"FLASHPREFILL_ALPHA": 0}, max_len, **common)
+        summary["startup_s"]["CUSTOM alpha 0"] = dense.startup_s
+        ok &= compare("CUSTOM alpha 0", ref, run_scenarios(dense, scen, args.max_tokens), lengths, summary, True)
+        dense.close()
+        save()
 
-    log = os.path.join(args.out, "density.jsonl")
-    if os.path.exists(log):
-        os.remove(log)
-    sparse = Engine(model, "CUSTOM", {"FLASHPREFILL_VLLM_DENSITY_LOG": log}, max_len, **common)
-    compare("CUSTOM default alpha", ref, run_scenarios(sparse, scen, args.max_tokens), lengths, summary, False)
-    summary["density_default_alpha"] = densities(log)
-    print(f"density at the default alpha (scenarios): {summary['density_default_alpha']}")
-    sparse.close()
+        log = os.path.join(args.out, "density.jsonl")
+        if os.path.exists(log):
+            os.remove(log)
+        sparse = Engine(model, "CUSTOM", {"FLASHPREFILL_VLLM_DENSITY_LOG": log}, max_len, **common)
+        compare("CUSTOM default alpha", ref, run_scenarios(sparse, scen, args.max_tokens), lengths, summary, False)
+        summary["density_default_alpha"] = densities(log)
+        print(f"density at the default alpha (scenarios): {summary['density_default_alpha']}")
+        sparse.close()
+        save()
 
     if ttft_lengths:
         fast = Engine(model, "CUSTOM", {}, max_len, **common)
@@ -288,6 +301,7 @@ def main():
         for n in ttft_lengths:
             ratio = summary["ttft_flash_attn"][n] / summary["ttft_flashprefill"][n]
             print(f"TTFT L={n}: FlashAttention / flashprefill = {ratio:.2f}")
+        save()
 
     if "chunked" not in skip:
         chunked = dict(max_num_batched_tokens=args.chunk, enforce_eager=True, tensor_parallel_size=args.tp)
@@ -298,6 +312,7 @@ def main():
         ok &= compare(f"CUSTOM alpha 0, chunks {args.chunk}", ref_c, run_scenarios(fp_c, scen, args.max_tokens), lengths,
                       summary, True)
         fp_c.close()
+        save()
 
     if "attention" not in skip:
         summary["attention_only"] = attention_only(sorted(set(ttft_lengths or lengths)))
@@ -309,9 +324,7 @@ def main():
                 row["plugin_host_share_of_step"] = host_ms / (step * 1e3)
                 print(f"plugin host work at L={row['length']}: {host_ms:.3f} ms = "
                       f"{100 * row['plugin_host_share_of_step']:.2f}% of the step ({step * 1e3:.1f} ms)")
-    summary["alpha0_all_equal"] = bool(ok)
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=str)
+    save()
     print("alpha 0 greedy tokens equal FlashAttention's everywhere:", ok)
     sys.exit(0 if ok else 1)
 
