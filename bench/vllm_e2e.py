@@ -39,9 +39,11 @@ MODEL = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_
              rope_theta=1e6, tie_word_embeddings=False)
 # Weights: transformers' random init (std 0.02, norms 1), saved as a checkpoint, rather than vLLM's
 # load_format="dummy", whose uniform +-1e-3 weights (norms included) leave every logit near zero, so greedy
-# tokens would be decided by rounding. Random init gives flat logits; a larger lm_head makes greedy tokens decisive, so that equal attention
-# gives equal tokens and rounding differences of two exact kernels cannot flip an argmax tie.
+# tokens would be decided by rounding. A larger lm_head sharpens the distribution; it scales a rounding
+# difference as much as the gap it would have to cross, so two exact kernels can still flip a near-tie.
+# The comparison therefore records logprobs and names the gap at the first differing token.
 LM_HEAD_SCALE = 32.0
+TOP_LOGPROBS = 5
 
 
 def make_model(folder: str) -> str:
@@ -76,9 +78,12 @@ class Engine:
 
     def greedy(self, batch: list, max_tokens: int) -> list:
         from vllm import SamplingParams
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, detokenize=False, ignore_eos=True)
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, detokenize=False, ignore_eos=True,
+                                logprobs=TOP_LOGPROBS)
         outs = self.llm.generate(batch, params, use_tqdm=False)
-        return [dict(tokens=list(o.outputs[0].token_ids), cached=o.num_cached_tokens or 0) for o in outs]
+        return [dict(tokens=list(o.outputs[0].token_ids), cached=o.num_cached_tokens or 0,
+                     logprobs=[{int(t): float(getattr(lp, "logprob", lp)) for t, lp in position.items()}
+                               for position in (o.outputs[0].logprobs or [])]) for o in outs]
 
     def ttft(self, batch: list) -> float:
         start = time.perf_counter()
@@ -99,6 +104,23 @@ class Engine:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def divergence(ref: dict, got: dict):
+    """Where two greedy runs of one request part, and how close they were until then.
+
+    Returns (position or None, the reference's own logprob gap between its token and the other run's token
+    there (how near a tie it was), the largest |logprob difference| of a top token over the positions
+    before it). The gap is a lower bound (TOP_LOGPROBS - 1 alternatives) when the other token is not in the
+    reference's top list."""
+    worst = 0.0
+    for i, (a, b) in enumerate(zip(ref["tokens"], got["tokens"])):
+        lr, lg = (ref["logprobs"][i], got["logprobs"][i]) if i < min(len(ref["logprobs"]), len(got["logprobs"])) else ({}, {})
+        if a != b:
+            gap = lr[a] - lr[b] if b in lr and a in lr else (lr[a] - min(lr.values()) if a in lr else None)
+            return i, gap, worst
+        worst = max([worst] + [abs(lr[t] - lg[t]) for t in lr if t in lg])
+    return None, None, worst
 
 
 def agreement(a: list, b: list) -> float:
@@ -133,17 +155,26 @@ def compare(name: str, ref: dict, got: dict, lengths, summary: dict, must_equal:
         share = agreement(ref[key], got[key])
         equal = all(a["tokens"] == b["tokens"] for a, b in zip(ref[key], got[key]))
         cached = [r["cached"] for r in got[key]]
+        parts = [divergence(a, b) for a, b in zip(ref[key], got[key])]
+        before = max(p[2] for p in parts)
+        first = [dict(request=r, position=p[0], reference_gap=p[1]) for r, p in enumerate(parts) if p[0] is not None]
         summary.setdefault("checks", []).append(dict(name=name, scenario=key, equal=equal, agreement=share,
-                                                     cached_tokens=cached))
-        print(f"{name:28s} {key:7s} greedy tokens equal: {equal}  agreement {share:.3f}  cached tokens {cached}",
-              flush=True)
+                                                     cached_tokens=cached, max_logprob_diff_before=before,
+                                                     first_differences=first))
+        where = "; ".join(f"request {f['request']} at token {f['position']}, reference gap "
+                          f"{'n/a' if f['reference_gap'] is None else format(f['reference_gap'], '.3f')}" for f in first)
+        print(f"{name:28s} {key:7s} greedy tokens equal: {equal}  agreement {share:.3f}  cached tokens {cached}  "
+              f"max |logprob diff| before: {before:.4f}" + (f"  parts: {where}" if where else ""), flush=True)
         ok &= equal or not must_equal
     return ok
 
 
 def attention_only(lengths, page_size: int = 16) -> list:
-    """One layer's attention at the model's shapes on a paged cache: vLLM's flash_attn_varlen_func vs the
-    plugin's forward (flash_prefill_paged, default alpha), and the plugin's host cost per layer."""
+    """One layer's attention at the model's shapes on a paged cache (random page order): vLLM's
+    flash_attn_varlen_func vs flash_prefill_paged (default alpha) and the plugin's forward, and the plugin's
+    host cost per layer. Two inputs: random q/k/v (what a random model's layers see: flat attention, every
+    block kept) and BENCHMARK.md's structured input (sinks, a local band and scattered heavy blocks: the
+    sparsity a trained model's attention has)."""
     import torch
     from vllm.vllm_flash_attn import flash_attn_varlen_func
 
@@ -152,13 +183,25 @@ def attention_only(lengths, page_size: int = 16) -> list:
     from flashprefill.integrations.vllm import routing
     hq, hkv, d = MODEL["num_attention_heads"], MODEL["num_key_value_heads"], MODEL["head_dim"]
     rows = []
-    for n in lengths:
+    for n, kind in [(n, kind) for n in lengths for kind in ("random", "structured")]:
         pages = n // page_size
-        cache = torch.randn(pages, page_size, hkv, 2 * d, dtype=torch.bfloat16, device="cuda").transpose(1, 2)
-        k_pages, v_pages = routing.paged_kv_views(cache, d)
-        q = torch.randn(n, hq, d, dtype=torch.bfloat16, device="cuda")
-        out = torch.empty_like(q)
         table = torch.randperm(pages, dtype=torch.int32, device="cuda")[None]
+        if kind == "random":
+            q = torch.randn(n, hq, d, dtype=torch.bfloat16, device="cuda")
+            k = torch.randn(n, hkv, d, dtype=torch.bfloat16, device="cuda")
+            v = torch.randn(n, hkv, d, dtype=torch.bfloat16, device="cuda")
+        else:
+            q, k, v = (torch.from_numpy(x).view(torch.bfloat16)[0].cuda()
+                       for x in fp.make_structured_input(n, hq, hkv, d))
+        # vLLM's FlashAttention cache: logical [pages, H_kv, page, 2 D], stored [pages, page, H_kv, 2 D].
+        stored = torch.empty(pages, page_size, hkv, 2 * d, dtype=torch.bfloat16, device="cuda")
+        stored[table[0].long()] = torch.cat([k, v], dim=-1).view(pages, page_size, hkv, 2 * d)
+        cache = stored.transpose(1, 2)
+        layout = fp.select_blocks(q[None], k[None], alpha=alpha, softmax_scale=d**-0.5, **routing.Settings().library_params())
+        density = int(layout.row_ptr[-1]) / (hf.causal_blocks_per_head(n, n, routing.Settings().block_size) * hq)
+        del k, v, layout
+        k_pages, v_pages = routing.paged_kv_views(cache, d)
+        out = torch.empty_like(q)
         cu = torch.tensor([0, n], dtype=torch.int32, device="cuda")
         lens = torch.tensor([n], dtype=torch.int32, device="cuda")
         settings = routing.Settings()
@@ -202,14 +245,16 @@ def attention_only(lengths, page_size: int = 16) -> list:
         routed_us = host_us(lambda c, s: routing.forward(q, out, cache, d, plan, attend_short=None, alpha=alpha,
                                                          softmax_scale=d**-0.5, settings=settings), reps=20)
         torch.cuda.synchronize()
-        row = dict(length=n, fa_ms=gpu_ms(fa), flashprefill_ms=gpu_ms(direct), plugin_ms=gpu_ms(plugin),
-                   plan_host_us=plan_us, call_host_us=direct_us, routed_call_host_us=routed_us)
+        row = dict(length=n, input=kind, fa_ms=gpu_ms(fa), flashprefill_ms=gpu_ms(direct), plugin_ms=gpu_ms(plugin),
+                   plan_host_us=plan_us, call_host_us=direct_us, routed_call_host_us=routed_us,
+                   density=density)
         row["speedup"] = row["fa_ms"] / row["flashprefill_ms"]
         rows.append(row)
-        print(f"attention only L={n}: FlashAttention {row['fa_ms']:.3f} ms, flash_prefill {row['flashprefill_ms']:.3f} ms"
-              f" ({row['speedup']:.2f}x), planning + routing + flash_prefill {row['plugin_ms']:.3f} ms; host: planning "
-              f"{plan_us:.1f} us per step, enqueue {direct_us:.1f} us direct / {routed_us:.1f} us routed per layer")
-        del cache, q, out
+        print(f"attention only L={n} {kind}: FlashAttention {row['fa_ms']:.3f} ms, flash_prefill {row['flashprefill_ms']:.3f} ms"
+              f" ({row['speedup']:.2f}x, density {density:.3f}), planning + routing + flash_prefill {row['plugin_ms']:.3f} ms; host: planning "
+              f"{plan_us:.1f} us per step, enqueue {direct_us:.1f} us direct / {routed_us:.1f} us routed per layer",
+              flush=True)
+        del cache, stored, q, out
         torch.cuda.empty_cache()
     return rows
 
@@ -229,6 +274,7 @@ def main():
     parser.add_argument("--out", default="/tmp/out/vllm")
     parser.add_argument("--lengths", default="4096,8192,16384,32768")
     parser.add_argument("--ttft", default="32768,65536,131072")
+    parser.add_argument("--attention-lengths", default="32768,65536,131072")
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--chunk", type=int, default=2048, help="max_num_batched_tokens of the chunked scenario")
     parser.add_argument("--batched-tokens", type=int, default=32768, help="max_num_batched_tokens otherwise")
@@ -312,10 +358,12 @@ def main():
         ok &= compare(f"CUSTOM alpha 0, chunks {args.chunk}", ref_c, run_scenarios(fp_c, scen, args.max_tokens), lengths,
                       summary, True)
         fp_c.close()
+        if "scenarios" not in skip:  # FlashAttention's own noise floor: the same prompts, other chunks
+            compare(f"FLASH_ATTN chunks {args.chunk} vs FLASH_ATTN", ref, ref_c, lengths, summary, False)
         save()
 
     if "attention" not in skip:
-        summary["attention_only"] = attention_only(sorted(set(ttft_lengths or lengths)))
+        summary["attention_only"] = attention_only([int(x) for x in args.attention_lengths.split(",")])
         for row in summary["attention_only"]:
             step = summary.get("ttft_flashprefill", {}).get(row["length"])
             if step:  # the plugin's host work per step: planning once, routing per layer (beyond the library call)
