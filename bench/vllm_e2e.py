@@ -39,19 +39,23 @@ MODEL = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_
              rope_theta=1e6, tie_word_embeddings=False)
 # Weights: transformers' random init (std 0.02, norms 1), saved as a checkpoint, rather than vLLM's
 # load_format="dummy", whose uniform +-1e-3 weights (norms included) leave every logit near zero, so greedy
-# tokens would be decided by rounding. A larger lm_head sharpens the distribution; it scales a rounding
-# difference as much as the gap it would have to cross, so two exact kernels can still flip a near-tie.
-# The comparison therefore records logprobs and names the gap at the first differing token.
-LM_HEAD_SCALE = 32.0
+# tokens would be decided by rounding. The model runs in float16 (--dtype): its logits keep 10 mantissa
+# bits, where bf16 logits of a sharpened lm_head (x32, session 11) were so coarse that top tokens tied
+# exactly and FlashAttention parted from itself when only its chunking changed.
+LM_HEAD_SCALE = 1.0
 TOP_LOGPROBS = 5
+# Two exact attentions agree when their greedy tokens are equal, or when they part only at a near-tie: the
+# reference's own logprobs of the two tokens within LOGPROB_TOL, with every top logprob before that point
+# within LOGPROB_TOL of the reference's too (so a wrong attention cannot pass as a tie).
+LOGPROB_TOL = 0.05
 
 
-def make_model(folder: str) -> str:
+def make_model(folder: str, dtype: str) -> str:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
-    config = LlamaConfig(**MODEL, torch_dtype="bfloat16")
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    config = LlamaConfig(**MODEL, torch_dtype=dtype)
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
     with torch.no_grad():
         model.lm_head.weight.mul_(LM_HEAD_SCALE)
     model.save_pretrained(folder, safe_serialization=True)
@@ -154,18 +158,21 @@ def compare(name: str, ref: dict, got: dict, lengths, summary: dict, must_equal:
     for key in SCENARIOS:
         share = agreement(ref[key], got[key])
         equal = all(a["tokens"] == b["tokens"] for a, b in zip(ref[key], got[key]))
-        cached = [r["cached"] for r in got[key]]
         parts = [divergence(a, b) for a, b in zip(ref[key], got[key])]
         before = max(p[2] for p in parts)
+        near_ties = before <= LOGPROB_TOL and all(p[0] is None or (p[1] is not None and p[1] <= LOGPROB_TOL)
+                                                  for p in parts)
+        cached = [r["cached"] for r in got[key]]
         first = [dict(request=r, position=p[0], reference_gap=p[1]) for r, p in enumerate(parts) if p[0] is not None]
         summary.setdefault("checks", []).append(dict(name=name, scenario=key, equal=equal, agreement=share,
+                                                     equal_or_near_tie=equal or near_ties,
                                                      cached_tokens=cached, max_logprob_diff_before=before,
                                                      first_differences=first))
         where = "; ".join(f"request {f['request']} at token {f['position']}, reference gap "
                           f"{'n/a' if f['reference_gap'] is None else format(f['reference_gap'], '.3f')}" for f in first)
-        print(f"{name:28s} {key:7s} greedy tokens equal: {equal}  agreement {share:.3f}  cached tokens {cached}  "
+        print(f"{name:28s} {key:7s} greedy tokens equal: {equal} (or parting at near-ties: {equal or near_ties})  agreement {share:.3f}  cached tokens {cached}  "
               f"max |logprob diff| before: {before:.4f}" + (f"  parts: {where}" if where else ""), flush=True)
-        ok &= equal or not must_equal
+        ok &= equal or near_ties or not must_equal
     return ok
 
 
@@ -197,15 +204,15 @@ def attention_only(lengths, page_size: int = 16) -> list:
         stored = torch.empty(pages, page_size, hkv, 2 * d, dtype=torch.bfloat16, device="cuda")
         stored[table[0].long()] = torch.cat([k, v], dim=-1).view(pages, page_size, hkv, 2 * d)
         cache = stored.transpose(1, 2)
-        layout = fp.select_blocks(q[None], k[None], alpha=alpha, softmax_scale=d**-0.5, **routing.Settings().library_params())
-        density = int(layout.row_ptr[-1]) / (hf.causal_blocks_per_head(n, n, routing.Settings().block_size) * hq)
+        settings = routing.Settings()
+        alpha = hf.MODEL_ALPHA.get("llama", hf.DEFAULT_ALPHA)
+        layout = fp.select_blocks(q[None], k[None], alpha=alpha, softmax_scale=d**-0.5, **settings.library_params())
+        density = int(layout.row_ptr[-1]) / (hf.causal_blocks_per_head(n, n, settings.block_size) * hq)
         del k, v, layout
         k_pages, v_pages = routing.paged_kv_views(cache, d)
         out = torch.empty_like(q)
         cu = torch.tensor([0, n], dtype=torch.int32, device="cuda")
         lens = torch.tensor([n], dtype=torch.int32, device="cuda")
-        settings = routing.Settings()
-        alpha = hf.MODEL_ALPHA.get("llama", hf.DEFAULT_ALPHA)
 
         def fa():
             flash_attn_varlen_func(q=q, k=k_pages, v=v_pages, out=out, cu_seqlens_q=cu, max_seqlen_q=n, seqused_k=lens,
@@ -278,6 +285,7 @@ def main():
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--chunk", type=int, default=2048, help="max_num_batched_tokens of the chunked scenario")
     parser.add_argument("--batched-tokens", type=int, default=32768, help="max_num_batched_tokens otherwise")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"], help="the model's dtype")
     parser.add_argument("--tp", type=int, default=1, help="tensor_parallel_size of every engine")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: scenarios,ttft,chunked,attention")
     args = parser.parse_args()
@@ -286,12 +294,12 @@ def main():
     lengths = [int(x) for x in args.lengths.split(",")]
     ttft_lengths = [int(x) for x in args.ttft.split(",")] if "ttft" not in skip else []
     max_len = max(lengths + ttft_lengths) + 1000 + args.max_tokens + 64
-    model = make_model(tempfile.mkdtemp(prefix="fp-llama-"))
+    model = make_model(tempfile.mkdtemp(prefix="fp-llama-"), args.dtype)
     rng = np.random.default_rng(0)
     scen = scenario_prompts(rng, lengths)
     ttft_prompts = {n: prompts(rng, n, 4) for n in ttft_lengths}  # 1 warm-up + 3 timed, all distinct
-    summary = dict(model=MODEL, lm_head_scale=LM_HEAD_SCALE, lengths=lengths, ttft_lengths=ttft_lengths, tp=args.tp)
-    common = dict(max_num_batched_tokens=args.batched_tokens, tensor_parallel_size=args.tp)
+    summary = dict(model=MODEL, dtype=args.dtype, lm_head_scale=LM_HEAD_SCALE, logprob_tol=LOGPROB_TOL, lengths=lengths, ttft_lengths=ttft_lengths, tp=args.tp)
+    common = dict(max_num_batched_tokens=args.batched_tokens, tensor_parallel_size=args.tp, dtype=args.dtype)
     ok = True
 
     def save():  # after every part, so a run cut short by a time limit keeps what it measured
@@ -350,7 +358,7 @@ def main():
         save()
 
     if "chunked" not in skip:
-        chunked = dict(max_num_batched_tokens=args.chunk, enforce_eager=True, tensor_parallel_size=args.tp)
+        chunked = dict(max_num_batched_tokens=args.chunk, enforce_eager=True, tensor_parallel_size=args.tp, dtype=args.dtype)
         fa_c = Engine(model, "FLASH_ATTN", {}, max_len, **chunked)
         ref_c = run_scenarios(fa_c, scen, args.max_tokens)
         fa_c.close()
