@@ -83,3 +83,15 @@ def test_method_names_parse():
     assert Method.parse("default-robust").kind == "default-robust"
     with pytest.raises(SystemExit, match="robust:A"):
         Method.parse("sturdy:0.1")
+
+
+def test_density_grid_of_a_run_without_sparse_calls_is_none():
+    """`default` below the transformers integration's threshold (4096 keys) leaves every prefill to dense
+    attention: no layer records a density, and the harness reports the method as dense instead of
+    failing (it raised ValueError from max() of nothing at 2K)."""
+    from flashprefill.eval import harness as H
+    assert H.density_grid({}) is None
+    grid = H.density_grid({0: [np.array([0.5, 1.0])], 2: [np.array([0.25, 0.75]), np.array([0.75, 0.25])]})
+    assert grid.shape == (3, 2)
+    assert np.isnan(grid[1]).all()
+    np.testing.assert_allclose(grid[[0, 2]], [[0.5, 1.0], [0.5, 0.5]])

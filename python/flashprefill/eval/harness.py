@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -49,8 +49,11 @@ def run_method(model, method: M.Method, ids: torch.Tensor, capture: bool = False
     return stats
 
 
-def density_grid(density: Dict[int, List[np.ndarray]]) -> np.ndarray:
-    """[layers, heads] kept fraction (mean over the calls of each layer)."""
+def density_grid(density: Dict[int, List[np.ndarray]]) -> Optional[np.ndarray]:
+    """[layers, heads] kept fraction (mean over the calls of each layer); None when no layer called
+    flashprefill (``default`` below the integration's threshold leaves the prefill to dense attention)."""
+    if not density:
+        return None
     layers = max(density) + 1
     heads = len(next(iter(density.values()))[0])
     grid = np.full((layers, heads), np.nan)
