@@ -176,7 +176,7 @@ def compare(name: str, ref: dict, got: dict, lengths, summary: dict, must_equal:
     return ok
 
 
-def attention_only(lengths, page_size: int = 16) -> list:
+def attention_only(lengths, page_sizes=(16, 128)) -> list:
     """One layer's attention at the model's shapes on a paged cache (random page order): vLLM's
     flash_attn_varlen_func vs flash_prefill_paged (default alpha) and the plugin's forward, and the plugin's
     host cost per layer. Two inputs: random q/k/v (what a random model's layers see: flat attention, every
@@ -190,7 +190,8 @@ def attention_only(lengths, page_size: int = 16) -> list:
     from flashprefill.integrations.vllm import routing
     hq, hkv, d = MODEL["num_attention_heads"], MODEL["num_key_value_heads"], MODEL["head_dim"]
     rows = []
-    for n, kind in [(n, kind) for n in lengths for kind in ("random", "structured")]:
+    for n, kind, page_size in [(n, kind, page) for n in lengths for kind in ("random", "structured")
+                               for page in page_sizes]:
         pages = n // page_size
         table = torch.randperm(pages, dtype=torch.int32, device="cuda")[None]
         if kind == "random":
@@ -252,12 +253,12 @@ def attention_only(lengths, page_size: int = 16) -> list:
         routed_us = host_us(lambda c, s: routing.forward(q, out, cache, d, plan, attend_short=None, alpha=alpha,
                                                          softmax_scale=d**-0.5, settings=settings), reps=20)
         torch.cuda.synchronize()
-        row = dict(length=n, input=kind, fa_ms=gpu_ms(fa), flashprefill_ms=gpu_ms(direct), plugin_ms=gpu_ms(plugin),
+        row = dict(length=n, input=kind, page_size=page_size, fa_ms=gpu_ms(fa), flashprefill_ms=gpu_ms(direct), plugin_ms=gpu_ms(plugin),
                    plan_host_us=plan_us, call_host_us=direct_us, routed_call_host_us=routed_us,
                    density=density)
         row["speedup"] = row["fa_ms"] / row["flashprefill_ms"]
         rows.append(row)
-        print(f"attention only L={n} {kind}: FlashAttention {row['fa_ms']:.3f} ms, flash_prefill {row['flashprefill_ms']:.3f} ms"
+        print(f"attention only L={n} {kind} page {page_size}: FlashAttention {row['fa_ms']:.3f} ms, flash_prefill {row['flashprefill_ms']:.3f} ms"
               f" ({row['speedup']:.2f}x, density {density:.3f}), planning + routing + flash_prefill {row['plugin_ms']:.3f} ms; host: planning "
               f"{plan_us:.1f} us per step, enqueue {direct_us:.1f} us direct / {routed_us:.1f} us routed per layer",
               flush=True)
@@ -282,6 +283,7 @@ def main():
     parser.add_argument("--lengths", default="4096,8192,16384,32768")
     parser.add_argument("--ttft", default="32768,65536,131072")
     parser.add_argument("--attention-lengths", default="32768,65536,131072")
+    parser.add_argument("--attention-page-sizes", default="16,128")
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--chunk", type=int, default=2048, help="max_num_batched_tokens of the chunked scenario")
     parser.add_argument("--batched-tokens", type=int, default=32768, help="max_num_batched_tokens otherwise")
@@ -371,7 +373,8 @@ def main():
         save()
 
     if "attention" not in skip:
-        summary["attention_only"] = attention_only([int(x) for x in args.attention_lengths.split(",")])
+        summary["attention_only"] = attention_only([int(x) for x in args.attention_lengths.split(",")],
+                                                   [int(x) for x in args.attention_page_sizes.split(",")])
         for row in summary["attention_only"]:
             step = summary.get("ttft_flashprefill", {}).get(row["length"])
             if step:  # the plugin's host work per step: planning once, routing per layer (beyond the library call)

@@ -210,6 +210,10 @@ def test_settings_from_environment_and_vllm_config():
         routing.Settings.from_sources({}, {"treshold": 1})
     with pytest.raises(ValueError, match="discovery is 'fast'"):
         routing.Settings.from_sources({}, {"discovery": "fast"})
+    assert routing.Settings.from_sources({}).page_size == 128
+    assert routing.Settings.from_sources({"FLASHPREFILL_VLLM_PAGE_SIZE": "16"}).page_size == 16
+    with pytest.raises(ValueError, match="page_size is 24; expected one of \\[16, 32, 64, 128, 256\\]"):
+        routing.Settings.from_sources({}, {"page_size": 24})
 
 
 def test_unsupported_configurations_name_the_setting():
@@ -259,6 +263,18 @@ def test_backend_registers_and_refuses_by_name():
         use_sparse=False, use_mm_prefix=False, use_per_head_quant_scales=False,
         device_capability=DeviceCapability(9, 0), attn_type="decoder")
     assert len(reasons) == 1 and "kv_cache_dtype='fp8'" in reasons[0]
+
+
+@needs_vllm
+def test_backend_asks_for_its_page_size(monkeypatch):
+    """Without --block-size vLLM takes the backend's preferred block size: 128 (whole tiles per page)
+    unless FLASHPREFILL_VLLM_PAGE_SIZE says otherwise."""
+    from flashprefill.integrations.vllm.backend import FlashPrefillBackend
+    monkeypatch.delenv("FLASHPREFILL_VLLM_PAGE_SIZE", raising=False)
+    assert FlashPrefillBackend.get_preferred_block_size(16) == 128
+    monkeypatch.setenv("FLASHPREFILL_VLLM_PAGE_SIZE", "32")
+    assert FlashPrefillBackend.get_preferred_block_size(16) == 32
+    assert FlashPrefillBackend.supports_block_size(16) and not FlashPrefillBackend.supports_block_size(24)
 
 
 @pytest.mark.parametrize("tp", [2])

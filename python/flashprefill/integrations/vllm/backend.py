@@ -152,6 +152,11 @@ class FlashPrefillBackend(FlashAttentionBackend):
         return list(routing.SUPPORTED_PAGE_SIZES)
 
     @classmethod
+    def get_preferred_block_size(cls, default_block_size: int) -> int:
+        """vLLM asks this only when --block-size is not given (a given size wins if supported)."""
+        return _settings(get_current_vllm_config_or_none()).page_size
+
+    @classmethod
     def supports_head_size(cls, head_size: int) -> bool:
         return head_size in routing.SUPPORTED_HEAD_SIZES
 

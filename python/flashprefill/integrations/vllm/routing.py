@@ -98,6 +98,10 @@ class Settings:
     min_budget: int = 0  # FLASHPREFILL_MIN_BUDGET
     discovery: str = "exact"  # FLASHPREFILL_DISCOVERY: "exact" or "robust"
     density_log: Optional[str] = None  # FLASHPREFILL_VLLM_DENSITY_LOG: append kept/causal blocks per call (slow)
+    # FLASHPREFILL_VLLM_PAGE_SIZE: the KV-cache block size the backend asks vLLM for when --block-size is not
+    # given. 128: paged attention reads whole 128-key tiles from one page (within 2% of contiguous K/V on an
+    # H200, bench/RESULTS.md); pages of 16 cost 8-17% there.
+    page_size: int = 128
 
     @classmethod
     def from_sources(cls, environ=None, overrides: Optional[dict] = None) -> "Settings":
@@ -122,6 +126,8 @@ class Settings:
                              "with FlashAttention)")
         if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"flashprefill alpha is {self.alpha}; expected a value in [0, 1]")
+        if self.page_size not in SUPPORTED_PAGE_SIZES:
+            raise ValueError(f"flashprefill page_size is {self.page_size}; expected one of {list(SUPPORTED_PAGE_SIZES)}")
         if self.discovery not in ("exact", "robust"):
             raise ValueError(f"flashprefill discovery is {self.discovery!r}; expected 'exact' or 'robust'")
         return self
