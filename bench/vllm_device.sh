@@ -3,7 +3,8 @@
 # into /tmp/fp-site, run the Python tests on the GPU, then - where vLLM was staged into /tmp/vllm-site
 # (bench/vllm_stage.sh) - the plugin's tests and bench/vllm_e2e.py. Results under $OUT.
 # Usage (device, repo root, carrying .stage/ext.tar.xz): bash bench/vllm_device.sh [e2e arguments]
-# Switches: PYTEST=0 skips the library's pytest; PYTEST_ARGS narrows it; E2E=0 skips vllm_e2e.py.
+# Switches: PYTEST=0 skips the library's pytest; PYTEST_ARGS narrows it; PLUGIN_TESTS=0 skips test_vllm_plugin.py;
+# E2E=0 skips vllm_e2e.py. A second call on the same warm machine with the same sources reuses the build.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
