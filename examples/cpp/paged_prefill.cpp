@@ -211,9 +211,9 @@ int main(int argc, char** argv) {
       if (fp::cuda_available())
         ok &= run(fp::Device::cuda());
       else if (which == "cuda")
-        return std::fprintf(stderr, "no CUDA device (or a library built without CUDA)\n"), 1;
+        return std::fprintf(stderr, "cuda: fp::cuda_available() is false (no GPU, or a library built without CUDA)\n"), 1;
       else
-        std::printf("cuda: skipped (no CUDA device, or a library built without CUDA)\n");
+        std::printf("cuda: skipped (fp::cuda_available() is false: no GPU, or a library built without CUDA)\n");
     }
     std::printf("%s\n", ok ? "paged_prefill: ok" : "paged_prefill: FAILED");
     return ok ? 0 : 1;
