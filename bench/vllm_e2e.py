@@ -287,6 +287,8 @@ def main():
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--chunk", type=int, default=2048, help="max_num_batched_tokens of the chunked scenario")
     parser.add_argument("--batched-tokens", type=int, default=32768, help="max_num_batched_tokens otherwise")
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="KV-cache page size of every engine (default: each backend's own: 16 FlashAttention, 128 CUSTOM)")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"], help="the model's dtype")
     parser.add_argument("--tp", type=int, default=1, help="tensor_parallel_size of every engine")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: scenarios,ttft,chunked,attention")
@@ -300,8 +302,9 @@ def main():
     rng = np.random.default_rng(0)
     scen = scenario_prompts(rng, lengths)
     ttft_prompts = {n: prompts(rng, n, 4) for n in ttft_lengths}  # 1 warm-up + 3 timed, all distinct
-    summary = dict(model=MODEL, dtype=args.dtype, lm_head_scale=LM_HEAD_SCALE, logprob_tol=LOGPROB_TOL, lengths=lengths, ttft_lengths=ttft_lengths, tp=args.tp)
-    common = dict(max_num_batched_tokens=args.batched_tokens, tensor_parallel_size=args.tp, dtype=args.dtype)
+    summary = dict(model=MODEL, dtype=args.dtype, block_size=args.block_size, lm_head_scale=LM_HEAD_SCALE, logprob_tol=LOGPROB_TOL, lengths=lengths, ttft_lengths=ttft_lengths, tp=args.tp)
+    pages = {} if args.block_size is None else dict(block_size=args.block_size)
+    common = dict(max_num_batched_tokens=args.batched_tokens, tensor_parallel_size=args.tp, dtype=args.dtype, **pages)
     ok = True
 
     def save():  # after every part, so a run cut short by a time limit keeps what it measured
@@ -360,7 +363,8 @@ def main():
         save()
 
     if "chunked" not in skip:
-        chunked = dict(max_num_batched_tokens=args.chunk, enforce_eager=True, tensor_parallel_size=args.tp, dtype=args.dtype)
+        chunked = dict(max_num_batched_tokens=args.chunk, enforce_eager=True, tensor_parallel_size=args.tp, dtype=args.dtype,
+                       **pages)
         fa_c = Engine(model, "FLASH_ATTN", {}, max_len, **chunked)
         ref_c = run_scenarios(fa_c, scen, args.max_tokens)
         fa_c.close()
