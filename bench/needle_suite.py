@@ -8,7 +8,9 @@ library's robust discovery (docs/ROBUST.md: flash_prefill(..., discovery="robust
 `proto-outlier`, the Python prototype that robust discovery was measured from (a second representative
 per key block: the key farthest from the block mean, scored as max(x_mean, x_outlier - ln B) before
 the exp-sum; union with the exact rule) that runs the library's block_sparse_attention on the layout
-it builds. The structured input's density (BENCHMARK.md) is reported per mode beside it, as the ratio
+it builds. `proto-group@alpha@G` is the same prototype with one far key per group of G consecutive key
+blocks (the block whose far key lies farthest from its own mean keeps it; the others score their mean
+only), which needs 1/G of the far-key products (docs/ROBUST.md, "One far key per group"). The structured input's density (BENCHMARK.md) is reported per mode beside it, as the ratio
 to the exact rule's.
 """
 import argparse
@@ -37,7 +39,9 @@ def _block_view(x, length):
     return padded.view(blocks, BLOCK, *x.shape[1:]), blocks
 
 
-def _representatives(k):
+def _representatives(k, group=1):
+    """Block means [nb, H_kv, D] and far keys; with group > 1 only the block of each group of `group`
+    consecutive blocks whose far key lies farthest from its own mean keeps it (owner mask [nb, H_kv])."""
     length = k.shape[0]
     blocks, nb = _block_view(k, length)
     valid = (torch.arange(nb * BLOCK, device=k.device) < length).view(nb, BLOCK)
@@ -46,7 +50,13 @@ def _representatives(k):
     spread = ((blocks - mean[:, None]) ** 2).sum(-1).masked_fill(~valid[:, :, None], -1.0)
     far = spread.argmax(1)
     outlier = torch.gather(blocks, 1, far[:, None, :, None].expand(nb, 1, *k.shape[1:]))[:, 0]
-    return mean, outlier
+    if group == 1:
+        return mean, outlier, torch.ones(nb, k.shape[1], dtype=torch.bool, device=k.device)
+    best = spread.amax(1)  # [nb, H_kv]: each block's far-key distance
+    groups = -(-nb // group)
+    padded = torch.nn.functional.pad(best, (0, 0, 0, groups * group - nb), value=-2.0).view(groups, group, -1)
+    owner = torch.zeros_like(padded, dtype=torch.bool).scatter_(1, padded.argmax(1, keepdim=True), True)
+    return mean, outlier, owner.view(groups * group, -1)[:nb]
 
 
 def _selected(logits, length, alpha, params):
@@ -62,10 +72,12 @@ def _selected(logits, length, alpha, params):
     return keep & (j <= i)[None]
 
 
-def proto_outlier_layout(q, k, alpha, params=dict(sink_blocks=2, window_blocks=4, last_full_blocks=2)):
-    """Kept mask [H_q, nb, nb] of the prototype rule for one sequence."""
+def proto_outlier_layout(q, k, alpha, params=dict(sink_blocks=2, window_blocks=4, last_full_blocks=2),
+                         blocks_per_far_key=1):
+    """Kept mask [H_q, nb, nb] of the prototype rule for one sequence (blocks_per_far_key > 1: one far key
+    per group of blocks, see _representatives)."""
     length, heads_q, dim = q.shape
-    mean, outlier = _representatives(k)
+    mean, outlier, owner = _representatives(k, blocks_per_far_key)
     group = heads_q // k.shape[1]
     scale = 1.0 / math.sqrt(dim)
     positions = torch.arange(length, device=q.device)
@@ -74,6 +86,7 @@ def proto_outlier_layout(q, k, alpha, params=dict(sink_blocks=2, window_blocks=4
     hidden = last_key[None, :] > positions[:, None]
     x_mean = torch.einsum("thd,jhd->htj", q.float(), mean.repeat_interleave(group, 1)) * scale
     x_out = torch.einsum("thd,jhd->htj", q.float(), outlier.repeat_interleave(group, 1)) * scale - math.log(BLOCK)
+    x_out.masked_fill_(~owner.repeat_interleave(group, 1).t()[:, None, :], float("-inf"))
     x_mean.masked_fill_(hidden[None], float("-inf"))
     x_out.masked_fill_(hidden[None], float("-inf"))
     return _selected(x_mean, length, alpha, params) | _selected(torch.maximum(x_mean, x_out), length, alpha, params)
@@ -109,10 +122,12 @@ def run_mode(mode, q, k, v):
         budget = int(mode.split("@")[1])
         layout = fp.select_blocks(q, k, alpha=0.12, min_budget=budget)
         return fp.block_sparse_attention(q, k, v, layout), layout.density(causal)
-    if mode.startswith("proto-outlier"):
+    if mode.startswith("proto-outlier") or mode.startswith("proto-group"):
+        # proto-group@A@G: one far key per group of G consecutive key blocks
         alpha = float(mode.split("@")[1])
+        blocks_per_far_key = int(mode.split("@")[2]) if mode.startswith("proto-group") else 1
         like = fp.select_blocks(q[:, :BLOCK], k[:, :BLOCK], alpha=alpha)
-        mask = proto_outlier_layout(q[0], k[0], alpha)
+        mask = proto_outlier_layout(q[0], k[0], alpha, blocks_per_far_key=blocks_per_far_key)
         return fp.block_sparse_attention(q, k, v, layout_of(mask, like)), float(mask.sum()) / causal
     raise ValueError(f"unknown mode {mode}")
 
