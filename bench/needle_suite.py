@@ -10,7 +10,9 @@ per key block: the key farthest from the block mean, scored as max(x_mean, x_out
 the exp-sum; union with the exact rule) that runs the library's block_sparse_attention on the layout
 it builds. `proto-group@alpha@G` is the same prototype with one far key per group of G consecutive key
 blocks (the block whose far key lies farthest from its own mean keeps it; the others score their mean
-only), which needs 1/G of the far-key products (docs/ROBUST.md, "One far key per group"). The structured input's density (BENCHMARK.md) is reported per mode beside it, as the ratio
+only), which needs 1/G of the far-key products (docs/ROBUST.md, "Tried: one far key per group of
+blocks"); `proto-grouprel@alpha@G` picks the owner by its far key's distance relative to the block's
+mean distance. The structured input's density (BENCHMARK.md) is reported per mode beside it, as the ratio
 to the exact rule's.
 """
 import argparse
@@ -39,7 +41,7 @@ def _block_view(x, length):
     return padded.view(blocks, BLOCK, *x.shape[1:]), blocks
 
 
-def _representatives(k, group=1):
+def _representatives(k, group=1, relative=False):
     """Block means [nb, H_kv, D] and far keys; with group > 1 only the block of each group of `group`
     consecutive blocks whose far key lies farthest from its own mean keeps it (owner mask [nb, H_kv])."""
     length = k.shape[0]
@@ -53,6 +55,8 @@ def _representatives(k, group=1):
     if group == 1:
         return mean, outlier, torch.ones(nb, k.shape[1], dtype=torch.bool, device=k.device)
     best = spread.amax(1)  # [nb, H_kv]: each block's far-key distance
+    if relative:  # against the block's mean squared distance: how far its far key stands out
+        best = best / (spread.clamp(min=0).sum(1) / valid.sum(1).float()[:, None])
     groups = -(-nb // group)
     padded = torch.nn.functional.pad(best, (0, 0, 0, groups * group - nb), value=-2.0).view(groups, group, -1)
     owner = torch.zeros_like(padded, dtype=torch.bool).scatter_(1, padded.argmax(1, keepdim=True), True)
@@ -73,11 +77,11 @@ def _selected(logits, length, alpha, params):
 
 
 def proto_outlier_layout(q, k, alpha, params=dict(sink_blocks=2, window_blocks=4, last_full_blocks=2),
-                         blocks_per_far_key=1):
+                         blocks_per_far_key=1, relative=False):
     """Kept mask [H_q, nb, nb] of the prototype rule for one sequence (blocks_per_far_key > 1: one far key
     per group of blocks, see _representatives)."""
     length, heads_q, dim = q.shape
-    mean, outlier, owner = _representatives(k, blocks_per_far_key)
+    mean, outlier, owner = _representatives(k, blocks_per_far_key, relative)
     group = heads_q // k.shape[1]
     scale = 1.0 / math.sqrt(dim)
     positions = torch.arange(length, device=q.device)
@@ -123,11 +127,13 @@ def run_mode(mode, q, k, v):
         layout = fp.select_blocks(q, k, alpha=0.12, min_budget=budget)
         return fp.block_sparse_attention(q, k, v, layout), layout.density(causal)
     if mode.startswith("proto-outlier") or mode.startswith("proto-group"):
-        # proto-group@A@G: one far key per group of G consecutive key blocks
+        # proto-group@A@G: one far key per group of G consecutive key blocks, owned by the block whose far
+        # key is farthest from its mean; proto-grouprel@A@G: farthest relative to the block's mean distance
         alpha = float(mode.split("@")[1])
         blocks_per_far_key = int(mode.split("@")[2]) if mode.startswith("proto-group") else 1
         like = fp.select_blocks(q[:, :BLOCK], k[:, :BLOCK], alpha=alpha)
-        mask = proto_outlier_layout(q[0], k[0], alpha, blocks_per_far_key=blocks_per_far_key)
+        mask = proto_outlier_layout(q[0], k[0], alpha, blocks_per_far_key=blocks_per_far_key,
+                                    relative=mode.startswith("proto-grouprel"))
         return fp.block_sparse_attention(q, k, v, layout_of(mask, like)), float(mask.sum()) / causal
     raise ValueError(f"unknown mode {mode}")
 
