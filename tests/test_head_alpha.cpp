@@ -37,7 +37,9 @@ HeadAlphaCall run_cpu(AttentionArgs args, const Params& params, const std::vecto
   return {rows_of(layout.view), out};
 }
 
-void check_batch(HostBatch& batch, const Params& params, std::vector<float> alphas) {
+// Batch: HostBatch (contiguous K/V) or PagedBatch; both give args() and their out buffer.
+template <typename Batch>
+void check_batch(Batch& batch, const Params& params, std::vector<float> alphas) {
   AttentionArgs args = batch.args();
   const detail::Problem host = make_problem(args, params, Needs::attention);
   expect_head_alpha_equals_scalar_calls(
@@ -94,12 +96,7 @@ TEST(HeadAlpha, PagedEqualsOneCallPerHead) {
   PagedBatch paged = make_paged(host, 32, PoolLayout::combined, seed);
   Params params;
   params.block_size = 64;
-  std::vector<float> alphas = random_alphas(4, rng);
-  AttentionArgs args = paged.args();
-  const detail::Problem problem = make_problem(args, params, Needs::attention);
-  expect_head_alpha_equals_scalar_calls(
-      problem, params, alphas, host_view(alphas),
-      [&](const Params& call) { return run_cpu(args, call, paged.out); });
+  check_batch(paged, params, random_alphas(4, rng));
 }
 
 // All heads at one alpha: the scalar call, bit for bit (layout, output and lse).

@@ -30,6 +30,31 @@ Buffer upload(const std::vector<T>& vec) {
   return b;
 }
 
+// Captures flash_prefill(args, params, workspace) into a CUDA graph on args.stream, runs
+// `before_replay` (to change what the graph reads), poisons args.out (`out_elements` 16-bit
+// values), replays the graph and copies what it wrote into `replayed`. Void, so that its ASSERTs
+// stop the caller: wrap it in ASSERT_NO_FATAL_FAILURE.
+template <typename BeforeReplay>
+void capture_and_replay(const AttentionArgs& args, const Params& params, Workspace workspace,
+                        size_t out_elements, BeforeReplay&& before_replay,
+                        std::vector<uint16_t>& replayed) {
+  const auto stream = static_cast<cudaStream_t>(args.stream);
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  flash_prefill(args, params, workspace);  // no sync, no allocation, no upload: capturable
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  before_replay();
+  ASSERT_EQ(cudaMemset(args.out.data, 0xff, out_elements * 2), cudaSuccess);  // poison
+  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  replayed.resize(out_elements);
+  copy_bytes(replayed.data(), Device::cpu(), args.out.data, Device::cuda(0), out_elements * 2);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+}
+
 // A host batch mirrored on the GPU.
 struct DeviceBatch {
   HostBatch& host;
@@ -479,22 +504,10 @@ TEST(Cuda, GraphCaptureWithCallerWorkspace) {
   ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   std::vector<uint16_t> eager(host.out.size());
   copy_bytes(eager.data(), Device::cpu(), device.out.data(), Device::cuda(0), eager.size() * 2);
-  ASSERT_EQ(cudaMemset(device.out.data(), 0xff, eager.size() * 2), cudaSuccess);  // poison
-  cudaGraph_t graph;
-  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
-  flash_prefill(args, params,
-                Workspace{workspace.data(), bytes});  // no sync, no allocation: capturable
-  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-  cudaGraphExec_t exec;
-  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  std::vector<uint16_t> replayed(host.out.size());
-  copy_bytes(replayed.data(), Device::cpu(), device.out.data(), Device::cuda(0),
-             replayed.size() * 2);
+  std::vector<uint16_t> replayed;
+  ASSERT_NO_FATAL_FAILURE(capture_and_replay(args, params, Workspace{workspace.data(), bytes},
+                                             eager.size(), [] {}, replayed));
   EXPECT_EQ(replayed, eager);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
 }
 
@@ -854,22 +867,15 @@ TEST(Cuda, HeadAlphaGraphReplayReadsCurrentValues) {
   const std::vector<uint16_t> eager_second = eager_with(second);
   const std::vector<uint16_t> eager_first = eager_with(first);
   ASSERT_NE(eager_first, eager_second) << "the two alpha vectors should choose different layouts";
-  cudaGraph_t graph;
-  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
-  flash_prefill(args, params, Workspace{workspace.data(), bytes});  // no sync, no upload
-  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-  cudaGraphExec_t exec;
-  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  copy_bytes(alphas.data(), Device::cuda(0), second.data(), Device::cpu(), second.size() * 4);
-  ASSERT_EQ(cudaMemset(device.out.data(), 0xff, host.out.size() * 2), cudaSuccess);  // poison
-  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  std::vector<uint16_t> replayed(host.out.size());
-  copy_bytes(replayed.data(), Device::cpu(), device.out.data(), Device::cuda(0),
-             replayed.size() * 2);
+  // Captured with the first values in memory, replayed after the second were written there.
+  std::vector<uint16_t> replayed;
+  ASSERT_NO_FATAL_FAILURE(capture_and_replay(
+      args, params, Workspace{workspace.data(), bytes}, host.out.size(),
+      [&] {
+        copy_bytes(alphas.data(), Device::cuda(0), second.data(), Device::cpu(), second.size() * 4);
+      },
+      replayed));
   EXPECT_EQ(replayed, eager_second);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
 }
 
