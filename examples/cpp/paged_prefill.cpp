@@ -143,17 +143,19 @@ bool run(fp::Device device) {
     return args;
   };
 
-  // Sized once for the largest call, then reused by every call (and every layer) of the step.
-  std::vector<DeviceArray> metadata;
-  std::vector<DeviceArray> outputs;
-  for (const Chunk& c : chunks)
+  // Each chunk's arguments are made once; the workspace is sized once for the larger call and
+  // reused by every call (and every layer) of the step.
+  std::vector<DeviceArray> metadata, outputs;
+  std::vector<fp::AttentionArgs> chunk_args;
+  for (const Chunk& c : chunks) {
     outputs.push_back(DeviceArray::of(std::vector<uint16_t>(size_t((c.end - c.begin) * kHeadsQ * kDim)), device));
-  size_t workspace_bytes = 0;
+    chunk_args.push_back(paged_args(c, metadata, outputs.back()));
+  }
   fp::Params params;
   params.head_alpha = view(d_head_alpha, fp::DType::fp32, {kHeadsQ});
-  for (int i = 0; i < 2; ++i)
-    workspace_bytes = std::max(workspace_bytes,
-                               fp::flash_prefill_workspace_size(paged_args(chunks[i], metadata, outputs[i]), params));
+  size_t workspace_bytes = 0;
+  for (const fp::AttentionArgs& args : chunk_args)
+    workspace_bytes = std::max(workspace_bytes, fp::flash_prefill_workspace_size(args, params));
   const fp::Buffer workspace = fp::Buffer::allocate(device, std::max<size_t>(workspace_bytes, 1));
   std::printf("  workspace for both chunks: %zu bytes\n", workspace_bytes);
 
@@ -161,7 +163,7 @@ bool run(fp::Device device) {
   for (int i = 0; i < 2; ++i) {
     const Chunk& c = chunks[i];
     const int64_t len_q = c.end - c.begin;
-    const fp::AttentionArgs args = paged_args(c, metadata, outputs[i]);
+    const fp::AttentionArgs& args = chunk_args[size_t(i)];
 
     // Alpha 0 keeps every causal block: the output must be dense attention's.
     fp::Params dense_params;
@@ -183,10 +185,11 @@ bool run(fp::Device device) {
     const bool chunk_ok = error < 1e-2;  // bf16 outputs: a rounding step is 2^-8 relative
     ok &= chunk_ok;
 
-    // The per-head alphas: the blocks they keep.
-    fp::flash_prefill(args, params, {workspace.data(), workspace_bytes});
+    // The per-head alphas, in stages so that the kept blocks can be counted: discovery, then
+    // attention over the layout it found (what flash_prefill does in one call).
     fp::LayoutStorage layout = fp::allocate_layout(args, params);
     fp::discover_layout(args, params, layout.view, {workspace.data(), workspace_bytes});
+    fp::block_sparse_attention(args, params, layout.view, {workspace.data(), workspace_bytes});
     const fp::LayoutStats stats = fp::layout_stats(args, params, layout.view);
     std::printf("  chunk %d (queries %lld..%lld over %lld cached keys): alpha 0 vs dense attention, relative "
                 "error %.2e (%s); per-head alpha 0.02..0.16 keeps %lld of %lld blocks (density %.3f)\n",
