@@ -6,7 +6,8 @@
 # ROUNDS processes per point; the summary is the median over rounds of each side and paged/contiguous.
 # Usage (on the device; builds /tmp/fp-build unless bench/device_run.sh already did):
 #   bash bench/paged_ab.sh 32K,128K 16,128          (results under $OUT: paged.jsonl, paged.txt)
-# SHAPE=small|qwen2.5-7b changes the preset; ROUNDS=3 by default.
+# SHAPE=small|qwen2.5-7b changes the preset; ROUNDS=3 by default; IN_ORDER=1 keeps the pages in sequence
+# order (a fresh cache) instead of shuffling them.
 set -uo pipefail
 LENGTHS=${1:-32K,128K}
 PAGES=${2:-16,128}
@@ -27,7 +28,7 @@ for L in "${LS[@]}"; do
   for P in "${PS[@]}"; do
     for round in $(seq "$ROUNDS"); do
       timeout 150 $B/flashprefill bench --backend cuda --shape "$SHAPE" --seq-len "$L" --page-size "$P" --no-dense \
-        --repeats 10 --recall-samples 4 --json | sed "s/^{/{\"length\":\"$L\",\"round\":$round,/" >> "$JSONL"
+        $( [ "${IN_ORDER:-0}" = 1 ] && echo --pages-in-order ) --repeats 10 --recall-samples 4 --json | sed "s/^{/{\"length\":\"$L\",\"round\":$round,/" >> "$JSONL"
     done
   done
 done

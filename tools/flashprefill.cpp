@@ -293,14 +293,16 @@ std::vector<uint16_t> download_output(const Inputs& in, Device device) {
 
 // --page-size: the same inputs twice more, queries packed (varlen) in both: K/V contiguous
 // ([B * L, H_kv, D] with cu_seqlens_kv) and K/V in page pools of page_size tokens, one
-// [2, num_pages, page_size, H_kv, D] allocation as vLLM's cache, pages in a random order (seeded),
-// so the two calls differ only in how K and V are addressed.
+// [2, num_pages, page_size, H_kv, D] allocation as vLLM's cache, pages in a random order (seeded)
+// or, with in_order, in sequence order (as a fresh cache hands them out), so the two calls differ
+// only in how K and V are addressed.
 struct PagedInputs {
   Buffer cu_q, cu_kv, pool, block_table, seq_lens;
   AttentionArgs contiguous, paged;
 };
 
-PagedInputs make_paged_inputs(const Setup& setup, const Inputs& in, int64_t page_size) {
+PagedInputs make_paged_inputs(const Setup& setup, const Inputs& in, int64_t page_size,
+                              bool in_order) {
   const auto& s = setup.shape;
   const Device device = setup.device;
   const int64_t B = s.batch, L = s.seq_len, row = s.heads_kv * s.head_dim;
@@ -315,7 +317,7 @@ PagedInputs make_paged_inputs(const Setup& setup, const Inputs& in, int64_t page
   for (int64_t b = 0; b <= B; ++b) cu[size_t(b)] = int32_t(b * L);
   std::vector<int32_t> order(static_cast<size_t>(num_pages));
   std::iota(order.begin(), order.end(), 0);
-  std::shuffle(order.begin(), order.end(), std::mt19937_64(setup.seed + 7));
+  if (!in_order) std::shuffle(order.begin(), order.end(), std::mt19937_64(setup.seed + 7));
   const int64_t page_elems = page_size * row;
   std::vector<uint16_t> pool(size_t(2 * num_pages * page_elems), 0);
   std::vector<int32_t> table(static_cast<size_t>(num_pages));
@@ -377,7 +379,8 @@ PagedTimes time_stages(const AttentionArgs& args, const Setup& setup, int repeat
 int run_bench(int argc, char** argv) {
   std::set<std::string> valued = kShapeOptions;
   valued.insert({"repeats", "recall-samples", "page-size"});
-  const Options options(argc, argv, 2, valued, {"json", "no-dense", "progress", "help"});
+  const Options options(argc, argv, 2, valued,
+                        {"json", "no-dense", "progress", "pages-in-order", "help"});
   if (options.has("help")) {
     std::cout << "usage: flashprefill bench [options]\n\nTimes FlashPrefill (discovery + "
                  "block-sparse attention) against our dense\n"
@@ -391,6 +394,7 @@ int run_bench(int argc, char** argv) {
            "  --page-size N         also time K/V in a paged cache of N-token pages (vLLM's\n"
            "                        layout, pages shuffled) against the same K/V contiguous,\n"
            "                        queries packed in both (0: not, the default)\n"
+           "  --pages-in-order      with --page-size: pages in sequence order, not shuffled\n"
            "  --json                print one JSON object instead of the table\n"
            "  --progress            progress on stderr even when it is not a terminal\n";
     return 0;
@@ -434,7 +438,8 @@ int run_bench(int argc, char** argv) {
   bool paged_identical = false;
   if (page_size) {
     progress.step("paged vs contiguous K/V (varlen)");
-    const PagedInputs paged = make_paged_inputs(setup, in, page_size);
+    const PagedInputs paged =
+        make_paged_inputs(setup, in, page_size, options.has("pages-in-order"));
     // Interleaved runs of the two, so that clock drift hits both alike.
     varlen_times = time_stages(paged.contiguous, setup, repeats);
     const std::vector<uint16_t> varlen_out = download_output(in, setup.device);
@@ -448,11 +453,13 @@ int run_bench(int argc, char** argv) {
                   ", \"page_size\": %ld, \"varlen_discovery_ms\": %.4f, \"varlen_attention_ms\": "
                   "%.4f, \"varlen_total_ms\": %.4f, \"paged_discovery_ms\": %.4f, "
                   "\"paged_attention_ms\": %.4f, \"paged_total_ms\": %.4f, "
-                  "\"paged_over_contiguous\": %.4f, \"paged_output_identical\": %s",
+                  "\"paged_over_contiguous\": %.4f, \"paged_output_identical\": %s, "
+                  "\"pages_in_order\": %s",
                   long(page_size), varlen_times.discovery_ms, varlen_times.attention_ms,
                   varlen_times.total_ms, paged_times.discovery_ms, paged_times.attention_ms,
                   paged_times.total_ms, paged_times.total_ms / varlen_times.total_ms,
-                  paged_identical ? "true" : "false");
+                  paged_identical ? "true" : "false",
+                  options.has("pages-in-order") ? "true" : "false");
     return text;
   };
 
