@@ -10,6 +10,9 @@ enum class NamedBarrier : int {
   kConsumerTurn0 = 1,
   kConsumerTurn1 = 2,
   kRowHandover = 3,
+  // sm_90 attention, small pages loaded by the whole producer warpgroup: its first warp hands
+  // each row to the other three.
+  kProducerRow = 4,
   // sm_90 score kernel: its one warpgroup (barrier 0 is the same set of threads, but says more).
   kScoreWarpgroup = 1,
   // select_row (score kernels of both families): warp 0 collects the other warps' kept counts.

@@ -277,8 +277,9 @@ void check_paged_equals_contiguous_on_gpu(uint64_t seed, const Params& params, i
 }
 
 // The default kernels (on an H100/H200 at block 128: TMA of one page per piece when pages are
-// smaller than the 128-key tile, of part of a page otherwise) and the sm_80 ones (cp.async through
-// the block table), every page size and pool layout.
+// smaller than the 128-key tile, issued by four warps for pages of 16 and 32 and by one for 64; of
+// part of a page otherwise) and the sm_80 ones (cp.async through the block table), every page size
+// and pool layout.
 TEST(Cuda, PagedEqualsContiguousDefaultKernels) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);

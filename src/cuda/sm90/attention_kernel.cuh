@@ -2,9 +2,9 @@
 // FlashAttention-3: a persistent CTA per SM takes layout rows (128 query rows = one query block
 // each) from a global counter, in row_at's order (long rows first), with three warpgroups.
 //  - warpgroup 0, the producer (mainloop_load.cuh): one warp takes the next row
-//  (row_scheduler.cuh),
-//    issues TMA loads of its Q and of the K and V tiles of its kept blocks into a ring of
-//    shared-memory stages (attention_traits.cuh), and hands the row to the consumers;
+//    (row_scheduler.cuh), issues TMA loads of its Q and of the K and V tiles of its kept blocks
+//    into a ring of shared-memory stages (attention_traits.cuh), and hands the row to the
+//    consumers; with pages of 32 keys or fewer, all four warps issue the K/V loads (kLoad);
 //  - warpgroups 1 and 2, the consumers (mainloop_mma.cuh), 64 query rows each: wgmma and the online
 //    softmax, then the epilogue shared with sm_80 (cuda/epilogue.cuh).
 // Tiles are 128 keys = one key block, so the causal mask is needed only on the diagonal block
@@ -25,17 +25,19 @@
 
 namespace flashprefill::cuda::sm90 {
 
-template <typename Traits, typename KV>
+// kLoad: which producer warps load K/V (mainloop_load.cuh).
+template <typename Traits, typename KV, KVLoad kLoad>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     sparse_attention_kernel(const __grid_constant__ SparseAttentionParams params,
                             const __grid_constant__ TensorMaps maps) {
   constexpr int D = Traits::kHeadDim;
   using Half = sm80::HalfType<Traits::kIsBf16>;
   const detail::Problem& p = params.problem;
+  constexpr bool kFourWarps = kLoad == KVLoad::kFourWarps;
 
   extern __shared__ unsigned char smem_raw[];
   const SharedStorage<Traits> smem = SharedStorage<Traits>::carve(smem_raw);
-  if (threadIdx.x == 0) smem.init_barriers();
+  if (threadIdx.x == 0) smem.init_barriers(kFourWarps ? 4 : 1);
   __syncthreads();
   RowScheduler<Traits::kRowHandoverThreads> scheduler{params.work_counter, smem.row_slot};
 
@@ -44,30 +46,44 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x / 128), 0);
 
   if (warpgroup == 0) {
-    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegisters>();
-    if (threadIdx.x >= 32) return;  // one producer warp
-    const bool leader = threadIdx.x == 0;
-    ProducerMainloop<Traits, KV> mainloop;
+    cutlass::arch::warpgroup_reg_dealloc<kFourWarps ? Traits::kFourWarpProducerRegisters
+                                                    : Traits::kProducerRegisters>();
+    if (threadIdx.x >= (kFourWarps ? Traits::kProducerThreads : 32)) return;  // the loading warps
+    const bool leader = threadIdx.x == 0, main_warp = threadIdx.x < 32;
+    ProducerMainloop<Traits, KV, kLoad> mainloop;
+    // Four loading warps: the first draws each row and hands it to the other three.
+    RowScheduler<Traits::kProducerThreads, NamedBarrier::kProducerRow> producer_rows{
+        params.work_counter, smem.producer_slot};
     for (;;) {
-      const int64_t order = scheduler.fetch(leader);
+      int64_t order = main_warp ? scheduler.fetch(leader) : 0;
+      if constexpr (kFourWarps) {
+        if (main_warp)
+          producer_rows.publish(leader, int32_t(order));
+        else
+          order = producer_rows.receive();
+      }
       if (order >= params.max_rows) {
-        scheduler.publish(leader, -1);
+        if (main_warp) scheduler.publish(leader, -1);
         break;
       }
       const RowWork w = row_work<Traits::kBlockM>(params, order);
       if (!w.coord.valid || !w.has_rows)
         continue;              // no query of this block is in the chunk: nothing to write
       if (w.num_tiles == 0) {  // its consumers only write zeros: no Q, no K/V
-        scheduler.publish(leader, int32_t(order));
+        if (main_warp) scheduler.publish(leader, int32_t(order));
         continue;
       }
-      mainloop.load(smem, maps, params, w, leader,
-                    [&] { scheduler.publish(leader, int32_t(order)); });
+      const auto handover = [&] { scheduler.publish(leader, int32_t(order)); };
+      if constexpr (kFourWarps)
+        mainloop.load_four_warps(smem, maps, params, w, leader, main_warp, handover);
+      else
+        mainloop.load(smem, maps, params, w, leader, handover);
     }
     return;
   }
 
-  cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegisters>();
+  cutlass::arch::warpgroup_reg_alloc<kFourWarps ? Traits::kFourWarpConsumerRegisters
+                                                : Traits::kConsumerRegisters>();
   const int consumer = warpgroup - 1;  // rows 64 * consumer .. + 63 of the block
   const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
   const int g = lane / 4, quad = lane % 4;
@@ -101,8 +117,11 @@ template <int kHeadDim, bool kIsBf16>
 void launch_sparse_attention(const SparseAttentionParams& params, const TensorMaps& maps) {
   using Traits = AttentionTraits<kHeadDim, kIsBf16>;
   if (params.max_rows == 0) return;
-  auto kernel = params.problem.paged() ? sparse_attention_kernel<Traits, PagedKV>
-                                       : sparse_attention_kernel<Traits, ContiguousKV>;
+  const detail::Problem& p = params.problem;
+  auto kernel = !p.paged() ? sparse_attention_kernel<Traits, ContiguousKV, KVLoad::kOneWarp>
+                : p.pages.page_size <= kFourWarpMaxPageSize
+                    ? sparse_attention_kernel<Traits, PagedKV, KVLoad::kFourWarps>
+                    : sparse_attention_kernel<Traits, PagedKV, KVLoad::kOneWarp>;
   FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      Traits::kSmemBytes));
   // Persistent: one CTA per SM (or fewer when there are fewer rows), rows from params.work_counter.

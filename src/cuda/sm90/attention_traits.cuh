@@ -25,13 +25,18 @@ struct AttentionTraits {
   static constexpr int kPanels = kHeadDim / 64;  // 64-column TMA boxes per row
   static constexpr int kProducerRegisters = 24;
   static constexpr int kConsumerRegisters = 240;
+  // When all four producer warps load (KVLoad::kFourWarps), they need more than 24 registers not
+  // to spill; the consumers give up 8.
+  static constexpr int kFourWarpProducerRegisters = 40;
+  static constexpr int kFourWarpConsumerRegisters = 232;
   using QPanels = SwizzledPanels<kBlockM>;
   using KVPanels = SwizzledPanels<kBlockN>;
   static constexpr int kQBytes = kPanels * QPanels::kPanelBytes;
   static constexpr int kTileBytes = kPanels * KVPanels::kPanelBytes;  // one K or V tile
-  // mbarriers, then two row slots (the order index of the next row, handed over at each
-  // rendezvous).
-  static constexpr int kBarrierBytes = 8 * (2 * kQBuffers + 4 * kStages) + 4 * 2;
+  static constexpr int kProducerThreads = 128;                        // the producer warpgroup
+  // mbarriers, then two row slots for the consumers and two for the producer's other warps when
+  // all four load (the order index of the next row, handed over at each rendezvous).
+  static constexpr int kBarrierBytes = 8 * (2 * kQBuffers + 4 * kStages) + 4 * 2 * 2;
   // +1024: the dynamic shared window is aligned up to the swizzle atom inside the kernel.
   static constexpr int kSmemBytes =
       kQBuffers * kQBytes + 2 * kStages * kTileBytes + kBarrierBytes + 1024;
@@ -52,7 +57,8 @@ template <typename Traits>
 struct SharedStorage {
   unsigned char *q, *k, *v;
   uint64_t *q_full, *q_empty, *k_full, *v_full, *k_empty, *v_empty;
-  int32_t* row_slot;  // [2], see RowScheduler
+  int32_t* row_slot;       // [2], see RowScheduler
+  int32_t* producer_slot;  // [2], the same among the producer's warps when all four load
 
   __device__ __forceinline__ static SharedStorage carve(unsigned char* smem_raw) {
     SharedStorage s;
@@ -68,18 +74,20 @@ struct SharedStorage {
     s.k_empty = s.v_full + Traits::kStages;
     s.v_empty = s.k_empty + Traits::kStages;
     s.row_slot = reinterpret_cast<int32_t*>(s.v_empty + Traits::kStages);
+    s.producer_slot = s.row_slot + 2;
     return s;
   }
 
-  // One thread, before the CTA's first barrier.
-  __device__ __forceinline__ void init_barriers() const {
+  // One thread, before the CTA's first barrier. kv_full_arrivals: how many threads arm each K/V
+  // tile's TMA (one per loading warp).
+  __device__ __forceinline__ void init_barriers(int kv_full_arrivals) const {
     for (int b = 0; b < Traits::kQBuffers; ++b) {
       Barrier::init(&q_full[b], 1);
       Barrier::init(&q_empty[b], Traits::kConsumers);
     }
     for (int s = 0; s < Traits::kStages; ++s) {
-      Barrier::init(&k_full[s], 1);
-      Barrier::init(&v_full[s], 1);
+      Barrier::init(&k_full[s], kv_full_arrivals);
+      Barrier::init(&v_full[s], kv_full_arrivals);
       Barrier::init(&k_empty[s], Traits::kConsumers);  // one arrival per consumer warpgroup
       Barrier::init(&v_empty[s], Traits::kConsumers);
     }

@@ -50,7 +50,9 @@ __device__ __forceinline__ RowWork row_work(const SparseAttentionParams& params,
 // rows) in one of two slots, alternating, then meets the consumers at a named barrier; they read
 // the slot right after. The producer's next write to that slot comes after the next rendezvous,
 // which the consumers reach only once they have read it.
-template <int kHandoverThreads>
+// The same hand-over, on barrier kBarrier, serves the producer warpgroup's own warps when they all
+// load (small pages, KVLoad::kFourWarps): its first warp publishes to the other three.
+template <int kHandoverThreads, NamedBarrier kBarrier = NamedBarrier::kRowHandover>
 struct RowScheduler {
   int* work_counter;
   int32_t* row_slot;
@@ -63,12 +65,12 @@ struct RowScheduler {
   }
   __device__ __forceinline__ void publish(bool leader, int32_t order) {
     if (leader) row_slot[rendezvous % 2] = order;
-    named_barrier_sync(NamedBarrier::kRowHandover, kHandoverThreads);
+    named_barrier_sync(kBarrier, kHandoverThreads);
     ++rendezvous;
   }
   // Consumers: the next row's order index, or -1.
   __device__ __forceinline__ int32_t receive() {
-    named_barrier_sync(NamedBarrier::kRowHandover, kHandoverThreads);
+    named_barrier_sync(kBarrier, kHandoverThreads);
     return row_slot[rendezvous++ % 2];
   }
 };
