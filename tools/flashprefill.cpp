@@ -404,6 +404,7 @@ int run_bench(int argc, char** argv) {
   const int repeats = int(options.integer("repeats", on_gpu ? 20 : 1, 1));
   const bool dense = !options.has("no-dense");
   const int64_t page_size = options.integer("page-size", 0, 0);
+  const bool pages_in_order = options.has("pages-in-order");
   Progress progress((dense ? 6 : 5) + (page_size ? 1 : 0), options.has("progress") || isatty(2));
 
   progress.step("generating the structured input");
@@ -438,8 +439,7 @@ int run_bench(int argc, char** argv) {
   bool paged_identical = false;
   if (page_size) {
     progress.step("paged vs contiguous K/V (varlen)");
-    const PagedInputs paged =
-        make_paged_inputs(setup, in, page_size, options.has("pages-in-order"));
+    const PagedInputs paged = make_paged_inputs(setup, in, page_size, pages_in_order);
     // Interleaved runs of the two, so that clock drift hits both alike.
     varlen_times = time_stages(paged.contiguous, setup, repeats);
     const std::vector<uint16_t> varlen_out = download_output(in, setup.device);
@@ -458,8 +458,7 @@ int run_bench(int argc, char** argv) {
                   long(page_size), varlen_times.discovery_ms, varlen_times.attention_ms,
                   varlen_times.total_ms, paged_times.discovery_ms, paged_times.attention_ms,
                   paged_times.total_ms, paged_times.total_ms / varlen_times.total_ms,
-                  paged_identical ? "true" : "false",
-                  options.has("pages-in-order") ? "true" : "false");
+                  paged_identical ? "true" : "false", pages_in_order ? "true" : "false");
     return text;
   };
 

@@ -34,10 +34,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   using Half = sm80::HalfType<Traits::kIsBf16>;
   const detail::Problem& p = params.problem;
   constexpr bool kFourWarps = kLoad == KVLoad::kFourWarps;
+  using Producer = ProducerMainloop<Traits, KV, kLoad>;
 
   extern __shared__ unsigned char smem_raw[];
   const SharedStorage<Traits> smem = SharedStorage<Traits>::carve(smem_raw);
-  if (threadIdx.x == 0) smem.init_barriers(kFourWarps ? 4 : 1);
+  if (threadIdx.x == 0) smem.init_barriers(Producer::kLoadWarps);
   __syncthreads();
   RowScheduler<Traits::kRowHandoverThreads> scheduler{params.work_counter, smem.row_slot};
 
@@ -48,9 +49,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<kFourWarps ? Traits::kFourWarpProducerRegisters
                                                     : Traits::kProducerRegisters>();
-    if (threadIdx.x >= (kFourWarps ? Traits::kProducerThreads : 32)) return;  // the loading warps
+    if (threadIdx.x >= 32 * Producer::kLoadWarps) return;  // the loading warps
     const bool leader = threadIdx.x == 0, main_warp = threadIdx.x < 32;
-    ProducerMainloop<Traits, KV, kLoad> mainloop;
+    Producer mainloop;
     // Four loading warps: the first draws each row and hands it to the other three.
     RowScheduler<Traits::kProducerThreads, NamedBarrier::kProducerRow> producer_rows{
         params.work_counter, smem.producer_slot};

@@ -37,6 +37,11 @@ constexpr int kFourWarpMaxPageSize = 32;
 template <typename Traits, typename KV, KVLoad kLoad>
 struct ProducerMainloop {
   static_assert(kLoad == KVLoad::kOneWarp || KV::kPaged, "only small pages are split over warps");
+  // The warps that issue K/V loads, each arming its tile barriers for its share of the bytes, and
+  // the rows of a tile each loads (a page of at most kFourWarpMaxPageSize keys fits in them).
+  static constexpr int kLoadWarps = kLoad == KVLoad::kFourWarps ? 4 : 1;
+  static constexpr int kRowsPerWarp = Traits::kBlockN / kLoadWarps;
+  static_assert(kLoad == KVLoad::kOneWarp || kFourWarpMaxPageSize <= kRowsPerWarp);
   static constexpr uint64_t kCacheHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
   // Pipeline positions (Q buffers, K/V stages) run on across rows: counted, not reset.
   int tile_count = 0, q_count = 0;
@@ -97,9 +102,9 @@ struct ProducerMainloop {
                                                   Handover&& handover) {
     const detail::Problem& p = params.problem;
     const KV kv{p, w.coord.seq, w.coord.extent, w.kv_head};
-    const int lane = threadIdx.x % 32, warp_row = (threadIdx.x / 32) % 4 * 32;
+    const int lane = threadIdx.x % 32, warp_row = (threadIdx.x / 32) % kLoadWarps * kRowsPerWarp;
     const int page_rows = p.pages.page_size;
-    const bool issues = lane * page_rows < 32;
+    const bool issues = lane * page_rows < kRowsPerWarp;
     const auto piece_of = [&](int tile, int32_t block) {
       return issues && tile < w.num_tiles
                  ? kv.tma_piece(int64_t(block) * Traits::kBlockN + warp_row + lane * page_rows)
@@ -120,7 +125,7 @@ struct ProducerMainloop {
       const auto load_tile = [&](const CUtensorMap* map, uint64_t* empty, uint64_t* full,
                                  unsigned char* tiles) {
         barrier_wait(&empty[stage], phase ^ 1);
-        if (lane == 0) barrier_arrive_expect_tx(&full[stage], Traits::kTileBytes / 4);
+        if (lane == 0) barrier_arrive_expect_tx(&full[stage], Traits::kTileBytes / kLoadWarps);
         __syncwarp();
         if (!issues) return;
         for (int panel = 0; panel < Traits::kPanels; ++panel)

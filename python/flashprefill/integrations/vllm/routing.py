@@ -99,8 +99,8 @@ class Settings:
     discovery: str = "exact"  # FLASHPREFILL_DISCOVERY: "exact" or "robust"
     density_log: Optional[str] = None  # FLASHPREFILL_VLLM_DENSITY_LOG: append kept/causal blocks per call (slow)
     # FLASHPREFILL_VLLM_PAGE_SIZE: the KV-cache block size the backend asks vLLM for when --block-size is not
-    # given. 128: paged attention reads whole 128-key tiles from one page (within 2% of contiguous K/V on an
-    # H200, bench/RESULTS.md); pages of 16 cost 8-17% there.
+    # given. On an H200 (bench/RESULTS.md) paged attention is within 2% of contiguous K/V on pages of 128 and
+    # within 4% on 16 and 32; 128 is the default because vLLM's FlashAttention call is also faster there.
     page_size: int = 128
 
     @classmethod
