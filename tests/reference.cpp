@@ -42,36 +42,65 @@ std::vector<double> pool_keys(const Problem& p, int64_t num_slots) {
   return pooled;
 }
 
-std::vector<double> farthest_keys(const Problem& p, const std::vector<double>& pooled) {
-  const int64_t D = p.head_dim, B = p.block();
-  std::vector<double> far(pooled.size(), 0.0);
-  for (int64_t b = 0; b < p.num_seqs; ++b) {
-    const SeqExtent s = p.seq(b);
-    for (int64_t j = 0; j < num_key_blocks(s.len_kv, B); ++j)
-      for (int64_t hk = 0; hk < p.heads_kv; ++hk) {
-        const int64_t index = ((p.pooled_slot0(b, s) + j) * p.heads_kv + hk) * D;
-        double best_distance = -1.0;
-        int64_t best_key = j * B;
-        for (int64_t key = j * B; key < std::min((j + 1) * B, s.len_kv); ++key) {
-          double distance = 0.0;
-          for (int64_t d = 0; d < D; ++d) {
-            const double diff = load(p, p.k, p.k_offset(b, s, key, hk) + d) -
-                                detail::rounded_to(float(pooled[index + d]), p.dtype);
-            distance += diff * diff;
-          }
-          if (distance > best_distance) best_distance = distance, best_key = key;
-        }
-        for (int64_t d = 0; d < D; ++d)
-          far[index + d] = load(p, p.k, p.k_offset(b, s, best_key, hk) + d);
+QueryRepresentatives query_representatives(const Problem& p, const detail::LayoutRow& r) {
+  const int64_t D = p.head_dim, g = p.group, hk = r.head / g, shift = r.shift();
+  const int64_t t0 = r.positions(p.block()).begin - shift, t1 = r.positions(p.block()).end - shift;
+  const double n = double(t1 - t0);
+  QueryRepresentatives reps;
+  reps.mean.assign(static_cast<size_t>(D), 0.0);
+  double far_distance = -1.0;
+  int64_t far_head = hk * g, far_t = t0;
+  for (int64_t h = hk * g; h < (hk + 1) * g; ++h) {
+    std::vector<double> mean(static_cast<size_t>(D), 0.0);
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t d = 0; d < D; ++d)
+        mean[d] += load(p, p.q, p.q_offset(r.seq, r.extent, t, h) + d);
+    for (int64_t d = 0; d < D; ++d) reps.mean[d] += mean[d], mean[d] /= n;
+    for (int64_t t = t0; t < t1; ++t) {
+      double distance = 0.0;
+      for (int64_t d = 0; d < D; ++d) {
+        const double diff = load(p, p.q, p.q_offset(r.seq, r.extent, t, h) + d) - mean[d];
+        distance += diff * diff;
       }
+      if (distance > far_distance) far_distance = distance, far_head = h, far_t = t;
+    }
   }
-  return far;
+  for (double& x : reps.mean) x = detail::rounded_to(float(x / (double(g) * n)), p.dtype);
+  for (int64_t d = 0; d < D; ++d)
+    reps.far.push_back(load(p, p.q, p.q_offset(r.seq, r.extent, far_t, far_head) + d));
+  return reps;
+}
+
+std::vector<double> robust_margins(const Problem& p, int64_t max_key_blocks) {
+  const int64_t D = p.head_dim, B = p.block();
+  std::vector<double> margins;
+  detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
+    const int64_t i = r.block_abs, hk = r.head / p.group;
+    margins.resize(static_cast<size_t>((row + 1) * max_key_blocks), kNegInf);
+    const QueryRepresentatives reps = query_representatives(p, r);
+    const double log_alpha = std::log(double(p.alpha_of_head(r.head)));
+    for (const std::vector<double>* rep : {&reps.mean, &reps.far}) {
+      std::vector<double> y(static_cast<size_t>(i + 1), kNegInf);
+      for (int64_t j = 0; j <= i; ++j)  // every key of the block counts, the diagonal's too
+        for (int64_t key = j * B; key < std::min((j + 1) * B, r.extent.len_kv); ++key) {
+          double dot = 0.0;
+          for (int64_t d = 0; d < D; ++d)
+            dot += (*rep)[d] * load(p, p.k, p.k_offset(r.seq, r.extent, key, hk) + d);
+          y[j] = std::max(y[j], p.params.scale * dot);
+        }
+      const double best = *std::max_element(y.begin(), y.end());
+      for (int64_t j = 0; j <= i; ++j) {
+        double& margin = margins[row * max_key_blocks + j];
+        margin = std::max(margin, log_alpha == kNegInf ? -kNegInf : y[j] - best - log_alpha);
+      }
+    }
+  });
+  return margins;
 }
 
 std::vector<double> block_scores(const Problem& p, const std::vector<double>& pooled,
-                                 int64_t max_key_blocks, bool robust) {
+                                 int64_t max_key_blocks) {
   const int64_t D = p.head_dim, B = p.block();
-  const std::vector<double> far = robust ? farthest_keys(p, pooled) : std::vector<double>();
   std::vector<double> scores;
   detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
     const int64_t b = r.seq, h = r.head, i = r.block_abs, shift = r.shift();
@@ -92,15 +121,6 @@ std::vector<double> block_scores(const Problem& p, const std::vector<double>& po
           dot += load(p, p.q, p.q_offset(b, s, t, h) + d) *
                  detail::rounded_to(float(kbar[d]), p.dtype);
         x[(t - t0) * (i + 1) + j] = p.params.scale * dot;
-        if (robust) {  // docs/ROBUST.md: max(x_mean, scale * q . far - ln n_j)
-          const double* kfar = &far[((p.pooled_slot0(b, s) + j) * p.heads_kv + h / p.group) * D];
-          double far_dot = 0.0;
-          for (int64_t d = 0; d < D; ++d)
-            far_dot += load(p, p.q, p.q_offset(b, s, t, h) + d) * kfar[d];
-          const double keys = double(std::min((j + 1) * B, s.len_kv) - j * B);
-          x[(t - t0) * (i + 1) + j] =
-              std::max(x[(t - t0) * (i + 1) + j], p.params.scale * far_dot - std::log(keys));
-        }
         row_max = std::max(row_max, x[(t - t0) * (i + 1) + j]);
       }
     for (int64_t j = 0; j <= i; ++j) {
@@ -116,7 +136,7 @@ std::vector<double> block_scores(const Problem& p, const std::vector<double>& po
 
 std::vector<std::vector<int32_t>> select_blocks(const Problem& p, const std::vector<double>& scores,
                                                 int64_t max_key_blocks,
-                                                const std::vector<double>& robust_scores) {
+                                                const std::vector<double>& robust_margins) {
   std::vector<std::vector<int32_t>> kept;
   detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
     const int64_t i = r.block_abs;
@@ -127,11 +147,9 @@ std::vector<std::vector<int32_t>> select_blocks(const Problem& p, const std::vec
     for (int64_t j = 0; j <= i; ++j)
       keep[j] =
           S[j] >= alpha * row_max || detail::always_kept(i, j, r.key_blocks(p.block()), p.params);
-    if (!robust_scores.empty()) {  // docs/ROBUST.md: also the blocks x_eff's threshold keeps
-      const double* R = &robust_scores[row * max_key_blocks];
-      const double robust_max = *std::max_element(R, R + i + 1);
-      for (int64_t j = 0; j <= i; ++j) keep[j] = keep[j] || R[j] >= alpha * robust_max;
-    }
+    if (!robust_margins.empty())  // docs/ROBUST.md: also what the representatives' test keeps
+      for (int64_t j = 0; j <= i; ++j)
+        keep[j] = keep[j] || robust_margins[row * max_key_blocks + j] >= 0.0;
     std::vector<int32_t> order(static_cast<size_t>(i + 1));
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t c) { return S[a] > S[c]; });

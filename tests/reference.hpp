@@ -7,28 +7,38 @@
 #include <vector>
 
 #include "common/problem.hpp"
+#include "common/row_geometry.hpp"
 
 namespace flashprefill::reference {
 
 // Step 1: pooled keys, [slot][kv head][d] in the slot numbering of flashprefill.hpp.
 std::vector<double> pool_keys(const detail::Problem& p, int64_t num_slots);
 
-// Robust discovery's second representative (docs/ROBUST.md), in pooled's layout: the valid key of
-// each block farthest from its mean rounded to the input dtype, the lowest index on ties.
-std::vector<double> farthest_keys(const detail::Problem& p, const std::vector<double>& pooled);
-
 // Step 2: S for every layout row, row-major [row][max_key_blocks] (0 where j > i), scoring
-// against the pooled keys rounded to the input dtype, as every backend does. robust: S of
-// x_eff = max(x, scale * q . far - ln n_j) instead (docs/ROBUST.md).
+// against the pooled keys rounded to the input dtype, as every backend does.
 std::vector<double> block_scores(const detail::Problem& p, const std::vector<double>& pooled,
-                                 int64_t max_key_blocks, bool robust = false);
+                                 int64_t max_key_blocks);
 
-// Steps 3-4: the kept key blocks of every layout row, ascending. robust_scores (robust discovery,
-// block_scores(..., true)): the blocks that pass the same threshold on them are kept too.
+// Robust discovery's second test (docs/ROBUST.md): the two query representatives of a (sequence,
+// kv head, query block), the group's mean query rounded to the input dtype and its far query.
+struct QueryRepresentatives {
+  std::vector<double> mean, far;  // [D] each
+};
+QueryRepresentatives query_representatives(const detail::Problem& p, const detail::LayoutRow& r);
+
+// Robust discovery's second test for every layout row, row-major [row][max_key_blocks]: the margin
+// max over rep in {mean, far} of y_rep[j] - max_{j' <= i} y_rep[j'] - ln(alpha_h), where y_rep[j] =
+// max over block j's keys of scale * rep . k; block j passes iff margin >= 0 (+inf at alpha 0, -inf
+// where j > i). A margin is in natural-log units, so |margin| <= 1e-3 is the robust counterpart of
+// a score within 1e-3 relative of the exact rule's threshold.
+std::vector<double> robust_margins(const detail::Problem& p, int64_t max_key_blocks);
+
+// Steps 3-4: the kept key blocks of every layout row, ascending. robust_margins (robust discovery,
+// robust_margins(...)): the blocks whose margin is >= 0 are kept too.
 std::vector<std::vector<int32_t>> select_blocks(const detail::Problem& p,
                                                 const std::vector<double>& scores,
                                                 int64_t max_key_blocks,
-                                                const std::vector<double>& robust_scores = {});
+                                                const std::vector<double>& robust_margins = {});
 
 // Step 5: attention of every query row restricted to the given per-row key blocks (dense when
 // `rows` is empty). Output [token of q][head][d] as doubles in q's packed order, and lse

@@ -315,8 +315,9 @@ inline std::vector<std::vector<int32_t>> rows_of(const BlockSparseLayout& layout
 }
 
 // Two layouts may differ only in blocks whose fp64 score (ref_scores, [row][max_key_blocks]) lies
-// within rel_tol of the row's threshold alpha * max (or, robust discovery, whose robust score
-// ref_robust lies within rel_tol of its threshold). Returns how many blocks differ.
+// within rel_tol of the row's threshold alpha * max (or, robust discovery, whose margin in
+// ref_robust = reference::robust_margins lies within rel_tol of 0: a margin is a log, so this is
+// the same relative tolerance). Returns how many blocks differ.
 inline int64_t expect_rows_differ_only_at_threshold(
     const std::vector<std::vector<int32_t>>& rows,
     const std::vector<std::vector<int32_t>>& expected, const std::vector<double>& ref_scores,
@@ -332,11 +333,7 @@ inline int64_t expect_rows_differ_only_at_threshold(
                                   expected[r].end(), std::back_inserter(diff));
     for (int32_t j : diff) {
       ++differing;
-      if (!ref_robust.empty()) {
-        const double* R = &ref_robust[r * max_key_blocks];
-        const double robust_threshold = alpha * *std::max_element(R, R + expected[r].back() + 1);
-        if (std::abs(R[j] - robust_threshold) <= rel_tol * robust_threshold) continue;
-      }
+      if (!ref_robust.empty() && std::abs(ref_robust[r * max_key_blocks + j]) <= rel_tol) continue;
       EXPECT_NEAR(S[j], threshold, rel_tol * threshold)
           << "row " << r << " block " << j << " differs away from the threshold";
     }
@@ -359,8 +356,7 @@ inline void expect_layout_matches_reference(HostBatch& batch, const Params& para
   const auto ref_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
   const bool robust = params.discovery == Discovery::robust;
   const auto ref_robust =
-      robust ? reference::block_scores(problem, ref_pooled, shapes.max_key_blocks, true)
-             : std::vector<double>{};
+      robust ? reference::robust_margins(problem, shapes.max_key_blocks) : std::vector<double>{};
   const auto ref_rows =
       reference::select_blocks(problem, ref_scores, shapes.max_key_blocks, ref_robust);
   ASSERT_EQ(rows.size(), ref_rows.size());

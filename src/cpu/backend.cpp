@@ -80,7 +80,7 @@ int64_t round_up(int64_t value, int64_t multiple) {
 
 // Per-thread scratch for one row's tiles, reused across rows so the hot loop never allocates.
 struct Scratch {
-  std::vector<float> q, s, o, row_max, row_sum, bf16_row, s_far;
+  std::vector<float> q, s, o, row_max, row_sum, bf16_row;
 };
 
 // Loads the row's queries as fp32, pre-multiplied by scale * log2(e) so that scores are in the
@@ -99,46 +99,29 @@ int64_t load_queries(const Problem& p, const Row& r, Scratch& ws) {
 
 // Step 2 for one row: S[j] for j <= i (written to scores[0 .. i]). pooled_t holds the sequence's
 // pooled keys of this kv head transposed, [D][ld_pooled], so the score tile is one Q Kbar^T
-// product. far_t (robust discovery, docs/ROBUST.md; nullptr for exact): each block's farthest key,
-// the same layout; scores_eff[0 .. i] then gets S of x_eff = max(x_mean, x_far - log2(n_j)) (exp2
-// domain). scores may be nullptr when only scores_eff is wanted.
-void score_row(const Problem& p, const Row& r, const float* pooled_t, const float* far_t,
-               int64_t ld_pooled, float* scores, Scratch& ws, float* scores_eff = nullptr) {
+// product.
+void score_row(const Problem& p, const Row& r, const float* pooled_t, int64_t ld_pooled,
+               float* scores, Scratch& ws) {
   const int64_t D = p.head_dim, block = p.block(), m = r.t_end - r.t_begin;
   const int64_t num_j = r.block_abs + 1, n_pad = round_up(num_j, kernels::kColumnTile);
   const int64_t shift = r.extent.len_kv - r.extent.len_q;
   const int64_t m_pad = load_queries(p, r, ws);
   ws.s.resize(static_cast<size_t>(m_pad * n_pad));
   kernels::qk(ws.q.data(), m_pad, D, pooled_t, ld_pooled, n_pad, ws.s.data(), n_pad);
-  if (far_t) {
-    ws.s_far.resize(ws.s.size());
-    kernels::qk(ws.q.data(), m_pad, D, far_t, ld_pooled, n_pad, ws.s_far.data(), n_pad);
-    std::vector<float> penalty(static_cast<size_t>(num_j));
-    for (int64_t j = 0; j < num_j; ++j)
-      penalty[j] = std::log2(float(std::min(block, r.extent.len_kv - j * block)));
-    for (int64_t t = 0; t < m; ++t)
-      for (int64_t j = 0; j < num_j; ++j)
-        ws.s_far[t * n_pad + j] =
-            std::max(ws.s[t * n_pad + j], ws.s_far[t * n_pad + j] - penalty[j]);
+  float row_max = kNegInf;  // M[i] = max over rows and visible blocks
+  for (int64_t t = 0; t < m; ++t) {
+    float* x = &ws.s[t * n_pad];
+    // Only the diagonal block can be partly visible (ALGORITHM.md step 2).
+    if (!detail::key_block_visible(r.block_abs, shift + r.t_begin + t, r.extent.len_kv, block))
+      x[r.block_abs] = kNegInf;
+    for (int64_t j = 0; j < num_j; ++j) row_max = std::max(row_max, x[j]);
   }
-  const auto exp_sums = [&](float* s, float* out) {
-    float row_max = kNegInf;  // M[i] = max over rows and visible blocks
-    for (int64_t t = 0; t < m; ++t) {
-      float* x = &s[t * n_pad];
-      // Only the diagonal block can be partly visible (ALGORITHM.md step 2).
-      if (!detail::key_block_visible(r.block_abs, shift + r.t_begin + t, r.extent.len_kv, block))
-        x[r.block_abs] = kNegInf;
-      for (int64_t j = 0; j < num_j; ++j) row_max = std::max(row_max, x[j]);
-    }
-    std::fill(out, out + num_j, 0.0f);
-    if (row_max == kNegInf) return;
-    const std::vector<float> shifts(static_cast<size_t>(m), row_max);
-    kernels::exp2_rows(s, m, num_j, n_pad, shifts.data());
-    for (int64_t t = 0; t < m; ++t)
-      for (int64_t j = 0; j < num_j; ++j) out[j] += s[t * n_pad + j];
-  };
-  if (scores) exp_sums(ws.s.data(), scores);
-  if (far_t) exp_sums(ws.s_far.data(), scores_eff);
+  std::fill(scores, scores + num_j, 0.0f);
+  if (row_max == kNegInf) return;
+  const std::vector<float> shifts(static_cast<size_t>(m), row_max);
+  kernels::exp2_rows(ws.s.data(), m, num_j, n_pad, shifts.data());
+  for (int64_t t = 0; t < m; ++t)
+    for (int64_t j = 0; j < num_j; ++j) scores[j] += ws.s[t * n_pad + j];
 }
 
 // Pooled keys of (sequence, kv head), rounded to the input dtype, transposed to [D][ld],
@@ -158,10 +141,11 @@ std::vector<float> transpose_pooled(const Problem& p, const float* pooled_keys, 
 }
 
 // Steps 3-4 for one row: the kept key blocks in ascending order. min_budget ties go to the smaller
-// j. scores_eff (robust discovery): the blocks that pass the same threshold on S of x_eff are kept
-// too.
+// j. robust_y (robust discovery, docs/ROBUST.md; nullptr for exact): y[rep][j] for j <= i of the
+// row's two query representatives, rep-major with stride i + 1 (RobustScores); the blocks whose y
+// lies within ln(1 / alpha) of that representative's best block are kept too.
 int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t* kept,
-                   const float* scores_eff = nullptr) {
+                   const float* robust_y = nullptr) {
   const Params& params = p.params;
   const int64_t num_j = r.block_abs + 1;
   float max_score = 0.0f;
@@ -172,9 +156,13 @@ int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t*
   for (int64_t j = 0; j < num_j; ++j)
     keep[j] =
         scores[j] >= threshold || detail::always_kept(r.block_abs, j, r.num_kv_blocks, params);
-  if (scores_eff) {
-    const float max_eff = *std::max_element(scores_eff, scores_eff + num_j);
-    for (int64_t j = 0; j < num_j; ++j) keep[j] |= scores_eff[j] >= alpha * max_eff;
+  if (robust_y) {
+    const float log_alpha = std::log(alpha);  // -inf at alpha 0: every causal block, as dense
+    for (int64_t rep = 0; rep < 2; ++rep) {
+      const float* y = robust_y + rep * num_j;
+      const float bar = *std::max_element(y, y + num_j) + log_alpha;
+      for (int64_t j = 0; j < num_j; ++j) keep[j] |= y[j] >= bar;
+    }
   }
   if (params.min_budget > 0) {
     std::vector<int32_t> order(static_cast<size_t>(num_j));
@@ -208,26 +196,28 @@ struct ConvertedKV {
   }
 };
 
-ConvertedKV convert_kv(const Problem& p) {
+// with_values false: K only (robust discovery's key scores), v left empty.
+ConvertedKV convert_kv(const Problem& p, bool with_values = true) {
   ConvertedKV kv;
   const int64_t D = p.head_dim, block = p.block();
   kv.n_pad = round_up(block, kernels::kColumnTile);
   kv.block_elems = kv.n_pad * D;
   const int64_t slots = detail::stage_shapes_of(p).pooled_key_slots;
   kv.kt.assign(static_cast<size_t>(slots * p.heads_kv * kv.block_elems), 0.0f);
-  kv.v.assign(kv.kt.size(), 0.0f);
+  if (with_values) kv.v.assign(kv.kt.size(), 0.0f);
   for (int64_t b = 0; b < p.num_seqs; ++b) {
     const SeqExtent s = p.seq(b);
     const int64_t slot0 = p.pooled_slot0(b, s);
     parallel_for(num_key_blocks(s.len_kv, block) * p.heads_kv, [&](int64_t n) {
       const int64_t j = n / p.heads_kv, kv_head = n % p.heads_kv;
       float* kt = &kv.kt[((slot0 + j) * p.heads_kv + kv_head) * kv.block_elems];
-      float* v = &kv.v[((slot0 + j) * p.heads_kv + kv_head) * kv.block_elems];
       std::vector<float> key(static_cast<size_t>(D));
       for (int64_t c = 0; c < std::min(block, s.len_kv - j * block); ++c) {
         load_row(p, p.k, p.k_offset(b, s, j * block + c, kv_head), D, key.data());
         for (int64_t d = 0; d < D; ++d) kt[d * kv.n_pad + c] = key[d];
-        load_row(p, p.v, p.v_offset(b, s, j * block + c, kv_head), D, v + c * D);
+        if (with_values)
+          load_row(p, p.v, p.v_offset(b, s, j * block + c, kv_head), D,
+                   &kv.v[((slot0 + j) * p.heads_kv + kv_head) * kv.block_elems] + c * D);
       }
     });
   }
@@ -377,6 +367,127 @@ void build_layout(const Problem& p, const BlockSparseLayout& layout, SelectRow&&
   }
 }
 
+// Robust discovery's second test (docs/ROBUST.md). The exact rule scores each query against a key
+// block's mean, which dilutes a short dominant span; this test scores every single key against two
+// pooled queries per (sequence, kv head, query block): the group's mean query (what the block's
+// queries want on the whole) and its far query (the row farthest from its head's mean: a minority
+// of rows that attend where the mean query does not). y[rep][j] is the best key of block j for rep,
+// scale * q_rep . k (fp32), with no visibility mask.
+struct RobustScores {
+  int64_t heads_kv = 0;
+  std::vector<std::vector<float>> y;  // [sequence * H_kv + kv head][offset[b][q] + rep * (i+1) + j]
+  std::vector<std::vector<int64_t>> offset;  // [sequence][local query block]: start of its y
+  std::vector<int64_t> first_block;          // [sequence]: block_abs of its first query block
+
+  const float* y_of(const Problem& p, const Row& r) const {
+    return &y[r.seq * heads_kv + r.head / p.group][offset[r.seq][r.block_abs - first_block[r.seq]]];
+  }
+};
+
+// The two representatives of one (sequence, kv head, query block), rows 0 (mean) and 1 (far) of
+// reps [D each], from chunk rows t_begin .. t_end - 1 of the group's heads.
+void query_representatives(const Problem& p, const Row& r, int64_t kv_head, float* reps) {
+  const int64_t D = p.head_dim, n = r.t_end - r.t_begin, g = p.group;
+  std::vector<float> q(static_cast<size_t>(n * D)), sum(static_cast<size_t>(D)),
+      group_sum(static_cast<size_t>(D), 0.0f);
+  float far_distance = -1.0f;
+  int64_t far_head = kv_head * g, far_t = r.t_begin;
+  for (int64_t u = 0; u < g; ++u) {
+    const int64_t h = kv_head * g + u;
+    std::fill(sum.begin(), sum.end(), 0.0f);
+    for (int64_t t = r.t_begin; t < r.t_end; ++t) {
+      float* row = &q[(t - r.t_begin) * D];
+      load_row(p, p.q, p.q_offset(r.seq, r.extent, t, h), D, row);
+      for (int64_t d = 0; d < D; ++d) sum[d] += row[d];
+    }
+    for (int64_t d = 0; d < D; ++d) group_sum[d] += sum[d];
+    for (int64_t d = 0; d < D; ++d) sum[d] /= float(n);  // the head's mean
+    for (int64_t t = r.t_begin; t < r.t_end; ++t) {
+      const float* row = &q[(t - r.t_begin) * D];
+      float distance = 0.0f;
+      for (int64_t d = 0; d < D; ++d) distance += (row[d] - sum[d]) * (row[d] - sum[d]);
+      if (distance > far_distance) far_distance = distance, far_head = h, far_t = t;
+    }
+  }
+  for (int64_t d = 0; d < D; ++d)  // pooled like the keys: rounded to the input dtype
+    reps[d] = detail::rounded_to(group_sum[d] / float(g * n), p.dtype);
+  load_row(p, p.q, p.q_offset(r.seq, r.extent, far_t, far_head), D, reps + D);
+}
+
+RobustScores robust_scores_of(const Problem& p) {
+  const int64_t D = p.head_dim, block = p.block(), H_kv = p.heads_kv;
+  const float scale = p.params.scale;
+  RobustScores robust;
+  robust.heads_kv = H_kv;
+  robust.y.resize(static_cast<size_t>(p.num_seqs * H_kv));
+  robust.offset.resize(static_cast<size_t>(p.num_seqs));
+  robust.first_block.assign(static_cast<size_t>(p.num_seqs), 0);
+  // The query blocks of each sequence: the layout rows of its head 0.
+  std::vector<std::vector<Row>> blocks_of(static_cast<size_t>(p.num_seqs));
+  for (const Row& r : enumerate_rows(p))
+    if (r.head == 0) blocks_of[r.seq].push_back(r);
+  for (int64_t b = 0; b < p.num_seqs; ++b) {
+    int64_t size = 0;
+    for (const Row& r : blocks_of[b])
+      robust.offset[b].push_back(size), size += 2 * (r.block_abs + 1);
+    if (!blocks_of[b].empty()) robust.first_block[b] = blocks_of[b].front().block_abs;
+    for (int64_t hk = 0; hk < H_kv; ++hk) robust.y[b * H_kv + hk].assign(size, kNegInf);
+  }
+  // The representatives of every (sequence, kv head), [query block][rep][D], plus zero rows that
+  // pad any suffix of them to the micro-kernel's row group.
+  std::vector<std::vector<float>> reps(robust.y.size());
+  parallel_for(static_cast<int64_t>(reps.size()), [&](int64_t pair) {
+    const std::vector<Row>& rows = blocks_of[pair / H_kv];
+    reps[pair].assign((2 * rows.size() + kernels::kRowGroup) * D, 0.0f);
+  });
+  struct Task {
+    int64_t pair, index;  // representatives: query block `index`; products: key block `index`
+  };
+  std::vector<Task> rep_tasks, key_tasks;
+  for (int64_t pair = 0; pair < int64_t(reps.size()); ++pair) {
+    const std::vector<Row>& rows = blocks_of[pair / H_kv];
+    for (int64_t n = 0; n < int64_t(rows.size()); ++n) rep_tasks.push_back({pair, n});
+    if (!rows.empty())
+      for (int64_t j = 0; j <= rows.back().block_abs; ++j) key_tasks.push_back({pair, j});
+  }
+  parallel_for(static_cast<int64_t>(rep_tasks.size()), [&](int64_t n) {
+    const Task task = rep_tasks[n];
+    query_representatives(p, blocks_of[task.pair / H_kv][task.index], task.pair % H_kv,
+                          &reps[task.pair][2 * task.index * D]);
+  });
+  // Per key block j: every query block i >= j (a suffix of the sequence's query blocks) scores its
+  // two representatives against the block's keys in one product, then takes each row's maximum.
+  const ConvertedKV kv = convert_kv(p, /*with_values=*/false);
+  for_rows_costliest_first(
+      static_cast<int64_t>(key_tasks.size()),
+      [&](int64_t n) {
+        const Task task = key_tasks[n];
+        return blocks_of[task.pair / H_kv].back().block_abs - task.index;
+      },
+      [&](int64_t n, Scratch& ws) {
+        const Task task = key_tasks[n];
+        const int64_t b = task.pair / H_kv, hk = task.pair % H_kv, j = task.index;
+        const std::vector<Row>& rows = blocks_of[b];
+        const SeqExtent& s = rows.front().extent;
+        const int64_t first = std::max<int64_t>(0, j - robust.first_block[b]);
+        const int64_t m = 2 * (int64_t(rows.size()) - first),
+                      m_pad = round_up(m, kernels::kRowGroup);
+        const int64_t keys = std::min(block, s.len_kv - j * block);
+        ws.s.resize(static_cast<size_t>(m_pad * kv.n_pad));
+        kernels::qk(&reps[task.pair][2 * first * D], m_pad, D,
+                    kv.kt_block(p, p.pooled_slot0(b, s) + j, hk), kv.n_pad, kv.n_pad, ws.s.data(),
+                    kv.n_pad);
+        for (int64_t row = 0; row < m; ++row) {
+          const float* x = &ws.s[row * kv.n_pad];
+          float best = kNegInf;
+          for (int64_t c = 0; c < keys; ++c) best = std::max(best, scale * x[c]);
+          const int64_t q = first + row / 2, i = rows[q].block_abs;
+          robust.y[task.pair][robust.offset[b][q] + (row % 2) * (i + 1) + j] = best;
+        }
+      });
+  return robust;
+}
+
 }  // namespace
 
 detail::DiscoveryPlan plan_discovery(const Problem& p, int64_t max_rows) {
@@ -407,34 +518,6 @@ void pool_keys(const Problem& p, float* pooled_keys) {
       for (int64_t d = 0; d < D; ++d) mean[d] *= inverse;
     });
   }
-}
-
-// Robust discovery's second representative (docs/ROBUST.md), [slot][kv head][D] beside the means:
-// the valid key of the block farthest from the block mean rounded to the input dtype (squared
-// distance in fp32, d ascending), the lowest index on ties.
-std::vector<float> farthest_keys(const Problem& p, const float* pooled_keys, int64_t slots) {
-  const int64_t D = p.head_dim, block = p.block();
-  std::vector<float> far(static_cast<size_t>(slots * p.heads_kv * D), 0.0f);
-  for (int64_t b = 0; b < p.num_seqs; ++b) {
-    const SeqExtent s = p.seq(b);
-    const int64_t slot0 = p.pooled_slot0(b, s), nkb = num_key_blocks(s.len_kv, block);
-    parallel_for(nkb * p.heads_kv, [&](int64_t n) {
-      const int64_t j = n / p.heads_kv, kv_head = n % p.heads_kv;
-      const int64_t index = ((slot0 + j) * p.heads_kv + kv_head) * D;
-      std::vector<float> mean(static_cast<size_t>(D)), key(static_cast<size_t>(D));
-      for (int64_t d = 0; d < D; ++d) mean[d] = detail::rounded_to(pooled_keys[index + d], p.dtype);
-      float best_distance = -1.0f;
-      int64_t best_key = j * block;
-      for (int64_t k = j * block; k < std::min((j + 1) * block, s.len_kv); ++k) {
-        load_row(p, p.k, p.k_offset(b, s, k, kv_head), D, key.data());
-        float distance = 0.0f;
-        for (int64_t d = 0; d < D; ++d) distance += (key[d] - mean[d]) * (key[d] - mean[d]);
-        if (distance > best_distance) best_distance = distance, best_key = k;
-      }
-      load_row(p, p.k, p.k_offset(b, s, best_key, kv_head), D, far.data() + index);
-    });
-  }
-  return far;
 }
 
 // Pooled keys transposed per (sequence, kv head), shared by all rows of that pair.
@@ -476,7 +559,7 @@ void score(const Problem& p, const ScoreKeys& keys, const Row& r, float* scores,
                    scores, ws.bf16_row);
   } else {
     const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
-    score_row(p, r, keys.fp32[pair].data(), nullptr, keys.ld[pair], scores, ws);
+    score_row(p, r, keys.fp32[pair].data(), keys.ld[pair], scores, ws);
   }
 }
 
@@ -506,26 +589,14 @@ void discover_layout(const Problem& p, const BlockSparseLayout& layout,
   pool_keys(p, pooled.data());
   const ScoreKeys keys = prepare_score_keys(p, pooled.data());
   // Robust discovery (docs/ROBUST.md) keeps what the exact rule keeps, scored exactly as in exact
-  // mode, plus what passes the threshold on S of x_eff, computed in fp32 from the means and the
-  // farthest keys.
+  // mode, plus what the query representatives' test keeps.
   const bool robust = p.params.discovery == Discovery::robust;
-  std::vector<int64_t> ld_robust;
-  std::vector<std::vector<float>> mean_t, far_t;
-  if (robust) {
-    mean_t = transposed_pooled_keys(p, pooled.data(), ld_robust);
-    far_t = transposed_pooled_keys(p, farthest_keys(p, pooled.data(), slots).data(), ld_robust);
-  }
+  const RobustScores robust_scores = robust ? robust_scores_of(p) : RobustScores{};
   // One row's scores at a time per thread: the score matrix is never materialised.
   build_layout(p, layout, [&](int64_t, const Row& r, int32_t* kept, Scratch& scratch) {
-    std::vector<float> scores(static_cast<size_t>(r.block_abs + 1)), scores_eff;
+    std::vector<float> scores(static_cast<size_t>(r.block_abs + 1));
     score(p, keys, r, scores.data(), scratch);
-    if (robust) {  // the means' own S is `scores`, from the exact mode's kernels
-      const int64_t pair = r.seq * p.heads_kv + r.head / p.group;
-      scores_eff.resize(scores.size());
-      score_row(p, r, mean_t[pair].data(), far_t[pair].data(), ld_robust[pair], nullptr, scratch,
-                scores_eff.data());
-    }
-    return select_row(p, r, scores.data(), kept, robust ? scores_eff.data() : nullptr);
+    return select_row(p, r, scores.data(), kept, robust ? robust_scores.y_of(p, r) : nullptr);
   });
 }
 
