@@ -650,7 +650,7 @@ void pool_keys(const AttentionArgs& args, const Params& params, const TensorView
 void block_scores(const AttentionArgs& args, const Params& params, const TensorView& pooled_keys,
                   const TensorView& scores) {
   const Problem p = make_problem(args, params, Needs::discovery);
-  // Robust scores need each block's farthest key besides its mean, which pooled_keys does not hold.
+  // The robust rule scores every key against pooled queries, which given pooled keys cannot do.
   if (p.params.discovery != Discovery::exact)
     fail(
         "block_scores: params.discovery is robust; this stage takes given pooled keys and computes "

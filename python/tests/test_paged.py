@@ -72,7 +72,7 @@ def test_paged_equals_contiguous_torch_cpu(rng, page_size):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_gpu)])
 def test_paged_robust_discovery_equals_contiguous(rng, device):
-    """Robust discovery reads each block's farthest key through the page table too."""
+    """Robust discovery reads every key (scored against the query representatives) through the page table too."""
     t = make_paged(rng, LENGTHS, 16, device=device)
     paged_equals_varlen(t, alpha=0.3, block_size=64, discovery="robust")
 
