@@ -99,6 +99,19 @@ def test_robust_layout_is_the_rule():
     assert not (exact & ~got).any(), "robust keeps every block the exact rule keeps"
 
 
+@pytest.mark.parametrize("hidden", [False, True])
+def test_robust_layout_is_the_rule_on_a_needle_case(hidden):
+    """The same on a needle input (GQA g = 3, a partial last block), where the representatives add blocks around the
+    planted span that the exact rule drops (about 20 here)."""
+    case = needles.make_needle_case(4000, span_len=8, dense_share=0.8, seed=3, hidden=hidden)
+    nb = -(-4000 // BLOCK)
+    got = kept_mask(fp.select_blocks(case.q, case.k, alpha=0.12, discovery="robust"), 9, nb)
+    want = rule_kept(case.q[0], case.k[0], 0.12)
+    assert (got != want).sum().item() <= 3, f"{(got != want).sum().item()} of {int(want.sum())} kept blocks differ"
+    exact = kept_mask(fp.select_blocks(case.q, case.k, alpha=0.12), 9, nb)
+    assert (got & ~exact).sum().item() >= 10, "the representatives should add blocks on this input"
+
+
 def test_robust_varlen_equals_each_sequence():
     cases = [needles.make_needle_case(n, span_len=8, dense_share=0.8, seed=n) for n in (2048, 3000)]
     q, k, v, cu, max_len, offsets = needles.pack_varlen(cases)
