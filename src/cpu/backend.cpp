@@ -196,28 +196,26 @@ struct ConvertedKV {
   }
 };
 
-// with_values false: K only (robust discovery's key scores), v left empty.
-ConvertedKV convert_kv(const Problem& p, bool with_values = true) {
+ConvertedKV convert_kv(const Problem& p) {
   ConvertedKV kv;
   const int64_t D = p.head_dim, block = p.block();
   kv.n_pad = round_up(block, kernels::kColumnTile);
   kv.block_elems = kv.n_pad * D;
   const int64_t slots = detail::stage_shapes_of(p).pooled_key_slots;
   kv.kt.assign(static_cast<size_t>(slots * p.heads_kv * kv.block_elems), 0.0f);
-  if (with_values) kv.v.assign(kv.kt.size(), 0.0f);
+  kv.v.assign(kv.kt.size(), 0.0f);
   for (int64_t b = 0; b < p.num_seqs; ++b) {
     const SeqExtent s = p.seq(b);
     const int64_t slot0 = p.pooled_slot0(b, s);
     parallel_for(num_key_blocks(s.len_kv, block) * p.heads_kv, [&](int64_t n) {
       const int64_t j = n / p.heads_kv, kv_head = n % p.heads_kv;
       float* kt = &kv.kt[((slot0 + j) * p.heads_kv + kv_head) * kv.block_elems];
+      float* v = &kv.v[((slot0 + j) * p.heads_kv + kv_head) * kv.block_elems];
       std::vector<float> key(static_cast<size_t>(D));
       for (int64_t c = 0; c < std::min(block, s.len_kv - j * block); ++c) {
         load_row(p, p.k, p.k_offset(b, s, j * block + c, kv_head), D, key.data());
         for (int64_t d = 0; d < D; ++d) kt[d * kv.n_pad + c] = key[d];
-        if (with_values)
-          load_row(p, p.v, p.v_offset(b, s, j * block + c, kv_head), D,
-                   &kv.v[((slot0 + j) * p.heads_kv + kv_head) * kv.block_elems] + c * D);
+        load_row(p, p.v, p.v_offset(b, s, j * block + c, kv_head), D, v + c * D);
       }
     });
   }
@@ -433,18 +431,20 @@ RobustScores robust_scores_of(const Problem& p) {
     if (!blocks_of[b].empty()) robust.first_block[b] = blocks_of[b].front().block_abs;
     for (int64_t hk = 0; hk < H_kv; ++hk) robust.y[b * H_kv + hk].assign(size, kNegInf);
   }
-  // The representatives of every (sequence, kv head), [query block][rep][D], plus zero rows that
-  // pad any suffix of them to the micro-kernel's row group.
-  std::vector<std::vector<float>> reps(robust.y.size());
-  parallel_for(static_cast<int64_t>(reps.size()), [&](int64_t pair) {
-    const std::vector<Row>& rows = blocks_of[pair / H_kv];
-    reps[pair].assign((2 * rows.size() + kernels::kRowGroup) * D, 0.0f);
-  });
+  // The representatives of every (sequence, kv head) transposed, [D][ld]: column 2 q + rep for
+  // local query block q; zero columns past the last pad any suffix of them to the column tile.
+  std::vector<std::vector<float>> reps_t(robust.y.size());
+  std::vector<int64_t> ld(reps_t.size());
+  for (int64_t pair = 0; pair < int64_t(reps_t.size()); ++pair)
+    ld[pair] = round_up(2 * int64_t(blocks_of[pair / H_kv].size()), kernels::kColumnTile) +
+               kernels::kColumnTile;
+  parallel_for(static_cast<int64_t>(reps_t.size()),
+               [&](int64_t pair) { reps_t[pair].assign(D * ld[pair], 0.0f); });
   struct Task {
     int64_t pair, index;  // representatives: query block `index`; products: key block `index`
   };
   std::vector<Task> rep_tasks, key_tasks;
-  for (int64_t pair = 0; pair < int64_t(reps.size()); ++pair) {
+  for (int64_t pair = 0; pair < int64_t(reps_t.size()); ++pair) {
     const std::vector<Row>& rows = blocks_of[pair / H_kv];
     for (int64_t n = 0; n < int64_t(rows.size()); ++n) rep_tasks.push_back({pair, n});
     if (!rows.empty())
@@ -452,12 +452,15 @@ RobustScores robust_scores_of(const Problem& p) {
   }
   parallel_for(static_cast<int64_t>(rep_tasks.size()), [&](int64_t n) {
     const Task task = rep_tasks[n];
+    std::vector<float> reps(static_cast<size_t>(2 * D));
     query_representatives(p, blocks_of[task.pair / H_kv][task.index], task.pair % H_kv,
-                          &reps[task.pair][2 * task.index * D]);
+                          reps.data());
+    for (int64_t rep = 0; rep < 2; ++rep)
+      for (int64_t d = 0; d < D; ++d)
+        reps_t[task.pair][d * ld[task.pair] + 2 * task.index + rep] = reps[rep * D + d];
   });
-  // Per key block j: every query block i >= j (a suffix of the sequence's query blocks) scores its
-  // two representatives against the block's keys in one product, then takes each row's maximum.
-  const ConvertedKV kv = convert_kv(p, /*with_values=*/false);
+  // Per key block j, read from K once: its keys against the representatives of every query block
+  // i >= j (a suffix of the sequence's query blocks) in one product, then each column's maximum.
   for_rows_costliest_first(
       static_cast<int64_t>(key_tasks.size()),
       [&](int64_t n) {
@@ -470,19 +473,23 @@ RobustScores robust_scores_of(const Problem& p) {
         const std::vector<Row>& rows = blocks_of[b];
         const SeqExtent& s = rows.front().extent;
         const int64_t first = std::max<int64_t>(0, j - robust.first_block[b]);
-        const int64_t m = 2 * (int64_t(rows.size()) - first),
-                      m_pad = round_up(m, kernels::kRowGroup);
-        const int64_t keys = std::min(block, s.len_kv - j * block);
-        ws.s.resize(static_cast<size_t>(m_pad * kv.n_pad));
-        kernels::qk(&reps[task.pair][2 * first * D], m_pad, D,
-                    kv.kt_block(p, p.pooled_slot0(b, s) + j, hk), kv.n_pad, kv.n_pad, ws.s.data(),
-                    kv.n_pad);
-        for (int64_t row = 0; row < m; ++row) {
-          const float* x = &ws.s[row * kv.n_pad];
-          float best = kNegInf;
-          for (int64_t c = 0; c < keys; ++c) best = std::max(best, scale * x[c]);
-          const int64_t q = first + row / 2, i = rows[q].block_abs;
-          robust.y[task.pair][robust.offset[b][q] + (row % 2) * (i + 1) + j] = best;
+        const int64_t columns = 2 * (int64_t(rows.size()) - first),
+                      n_pad = round_up(columns, kernels::kColumnTile);
+        const int64_t keys = std::min(block, s.len_kv - j * block),
+                      m_pad = round_up(keys, kernels::kRowGroup);
+        ws.q.assign(static_cast<size_t>(m_pad * D), 0.0f);
+        for (int64_t c = 0; c < keys; ++c)
+          load_row(p, p.k, p.k_offset(b, s, j * block + c, hk), D, &ws.q[c * D]);
+        ws.s.resize(static_cast<size_t>(m_pad * n_pad));
+        kernels::qk(ws.q.data(), m_pad, D, &reps_t[task.pair][2 * first], ld[task.pair], n_pad,
+                    ws.s.data(), n_pad);
+        ws.row_max.assign(static_cast<size_t>(columns), kNegInf);  // per column here
+        for (int64_t c = 0; c < keys; ++c)
+          for (int64_t col = 0; col < columns; ++col)
+            ws.row_max[col] = std::max(ws.row_max[col], scale * ws.s[c * n_pad + col]);
+        for (int64_t col = 0; col < columns; ++col) {
+          const int64_t q = first + col / 2, i = rows[q].block_abs;
+          robust.y[task.pair][robust.offset[b][q] + (col % 2) * (i + 1) + j] = ws.row_max[col];
         }
       });
   return robust;
