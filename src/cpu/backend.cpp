@@ -382,34 +382,49 @@ struct RobustScores {
   }
 };
 
-// The two representatives of one (sequence, kv head, query block), rows 0 (mean) and 1 (far) of
-// reps [D each], from chunk rows t_begin .. t_end - 1 of the group's heads.
-void query_representatives(const Problem& p, const Row& r, int64_t kv_head, float* reps) {
-  const int64_t D = p.head_dim, n = r.t_end - r.t_begin, g = p.group;
-  std::vector<float> q(static_cast<size_t>(n * D)), sum(static_cast<size_t>(D)),
-      group_sum(static_cast<size_t>(D), 0.0f);
-  float far_distance = -1.0f;
-  int64_t far_head = kv_head * g, far_t = r.t_begin;
-  for (int64_t u = 0; u < g; ++u) {
-    const int64_t h = kv_head * g + u;
-    std::fill(sum.begin(), sum.end(), 0.0f);
-    for (int64_t t = r.t_begin; t < r.t_end; ++t) {
-      float* row = &q[(t - r.t_begin) * D];
-      load_row(p, p.q, p.q_offset(r.seq, r.extent, t, h), D, row);
-      for (int64_t d = 0; d < D; ++d) sum[d] += row[d];
+// The two representatives of one (sequence, query block) for every kv head hk, rows 2 hk (mean)
+// and 2 hk + 1 (far) of reps [D each], from chunk rows t_begin .. t_end - 1. Two passes over the
+// rows (sums, then distances), each reading a row's heads together: q's token stride is usually
+// H_q * D, so a pass per head would read one short piece per memory page.
+void query_representatives(const Problem& p, const Row& r, float* reps) {
+  const int64_t D = p.head_dim, H = p.heads_q, n = r.t_end - r.t_begin, g = p.group;
+  std::vector<float> row(static_cast<size_t>(D)), mean(static_cast<size_t>(H * D), 0.0f);
+  for (int64_t t = r.t_begin; t < r.t_end; ++t)
+    for (int64_t h = 0; h < H; ++h) {
+      load_row(p, p.q, p.q_offset(r.seq, r.extent, t, h), D, row.data());
+      for (int64_t d = 0; d < D; ++d) mean[h * D + d] += row[d];  // sums, in row order
     }
-    for (int64_t d = 0; d < D; ++d) group_sum[d] += sum[d];
-    for (int64_t d = 0; d < D; ++d) sum[d] /= float(n);  // the head's mean
-    for (int64_t t = r.t_begin; t < r.t_end; ++t) {
-      const float* row = &q[(t - r.t_begin) * D];
+  for (int64_t hk = 0; hk < p.heads_kv; ++hk)
+    for (int64_t d = 0; d < D; ++d) {
+      float group_sum = 0.0f;  // in head order
+      for (int64_t u = 0; u < g; ++u) group_sum += mean[(hk * g + u) * D + d];
+      // pooled like the keys: rounded to the input dtype
+      reps[2 * hk * D + d] = detail::rounded_to(group_sum / float(g * n), p.dtype);
+    }
+  for (float& x : mean) x /= float(n);  // each head's mean
+  // The far row of each group: the largest distance, then the lowest head, then the lowest row.
+  std::vector<float> far_distance(static_cast<size_t>(p.heads_kv), -1.0f);
+  std::vector<int64_t> far_u(static_cast<size_t>(p.heads_kv), 0),
+      far_t(static_cast<size_t>(p.heads_kv), r.t_begin);
+  for (int64_t t = r.t_begin; t < r.t_end; ++t)
+    for (int64_t h = 0; h < H; ++h) {
+      load_row(p, p.q, p.q_offset(r.seq, r.extent, t, h), D, row.data());
+      const float* m = &mean[h * D];
+      // 16 partial sums (D is a multiple of 64) that the compiler keeps in vector registers: one
+      // running sum would be a chain of D dependent adds per row.
+      float partial[16] = {};
+      for (int64_t d0 = 0; d0 < D; d0 += 16)
+        for (int64_t e = 0; e < 16; ++e)
+          partial[e] += (row[d0 + e] - m[d0 + e]) * (row[d0 + e] - m[d0 + e]);
       float distance = 0.0f;
-      for (int64_t d = 0; d < D; ++d) distance += (row[d] - sum[d]) * (row[d] - sum[d]);
-      if (distance > far_distance) far_distance = distance, far_head = h, far_t = t;
+      for (float x : partial) distance += x;
+      const int64_t hk = h / g, u = h % g;
+      if (distance > far_distance[hk] || (distance == far_distance[hk] && u < far_u[hk]))
+        far_distance[hk] = distance, far_u[hk] = u, far_t[hk] = t;
     }
-  }
-  for (int64_t d = 0; d < D; ++d)  // pooled like the keys: rounded to the input dtype
-    reps[d] = detail::rounded_to(group_sum[d] / float(g * n), p.dtype);
-  load_row(p, p.q, p.q_offset(r.seq, r.extent, far_t, far_head), D, reps + D);
+  for (int64_t hk = 0; hk < p.heads_kv; ++hk)
+    load_row(p, p.q, p.q_offset(r.seq, r.extent, far_t[hk], hk * g + far_u[hk]), D,
+             reps + (2 * hk + 1) * D);
 }
 
 RobustScores robust_scores_of(const Problem& p) {
@@ -443,21 +458,24 @@ RobustScores robust_scores_of(const Problem& p) {
   struct Task {
     int64_t pair, index;  // representatives: query block `index`; products: key block `index`
   };
-  std::vector<Task> rep_tasks, key_tasks;
+  std::vector<Task> rep_tasks, key_tasks;  // rep_tasks: `pair` is the sequence
+  for (int64_t b = 0; b < p.num_seqs; ++b)
+    for (int64_t n = 0; n < int64_t(blocks_of[b].size()); ++n) rep_tasks.push_back({b, n});
   for (int64_t pair = 0; pair < int64_t(reps_t.size()); ++pair) {
     const std::vector<Row>& rows = blocks_of[pair / H_kv];
-    for (int64_t n = 0; n < int64_t(rows.size()); ++n) rep_tasks.push_back({pair, n});
     if (!rows.empty())
       for (int64_t j = 0; j <= rows.back().block_abs; ++j) key_tasks.push_back({pair, j});
   }
   parallel_for(static_cast<int64_t>(rep_tasks.size()), [&](int64_t n) {
     const Task task = rep_tasks[n];
-    std::vector<float> reps(static_cast<size_t>(2 * D));
-    query_representatives(p, blocks_of[task.pair / H_kv][task.index], task.pair % H_kv,
-                          reps.data());
-    for (int64_t rep = 0; rep < 2; ++rep)
-      for (int64_t d = 0; d < D; ++d)
-        reps_t[task.pair][d * ld[task.pair] + 2 * task.index + rep] = reps[rep * D + d];
+    std::vector<float> reps(static_cast<size_t>(2 * H_kv * D));
+    query_representatives(p, blocks_of[task.pair][task.index], reps.data());
+    for (int64_t hk = 0; hk < H_kv; ++hk) {
+      const int64_t pair = task.pair * H_kv + hk;
+      for (int64_t rep = 0; rep < 2; ++rep)
+        for (int64_t d = 0; d < D; ++d)
+          reps_t[pair][d * ld[pair] + 2 * task.index + rep] = reps[(2 * hk + rep) * D + d];
+    }
   });
   // Per key block j, read from K once: its keys against the representatives of every query block
   // i >= j (a suffix of the sequence's query blocks) in one product, then each column's maximum.
