@@ -46,10 +46,14 @@ struct DiscoveryPlan {
   Region counts;     // [max_rows] int64 kept blocks per row
   Region kept_bits;  // [max_rows][words] uint32 kept-block bitmask
   Region scan_temp;  // CUB's scan scratch (counts -> row_ptr)
-  // Robust discovery (docs/ROBUST.md): [slots][H_kv][D] each block's farthest key, in the input
-  // dtype; bytes 0 in exact mode.
-  Region pooled_far_half;
+  // Robust discovery (docs/ROBUST.md; bytes 0 in exact mode): per layout row, the sum of its
+  // queries ([max_rows][D] fp32), its query farthest from their mean ([max_rows][D], input dtype)
+  // and that distance ([max_rows] fp32); per (kv head, query block) row, the two query
+  // representatives ([kv_rows][2][D], input dtype) and each one's best key score per key block
+  // ([kv_rows][2][words * 32] fp32).
+  Region query_sum, query_far, query_far_distance, representatives, representative_best;
   int64_t slots = 0, max_rows = 0, words = 0;  // words: bitmask words per row
+  int64_t kv_rows = 0;                         // max_rows / group
   size_t bytes = 0;
 };
 

@@ -78,7 +78,7 @@ std::vector<double> robust_margins(const Problem& p, int64_t max_key_blocks) {
     const int64_t i = r.block_abs, hk = r.head / p.group;
     margins.resize(static_cast<size_t>((row + 1) * max_key_blocks), kNegInf);
     const QueryRepresentatives reps = query_representatives(p, r);
-    const double log_alpha = std::log(double(p.alpha_of_head(r.head)));
+    const double log_alpha = 2.0 * std::log(double(p.alpha_of_head(r.head)));  // alpha^2
     for (const std::vector<double>* rep : {&reps.mean, &reps.far}) {
       std::vector<double> y(static_cast<size_t>(i + 1), kNegInf);
       for (int64_t j = 0; j <= i; ++j)  // every key of the block counts, the diagonal's too

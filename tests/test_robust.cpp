@@ -39,59 +39,6 @@ void check_robust(HostBatch& batch, const Params& params) {
   expect_attention_matches_reference(batch, params, rows);
 }
 
-// Structure the robust rule acts on, added to a padded batch's random inputs: per sequence, short
-// spans of 1-4 keys along random directions, each wanted by a run of 1-48 consecutive query rows of
-// one head with a random strength (q . k from 4 to 12 above the noise), so that some blocks' best
-// keys stand out by about ln(1 / alpha) while their block means and the query blocks' means dilute
-// them, and minorities of rows make the far query matter.
-void plant_spans(HostBatch& batch, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal;
-  const auto pick = [&](int64_t lo, int64_t hi) {
-    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
-  };
-  const Shape& s = batch.shape;
-  const int64_t D = s.head_dim, group = s.heads_q / s.heads_kv;
-  const auto add = [&](uint16_t& bits, float x) {
-    bits = to_half(float(from_half(bits, batch.dtype)) + x, batch.dtype);
-  };
-  for (auto* x : {&batch.q, &batch.k})  // weak noise: fill_random's stripes would mask the spans
-    for (auto& e : *x) e = to_half(0.5f * normal(rng), batch.dtype);
-  // A smooth local band: q_t . k_s = 32 cos(pi (t - s) / L_kv) in dims 0-1 (4 at t = s after the
-  // scale 1/8), so each row's best keys and blocks fall off with distance.
-  const float pi = 3.14159265f, radius = std::sqrt(32.0f);
-  for (int64_t b = 0; b < s.batch; ++b) {
-    for (int64_t key = 0; key < s.len_kv; ++key)
-      for (int64_t hk = 0; hk < s.heads_kv; ++hk) {
-        uint16_t* k = &batch.k[((b * s.len_kv + key) * s.heads_kv + hk) * D];
-        add(k[0], radius * std::cos(pi * key / s.len_kv));
-        add(k[1], radius * std::sin(pi * key / s.len_kv));
-      }
-    for (int64_t t = 0; t < s.len_q; ++t)
-      for (int64_t h = 0; h < s.heads_q; ++h) {
-        uint16_t* q = &batch.q[((b * s.len_q + t) * s.heads_q + h) * D];
-        const int64_t position = s.len_kv - s.len_q + t;
-        add(q[0], radius * std::cos(pi * position / s.len_kv));
-        add(q[1], radius * std::sin(pi * position / s.len_kv));
-      }
-  }
-  const int64_t spans = std::max<int64_t>(2, 2 * s.len_q / 32);
-  for (int64_t b = 0; b < s.batch; ++b)
-    for (int64_t span = 0; span < spans; ++span) {
-      std::vector<float> direction(static_cast<size_t>(D));
-      for (float& x : direction) x = normal(rng);
-      const float strength = std::uniform_real_distribution<float>(0.3f, 1.2f)(rng);
-      const int64_t h = pick(0, s.heads_q - 1), t0 = pick(0, s.len_q - 1);
-      const int64_t key0 = pick(0, s.len_kv - s.len_q + t0), keys = pick(1, 4);
-      for (int64_t key = key0; key < std::min(key0 + keys, s.len_kv); ++key)
-        for (int64_t d = 0; d < D; ++d)
-          add(batch.k[((b * s.len_kv + key) * s.heads_kv + h / group) * D + d], direction[d]);
-      for (int64_t t = t0; t < std::min(t0 + pick(1, 48), s.len_q); ++t)
-        for (int64_t d = 0; d < D; ++d)
-          add(batch.q[((b * s.len_q + t) * s.heads_q + h) * D + d], strength * direction[d]);
-    }
-}
-
 TEST(CpuRobust, RandomShapesMatchReference) {
   FP_SEEDED(seed);
   std::mt19937_64 rng(seed);
@@ -433,7 +380,7 @@ TEST(CpuRobust, KeepsANeedleOfAMinorityOfRows) {
     }
     return best;
   };
-  EXPECT_LT(best_key(reps.mean, 5), best_key(reps.mean, 12) + std::log(0.12)) << "mean misses it";
+  EXPECT_LT(best_key(reps.mean, 5), best_key(reps.mean, 12) + 2 * std::log(0.12)) << "mean misses it";
   EXPECT_NEAR(reps.far[0], strong, 0.05) << "the far query is a needle row";
   check_robust(batch, robust(params));
 }

@@ -5,9 +5,10 @@
 
 namespace flashprefill {
 
-// How step 2 scores a key block (docs/ROBUST.md): `exact` is ALGORITHM.md (the block mean only);
-// `robust` also scores the block's key farthest from its mean, so that a short span of keys that
-// dominates some queries is not diluted by the rest of its block.
+// How discovery finds key blocks (docs/ROBUST.md): `exact` is ALGORITHM.md (queries against block
+// means); `robust` also keeps the blocks whose best single key, scored against the query block's
+// mean and far query, comes close to their best key, so that a short span of keys that dominates
+// some queries is not diluted by the rest of its block.
 enum class Discovery { exact = 0, robust = 1 };
 
 struct Params {

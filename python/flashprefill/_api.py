@@ -143,8 +143,9 @@ def flash_prefill(q, k, v, *, alpha: Union[float, Sequence[float]] = 0.12, block
             with ``check_inputs``).
         softmax_scale: defaults to ``1 / sqrt(D)``.
         return_lse: also return the softmax log-sum-exp ``[B, H_q, L_q]`` (fp32, natural log).
-        discovery: ``"exact"`` (ALGORITHM.md, the default) or ``"robust"`` (docs/ROBUST.md: also scores every key
-            against each query block's mean query and its farthest query, so short dominant spans are kept).
+        discovery: ``"exact"`` (ALGORITHM.md, the default) or ``"robust"`` (docs/ROBUST.md: also keeps the
+            blocks whose best single key, against a pooled query of the block, nears that query's best key, so
+            short dominant spans are kept).
     Returns:
         ``out`` like ``q``, or ``(out, lse)``.
     """

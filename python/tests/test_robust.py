@@ -53,7 +53,7 @@ def rule_kept(q, k, alpha, sink_blocks=2, window_blocks=4, last_full_blocks=2):
     per_key = torch.einsum("ihrd,shd->ihrs", reps, k.float()) * scale
     y = torch.nn.functional.pad(per_key, (0, pad), value=float("-inf")).view(nb, heads_kv, 2, nb, BLOCK).amax(-1)
     y = y.masked_fill((j > i)[:, None, None, :], float("-inf"))
-    robust = (y >= y.amax(-1, keepdim=True) + math.log(alpha)).any(2)  # [i, H_kv, j]
+    robust = (y >= y.amax(-1, keepdim=True) + 2 * math.log(alpha)).any(2)  # [i, H_kv, j]: the threshold is alpha^2
     robust = robust.repeat_interleave(group, 1).permute(1, 0, 2)
 
     forced = (j < sink_blocks) | (i - j < window_blocks) | (i >= nb - last_full_blocks)

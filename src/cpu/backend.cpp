@@ -157,7 +157,8 @@ int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t*
     keep[j] =
         scores[j] >= threshold || detail::always_kept(r.block_abs, j, r.num_kv_blocks, params);
   if (robust_y) {
-    const float log_alpha = std::log(alpha);  // -inf at alpha 0: every causal block, as dense
+    // The threshold is alpha^2 (docs/ROBUST.md); -inf at alpha 0: every causal block, as dense.
+    const float log_alpha = 2.0f * std::log(alpha);
     for (int64_t rep = 0; rep < 2; ++rep) {
       const float* y = robust_y + rep * num_j;
       const float bar = *std::max_element(y, y + num_j) + log_alpha;

@@ -163,6 +163,7 @@ void discover_layout(const Problem& p, const BlockSparseLayout& layout,
                                 static_cast<cudaStream_t>(p.stream)));
   discovery::pool_keys(p, buffers);
   discovery::score_rows(p, seq_row_offset, buffers, nullptr, 0);
+  if (p.params.discovery == Discovery::robust) discovery::rescue_rows(p, seq_row_offset, buffers);
   discovery::compact(p, buffers, layout.max_rows, layout.row_ptr.ptr<int64_t>(),
                      layout.col_idx.ptr<int32_t>());
 }

@@ -32,10 +32,16 @@ detail::DiscoveryPlan plan(const Problem& p, int64_t max_rows) {
   plan.slots = shapes.pooled_key_slots;
   detail::RegionAllocator regions;
   plan.pooled_half = regions.take(size_t(plan.slots * p.heads_kv * p.head_dim) * 2);
-  if (p.params.discovery == Discovery::robust)
-    plan.pooled_far_half = regions.take(size_t(plan.slots * p.heads_kv * p.head_dim) * 2);
   plan.counts = regions.take(size_t(max_rows) * 8);
   plan.kept_bits = regions.take(size_t(max_rows * plan.words) * 4);
+  if (p.params.discovery == Discovery::robust) {
+    plan.kv_rows = max_rows / p.group;
+    plan.query_sum = regions.take(size_t(max_rows * p.head_dim) * 4);
+    plan.query_far = regions.take(size_t(max_rows * p.head_dim) * 2);
+    plan.query_far_distance = regions.take(size_t(max_rows) * 4);
+    plan.representatives = regions.take(size_t(plan.kv_rows * 2 * p.head_dim) * 2);
+    plan.representative_best = regions.take(size_t(plan.kv_rows * 2 * plan.words * 32) * 4);
+  }
   size_t scan_bytes = 0;
   FP_CUDA_CHECK(
       cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, static_cast<const int64_t*>(nullptr),
@@ -49,8 +55,14 @@ Buffers carve(const detail::DiscoveryPlan& plan, void* workspace) {
   Buffers b;
   b.pooled = nullptr;  // the fp32 means are the pool_keys stage's output, in the caller's memory
   b.pooled_half = plan.pooled_half.in<void>(workspace);
-  b.pooled_far_half =
-      plan.pooled_far_half.bytes ? plan.pooled_far_half.in<void>(workspace) : nullptr;
+  if (plan.kv_rows > 0) {
+    b.query_sum = plan.query_sum.in<float>(workspace);
+    b.query_far = plan.query_far.in<void>(workspace);
+    b.query_far_distance = plan.query_far_distance.in<float>(workspace);
+    b.representatives = plan.representatives.in<void>(workspace);
+    b.representative_best = plan.representative_best.in<float>(workspace);
+    b.kv_rows = plan.kv_rows;
+  }
   b.counts = plan.counts.in<int64_t>(workspace);
   b.kept_bits = plan.kept_bits.in<uint32_t>(workspace);
   b.scan_temp = plan.scan_temp.in<void>(workspace);

@@ -20,9 +20,13 @@ struct Buffers {
   float* pooled = nullptr;  // [slots][H_kv][D] fp32 means (step 1); nullptr: not wanted
   // [slots][H_kv][D] the means rounded to the input dtype: what scoring reads
   void* pooled_half = nullptr;
-  // robust discovery (docs/ROBUST.md): [slots][H_kv][D] each block's key farthest from its mean
-  // (in the input dtype); nullptr in exact mode
-  void* pooled_far_half = nullptr;
+  // Robust discovery (docs/ROBUST.md; nullptr in exact mode), as DiscoveryPlan describes them.
+  float* query_sum = nullptr;            // [max_rows][D]
+  void* query_far = nullptr;             // [max_rows][D]
+  float* query_far_distance = nullptr;   // [max_rows]
+  void* representatives = nullptr;       // [kv_rows][2][D]: the group's mean query, its far query
+  float* representative_best = nullptr;  // [kv_rows][2][words * 32], log2 units
+  int64_t kv_rows = 0;
   int64_t* counts = nullptr;      // [max_rows] kept blocks per row
   uint32_t* kept_bits = nullptr;  // [max_rows][words] kept-block bitmask
   int64_t words = 0;              // bitmask words per row
@@ -36,7 +40,7 @@ detail::DiscoveryPlan plan(const detail::Problem& p, int64_t max_rows);
 Buffers carve(const detail::DiscoveryPlan& plan, void* workspace);
 
 void fill_seq_row_offsets(const detail::Problem& p, int64_t* seq_row_offset);
-// Step 1; with robust discovery also each block's farthest key (pooled_far_half).
+// Step 1.
 void pool_keys(const detail::Problem& p, const Buffers& buffers);
 // Caller-given fp32 pooled keys ([slots][H_kv][D]) rounded to the input dtype, for scoring.
 void round_pooled(const detail::Problem& p, const float* pooled, int64_t slots,
@@ -47,6 +51,10 @@ void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const B
 // Selection from a given score matrix.
 void select_from_scores(const detail::Problem& p, const int64_t* seq_row_offset,
                         const float* scores, int64_t ld, const Buffers& buffers);
+// Robust discovery's second test (docs/ROBUST.md), after score_rows wrote each row's query sum and
+// far query: the representatives of each (kv head, query block), their best key per key block, and
+// the blocks they keep added to kept_bits and counts (src/cuda/representatives.cu).
+void rescue_rows(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers);
 // counts -> row_ptr (scan), kept_bits -> col_idx.
 void compact(const detail::Problem& p, const Buffers& buffers, int64_t max_rows, int64_t* row_ptr,
              int32_t* col_idx);
@@ -71,5 +79,9 @@ namespace sm90 {
 bool supports_scoring(const detail::Problem& p);
 void score_rows(const detail::Problem& p, const int64_t* seq_row_offset,
                 const discovery::Buffers& buffers, float* scores, int64_t ld, dim3 grid);
+// Robust discovery's best keys with wgmma (src/cuda/sm90/best_keys.cu): block size 128, head dim 64
+// or 128, contiguous K that TMA can address; false (nothing launched) otherwise.
+bool best_keys(const detail::Problem& p, const int64_t* seq_row_offset,
+               const discovery::Buffers& buffers, int64_t kv_rows);
 }  // namespace sm90
 }  // namespace flashprefill::cuda

@@ -78,27 +78,19 @@ constexpr int kMaxLogScratch = 96;  // [8]
 constexpr int kMaxX2Scratch = 104;  // [8]
 constexpr int kCountScratch = 112;  // [8] ints
 constexpr int kSelectScratchFloats = 120;
-// Robust discovery (docs/ROBUST.md) also reduces the row maximum of log_score_eff per warp.
-constexpr int kMaxLogEffScratch = 120;  // [8]
-constexpr int kRobustSelectScratchFloats = 128;
 
 // Steps 3-4 for one row (`alpha`: its RowOfGrid::alpha): the kept bitmask (`words` 32-bit words)
 // and its popcount. min_budget ties go to the smaller j (as the CPU backend). reduce_smem: the
 // scratch above. Without min_budget there is no full barrier: warp 0 waits for the others' counts
 // and writes the total, the other warps return at once (so a caller may not reuse log_score or the
-// scratch after this without a barrier first). kRobust (docs/ROBUST.md): a block whose
-// log_score_eff passes the same threshold against max_log_score_eff is kept too.
-template <bool kRobust = false>
+// scratch after this without a barrier first).
 __device__ inline void select_row(const detail::Problem& p, float alpha, const float* log_score,
                                   float max_log_score, int64_t num_j, int64_t block_abs,
                                   int64_t num_kv_blocks, uint32_t* bits, int64_t words,
-                                  int64_t* count, float* reduce_smem,
-                                  const float* log_score_eff = nullptr,
-                                  float max_log_score_eff = 0.0f) {
+                                  int64_t* count, float* reduce_smem) {
   const int tid = threadIdx.x, threads = blockDim.x;
   // alpha = 0: log2(0) = -inf keeps every block, blocks with S = 0 included (S >= 0 * max).
   const float threshold = max_log_score + log2f(alpha);
-  const float threshold_eff = max_log_score_eff + log2f(alpha);
   // Budget: the min_budget best blocks, found one by one (min_budget is small).
   __shared__ int64_t budget_pick[64];
   const int budget = int(min(int64_t(min(p.params.min_budget, 64)), num_j));
@@ -145,7 +137,6 @@ __device__ inline void select_row(const detail::Problem& p, float alpha, const f
     bool keep = false;
     if (j < blocks) {
       keep = forced.contains(j) || log_score[j] >= threshold;
-      if constexpr (kRobust) keep = keep || log_score_eff[j] >= threshold_eff;
       for (int m = 0; m < budget; ++m) keep |= budget_pick[m] == j;
     }
     const uint32_t word = __ballot_sync(0xffffffffu, keep);
@@ -173,36 +164,25 @@ __device__ inline void select_row(const detail::Problem& p, float alpha, const f
 // this after writing its own. Either write S (scores != nullptr, the block_scores stage) or select
 // the row into buffers. thread_max_x2 and thread_max_log_score are each thread's maxima over what
 // it wrote (M2 and max log_score once reduced). One full barrier; see select_row for the rest.
-// kRobust: log_score_eff and thread_max_log_score_eff as well (reduce_smem then holds
-// kRobustSelectScratchFloats floats).
-template <bool kRobust = false>
 __device__ inline void finish_row(const detail::Problem& p, float alpha, const float* log_score,
                                   float thread_max_x2, float thread_max_log_score, int64_t num_j,
                                   int64_t block_abs, int64_t num_kv_blocks, int64_t row,
                                   const Buffers& buffers, float* scores, int64_t scores_ld,
-                                  float* reduce_smem, const float* log_score_eff = nullptr,
-                                  float thread_max_log_score_eff = 0.0f) {
+                                  float* reduce_smem) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   for (int offset = 16; offset > 0; offset /= 2) {
     thread_max_log_score =
         fmaxf(thread_max_log_score, __shfl_xor_sync(0xffffffffu, thread_max_log_score, offset));
     thread_max_x2 = fmaxf(thread_max_x2, __shfl_xor_sync(0xffffffffu, thread_max_x2, offset));
-    if constexpr (kRobust)
-      thread_max_log_score_eff = fmaxf(
-          thread_max_log_score_eff, __shfl_xor_sync(0xffffffffu, thread_max_log_score_eff, offset));
   }
   if (lane == 0)
     reduce_smem[kMaxLogScratch + warp] = thread_max_log_score,
                                  reduce_smem[kMaxX2Scratch + warp] = thread_max_x2;
-  if (kRobust && lane == 0) reduce_smem[kMaxLogEffScratch + warp] = thread_max_log_score_eff;
   __syncthreads();  // every log_score and every warp's maxima are written
-  float max_log_score = -INFINITY, max_x2 = -INFINITY, max_log_score_eff = -INFINITY;
+  float max_log_score = -INFINITY, max_x2 = -INFINITY;
   for (int w = 0; w < warps; ++w)
     max_log_score = fmaxf(max_log_score, reduce_smem[kMaxLogScratch + w]),
     max_x2 = fmaxf(max_x2, reduce_smem[kMaxX2Scratch + w]);
-  if constexpr (kRobust)
-    for (int w = 0; w < warps; ++w)
-      max_log_score_eff = fmaxf(max_log_score_eff, reduce_smem[kMaxLogEffScratch + w]);
   if (scores) {
     for (int64_t j = threadIdx.x; j < scores_ld; j += blockDim.x) {
       const bool some = j < num_j && log_score[j] != -INFINITY;
@@ -210,9 +190,9 @@ __device__ inline void finish_row(const detail::Problem& p, float alpha, const f
     }
     return;
   }
-  select_row<kRobust>(p, alpha, log_score, max_log_score, num_j, block_abs, num_kv_blocks,
-                      buffers.kept_bits + row * buffers.words, buffers.words, buffers.counts + row,
-                      reduce_smem, log_score_eff, max_log_score_eff);
+  select_row(p, alpha, log_score, max_log_score, num_j, block_abs, num_kv_blocks,
+             buffers.kept_bits + row * buffers.words, buffers.words, buffers.counts + row,
+             reduce_smem);
 }
 
 }  // namespace flashprefill::cuda::discovery

@@ -128,10 +128,9 @@ std::vector<std::vector<int32_t>> check_layout_matches_cpu(HostBatch& host, Devi
   const StageShapes shapes = stage_shapes(cpu_args, params);
   const auto ref_pooled = reference::pool_keys(problem, shapes.pooled_key_slots);
   const auto ref_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
-  const auto ref_robust =
-      params.discovery == Discovery::robust
-          ? reference::block_scores(problem, ref_pooled, shapes.max_key_blocks, true)
-          : std::vector<double>();
+  const auto ref_robust = params.discovery == Discovery::robust
+                              ? reference::robust_margins(problem, shapes.max_key_blocks)
+                              : std::vector<double>();
   const int64_t near_threshold = expect_rows_differ_only_at_threshold(
       gpu_rows, cpu_rows, ref_scores, shapes.max_key_blocks, params.alpha, 1e-3, ref_robust);
   if (near_threshold)
@@ -178,6 +177,8 @@ void check_random_shapes(uint64_t seed, int trials, Discovery discovery = Discov
                  " D=" + std::to_string(shape.head_dim) +
                  " block=" + std::to_string(params.block_size) + " " + dtype_name(dtype));
     HostBatch host = padded_batch(shape, dtype, rng());
+    // Robust: spans its second test finds (random keys alone give it nothing to add).
+    if (discovery == Discovery::robust) plant_spans(host, rng());
     check_gpu_attention(host, params);
   }
 }
@@ -506,8 +507,8 @@ TEST(Cuda, GraphCaptureWithCallerWorkspace) {
   std::vector<uint16_t> eager(host.out.size());
   copy_bytes(eager.data(), Device::cpu(), device.out.data(), Device::cuda(0), eager.size() * 2);
   std::vector<uint16_t> replayed;
-  ASSERT_NO_FATAL_FAILURE(capture_and_replay(args, params, Workspace{workspace.data(), bytes},
-                                             eager.size(), [] {}, replayed));
+  ASSERT_NO_FATAL_FAILURE(capture_and_replay(
+      args, params, Workspace{workspace.data(), bytes}, eager.size(), [] {}, replayed));
   EXPECT_EQ(replayed, eager);
   cudaStreamDestroy(stream);
 }
@@ -641,10 +642,11 @@ TEST(Cuda, UnsortedCallerLayoutIsMasked) {
   }
 }
 
-// Robust discovery (docs/ROBUST.md): the pooling kernel's far keys and both score kernels' x_eff
-// against the CPU backend and the fp64 reference of the rule (check_layout_matches_cpu scores with
-// the rule of params.discovery). Random shapes: partial blocks, GQA, chunked, min_budget, both
-// dtypes and head dims; the sm_90a kernel by default on Hopper (block 128), the sm_80 one forced.
+// Robust discovery (docs/ROBUST.md): both score kernels' query sums and far rows, the
+// representatives, their best keys and the rescue, against the CPU backend and the fp64 reference
+// of the rule (check_layout_matches_cpu checks with the rule of params.discovery). Random shapes:
+// partial blocks, GQA, chunked, min_budget, both dtypes and head dims; the sm_90a score kernel by
+// default on Hopper (block 128), the sm_80 one forced.
 TEST(Cuda, RobustRandomShapesMatchCpuAndReference) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);
@@ -659,7 +661,7 @@ TEST(Cuda, RobustRandomShapesMatchCpuAndReferenceAmpereKernel) {
 }
 
 // Varlen (an empty sequence, chunked sequences, partial last blocks), and head dim 256 (the sm_80
-// score kernel, pooling's register cache full: 16 keys per thread at block 128).
+// score kernel; the best-key kernel's largest tiles), at block 64 and 128.
 TEST(Cuda, RobustVarlenAndHeadDim256) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);
@@ -673,6 +675,10 @@ TEST(Cuda, RobustVarlenAndHeadDim256) {
   HostBatch varlen = varlen_batch({{700, 700}, {0, 0}, {5, 5}, {130, 600}, {1, 1}, {257, 300}},
                                   shape, DType::bf16, seed);
   check_gpu_attention(varlen, params);
+  SCOPED_TRACE("planted spans, padded, chunked");
+  HostBatch planted = padded_batch(Shape{2, 900, 1500, 8, 2, 128}, DType::bf16, seed + 1);
+  plant_spans(planted, seed + 2);
+  check_gpu_attention(planted, params);
   for (const int block : {64, 128}) {
     SCOPED_TRACE("D=256, block " + std::to_string(block));
     params.block_size = block;
@@ -681,9 +687,10 @@ TEST(Cuda, RobustVarlenAndHeadDim256) {
   }
 }
 
-// Rows of up to 282 key blocks (nine robust tiles of 32 blocks: pairs and an odd last tile, the
-// stage ring wrapping) on the structured input, where most tiles skip their exponentials, with and
-// without min_budget; then random chunked input. Against the CPU backend.
+// Rows of up to 282 key blocks on the structured input, where most score tiles skip their
+// exponentials (the best-key kernel streams up to nine tiles of 32 query blocks' representatives
+// past a key block, its double buffer wrapping), with and without min_budget; then random chunked
+// input. Against the CPU backend.
 TEST(Cuda, RobustScoreRowsOfManyTiles) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);
@@ -696,8 +703,9 @@ TEST(Cuda, RobustScoreRowsOfManyTiles) {
     params.min_budget = min_budget;
     check_layout_matches_cpu(host, device, params);
   }
-  SCOPED_TRACE("random, chunked");
+  SCOPED_TRACE("planted spans, chunked");
   HostBatch random = padded_batch(Shape{2, 9000, 30000, 4, 2, 64}, DType::fp16, seed + 1);
+  plant_spans(random, seed + 2);
   DeviceBatch random_device(random);
   params.min_budget = 0;
   params.alpha = 0.3f;
@@ -705,11 +713,13 @@ TEST(Cuda, RobustScoreRowsOfManyTiles) {
 }
 
 // The exact rule's layout does not depend on the robust code paths: the same call with the default
-// Params and with discovery = exact spelled out gives the same layout; the robust one contains it.
+// Params and with discovery = exact spelled out gives the same layout; the robust one contains it
+// and, on planted spans, adds to it.
 TEST(Cuda, ExactModeIsTheDefaultAndRobustDiffers) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);
-  HostBatch host = structured_batch(SyntheticShape{1, 8000, 4, 2, 128}, seed);
+  HostBatch host = padded_batch(Shape{1, 8000, 8000, 4, 2, 128}, DType::bf16, seed);
+  plant_spans(host, seed + 1);
   DeviceBatch device(host);
   Params exact, robust;
   exact.discovery = Discovery::exact;
@@ -849,8 +859,8 @@ TEST(Cuda, HeadAlphaGraphReplayReadsCurrentValues) {
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
   AttentionArgs args = device.args();
   args.stream = stream;
-  // Random inputs score blocks nearly alike, so only alpha 0 (every causal block) against alpha 1 (the
-  // row's best blocks and the forced ones) is sure to choose different layouts.
+  // Random inputs score blocks nearly alike, so only alpha 0 (every causal block) against alpha 1
+  // (the row's best blocks and the forced ones) is sure to choose different layouts.
   const std::vector<float> first = {0.0f, 1.0f, 0.0f, 1.0f}, second = {1.0f, 0.0f, 1.0f, 0.0f};
   Buffer alphas = upload(first);
   Params params;

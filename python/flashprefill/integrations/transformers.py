@@ -49,7 +49,7 @@ class Settings:
     sink_blocks: int = 2
     window_blocks: int = 4
     last_full_blocks: int = 2
-    discovery: str = "exact"       # "robust" (docs/ROBUST.md) also keeps blocks with one dominant key
+    discovery: str = "exact"       # "robust" (docs/ROBUST.md) also keeps blocks holding a short dominant span
     collect_density: bool = False  # record the kept fraction per layer (adds a discovery pass and a sync)
     densities: List[dict] = field(default_factory=list)
 

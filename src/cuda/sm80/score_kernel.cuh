@@ -8,6 +8,7 @@
 #include "common/problem.hpp"
 #include "cuda/check.cuh"
 #include "cuda/discovery.cuh"
+#include "cuda/query_summary.cuh"
 #include "cuda/select_row.cuh"
 #include "cuda/sm80/mma.cuh"
 
@@ -24,13 +25,10 @@ constexpr int kKeyChunk = 64;  // pooled keys scored per step
 // Step 2 for one layout row per CTA (kBlockM query rows = kBlockM / 16 warps), then either the
 // selection (fused path) or the S row written out. x = scale * q . Kbar with tensor cores (Kbar in
 // the input dtype), fp32 accumulation; each key block's log2-domain score lands in shared memory.
-// kRobust (docs/ROBUST.md): a chunk holds the means of 32 blocks, then their far keys, so the mma
-// fragment of column c (a mean) and of column c + 32 (its far key) sit in the same thread: column
-// c + 32 becomes x_eff = max(x_mean, x_far - log2 n_j), and the 64 columns are reduced as before,
-// the first 32 into log_score, the last 32 into log_score_eff (the selection keeps a block that
-// passes either threshold).
-template <int kHeadDim, bool kIsBf16, int kBlockM, bool kRobust = false>
-__global__ void __launch_bounds__(kBlockM * 2, kRobust&& kHeadDim == 256 ? 1 : 0)
+// kSummarizeQueries (robust discovery, docs/ROBUST.md): the row's query sum and far query as well
+// (query_summary.cuh), from the query tile, once the key chunks' memory is free.
+template <int kHeadDim, bool kIsBf16, int kBlockM, bool kSummarizeQueries = false>
+__global__ void __launch_bounds__(kBlockM * 2)
     score_rows_kernel(const detail::Problem p, const int64_t* seq_row_offset, Buffers buffers,
                       float* scores, int64_t scores_ld) {
   using namespace sm80;
@@ -48,7 +46,6 @@ __global__ void __launch_bounds__(kBlockM * 2, kRobust&& kHeadDim == 256 ? 1 : 0
   float* warp_sum = warp_max + kWarps * kKeyChunk;                       // [kWarps][kKeyChunk]
   float* reduce_smem = warp_sum + kWarps * kKeyChunk;                    // 128 floats
   float* log_score = reduce_smem + 128;  // [log_score_capacity(num_kv_blocks)]
-  float* log_score_eff = log_score + log_score_capacity(r.num_kv_blocks);  // robust: the same
   const int64_t num_j = r.num_causal_blocks();
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, quad = lane % 4;
@@ -70,32 +67,20 @@ __global__ void __launch_bounds__(kBlockM * 2, kRobust&& kHeadDim == 256 ? 1 : 0
   cp_async_commit();
 
   const float scale_log2 = p.params.scale * detail::kLog2e;
-  constexpr int kBlocksPerChunk = kRobust ? kKeyChunk / 2 : kKeyChunk;
-  constexpr int kScoredTiles = kBlocksPerChunk / 8;  // n8 tiles of x that hold block means
+  constexpr int kBlocksPerChunk = kKeyChunk;
   const int64_t row_pos[2] = {block_start + warp * 16 + g, block_start + warp * 16 + g + 8};
   bool row_in_block[2];
   for (int h = 0; h < 2; ++h) row_in_block[h] = row_pos[h] >= shift && row_pos[h] < r.extent.len_kv;
   float thread_max_x2 = -INFINITY, thread_max_log_score = -INFINITY;
-  float thread_max_log_score_eff = -INFINITY;  // robust only
 
   for (int64_t j0 = 0; j0 < num_j; j0 += kBlocksPerChunk) {
-    // This chunk's pooled keys (past num_j: zero, masked below); robust: means, then far keys.
+    // This chunk's pooled keys (past num_j: zero, masked below).
     for (int chunk = tid; chunk < kKeyChunk * Swizzle::kChunks; chunk += kThreads) {
       const int row = chunk / Swizzle::kChunks, c = chunk % Swizzle::kChunks;
-      if constexpr (kRobust) {
-        const int block_in_chunk = row % kBlocksPerChunk;
-        const void* source = row >= kBlocksPerChunk ? buffers.pooled_far_half : buffers.pooled_half;
-        const bool valid = j0 + block_in_chunk < num_j;
-        const int64_t index =
-            ((slot0 + (valid ? j0 + block_in_chunk : 0)) * p.heads_kv + kv_head) * D + c * 8;
-        cp_async_16(key_smem + Swizzle::offset(row, c), static_cast<const Element*>(source) + index,
-                    valid ? 16 : 0);
-      } else {
-        const bool valid = j0 + row < num_j;
-        const int64_t index = ((slot0 + (valid ? j0 + row : 0)) * p.heads_kv + kv_head) * D + c * 8;
-        cp_async_16(key_smem + Swizzle::offset(row, c),
-                    static_cast<const Element*>(buffers.pooled_half) + index, valid ? 16 : 0);
-      }
+      const bool valid = j0 + row < num_j;
+      const int64_t index = ((slot0 + (valid ? j0 + row : 0)) * p.heads_kv + kv_head) * D + c * 8;
+      cp_async_16(key_smem + Swizzle::offset(row, c),
+                  static_cast<const Element*>(buffers.pooled_half) + index, valid ? 16 : 0);
     }
     cp_async_commit();
     cp_async_wait<0>();
@@ -120,22 +105,14 @@ __global__ void __launch_bounds__(kBlockM * 2, kRobust&& kHeadDim == 256 ? 1 : 0
     // Mask: rows not in the block, blocks past the row (j > i), and the diagonal block for rows
     // that do not see all its keys (ALGORITHM.md step 2). Then per column: max and sum of exp2.
 #pragma unroll
-    for (int nt = 0; nt < kScoredTiles; ++nt)
+    for (int nt = 0; nt < kKeyChunk / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int64_t j = j0 + nt * 8 + 2 * quad + (e & 1);
         const int h = e / 2;
         const bool visible = row_in_block[h] && j < num_j &&
                              detail::key_block_visible(j, row_pos[h], r.extent.len_kv, block);
-        if constexpr (kRobust) {
-          const float keys = float(max(int64_t(1), min(block, r.extent.len_kv - j * block)));
-          const float mean = x[nt][e] * scale_log2;
-          const float eff = fmaxf(mean, x[nt + kScoredTiles][e] * scale_log2 - log2f(keys));
-          x[nt][e] = visible ? mean : -INFINITY;
-          x[nt + kScoredTiles][e] = visible ? eff : -INFINITY;
-        } else {
-          x[nt][e] = visible ? x[nt][e] * scale_log2 : -INFINITY;
-        }
+        x[nt][e] = visible ? x[nt][e] * scale_log2 : -INFINITY;
       }
 #pragma unroll
     for (int nt = 0; nt < kKeyChunk / 8; ++nt)
@@ -166,50 +143,39 @@ __global__ void __launch_bounds__(kBlockM * 2, kRobust&& kHeadDim == 256 ? 1 : 0
           s += warp_sum[w * kKeyChunk + c] * exp2f(warp_max[w * kKeyChunk + c] - m);
       return ColumnStat{m, m == -INFINITY ? -INFINITY : m + log2f(s)};
     };
-    if constexpr (kRobust) {
-      for (int c = tid; c < kKeyChunk; c += kThreads) {
-        const int64_t j = j0 + c % kBlocksPerChunk;
-        if (j >= num_j) continue;
-        const auto [m, value] = merge_warps(c);
-        if (c < kBlocksPerChunk) {
-          log_score[j] = value;
-          thread_max_x2 = fmaxf(thread_max_x2, m);
-          thread_max_log_score = fmaxf(thread_max_log_score, value);
-        } else {
-          log_score_eff[j] = value;
-          thread_max_log_score_eff = fmaxf(thread_max_log_score_eff, value);
-        }
-      }
-    } else {
-      for (int c = tid; c < kBlocksPerChunk && j0 + c < num_j; c += kThreads) {
-        const auto [m, value] = merge_warps(c);
-        log_score[j0 + c] = value;
-        thread_max_x2 = fmaxf(thread_max_x2, m);
-        thread_max_log_score = fmaxf(thread_max_log_score, value);
-      }
+    for (int c = tid; c < kBlocksPerChunk && j0 + c < num_j; c += kThreads) {
+      const auto [m, value] = merge_warps(c);
+      log_score[j0 + c] = value;
+      thread_max_x2 = fmaxf(thread_max_x2, m);
+      thread_max_log_score = fmaxf(thread_max_log_score, value);
     }
     __syncthreads();
   }
 
-  if constexpr (kRobust)
-    finish_row<true>(p, r.alpha, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
-                     r.num_kv_blocks, r.row, buffers, scores, scores_ld, reduce_smem, log_score_eff,
-                     thread_max_log_score_eff);
-  else
-    finish_row(p, r.alpha, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
-               r.num_kv_blocks, r.row, buffers, scores, scores_ld, reduce_smem);
+  if constexpr (kSummarizeQueries) {
+    // The key chunk and the warps' statistics are free after the loop's last barrier.
+    static_assert(discovery::query_summary_scratch_floats<D, kThreads, kBlockM>() * 4 <=
+                  kKeyChunk * D * 2 + 2 * kWarps * kKeyChunk * 4);
+    const detail::PositionRange rows = r.positions(block);
+    discovery::write_query_summary<D, kThreads, kBlockM, kIsBf16>(
+        [&](int t, int c) {
+          return *reinterpret_cast<const uint4*>(q_smem + Swizzle::offset(t, c));
+        },
+        int(rows.begin - block_start), int(rows.end - block_start),
+        reinterpret_cast<float*>(key_smem), buffers, r.row);
+  }
+  finish_row(p, r.alpha, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
+             r.num_kv_blocks, r.row, buffers, scores, scores_ld, reduce_smem);
 }
 
-template <int kHeadDim, bool kIsBf16, int kBlockM, bool kRobust>
+template <int kHeadDim, bool kIsBf16, int kBlockM, bool kSummarizeQueries>
 void launch_score_rows(const detail::Problem& p, const int64_t* seq_row_offset,
                        const Buffers& buffers, float* scores, int64_t ld, dim3 grid,
                        int64_t max_key_blocks) {
   constexpr int kWarps = kBlockM / 16;
   const size_t smem = size_t(kBlockM + kKeyChunk) * kHeadDim * 2 +
-                      size_t((kRobust ? 2 : 1) * log_score_capacity(max_key_blocks) +
-                             2 * kWarps * kKeyChunk + 128) *
-                          4;
-  auto kernel = score_rows_kernel<kHeadDim, kIsBf16, kBlockM, kRobust>;
+                      size_t(log_score_capacity(max_key_blocks) + 2 * kWarps * kKeyChunk + 128) * 4;
+  auto kernel = score_rows_kernel<kHeadDim, kIsBf16, kBlockM, kSummarizeQueries>;
   FP_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<grid, kWarps * 32, smem, static_cast<cudaStream_t>(p.stream)>>>(p, seq_row_offset,

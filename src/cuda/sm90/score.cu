@@ -6,11 +6,11 @@
 namespace flashprefill::cuda::sm90 {
 namespace {
 
-template <int kHeadDim, bool kIsBf16, bool kRobust>
+template <int kHeadDim, bool kIsBf16, bool kSummarizeQueries>
 void launch(const detail::Problem& p, const int64_t* seq_row_offset,
             const discovery::Buffers& buffers, float* scores, int64_t ld, dim3 grid,
             const ScoreMaps& maps) {
-  using Traits = ScoreTraits<kHeadDim, kIsBf16, kRobust>;
+  using Traits = ScoreTraits<kHeadDim, kIsBf16, kSummarizeQueries>;
   const size_t smem = Traits::smem_bytes(num_key_blocks(p.len_kv, p.params.block_size));
   auto kernel = score_rows_kernel<Traits>;
   FP_CUDA_CHECK(
@@ -24,9 +24,7 @@ void launch(const detail::Problem& p, const int64_t* seq_row_offset,
 
 bool supports_scoring(const detail::Problem& p) {
   const int64_t max_key_blocks = num_key_blocks(p.len_kv, p.params.block_size);
-  const size_t smem = p.params.discovery == Discovery::robust
-                          ? ScoreTraits<128, true, true>::smem_bytes(max_key_blocks)
-                          : ScoreTraits<128, true>::smem_bytes(max_key_blocks);
+  const size_t smem = ScoreTraits<128, true>::smem_bytes(max_key_blocks);
   return p.params.block_size == 128 && (p.head_dim == 64 || p.head_dim == 128) &&
          smem <= 227 * 1024 && tma_addressable(p.q, p.q_stride);
 }
@@ -38,10 +36,8 @@ void score_rows(const detail::Problem& p, const int64_t* seq_row_offset,
   maps.q = make_tensor_map(p, p.q, p.q_stride, p.heads_q, p.varlen ? p.total_q : p.len_q,
                            ScoreTraits<128, true>::kBlockM, "q");
   const bool robust = p.params.discovery == Discovery::robust;
-  const int box_rows =
-      robust ? ScoreTraits<128, true, true>::kBoxRows : ScoreTraits<128, true>::kBoxRows;
-  maps.pooled = make_pooled_map(p, buffers.pooled_half, slots, box_rows, "pooled keys");
-  if (robust) maps.far = make_pooled_map(p, buffers.pooled_far_half, slots, box_rows, "far keys");
+  maps.pooled = make_pooled_map(p, buffers.pooled_half, slots, ScoreTraits<128, true>::kBoxRows,
+                                "pooled keys");
   dispatch_head_dim_and_dtype<64, 128>(
       p, "the sm_90 score kernel", [&](auto head_dim, auto is_bf16) {
         constexpr int kHeadDim = decltype(head_dim)::value;

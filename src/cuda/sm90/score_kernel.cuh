@@ -23,12 +23,9 @@
 // largest scores of a row usually lie on the local band or the sinks, so M is high from the first
 // steps and most far tiles skip (how many, in this order and in ascending order: bench/RESULTS.md).
 //
-// Robust discovery (kRobust, docs/ROBUST.md): a key tile's 64 rows hold 32 blocks in groups of 16
-// rows, the means of 8 blocks then the far keys of the same 8 (loaded as 8-row TMA boxes, one
-// 128-byte swizzle atom each). The wgmma accumulator gives a thread rows r and r + 8 of its warp's
-// 16, so both scores of a block sit in one thread and x_eff = max(x_mean, x_far - ln(n_j) / scale)
-// is one FADD and one FMNMX per element; everything after (the skip included: its bound holds for
-// any x) runs on x_eff. Twice the tiles per row, no extra accumulator registers.
+// Robust discovery (kSummarizeQueries, docs/ROBUST.md): after its last tile the CTA also writes the
+// row's query sum and far query (query_summary.cuh) from the query tile, into the key stages'
+// memory as scratch.
 #pragma once
 
 #include <cfloat>
@@ -37,6 +34,7 @@
 #include "common/problem.hpp"
 #include "cuda/check.cuh"
 #include "cuda/discovery.cuh"
+#include "cuda/query_summary.cuh"
 #include "cuda/select_row.cuh"
 #include "cuda/sm80/mma.cuh"
 #include "cuda/sm90/mma.cuh"
@@ -54,19 +52,17 @@ using discovery::RowOfGrid;
 struct ScoreMaps {
   CUtensorMap q;       // as the attention kernel's (boxes of 128 tokens)
   CUtensorMap pooled;  // pooled keys [slots][H_kv][D] in the input dtype, boxes of 64 slots
-                       // (robust: of 8)
-  CUtensorMap far;     // robust: the far keys, as pooled, boxes of 8 slots
 };
 
-template <int kHeadDim_, bool kIsBf16_, bool kRobust_ = false>
+template <int kHeadDim_, bool kIsBf16_, bool kSummarizeQueries_ = false>
 struct ScoreTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kIsBf16 = kIsBf16_;
-  static constexpr bool kRobust = kRobust_;
+  static constexpr bool kSummarizeQueries = kSummarizeQueries_;
   static constexpr int kBlockM = 128;  // queries: one query block (block_size 128)
   static constexpr int kKeyTile = 64;  // pooled keys per wgmma tile (its M)
-  static constexpr int kBlocksPerTile = kRobust ? kKeyTile / 2 : kKeyTile;
-  static constexpr int kBoxRows = kRobust ? 8 : kKeyTile;  // slots per TMA box
+  static constexpr int kBlocksPerTile = kKeyTile;
+  static constexpr int kBoxRows = kKeyTile;  // slots per TMA box
   static constexpr int kThreads = 128;
   static constexpr int kMinCtasPerSm = 3;  // two accumulators fit in 168 registers
   static constexpr int kStages = 2;
@@ -76,17 +72,14 @@ struct ScoreTraits {
   static constexpr int kQBytes = kPanels * QPanels::kPanelBytes;
   static constexpr int kKeyBytes = kPanels * KeyPanels::kPanelBytes;
   // warp_running_max, then select_row's scratch
-  // robust: [8, 8 + kRobustSelectScratchFloats) select scratch, then the running maxima of x_eff
-  static constexpr int kReduceFloats =
-      kRobust ? 8 + discovery::kRobustSelectScratchFloats + 8 : 8 + kSelectScratchFloats;
-  // robust: log_score_eff after log_score, same capacity
-  static constexpr int kScoreArrays = kRobust ? 2 : 1;
+  static constexpr int kReduceFloats = 8 + kSelectScratchFloats;
+  static_assert(discovery::query_summary_scratch_floats<kHeadDim, kThreads, kBlockM>() * 4 <=
+                kStages * kKeyBytes);
   // Q | keys[kStages] | log_score[max_key_blocks, padded] | reduction scratch | barriers, +1024 to
   // align.
   static size_t smem_bytes(int64_t max_key_blocks) {
     return 1024 + kQBytes + size_t(kStages) * kKeyBytes +
-           size_t(kScoreArrays * log_score_capacity(max_key_blocks) + kReduceFloats) * 4 +
-           8 * (kStages + 1);
+           size_t(log_score_capacity(max_key_blocks) + kReduceFloats) * 4 + 8 * (kStages + 1);
   }
 };
 
@@ -234,75 +227,6 @@ __device__ __forceinline__ void reduce_exact_tile(float (&x)[64], const int32_t 
   if (lane == 0) warp_running_max[4 * ((step + 1) % 2) + warp] = warp_max_so_far;
 }
 
-// Robust discovery's tile (Traits::kRobust, docs/ROBUST.md): rows 16w + g of the accumulator hold
-// block j's mean (half 0) and rows 16w + g + 8 its far key (half 1), so x element i is block j,
-// query row as in reduce_exact_tile, and half (i % 4) / 2. Half 1 becomes
-// x_eff = max(x_mean, x_far - far_penalty) (far_penalty = ln(n_j) / scale); then each half is
-// scored as reduce_exact_tile scores a block: the mean's exp-sum into log_score[j], x_eff's into
-// log_score_eff[j] (the rule keeps a block that passes either threshold). Each has its own
-// running maximum (warp_running_max, warp_running_max_eff): a warp skips its exponentials only when
-// both halves of all its blocks lie below their maximum + skip_offset.
-template <typename Traits>
-__device__ __forceinline__ void reduce_robust_tile(
-    float (&x)[64], int32_t j, float far_penalty, bool mask, const RowBounds32& row,
-    float scale_log2, bool may_skip, float skip_offset, float* warp_running_max,
-    float* warp_running_max_eff, int step, float* log_score, float* log_score_eff,
-    float& warp_max_so_far, float& warp_max_so_far_eff, float& thread_max_log_score,
-    float& thread_max_log_score_eff) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, quad = lane % 4;
-  const float4 seen = *reinterpret_cast<const float4*>(warp_running_max + 4 * (step % 2));
-  const float4 seen_eff = *reinterpret_cast<const float4*>(warp_running_max_eff + 4 * (step % 2));
-  const float running_max = fmaxf(fmaxf(seen.x, seen.y), fmaxf(seen.z, seen.w));
-  const float running_max_eff = fmaxf(fmaxf(seen_eff.x, seen_eff.y), fmaxf(seen_eff.z, seen_eff.w));
-#pragma unroll
-  for (int i = 0; i < 64; ++i)
-    if ((i % 4) / 2 == 1) x[i] = fmaxf(x[i - 2], x[i] - far_penalty);
-  if (mask) {
-    // As reduce_exact_tile, one block for both halves.
-    const int32_t first_visible =
-        j < row.num_j ? max(min((j + 1) * Traits::kBlockM, row.len_kv) - 1, row.shift) : INT32_MAX;
-    const int32_t pos0 = row.block_start + 2 * quad;
-#pragma unroll
-    for (int i = 0; i < 64; ++i) {
-      const int32_t pos = pos0 + 8 * (i / 4) + (i % 2);
-      if (pos < first_visible || pos >= row.len_kv) x[i] = -INFINITY;
-    }
-  }
-  float m[2] = {max_of_half(x, 0), max_of_half(x, 1)};
-  const bool skip = may_skip && __all_sync(0xffffffffu, m[0] < running_max + skip_offset &&
-                                                            m[1] < running_max_eff + skip_offset);
-  if (skip) {
-    if (quad == 0 && j < row.num_j) log_score[j] = -INFINITY, log_score_eff[j] = -INFINITY;
-  } else {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      m[half] = fmaxf(m[half], __shfl_xor_sync(0xffffffffu, m[half], 1));
-      m[half] = fmaxf(m[half], __shfl_xor_sync(0xffffffffu, m[half], 2));
-    }
-    float warp_max = m[0], warp_max_eff = m[1];
-#pragma unroll
-    for (int offset = 4; offset < 32; offset *= 2) {
-      warp_max = fmaxf(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, offset));
-      warp_max_eff = fmaxf(warp_max_eff, __shfl_xor_sync(0xffffffffu, warp_max_eff, offset));
-    }
-    warp_max_so_far = fmaxf(warp_max_so_far, warp_max);
-    warp_max_so_far_eff = fmaxf(warp_max_so_far_eff, warp_max_eff);
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const float log_sum = log2_block_score(x, half, m[half], scale_log2);
-      if (quad == 0 && j < row.num_j) (half == 0 ? log_score : log_score_eff)[j] = log_sum;
-      if (half == 0)
-        thread_max_log_score = fmaxf(thread_max_log_score, log_sum);
-      else
-        thread_max_log_score_eff = fmaxf(thread_max_log_score_eff, log_sum);
-    }
-  }
-  if (lane == 0) {
-    warp_running_max[4 * ((step + 1) % 2) + warp] = warp_max_so_far;
-    warp_running_max_eff[4 * ((step + 1) % 2) + warp] = warp_max_so_far_eff;
-  }
-}
-
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     score_rows_kernel(const detail::Problem p, const int64_t* seq_row_offset, const Buffers buffers,
@@ -317,8 +241,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   unsigned char* q_smem = smem_raw + ((1024 - raw_address % 1024) % 1024);
   unsigned char* key_smem = q_smem + Traits::kQBytes;  // stage s at s * kKeyBytes
   auto* log_score = reinterpret_cast<float*>(key_smem + kStages * Traits::kKeyBytes);
-  float* log_score_eff = log_score + log_score_capacity(r.num_kv_blocks);  // robust only
-  float* reduce_smem = log_score + Traits::kScoreArrays * log_score_capacity(r.num_kv_blocks);
+  float* reduce_smem = log_score + log_score_capacity(r.num_kv_blocks);
   auto* key_full = reinterpret_cast<uint64_t*>(
       reduce_smem + Traits::kReduceFloats);  // 8-byte aligned: n + 128 floats in
   uint64_t* q_full = key_full + kStages;
@@ -340,12 +263,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   const int num_tiles = skip_scores ? 0 : int((num_j + kBlocksPerTile - 1) / kBlocksPerTile);
   const bool partial_block = block_start < shift || block_start + kBlock > r.extent.len_kv;
   float warp_max_so_far = -INFINITY, thread_max_log_score = -INFINITY;
-  float warp_max_so_far_eff = -INFINITY, thread_max_log_score_eff = -INFINITY;  // robust only
   if (skip_scores)
-    for (int64_t j = tid; j < num_j; j += Traits::kThreads) {
-      log_score[j] = 0.0f;
-      if constexpr (Traits::kRobust) log_score_eff[j] = 0.0f;
-    }
+    for (int64_t j = tid; j < num_j; j += Traits::kThreads) log_score[j] = 0.0f;
 
   const float scale_log2 = p.params.scale * detail::kLog2e;
   // Skipping exponentials (see the header) needs the exact scores of every candidate: only on the
@@ -355,9 +274,6 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   // [2][4]: each warp's largest score so far (reduce_exact_tile); 16-byte aligned.
   float* warp_running_max = reduce_smem;
   if (tid < 8) warp_running_max[tid] = -INFINITY;
-  // robust: the same for x_eff, after the selection's scratch
-  float* warp_running_max_eff = reduce_smem + 8 + discovery::kRobustSelectScratchFloats;
-  if (Traits::kRobust && tid < 8) warp_running_max_eff[tid] = -INFINITY;
 
   constexpr uint64_t kCacheHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
   const auto load_keys = [&](int step) {  // one thread
@@ -366,21 +282,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     for (int panel = 0; panel < Traits::kPanels; ++panel) {
       unsigned char* panel_smem =
           key_smem + stage * Traits::kKeyBytes + panel * Traits::KeyPanels::kPanelBytes;
-      if constexpr (Traits::kRobust) {
-        // 16-row groups: 8 means at rows 16n, their 8 far keys at 16n + 8 (128 bytes a row).
-        for (int n = 0; n < kKeyTile / 16; ++n) {
-          const int32_t slot = slot0 + tile * kBlocksPerTile + 8 * n;
-          cute::SM90_TMA_LOAD_3D::copy(&maps.pooled, &key_full[stage], kCacheHint,
-                                       panel_smem + 16 * n * 128, panel * 64, int32_t(kv_head),
-                                       slot);
-          cute::SM90_TMA_LOAD_3D::copy(&maps.far, &key_full[stage], kCacheHint,
-                                       panel_smem + (16 * n + 8) * 128, panel * 64,
-                                       int32_t(kv_head), slot);
-        }
-      } else {
-        cute::SM90_TMA_LOAD_3D::copy(&maps.pooled, &key_full[stage], kCacheHint, panel_smem,
-                                     panel * 64, int32_t(kv_head), slot0 + tile * kKeyTile);
-      }
+      cute::SM90_TMA_LOAD_3D::copy(&maps.pooled, &key_full[stage], kCacheHint, panel_smem,
+                                   panel * 64, int32_t(kv_head), slot0 + tile * kKeyTile);
     }
   };
   if (tid == 0) {
@@ -420,21 +323,10 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     if (tid == 0 && step + kStages < num_tiles) load_keys(step + kStages);
     const int32_t j0 = key_tile_at(step, num_tiles) * kBlocksPerTile;
     const bool mask = partial_block || j0 + kBlocksPerTile - 1 >= r.block_abs;
-    if constexpr (Traits::kRobust) {
-      const int32_t block_j = j0 + 8 * warp + g;
-      // ln(n_j) / scale in raw score units (n_j < kBlock only in a sequence's last block)
-      const int32_t keys = max(1, min(kBlock, geometry.len_kv - block_j * kBlock));
-      const float far_penalty = __log2f(float(keys)) / scale_log2;
-      reduce_robust_tile<Traits>(x, block_j, far_penalty, mask, geometry, scale_log2, may_skip,
-                                 skip_offset, warp_running_max, warp_running_max_eff, step,
-                                 log_score, log_score_eff, warp_max_so_far, warp_max_so_far_eff,
-                                 thread_max_log_score, thread_max_log_score_eff);
-    } else {
-      const int32_t j[2] = {j0 + 16 * warp + g, j0 + 16 * warp + g + 8};
-      reduce_exact_tile<Traits>(x, j, mask, geometry, scale_log2, may_skip, skip_offset,
-                                warp_running_max, step, log_score, warp_max_so_far,
-                                thread_max_log_score);
-    }
+    const int32_t j[2] = {j0 + 16 * warp + g, j0 + 16 * warp + g + 8};
+    reduce_exact_tile<Traits>(x, j, mask, geometry, scale_log2, may_skip, skip_offset,
+                              warp_running_max, step, log_score, warp_max_so_far,
+                              thread_max_log_score);
   };
   // Tiles in pairs on two accumulators (x^T[j, t] for 64 key blocks x 128 queries each): the second
   // tile's wgmmas run while the first is scored. No wgmma is in flight across the loop's back edge;
@@ -462,13 +354,22 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   }
   // M2 = the row's largest score (every tile is scored without skipping when scores are wanted).
   const float thread_max_x2 = warp_max_so_far * scale_log2;
-  if constexpr (Traits::kRobust)
-    finish_row<true>(p, r.alpha, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
-                     r.num_kv_blocks, r.row, buffers, scores, scores_ld, reduce_smem + 8,
-                     log_score_eff, thread_max_log_score_eff);
-  else
-    finish_row(p, r.alpha, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
-               r.num_kv_blocks, r.row, buffers, scores, scores_ld, reduce_smem + 8);
+  if constexpr (Traits::kSummarizeQueries) {
+    // Rows kept whole load no queries and need no summary (representatives.cu skips them too).
+    if (num_tiles > 0) {
+      // Every warp's last wgmma has read its key stage before the stages become scratch.
+      named_barrier_sync(NamedBarrier::kScoreWarpgroup, Traits::kThreads);
+      const detail::PositionRange rows = r.positions(kBlock);
+      discovery::write_query_summary<Traits::kHeadDim, Traits::kThreads, kBlock, Traits::kIsBf16>(
+          [&](int t, int c) {
+            return *reinterpret_cast<const uint4*>(q_smem + Traits::QPanels::offset(t, c));
+          },
+          int(rows.begin - block_start), int(rows.end - block_start),
+          reinterpret_cast<float*>(key_smem), buffers, r.row);
+    }
+  }
+  finish_row(p, r.alpha, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
+             r.num_kv_blocks, r.row, buffers, scores, scores_ld, reduce_smem + 8);
 }
 
 }  // namespace flashprefill::cuda::sm90

@@ -90,4 +90,12 @@ CUtensorMap make_pooled_map(const detail::Problem& p, const void* base, int64_t 
   return encode(p, base, 3, dims, byte_strides, box, name);
 }
 
+CUtensorMap make_rows_map(const detail::Problem& p, const void* base, int64_t rows_total, int rows,
+                          const char* name) {
+  const cuuint64_t dims[2] = {cuuint64_t(p.head_dim), cuuint64_t(rows_total > 0 ? rows_total : 1)};
+  const cuuint64_t byte_strides[1] = {cuuint64_t(p.head_dim * kElementBytes)};
+  const cuuint32_t box[2] = {64, cuuint32_t(rows)};
+  return encode(p, base, 2, dims, byte_strides, box, name);
+}
+
 }  // namespace flashprefill::cuda::sm90

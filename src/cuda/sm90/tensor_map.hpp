@@ -29,4 +29,9 @@ CUtensorMap make_page_pool_map(const detail::Problem& p, const void* base,
 CUtensorMap make_pooled_map(const detail::Problem& p, const void* base, int64_t slots, int rows,
                             const char* name);
 
+// (dim, row) view of a [rows_total][D] matrix of q's dtype (robust discovery's representatives);
+// boxes of 64 dims x `rows` rows, 128-byte swizzled.
+CUtensorMap make_rows_map(const detail::Problem& p, const void* base, int64_t rows_total, int rows,
+                          const char* name);
+
 }  // namespace flashprefill::cuda::sm90
