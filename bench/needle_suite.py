@@ -3,17 +3,14 @@ with dense attention, per selection mode, on planted short key spans (flashprefi
 
     python bench/needle_suite.py --lengths 16K,32K --device cpu --json needles.json
 
-Modes: the exact rule (ALGORITHM.md) at the given alphas, the min_budget floor, `robust@alpha`, the
-library's robust discovery (docs/ROBUST.md: flash_prefill(..., discovery="robust")), and
-`proto-outlier`, the Python prototype that robust discovery was measured from (a second representative
-per key block: the key farthest from the block mean, scored as max(x_mean, x_outlier - ln B) before
-the exp-sum; union with the exact rule) that runs the library's block_sparse_attention on the layout
-it builds. `proto-group@alpha@G` is the same prototype with one far key per group of G consecutive key
-blocks (the block whose far key lies farthest from its own mean keeps it; the others score their mean
-only), which needs 1/G of the far-key products (docs/ROBUST.md, "Tried: one far key per group of
-blocks"); `proto-grouprel@alpha@G` picks the owner by its far key's distance relative to the block's
-mean distance. The structured input's density (BENCHMARK.md) is reported per mode beside it, as the ratio
-to the exact rule's.
+Modes: the exact rule (ALGORITHM.md) at the given alphas, the min_budget floor (`budget@N`),
+`robust@alpha`, the library's robust discovery (docs/ROBUST.md: flash_prefill(..., discovery="robust")),
+and `proto-dual@alpha@ratio[@flags]`, the plain-torch prototype robust discovery was chosen from: the
+exact rule, or a block whose best single key against a pooled query of its query block lies within
+ln(1 / ratio) of that query's best key in the row (flags: `g` the mean query over the GQA group's rows
+and heads, `gf` that and the group's far query, `gF` the far query alone; without flags, the mean per
+query head). The library's rule is `proto-dual@alpha@alpha^2@gf`. The structured input's density
+(BENCHMARK.md) is reported per mode beside it, as the ratio to the exact rule's.
 """
 import argparse
 import json
@@ -41,26 +38,12 @@ def _block_view(x, length):
     return padded.view(blocks, BLOCK, *x.shape[1:]), blocks
 
 
-def _representatives(k, group=1, relative=False):
-    """Block means [nb, H_kv, D] and far keys; with group > 1 only the block of each group of `group`
-    consecutive blocks whose far key lies farthest from its own mean keeps it (owner mask [nb, H_kv])."""
+def _block_means(k):
+    """Block means [nb, H_kv, D], rounded to the input dtype as every backend's pooled keys are."""
     length = k.shape[0]
     blocks, nb = _block_view(k, length)
     valid = (torch.arange(nb * BLOCK, device=k.device) < length).view(nb, BLOCK)
-    mean = blocks.sum(1) / valid.sum(1).float()[:, None, None]
-    mean = mean.to(k.dtype).float()  # pooled keys rounded to the input dtype, as every backend does
-    spread = ((blocks - mean[:, None]) ** 2).sum(-1).masked_fill(~valid[:, :, None], -1.0)
-    far = spread.argmax(1)
-    outlier = torch.gather(blocks, 1, far[:, None, :, None].expand(nb, 1, *k.shape[1:]))[:, 0]
-    if group == 1:
-        return mean, outlier, torch.ones(nb, k.shape[1], dtype=torch.bool, device=k.device)
-    best = spread.amax(1)  # [nb, H_kv]: each block's far-key distance
-    if relative:  # against the block's mean squared distance: how far its far key stands out
-        best = best / (spread.clamp(min=0).sum(1) / valid.sum(1).float()[:, None])
-    groups = -(-nb // group)
-    padded = torch.nn.functional.pad(best, (0, 0, 0, groups * group - nb), value=-2.0).view(groups, group, -1)
-    owner = torch.zeros_like(padded, dtype=torch.bool).scatter_(1, padded.argmax(1, keepdim=True), True)
-    return mean, outlier, owner.view(groups * group, -1)[:nb]
+    return (blocks.sum(1) / valid.sum(1).float()[:, None, None]).to(k.dtype).float()
 
 
 def _selected(logits, length, alpha, params):
@@ -76,24 +59,65 @@ def _selected(logits, length, alpha, params):
     return keep & (j <= i)[None]
 
 
-def proto_outlier_layout(q, k, alpha, params=dict(sink_blocks=2, window_blocks=4, last_full_blocks=2),
-                         blocks_per_far_key=1, relative=False):
-    """Kept mask [H_q, nb, nb] of the prototype rule for one sequence (blocks_per_far_key > 1: one far key
-    per group of blocks, see _representatives)."""
+def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, far_only=False,
+                      params=dict(sink_blocks=2, window_blocks=4, last_full_blocks=2)):
+    """Kept mask [H_q, nb, nb]: the exact rule, or a block whose best single key, scored against the mean
+    query of the query block, lies within ln(1/alpha2) of the row's best key (pool_group: the mean over the
+    rows and the query heads of the GQA group). far_query (with pool_group): also the group's far query,
+    the row farthest from its head's mean in the head whose is farthest (docs/ROBUST.md); far_only: that
+    one alone. The library's rule is pool_group, far_query, alpha2 = alpha^2 (up to its rounding of the
+    mean query to the input dtype and of the far row's distance to its mean in fp32)."""
     length, heads_q, dim = q.shape
-    mean, outlier, owner = _representatives(k, blocks_per_far_key, relative)
-    group = heads_q // k.shape[1]
+    heads_kv = k.shape[1]
+    group = heads_q // heads_kv
     scale = 1.0 / math.sqrt(dim)
-    positions = torch.arange(length, device=q.device)
+    mean = _block_means(k)
     nb = mean.shape[0]
+    positions = torch.arange(length, device=q.device)
     last_key = torch.clamp((torch.arange(nb, device=q.device) + 1) * BLOCK, max=length) - 1
     hidden = last_key[None, :] > positions[:, None]
     x_mean = torch.einsum("thd,jhd->htj", q.float(), mean.repeat_interleave(group, 1)) * scale
-    x_out = torch.einsum("thd,jhd->htj", q.float(), outlier.repeat_interleave(group, 1)) * scale - math.log(BLOCK)
-    x_out.masked_fill_(~owner.repeat_interleave(group, 1).t()[:, None, :], float("-inf"))
     x_mean.masked_fill_(hidden[None], float("-inf"))
-    x_out.masked_fill_(hidden[None], float("-inf"))
-    return _selected(x_mean, length, alpha, params) | _selected(torch.maximum(x_mean, x_out), length, alpha, params)
+    exact = _selected(x_mean, length, alpha, params)
+    del x_mean
+    qb, _ = _block_view(q, length)
+    rows = torch.clamp(length - torch.arange(nb, device=q.device) * BLOCK, max=BLOCK).float()
+    qbar = qb.sum(1) / rows[:, None, None]                            # [nb, H_q, D]
+    far_q = None
+    if far_query:  # per head, the row farthest from its head's mean; per group, the head whose is farthest
+        spread = ((qb.float() - qbar[:, None]) ** 2).sum(-1)          # [nb, B, H_q]
+        rvalid = (torch.arange(nb * BLOCK, device=q.device) < length).view(nb, BLOCK)
+        spread.masked_fill_(~rvalid[:, :, None], -1.0)
+        best, row = spread.max(1)                                     # [nb, H_q]
+        rows_q = torch.gather(qb.float(), 1, row[:, None, :, None].expand(nb, 1, heads_q, dim))[:, 0]
+        head = best.view(nb, heads_kv, group).argmax(-1)              # [nb, H_kv]
+        far_q = torch.gather(rows_q.view(nb, heads_kv, group, dim), 2,
+                             head[:, :, None, None].expand(nb, heads_kv, 1, dim))[:, :, 0]
+    if pool_group:
+        qbar = qbar.view(nb, heads_kv, group, dim).mean(2)            # [nb, H_kv, D]
+    kb, _ = _block_view(k, length)                                    # [nb, B, H_kv, D]
+    valid = (torch.arange(nb * BLOCK, device=k.device) < length).view(nb, BLOCK)
+    j = torch.arange(nb, device=q.device)
+    future = j[None, :] > j[:, None]                                  # key block after the query block
+    heads = qbar.shape[1]
+    keep2 = torch.zeros(heads, nb, nb, dtype=torch.bool, device=q.device)
+    for h in range(heads):
+        hk = h if pool_group else h // group
+        z = torch.einsum("id,jsd->ijs", qbar[:, h], kb[:, :, hk]) * scale
+        z.masked_fill_(~valid[None], float("-inf"))
+        best = z.amax(-1).masked_fill_(future, float("-inf"))         # [nb, nb]
+        keep2[h] = best >= best.amax(-1, keepdim=True) + math.log(alpha2)
+        if far_only:
+            keep2[h] = False
+        if far_q is not None:
+            z = torch.einsum("id,jsd->ijs", far_q[:, h], kb[:, :, hk]) * scale
+            z.masked_fill_(~valid[None], float("-inf"))
+            best = z.amax(-1).masked_fill_(future, float("-inf"))
+            keep2[h] |= best >= best.amax(-1, keepdim=True) + math.log(alpha2)
+        del z
+    if pool_group:
+        keep2 = keep2.repeat_interleave(group, 0)
+    return exact | (keep2 & ~future[None])
 
 
 def layout_of(mask, like):
@@ -126,14 +150,13 @@ def run_mode(mode, q, k, v):
         budget = int(mode.split("@")[1])
         layout = fp.select_blocks(q, k, alpha=0.12, min_budget=budget)
         return fp.block_sparse_attention(q, k, v, layout), layout.density(causal)
-    if mode.startswith("proto-outlier") or mode.startswith("proto-group"):
-        # proto-group@A@G: one far key per group of G consecutive key blocks, owned by the block whose far
-        # key is farthest from its mean; proto-grouprel@A@G: farthest relative to the block's mean distance
-        alpha = float(mode.split("@")[1])
-        blocks_per_far_key = int(mode.split("@")[2]) if mode.startswith("proto-group") else 1
-        like = fp.select_blocks(q[:, :BLOCK], k[:, :BLOCK], alpha=alpha)
-        mask = proto_outlier_layout(q[0], k[0], alpha, blocks_per_far_key=blocks_per_far_key,
-                                    relative=mode.startswith("proto-grouprel"))
+    if mode.startswith("proto-dual"):
+        # proto-dual@A@A2[@g|gf|gF]: the exact rule at A, or a representative's best key within ln(1/A2)
+        parts = mode.split("@")
+        like = fp.select_blocks(q[:, :BLOCK], k[:, :BLOCK], alpha=float(parts[1]))
+        mask = proto_dual_layout(q[0], k[0], float(parts[1]), float(parts[2]), pool_group=len(parts) > 3,
+                                 far_query=len(parts) > 3 and "f" in parts[3].lower(),
+                                 far_only=len(parts) > 3 and "F" in parts[3])
         return fp.block_sparse_attention(q, k, v, layout_of(mask, like)), float(mask.sum()) / causal
     raise ValueError(f"unknown mode {mode}")
 
@@ -141,7 +164,7 @@ def run_mode(mode, q, k, v):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="16K,32K")
-    parser.add_argument("--modes", default="exact@0.12,robust@0.12,proto-outlier@0.12")
+    parser.add_argument("--modes", default="exact@0.12,robust@0.12")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--span-lens", default="4,16,48")
     parser.add_argument("--shares", default="0.6,0.9")
