@@ -85,7 +85,8 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
     qbar = qb.sum(1) / rows[:, None, None]                            # [nb, H_q, D]
     far_q = None
     if far_query:  # per head, the row farthest from its head's mean; per group, the head whose is farthest
-        spread = ((qb.float() - qbar[:, None]) ** 2).sum(-1)          # [nb, B, H_q]
+        rounded = qbar.to(q.dtype).float()                            # as the library: the rounded mean
+        spread = ((qb.float() - rounded[:, None]) ** 2).sum(-1)       # [nb, B, H_q]
         rvalid = (torch.arange(nb * BLOCK, device=q.device) < length).view(nb, BLOCK)
         spread.masked_fill_(~rvalid[:, :, None], -1.0)
         best, row = spread.max(1)                                     # [nb, H_q]

@@ -55,7 +55,8 @@ QueryRepresentatives query_representatives(const Problem& p, const detail::Layou
     for (int64_t t = t0; t < t1; ++t)
       for (int64_t d = 0; d < D; ++d)
         mean[d] += load(p, p.q, p.q_offset(r.seq, r.extent, t, h) + d);
-    for (int64_t d = 0; d < D; ++d) reps.mean[d] += mean[d], mean[d] /= n;
+    for (int64_t d = 0; d < D; ++d)  // the distance is to the head's mean rounded to the input dtype
+      reps.mean[d] += mean[d], mean[d] = detail::rounded_to(float(mean[d] / n), p.dtype);
     for (int64_t t = t0; t < t1; ++t) {
       double distance = 0.0;
       for (int64_t d = 0; d < D; ++d) {

@@ -40,7 +40,7 @@ def rule_kept(q, k, alpha, sink_blocks=2, window_blocks=4, last_full_blocks=2):
     # The representatives of each (query block, kv head): [nb, H_kv, 2, D].
     queries = torch.nn.functional.pad(q.float(), (0, 0, 0, 0, 0, pad)).view(nb, BLOCK, heads_q, dim)
     sums = queries.sum(1)
-    head_means = sums / counts[:, None, None]
+    head_means = (sums / counts[:, None, None]).to(q.dtype).float()  # the far row's distance is to the rounded mean
     spread = ((queries - head_means[:, None]) ** 2).sum(-1).masked_fill(~valid[:, :, None], -1.0)
     spread = spread.view(nb, BLOCK, heads_kv, group).permute(0, 2, 3, 1).reshape(nb, heads_kv, group * BLOCK)
     far_index = spread.argmax(-1)  # the first maximum: the lowest head, then the lowest row

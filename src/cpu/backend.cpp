@@ -402,7 +402,8 @@ void query_representatives(const Problem& p, const Row& r, float* reps) {
       // pooled like the keys: rounded to the input dtype
       reps[2 * hk * D + d] = detail::rounded_to(group_sum / float(g * n), p.dtype);
     }
-  for (float& x : mean) x /= float(n);  // each head's mean
+  // Each head's mean, rounded to the input dtype (docs/ROBUST.md: the far row's distance is to it).
+  for (float& x : mean) x = detail::rounded_to(x / float(n), p.dtype);
   // The far row of each group: the largest distance, then the lowest head, then the lowest row.
   std::vector<float> far_distance(static_cast<size_t>(p.heads_kv), -1.0f);
   std::vector<int64_t> far_u(static_cast<size_t>(p.heads_kv), 0),

@@ -11,84 +11,103 @@
 
 namespace flashprefill::cuda::discovery {
 
-// Floats of shared-memory scratch write_query_summary needs for a tile of kTileRows rows.
+// Floats of shared-memory scratch write_query_summary needs.
 template <int kHeadDim, int kThreads, int kTileRows>
 constexpr int query_summary_scratch_floats() {
-  return kTileRows * (kHeadDim / 8 + 1) + (kThreads / 32) * kHeadDim + kHeadDim + 64;
+  return kHeadDim + kHeadDim / 2 + 64;
 }
 
 // Called by all kThreads threads of the CTA after its last read of the scratch's former contents.
-// load_chunk(t, c): the 8 elements (16 bytes) of chunk c of tile row t. Tile rows
-// [first_row, end_row) hold the row's queries (end_row > first_row). Writes, for layout row `row`:
-// query_sum[row] (fp32, sums in a fixed order), query_far[row] (that query's elements, exactly) and
-// query_far_distance[row] (its squared distance to the fp32 mean; the lowest row wins ties).
-// Each thread loads its rows once, into registers: one pass over the tile in shared memory, few
-// shuffles (the partial distances meet in shared memory), four barriers.
-template <int kHeadDim, int kThreads, int kTileRows, bool kIsBf16, typename LoadChunk>
-__device__ inline void write_query_summary(LoadChunk load_chunk, int first_row, int end_row,
+// chunk_address(t, c): the shared-memory address of chunk c (8 elements, 16 bytes) of tile row t,
+// as ldmatrix reads it. Tile rows [first_row, end_row) hold the row's queries (end_row >
+// first_row). Writes, for layout row `row`: query_sum[row] (fp32), query_far[row] (that query's
+// elements, exactly) and query_far_distance[row] (its squared distance to the mean rounded to the
+// input dtype; the lowest row wins ties).
+//
+// All on the tensor cores (mma.sync), so the summary costs a few hundred instructions per CTA, not
+// an ALU pass over every element: the sums are mask^T Q (the mask row repeated as A, Q through
+// ldmatrix.trans as B); a row's distance is ||q||^2 - 2 q . mean + ||mean||^2, with ||q||^2 the
+// diagonal of each 16-row block of Q Q^T and q . mean from the mean as a B column.
+template <int kHeadDim, int kThreads, int kTileRows, bool kIsBf16, typename ChunkAddress>
+__device__ inline void write_query_summary(ChunkAddress chunk_address, int first_row, int end_row,
                                            float* scratch, const Buffers& buffers, int64_t row) {
   using Half = sm80::HalfType<kIsBf16>;
   using Element = typename Half::type;
-  constexpr int kChunks = kHeadDim / 8, kPhases = kThreads / kChunks, kWarps = kThreads / 32;
-  constexpr int kRowsPerThread = kTileRows / kPhases;
-  static_assert(kThreads % kChunks == 0 && kChunks <= 32 && kTileRows % kPhases == 0 &&
-                kThreads >= kTileRows);
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int chunk = tid % kChunks, phase = tid / kChunks;
-  float* distance_part = scratch;                                     // [kTileRows][kChunks + 1]
-  float* column_part = scratch + kTileRows * (kChunks + 1);           // [kWarps][kHeadDim]
-  float* mean = column_part + kWarps * kHeadDim;                      // [kHeadDim]
-  float* best_of_warp = mean + kHeadDim;                              // [kWarps <= 32]
-  int* best_row_of_warp = reinterpret_cast<int*>(best_of_warp + 32);  // [kWarps]
+  constexpr int kChunks = kHeadDim / 8, kWarps = kThreads / 32;
+  static_assert(kTileRows % 16 == 0 && kHeadDim % 16 == 0 && kThreads % 32 == 0);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, quad = lane % 4;
+  float* best_of_warp = scratch;                                 // [32]
+  int* best_row_of_warp = reinterpret_cast<int*>(scratch + 32);  // [32]
+  auto* mean = reinterpret_cast<Element*>(scratch + 64);         // [kHeadDim], rounded
+  const auto valid_row = [&](int t) { return t >= first_row && t < end_row; };
+  const auto one_if_valid = [&](int t0) {  // the mask of rows t0, t0 + 1 as an A register
+    return sm80::pack(
+        Half::from_floats(valid_row(t0) ? 1.0f : 0.0f, valid_row(t0 + 1) ? 1.0f : 0.0f));
+  };
+  const float inv_rows = 1.0f / float(end_row - first_row);
 
-  uint4 rows[kRowsPerThread];  // rows phase + kPhases * r
-  float sum[8] = {};
+  // Sums: warp w takes the 16-dim slices w, w + kWarps, ... over all row tiles.
+  for (int slice = warp; slice < kHeadDim / 16; slice += kWarps) {
+    float sum[2][4] = {};
 #pragma unroll
-  for (int r = 0; r < kRowsPerThread; ++r) {
-    const int t = phase + kPhases * r;
-    rows[r] = t >= first_row && t < end_row ? load_chunk(t, chunk) : make_uint4(0, 0, 0, 0);
-    const Element* e = reinterpret_cast<const Element*>(&rows[r]);
-#pragma unroll
-    for (int d = 0; d < 8; ++d) sum[d] += Half::to_float(e[d]);  // zeros outside the rows
-  }
-  // The warp's phases of one chunk: lanes kChunks apart.
-#pragma unroll
-  for (int offset = kChunks; offset < 32; offset *= 2)
-#pragma unroll
-    for (int d = 0; d < 8; ++d) sum[d] += __shfl_xor_sync(0xffffffffu, sum[d], offset);
-  if (lane < kChunks)
-#pragma unroll
-    for (int d = 0; d < 8; ++d) column_part[warp * kHeadDim + chunk * 8 + d] = sum[d];
-  __syncthreads();
-  for (int d = tid; d < kHeadDim; d += kThreads) {
-    float total = 0.0f;
-    for (int w = 0; w < kWarps; ++w) total += column_part[w * kHeadDim + d];
-    buffers.query_sum[row * kHeadDim + d] = total;
-    mean[d] = total / float(end_row - first_row);
-  }
-  __syncthreads();
-
-  float m[8];
-#pragma unroll
-  for (int d = 0; d < 8; ++d) m[d] = mean[chunk * 8 + d];
-#pragma unroll
-  for (int r = 0; r < kRowsPerThread; ++r) {
-    const Element* e = reinterpret_cast<const Element*>(&rows[r]);
-    float distance = 0.0f;
-#pragma unroll
-    for (int d = 0; d < 8; ++d) {
-      const float diff = Half::to_float(e[d]) - m[d];
-      distance = fmaf(diff, diff, distance);
+    for (int kt = 0; kt < kTileRows / 16; ++kt) {
+      const uint32_t low = one_if_valid(16 * kt + 2 * quad),
+                     high = one_if_valid(16 * kt + 2 * quad + 8);
+      const uint32_t a[4] = {low, low, high, high};
+      uint32_t b[4];
+      sm80::ldmatrix_x4_trans(b, chunk_address(16 * kt + (lane % 16), 2 * slice + lane / 16));
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      sm80::mma_16816<kIsBf16>(sum[0], a, b0);
+      sm80::mma_16816<kIsBf16>(sum[1], a, b1);
     }
-    distance_part[(phase + kPhases * r) * (kChunks + 1) + chunk] = distance;
+    if (g == 0)  // every row of the product is the sum; row 0 holds dims 8n + 2 quad + {0, 1}
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int d = 16 * slice + 8 * n + 2 * quad + e;
+          buffers.query_sum[row * kHeadDim + d] = sum[n][e];
+          mean[d] = Half::from_float(sum[n][e] * inv_rows);
+        }
   }
   __syncthreads();
-  float best = -1.0f;  // one row per thread
+
+  float mean_norm = 0.0f;  // ||mean||^2 of the rounded mean, in every lane
+  for (int d = lane; d < kHeadDim; d += 32) {
+    const float m = Half::to_float(mean[d]);
+    mean_norm = fmaf(m, m, mean_norm);
+  }
+  for (int offset = 16; offset > 0; offset /= 2)
+    mean_norm += __shfl_xor_sync(0xffffffffu, mean_norm, offset);
+
+  // Distances: warp w takes the 16-row tiles w, w + kWarps, ...
+  float best = -1.0f;
   int best_row = end_row;
-  if (tid >= first_row && tid < end_row) {
-    best = 0.0f;
-    for (int c = 0; c < kChunks; ++c) best += distance_part[tid * (kChunks + 1) + c];
-    best_row = tid;
+  const uint32_t* mean_pairs = reinterpret_cast<const uint32_t*>(mean);
+  for (int mt = warp; mt < kTileRows / 16; mt += kWarps) {
+    float gram[2][4] = {}, dot[4] = {};
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      uint32_t a[4], rows[4];
+      sm80::ldmatrix_x4(a, chunk_address(16 * mt + (lane % 16), 2 * kk + lane / 16));
+      sm80::ldmatrix_x4(
+          rows, chunk_address(16 * mt + (lane % 8) + (lane / 16) * 8, 2 * kk + (lane / 8) % 2));
+      const uint32_t rows_low[2] = {rows[0], rows[1]}, rows_high[2] = {rows[2], rows[3]};
+      const uint32_t mean_col[2] = {mean_pairs[8 * kk + quad], mean_pairs[8 * kk + 4 + quad]};
+      sm80::mma_16816<kIsBf16>(gram[0], a, rows_low);
+      sm80::mma_16816<kIsBf16>(gram[1], a, rows_high);
+      sm80::mma_16816<kIsBf16>(dot, a, mean_col);
+    }
+    // Row g's diagonal element is column g of the first n8 tile, row g + 8's column g of the
+    // second: in the lane whose quad is g / 2, element g % 2 (rows g) or 2 + g % 2 (rows g + 8).
+    if (quad == g / 2) {
+      const int t0 = 16 * mt + g, t1 = t0 + 8;
+      const bool odd = g % 2;  // selects, not an index: the accumulators stay in registers
+      const float d0 = (odd ? gram[0][1] : gram[0][0]) - 2.0f * dot[0] + mean_norm;
+      const float d1 = (odd ? gram[1][3] : gram[1][2]) - 2.0f * dot[2] + mean_norm;
+      if (valid_row(t0) && d0 > best) best = d0, best_row = t0;
+      if (valid_row(t1) && d1 > best) best = d1, best_row = t1;  // t1 > t0: ties keep t0
+    }
   }
   for (int offset = 16; offset > 0; offset /= 2) {
     const float other = __shfl_xor_sync(0xffffffffu, best, offset);
@@ -105,7 +124,7 @@ __device__ inline void write_query_summary(LoadChunk load_chunk, int first_row, 
       far_distance = best_of_warp[w], far_row = best_row_of_warp[w];
   if (tid < kChunks)
     reinterpret_cast<uint4*>(static_cast<Element*>(buffers.query_far) + row * kHeadDim)[tid] =
-        load_chunk(far_row, tid);
+        *reinterpret_cast<const uint4*>(chunk_address(far_row, tid));
   if (tid == 0) buffers.query_far_distance[row] = far_distance;
 }
 

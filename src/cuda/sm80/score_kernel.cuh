@@ -158,9 +158,7 @@ __global__ void __launch_bounds__(kBlockM * 2)
                   kKeyChunk * D * 2 + 2 * kWarps * kKeyChunk * 4);
     const detail::PositionRange rows = r.positions(block);
     discovery::write_query_summary<D, kThreads, kBlockM, kIsBf16>(
-        [&](int t, int c) {
-          return *reinterpret_cast<const uint4*>(q_smem + Swizzle::offset(t, c));
-        },
+        [&](int t, int c) { return static_cast<const void*>(q_smem + Swizzle::offset(t, c)); },
         int(rows.begin - block_start), int(rows.end - block_start),
         reinterpret_cast<float*>(key_smem), buffers, r.row);
   }

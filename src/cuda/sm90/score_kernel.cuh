@@ -362,7 +362,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
       const detail::PositionRange rows = r.positions(kBlock);
       discovery::write_query_summary<Traits::kHeadDim, Traits::kThreads, kBlock, Traits::kIsBf16>(
           [&](int t, int c) {
-            return *reinterpret_cast<const uint4*>(q_smem + Traits::QPanels::offset(t, c));
+            return static_cast<const void*>(q_smem + Traits::QPanels::offset(t, c));
           },
           int(rows.begin - block_start), int(rows.end - block_start),
           reinterpret_cast<float*>(key_smem), buffers, r.row);
