@@ -82,6 +82,6 @@ void score_rows(const detail::Problem& p, const int64_t* seq_row_offset,
 // Robust discovery's best keys with wgmma (src/cuda/sm90/best_keys.cu): block size 128, head dim 64
 // or 128, contiguous K that TMA can address; false (nothing launched) otherwise.
 bool best_keys(const detail::Problem& p, const int64_t* seq_row_offset,
-               const discovery::Buffers& buffers, int64_t kv_rows);
+               const discovery::Buffers& buffers);
 }  // namespace sm90
 }  // namespace flashprefill::cuda

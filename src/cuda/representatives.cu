@@ -7,9 +7,9 @@
 //  2. best keys: per (sequence, kv head, key block j), every later representative against the
 //     block's keys with mma.sync, reduced to the best key: y[rep][j] = max_s scale * rep . k_s. The
 //     key block stays in shared memory while the representatives stream past it, so K is read once;
-//  3. rescue: per (kv head, query block), for each of its layout rows, the blocks with y[rep][j] >=
-//  max_j y[rep][j] + log(alpha^2) for either
-//     representative join the exact rule's bitmask, and the row's count is recomputed.
+//  3. rescue: per (kv head, query block), for each of its layout rows, the blocks with
+//     y[rep][j] >= max_j y[rep][j] + log(alpha^2) for either representative join the exact rule's
+//     bitmask, and the row's count is recomputed.
 // Rows the exact rule keeps whole (the last query blocks) are skipped by all three.
 #include <cfloat>
 
@@ -20,6 +20,7 @@
 #include "cuda/discovery.cuh"
 #include "cuda/dispatch.hpp"
 #include "cuda/kv_view.cuh"
+#include "cuda/representatives.cuh"
 #include "cuda/select_row.cuh"
 #include "cuda/sm80/mma.cuh"
 
@@ -29,36 +30,15 @@ namespace {
 using detail::Problem;
 using detail::SeqExtent;
 
-// The representatives' row of (sequence b, kv head, query block i of the chunk): the layout row of
-// the group's first head, divided by the group (seq_row_offset counts heads_q rows per block).
-__device__ __forceinline__ int64_t kv_row_of(const Problem& p, const int64_t* seq_row_offset,
-                                             int64_t b, int64_t kv_head, int64_t nqb,
-                                             int64_t block_local) {
-  return seq_row_offset[b] / p.group + kv_head * nqb + block_local;
-}
-
-// Whether the exact rule keeps query block block_abs whole (ALGORITHM.md's last rows).
-__device__ __forceinline__ bool kept_whole(const Problem& p, int64_t block_abs,
-                                           int64_t num_kv_blocks) {
-  return block_abs >= num_kv_blocks - p.params.last_full_blocks;
-}
-
 // 1. One CTA of head_dim threads per (query block, kv head) (x) and sequence (y).
 template <bool kIsBf16>
 __global__ void combine_kernel(const Problem p, const int64_t* seq_row_offset, Buffers buffers) {
   using Half = sm80::HalfType<kIsBf16>;
   using Element = typename Half::type;
-  const int64_t b = blockIdx.y, kv_head = int64_t(blockIdx.x) % p.heads_kv;
-  const int64_t block_local = int64_t(blockIdx.x) / p.heads_kv;
-  const SeqExtent s = p.seq(b);
-  const int64_t block = p.params.block_size;
-  const int64_t nqb = num_query_blocks(s.len_q, s.len_kv, block);
-  if (block_local >= nqb) return;
-  const detail::LayoutRow first = detail::layout_row(s, b, kv_head * p.group, block_local, block);
-  if (kept_whole(p, first.block_abs, first.key_blocks(block))) return;
-  const detail::PositionRange rows = first.positions(block);
-  const int64_t row0 = seq_row_offset[b] + kv_head * p.group * nqb + block_local;
-  const int64_t kv_row = kv_row_of(p, seq_row_offset, b, kv_head, nqb, block_local);
+  GroupRow r;
+  if (!group_row_of_grid(p, seq_row_offset, r)) return;
+  const detail::PositionRange rows = r.first.positions(p.params.block_size);
+  const int64_t nqb = r.nqb, row0 = r.row0, kv_row = r.kv_row;
   int64_t far_row = row0;
   for (int64_t u = 1; u < p.group; ++u)  // the lowest head wins ties
     if (buffers.query_far_distance[row0 + u * nqb] > buffers.query_far_distance[far_row])
@@ -93,12 +73,8 @@ __global__ void __launch_bounds__(kBestThreads)
   const int64_t block = p.params.block_size;
   const int64_t nkb = num_key_blocks(s.len_kv, block);
   if (j >= nkb) return;
-  const int64_t first_qb = first_query_block(s.len_q, s.len_kv, block);
-  const int64_t nqb = num_query_blocks(s.len_q, s.len_kv, block);
-  const int64_t i_begin = max(j, first_qb);
-  const int64_t i_end = min(
-      first_qb + nqb, nkb - int64_t(p.params.last_full_blocks > 0 ? p.params.last_full_blocks : 0));
-  if (i_begin >= i_end) return;
+  const KeyBlockRows later = key_block_rows(p, seq_row_offset, s, b, kv_head, j, block);
+  if (later.empty()) return;
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   auto* key_smem = reinterpret_cast<Element*>(smem_raw);  // [block][D]
@@ -114,8 +90,7 @@ __global__ void __launch_bounds__(kBestThreads)
     cp_async_16(key_smem + Swizzle::offset(row, c),
                 k + kv.k_offset(valid ? key0 + row : key0) + c * 8, valid ? 16 : 0);
   }
-  const int64_t kv_row0 = kv_row_of(p, seq_row_offset, b, kv_head, nqb, i_begin - first_qb);
-  const int64_t rep_rows = 2 * (i_end - i_begin);  // rows 2 (i - i_begin) + rep
+  const int64_t kv_row0 = later.kv_row0, rep_rows = later.rows();
   const auto* reps = static_cast<const Element*>(buffers.representatives) + kv_row0 * 2 * D;
   const auto load_tile = [&](int64_t tile) {
     Element* dst = rep_smem + (tile % 2) * kRepTileRows * D;
@@ -189,17 +164,10 @@ __global__ void __launch_bounds__(kBestThreads)
 constexpr int kRescueThreads = 256, kRescueHeads = 8;  // heads staged at a time
 __global__ void __launch_bounds__(kRescueThreads)
     rescue_kernel(const Problem p, const int64_t* seq_row_offset, Buffers buffers) {
-  const int64_t b = blockIdx.y, kv_head = int64_t(blockIdx.x) % p.heads_kv;
-  const int64_t block_local = int64_t(blockIdx.x) / p.heads_kv;
-  const SeqExtent s = p.seq(b);
-  const int64_t block = p.params.block_size;
-  const int64_t nqb = num_query_blocks(s.len_q, s.len_kv, block);
-  if (block_local >= nqb) return;
-  const detail::LayoutRow first = detail::layout_row(s, b, kv_head * p.group, block_local, block);
-  if (kept_whole(p, first.block_abs, first.key_blocks(block))) return;
-  const int64_t kv_row = kv_row_of(p, seq_row_offset, b, kv_head, nqb, block_local);
-  const int64_t words = buffers.words, ld = words * 32, num_j = first.num_causal_blocks();
-  const int64_t row0 = seq_row_offset[b] + kv_head * p.group * nqb + block_local;
+  GroupRow r;
+  if (!group_row_of_grid(p, seq_row_offset, r)) return;
+  const int64_t nqb = r.nqb, kv_row = r.kv_row, row0 = r.row0, kv_head = r.kv_head;
+  const int64_t words = buffers.words, ld = words * 32, num_j = r.first.num_causal_blocks();
   const float* y_mean = buffers.representative_best + kv_row * 2 * ld;
   const float* y_far = y_mean + ld;
   extern __shared__ uint32_t group_bits[];  // [kRescueHeads][words]
@@ -265,8 +233,8 @@ void rescue_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers&
   });
   FP_CUDA_CHECK_LAUNCH();
 #ifdef FLASHPREFILL_HAS_HOPPER_KERNEL
-  const bool hopper = use_hopper_kernels(device_info(p)) &&
-                      sm90::best_keys(p, seq_row_offset, buffers, buffers.kv_rows);
+  const bool hopper =
+      use_hopper_kernels(device_info(p)) && sm90::best_keys(p, seq_row_offset, buffers);
 #else
   const bool hopper = false;
 #endif

@@ -10,6 +10,7 @@
 // in pairs on two accumulators as in the score kernel. No exponentials.
 #include "cuda/dispatch.hpp"
 #include "cuda/kv_view.cuh"
+#include "cuda/representatives.cuh"
 #include "cuda/sm90/score_kernel.cuh"
 #include "cuda/sm90/tensor_map.hpp"
 
@@ -31,13 +32,11 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   const detail::SeqExtent s = p.seq(b);
   const int64_t nkb = num_key_blocks(s.len_kv, kBlock);
   if (j >= nkb) return;
-  const int64_t first_qb = first_query_block(s.len_q, s.len_kv, kBlock);
-  const int64_t nqb = num_query_blocks(s.len_q, s.len_kv, kBlock);
-  const int64_t last_full = p.params.last_full_blocks > 0 ? p.params.last_full_blocks : 0;
-  const int64_t i_begin = max(j, first_qb), i_end = min(first_qb + nqb, nkb - last_full);
-  if (i_begin >= i_end) return;  // no later query block that is not kept whole
-  const int64_t kv_row0 = seq_row_offset[b] / p.group + kv_head * nqb + (i_begin - first_qb);
-  const int32_t rep_rows = int32_t(2 * (i_end - i_begin));  // row 2 (i - i_begin) + rep
+  const discovery::KeyBlockRows later =
+      discovery::key_block_rows(p, seq_row_offset, s, b, kv_head, j, kBlock);
+  if (later.empty()) return;  // no later query block that is not kept whole
+  const int64_t kv_row0 = later.kv_row0;
+  const int32_t rep_rows = int32_t(later.rows());  // row 2 (i - begin) + rep
   const int num_tiles = (rep_rows + kRepTile - 1) / kRepTile;
 
   extern __shared__ unsigned char smem_raw[];
@@ -136,7 +135,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
 }  // namespace
 
 bool best_keys(const detail::Problem& p, const int64_t* seq_row_offset,
-               const discovery::Buffers& buffers, int64_t kv_rows) {
+               const discovery::Buffers& buffers) {
+  const int64_t kv_rows = buffers.kv_rows;
   if (p.params.block_size != 128 || (p.head_dim != 64 && p.head_dim != 128) || p.paged() ||
       !tma_addressable(p.k, p.k_stride) || kv_rows == 0)
     return false;
