@@ -55,7 +55,8 @@ QueryRepresentatives query_representatives(const Problem& p, const detail::Layou
     for (int64_t t = t0; t < t1; ++t)
       for (int64_t d = 0; d < D; ++d)
         mean[d] += load(p, p.q, p.q_offset(r.seq, r.extent, t, h) + d);
-    for (int64_t d = 0; d < D; ++d)  // the distance is to the head's mean rounded to the input dtype
+    // The group's sums; the far row's distance is to the head's mean rounded to the input dtype.
+    for (int64_t d = 0; d < D; ++d)
       reps.mean[d] += mean[d], mean[d] = detail::rounded_to(float(mean[d] / n), p.dtype);
     for (int64_t t = t0; t < t1; ++t) {
       double distance = 0.0;
@@ -79,7 +80,7 @@ std::vector<double> robust_margins(const Problem& p, int64_t max_key_blocks) {
     const int64_t i = r.block_abs, hk = r.head / p.group;
     margins.resize(static_cast<size_t>((row + 1) * max_key_blocks), kNegInf);
     const QueryRepresentatives reps = query_representatives(p, r);
-    const double log_alpha = 2.0 * std::log(double(p.alpha_of_head(r.head)));  // alpha^2
+    const double log_ratio = 2.0 * std::log(double(p.alpha_of_head(r.head)));  // alpha^2
     for (const std::vector<double>* rep : {&reps.mean, &reps.far}) {
       std::vector<double> y(static_cast<size_t>(i + 1), kNegInf);
       for (int64_t j = 0; j <= i; ++j)  // every key of the block counts, the diagonal's too
@@ -92,7 +93,7 @@ std::vector<double> robust_margins(const Problem& p, int64_t max_key_blocks) {
       const double best = *std::max_element(y.begin(), y.end());
       for (int64_t j = 0; j <= i; ++j) {
         double& margin = margins[row * max_key_blocks + j];
-        margin = std::max(margin, log_alpha == kNegInf ? -kNegInf : y[j] - best - log_alpha);
+        margin = std::max(margin, log_ratio == kNegInf ? -kNegInf : y[j] - best - log_ratio);
       }
     }
   });

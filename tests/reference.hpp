@@ -27,10 +27,10 @@ struct QueryRepresentatives {
 QueryRepresentatives query_representatives(const detail::Problem& p, const detail::LayoutRow& r);
 
 // Robust discovery's second test for every layout row, row-major [row][max_key_blocks]: the margin
-// max over rep in {mean, far} of y_rep[j] - max_{j' <= i} y_rep[j'] - ln(alpha_h), where y_rep[j] =
-// max over block j's keys of scale * rep . k; block j passes iff margin >= 0 (+inf at alpha 0, -inf
-// where j > i). A margin is in natural-log units, so |margin| <= 1e-3 is the robust counterpart of
-// a score within 1e-3 relative of the exact rule's threshold.
+// max over rep in {mean, far} of y_rep[j] - max_{j' <= i} y_rep[j'] - ln(alpha_h^2), where y_rep[j]
+// = max over block j's keys of scale * rep . k; block j passes iff margin >= 0 (+inf at alpha 0,
+// -inf where j > i). A margin is in natural-log units, so |margin| <= 1e-3 is the robust
+// counterpart of a score within 1e-3 relative of the exact rule's threshold.
 std::vector<double> robust_margins(const detail::Problem& p, int64_t max_key_blocks);
 
 // Steps 3-4: the kept key blocks of every layout row, ascending. robust_margins (robust discovery,

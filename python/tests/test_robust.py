@@ -16,7 +16,7 @@ BLOCK = 128
 def rule_kept(q, k, alpha, sink_blocks=2, window_blocks=4, last_full_blocks=2):
     """The rule in plain torch (fp32), one sequence [L, H, D]: kept mask [H_q, nb, nb] (docs/ROBUST.md): the exact
     rule's blocks, plus those whose best key, scored against the query block's group mean query (rounded to q's dtype)
-    or its far query (the row farthest from its head's mean), lies within ln(1 / alpha) of that query's best block."""
+    or its far query (the row farthest from its head's mean), lies within ln(1 / alpha^2) of that query's best block."""
     length, heads_q, dim = q.shape
     heads_kv = k.shape[1]
     group = heads_q // heads_kv

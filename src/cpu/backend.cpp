@@ -143,7 +143,7 @@ std::vector<float> transpose_pooled(const Problem& p, const float* pooled_keys, 
 // Steps 3-4 for one row: the kept key blocks in ascending order. min_budget ties go to the smaller
 // j. robust_y (robust discovery, docs/ROBUST.md; nullptr for exact): y[rep][j] for j <= i of the
 // row's two query representatives, rep-major with stride i + 1 (RobustScores); the blocks whose y
-// lies within ln(1 / alpha) of that representative's best block are kept too.
+// lies within ln(1 / alpha^2) of that representative's best block are kept too.
 int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t* kept,
                    const float* robust_y = nullptr) {
   const Params& params = p.params;
@@ -158,10 +158,10 @@ int64_t select_row(const Problem& p, const Row& r, const float* scores, int32_t*
         scores[j] >= threshold || detail::always_kept(r.block_abs, j, r.num_kv_blocks, params);
   if (robust_y) {
     // The threshold is alpha^2 (docs/ROBUST.md); -inf at alpha 0: every causal block, as dense.
-    const float log_alpha = 2.0f * std::log(alpha);
+    const float log_ratio = 2.0f * std::log(alpha);
     for (int64_t rep = 0; rep < 2; ++rep) {
       const float* y = robust_y + rep * num_j;
-      const float bar = *std::max_element(y, y + num_j) + log_alpha;
+      const float bar = *std::max_element(y, y + num_j) + log_ratio;
       for (int64_t j = 0; j < num_j; ++j) keep[j] |= y[j] >= bar;
     }
   }
