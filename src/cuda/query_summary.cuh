@@ -11,10 +11,11 @@
 
 namespace flashprefill::cuda::discovery {
 
-// Floats of shared-memory scratch write_query_summary needs.
-template <int kHeadDim, int kThreads, int kTileRows>
+// Floats of shared-memory scratch write_query_summary needs: the per-warp bests (32 floats, 32
+// ints), then the mean in the input dtype.
+template <int kHeadDim>
 constexpr int query_summary_scratch_floats() {
-  return kHeadDim + kHeadDim / 2 + 64;
+  return 64 + kHeadDim / 2;
 }
 
 // Called by all kThreads threads of the CTA after its last read of the scratch's former contents.

@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(kBlockM * 2)
 
   if constexpr (kSummarizeQueries) {
     // The key chunk and the warps' statistics are free after the loop's last barrier.
-    static_assert(discovery::query_summary_scratch_floats<D, kThreads, kBlockM>() * 4 <=
+    static_assert(discovery::query_summary_scratch_floats<D>() * 4 <=
                   kKeyChunk * D * 2 + 2 * kWarps * kKeyChunk * 4);
     const detail::PositionRange rows = r.positions(block);
     discovery::write_query_summary<D, kThreads, kBlockM, kIsBf16>(

@@ -73,7 +73,7 @@ struct ScoreTraits {
   static constexpr int kKeyBytes = kPanels * KeyPanels::kPanelBytes;
   // warp_running_max, then select_row's scratch
   static constexpr int kReduceFloats = 8 + kSelectScratchFloats;
-  static_assert(discovery::query_summary_scratch_floats<kHeadDim, kThreads, kBlockM>() * 4 <=
+  static_assert(discovery::query_summary_scratch_floats<kHeadDim>() * 4 <=
                 kStages * kKeyBytes);
   // Q | keys[kStages] | log_score[max_key_blocks, padded] | reduction scratch | barriers, +1024 to
   // align.
