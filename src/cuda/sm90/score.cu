@@ -36,7 +36,7 @@ void score_rows(const detail::Problem& p, const int64_t* seq_row_offset,
   maps.q = make_tensor_map(p, p.q, p.q_stride, p.heads_q, p.varlen ? p.total_q : p.len_q,
                            ScoreTraits<128, true>::kBlockM, "q");
   const bool robust = p.params.discovery == Discovery::robust;
-  maps.pooled = make_pooled_map(p, buffers.pooled_half, slots, ScoreTraits<128, true>::kBoxRows,
+  maps.pooled = make_pooled_map(p, buffers.pooled_half, slots, ScoreTraits<128, true>::kKeyTile,
                                 "pooled keys");
   dispatch_head_dim_and_dtype<64, 128>(
       p, "the sm_90 score kernel", [&](auto head_dim, auto is_bf16) {

@@ -60,9 +60,7 @@ struct ScoreTraits {
   static constexpr bool kIsBf16 = kIsBf16_;
   static constexpr bool kSummarizeQueries = kSummarizeQueries_;
   static constexpr int kBlockM = 128;  // queries: one query block (block_size 128)
-  static constexpr int kKeyTile = 64;  // pooled keys per wgmma tile (its M)
-  static constexpr int kBlocksPerTile = kKeyTile;
-  static constexpr int kBoxRows = kKeyTile;  // slots per TMA box
+  static constexpr int kKeyTile = 64;  // pooled keys per wgmma tile (its M), one TMA box
   static constexpr int kThreads = 128;
   static constexpr int kMinCtasPerSm = 3;  // two accumulators fit in 168 registers
   static constexpr int kStages = 2;
@@ -73,8 +71,7 @@ struct ScoreTraits {
   static constexpr int kKeyBytes = kPanels * KeyPanels::kPanelBytes;
   // warp_running_max, then select_row's scratch
   static constexpr int kReduceFloats = 8 + kSelectScratchFloats;
-  static_assert(discovery::query_summary_scratch_floats<kHeadDim>() * 4 <=
-                kStages * kKeyBytes);
+  static_assert(discovery::query_summary_scratch_floats<kHeadDim>() * 4 <= kStages * kKeyBytes);
   // Q | keys[kStages] | log_score[max_key_blocks, padded] | reduction scratch | barriers, +1024 to
   // align.
   static size_t smem_bytes(int64_t max_key_blocks) {
@@ -259,8 +256,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   // wanted: every causal block is kept whatever its score.
   const bool skip_scores =
       scores == nullptr && r.block_abs >= r.num_kv_blocks - p.params.last_full_blocks;
-  constexpr int kBlocksPerTile = Traits::kBlocksPerTile;
-  const int num_tiles = skip_scores ? 0 : int((num_j + kBlocksPerTile - 1) / kBlocksPerTile);
+  const int num_tiles = skip_scores ? 0 : int((num_j + kKeyTile - 1) / kKeyTile);
   const bool partial_block = block_start < shift || block_start + kBlock > r.extent.len_kv;
   float warp_max_so_far = -INFINITY, thread_max_log_score = -INFINITY;
   if (skip_scores)
@@ -321,8 +317,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     // tile kStages ahead, which then lands while this one is scored.
     named_barrier_sync(NamedBarrier::kScoreWarpgroup, Traits::kThreads);
     if (tid == 0 && step + kStages < num_tiles) load_keys(step + kStages);
-    const int32_t j0 = key_tile_at(step, num_tiles) * kBlocksPerTile;
-    const bool mask = partial_block || j0 + kBlocksPerTile - 1 >= r.block_abs;
+    const int32_t j0 = key_tile_at(step, num_tiles) * kKeyTile;
+    const bool mask = partial_block || j0 + kKeyTile - 1 >= r.block_abs;
     const int32_t j[2] = {j0 + 16 * warp + g, j0 + 16 * warp + g + 8};
     reduce_exact_tile<Traits>(x, j, mask, geometry, scale_log2, may_skip, skip_offset,
                               warp_running_max, step, log_score, warp_max_so_far,
