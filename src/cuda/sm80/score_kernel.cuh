@@ -67,13 +67,12 @@ __global__ void __launch_bounds__(kBlockM * 2)
   cp_async_commit();
 
   const float scale_log2 = p.params.scale * detail::kLog2e;
-  constexpr int kBlocksPerChunk = kKeyChunk;
   const int64_t row_pos[2] = {block_start + warp * 16 + g, block_start + warp * 16 + g + 8};
   bool row_in_block[2];
   for (int h = 0; h < 2; ++h) row_in_block[h] = row_pos[h] >= shift && row_pos[h] < r.extent.len_kv;
   float thread_max_x2 = -INFINITY, thread_max_log_score = -INFINITY;
 
-  for (int64_t j0 = 0; j0 < num_j; j0 += kBlocksPerChunk) {
+  for (int64_t j0 = 0; j0 < num_j; j0 += kKeyChunk) {
     // This chunk's pooled keys (past num_j: zero, masked below).
     for (int chunk = tid; chunk < kKeyChunk * Swizzle::kChunks; chunk += kThreads) {
       const int row = chunk / Swizzle::kChunks, c = chunk % Swizzle::kChunks;
@@ -143,7 +142,7 @@ __global__ void __launch_bounds__(kBlockM * 2)
           s += warp_sum[w * kKeyChunk + c] * exp2f(warp_max[w * kKeyChunk + c] - m);
       return ColumnStat{m, m == -INFINITY ? -INFINITY : m + log2f(s)};
     };
-    for (int c = tid; c < kBlocksPerChunk && j0 + c < num_j; c += kThreads) {
+    for (int c = tid; c < kKeyChunk && j0 + c < num_j; c += kThreads) {
       const auto [m, value] = merge_warps(c);
       log_score[j0 + c] = value;
       thread_max_x2 = fmaxf(thread_max_x2, m);
