@@ -12,6 +12,7 @@
 //     bitmask, and the row's count is recomputed.
 // Rows the exact rule keeps whole (the last query blocks) are skipped by all three.
 #include <cfloat>
+#include <type_traits>
 
 #include "common/constants.hpp"
 #include "common/row_geometry.hpp"
@@ -21,7 +22,6 @@
 #include "cuda/dispatch.hpp"
 #include "cuda/kv_view.cuh"
 #include "cuda/representatives.cuh"
-#include "cuda/select_row.cuh"
 #include "cuda/sm80/mma.cuh"
 
 namespace flashprefill::cuda::discovery {
@@ -30,29 +30,87 @@ namespace {
 using detail::Problem;
 using detail::SeqExtent;
 
-// 1. One CTA of head_dim threads per (query block, kv head) (x) and sequence (y).
-template <bool kIsBf16>
-__global__ void combine_kernel(const Problem p, const int64_t* seq_row_offset, Buffers buffers) {
+// Combine and rescue give each group row one warp, kRowWarps independent warps per CTA (no
+// barrier between them): a row's work is small, so a CTA per row spent most of its instructions
+// finding its row once per warp.
+constexpr int kRowWarps = 4;
+
+// The grid of the per-group-row kernels: x over (query block, kv head) rows, kRowWarps per CTA.
+dim3 group_row_grid(const Problem& p, int64_t grid_blocks) {
+  const int64_t rows = grid_blocks * p.heads_kv;
+  return dim3(unsigned((rows + kRowWarps - 1) / kRowWarps), unsigned(p.num_seqs));
+}
+__device__ __forceinline__ uint32_t group_row_of_warp() {
+  return blockIdx.x * kRowWarps + threadIdx.x / 32;
+}
+
+// kCount consecutive 16-byte-aligned (kCount % 4 == 0) or 8-byte-aligned (kCount == 2) floats.
+template <int kCount>
+__device__ __forceinline__ void load_floats(const float* src, float (&dst)[kCount]) {
+  if constexpr (kCount % 4 == 0) {
+#pragma unroll
+    for (int c = 0; c < kCount / 4; ++c) {
+      const float4 v = reinterpret_cast<const float4*>(src)[c];
+      dst[4 * c] = v.x, dst[4 * c + 1] = v.y, dst[4 * c + 2] = v.z, dst[4 * c + 3] = v.w;
+    }
+  } else {
+    static_assert(kCount == 2);
+    const float2 v = *reinterpret_cast<const float2*>(src);
+    dst[0] = v.x, dst[1] = v.y;
+  }
+}
+// kWords 32-bit words (1, 2 or 4) in one access, aligned to their size.
+template <int kWords>
+using WordVector =
+    std::conditional_t<kWords == 4, uint4, std::conditional_t<kWords == 2, uint2, uint32_t>>;
+
+// 1. Combine: one warp per group row, each lane kHeadDim / 32 consecutive dims. The far head: the
+// largest query_far_distance, found by a scan in head order (the lowest head wins ties); the mean:
+// the heads' sums added in head order, divided by the group's query count.
+template <int kHeadDim, bool kIsBf16>
+__global__ void __launch_bounds__(kRowWarps * 32)
+    combine_kernel(const Problem p, const int64_t* seq_row_offset, Buffers buffers) {
   using Half = sm80::HalfType<kIsBf16>;
   using Element = typename Half::type;
+  using Pair = typename Half::pair;
+  constexpr int kDims = kHeadDim / 32, kWords = kDims / 2;  // per lane
   GroupRow r;
-  if (!group_row_of_grid(p, seq_row_offset, r)) return;
+  if (!group_row_of_grid(p, seq_row_offset, group_row_of_warp(), r)) return;
+  const int lane = threadIdx.x % 32, group = int(p.group);
   const detail::PositionRange rows = r.first.positions(p.params.block_size);
-  const int64_t nqb = r.nqb, row0 = r.row0, kv_row = r.kv_row;
+  const int64_t nqb = r.nqb, row0 = r.row0;
   int64_t far_row = row0;
-  for (int64_t u = 1; u < p.group; ++u)  // the lowest head wins ties
+  for (int u = 1; u < group; ++u)  // the lowest head wins ties
     if (buffers.query_far_distance[row0 + u * nqb] > buffers.query_far_distance[far_row])
       far_row = row0 + u * nqb;
-  const float count = float(p.group * (rows.end - rows.begin));
-  auto* reps = static_cast<Element*>(buffers.representatives) + kv_row * 2 * p.head_dim;
-  const auto* far = static_cast<const Element*>(buffers.query_far) + far_row * p.head_dim;
-  for (int64_t d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
-    float sum = 0.0f;
-    for (int64_t u = 0; u < p.group; ++u)
-      sum += buffers.query_sum[(row0 + u * nqb) * p.head_dim + d];
-    reps[d] = Half::from_float(sum / count);
-    reps[p.head_dim + d] = far[d];
+  const int d0 = lane * kDims;
+  auto* reps = static_cast<Element*>(buffers.representatives) + r.kv_row * 2 * kHeadDim + d0;
+  const auto* far = static_cast<const Element*>(buffers.query_far) + far_row * kHeadDim + d0;
+  *reinterpret_cast<WordVector<kWords>*>(reps + kHeadDim) =
+      *reinterpret_cast<const WordVector<kWords>*>(far);
+  float sum[kDims];
+#pragma unroll
+  for (int e = 0; e < kDims; ++e) sum[e] = 0.0f;
+  const float* query_sum = buffers.query_sum + row0 * kHeadDim + d0;
+  // Not unrolled: unrolled, ptxas kept values on the stack around the divisions' slow path.
+#pragma unroll 1
+  for (int u = 0; u < group; ++u) {
+    float head_sum[kDims];
+    load_floats(query_sum + u * nqb * kHeadDim, head_sum);
+#pragma unroll
+    for (int e = 0; e < kDims; ++e) sum[e] += head_sum[e];
   }
+  const float count = float(p.group * (rows.end - rows.begin));
+  WordVector<kWords> mean;
+  auto* mean_words = reinterpret_cast<uint32_t*>(&mean);
+#pragma unroll
+  for (int w = 0; w < kWords; ++w) {
+    Pair pair;
+    pair.x = Half::from_float(sum[2 * w] / count);
+    pair.y = Half::from_float(sum[2 * w + 1] / count);
+    mean_words[w] = *reinterpret_cast<const uint32_t*>(&pair);
+  }
+  *reinterpret_cast<WordVector<kWords>*>(reps) = mean;
 }
 
 // 2. Best keys: one CTA (4 warps) per (key block j, kv head, sequence). The block's keys sit in
@@ -157,54 +215,97 @@ __global__ void __launch_bounds__(kBestThreads)
   }
 }
 
-// 3. Rescue: one CTA per (query block, kv head) (x) and sequence (y), for the group's g layout
-// rows. Their bitmasks are staged in shared memory, eight heads at a time (one coalesced read and
-// write each), so the ballots that add a word's rescued blocks (one block per thread, as
-// select_row) wait on no global memory.
-constexpr int kRescueThreads = 256, kRescueHeads = 8;  // heads staged at a time
-__global__ void __launch_bounds__(kRescueThreads)
+// 3. Rescue: one warp per group row. The representatives' maxima over the causal blocks, then, 32
+// bitmask words (1024 blocks) at a time, the rescued blocks' words (one ballot per word, lane l
+// keeping word w0 + l), computed once when every head has params.alpha, else once per head, and
+// each head's words read, OR-ed and written back coalesced. Only the words of the causal blocks are
+// touched (select_row writes those past them as zeros), and their popcount is the row's count.
+__global__ void __launch_bounds__(kRowWarps * 32)
     rescue_kernel(const Problem p, const int64_t* seq_row_offset, Buffers buffers) {
   GroupRow r;
-  if (!group_row_of_grid(p, seq_row_offset, r)) return;
-  const int64_t nqb = r.nqb, kv_row = r.kv_row, row0 = r.row0, kv_head = r.kv_head;
-  const int64_t words = buffers.words, ld = words * 32, num_j = r.first.num_causal_blocks();
-  const float* y_mean = buffers.representative_best + kv_row * 2 * ld;
+  if (!group_row_of_grid(p, seq_row_offset, group_row_of_warp(), r)) return;
+  const int lane = threadIdx.x % 32, group = int(p.group);
+  // 32-bit from here: num_j <= words * 32 < 2^31.
+  const int num_j = int(r.first.num_causal_blocks()), row_words = (num_j + 31) / 32,
+            full_words = num_j / 32;  // words whose 32 blocks are all causal
+  const int64_t ld = buffers.words * 32;
+  const float* y_mean = buffers.representative_best + r.kv_row * 2 * ld;
   const float* y_far = y_mean + ld;
-  extern __shared__ uint32_t group_bits[];  // [kRescueHeads][words]
-  __shared__ float scratch[32];
-  __shared__ int kept[kRescueHeads];
-  float thread_max[2] = {-INFINITY, -INFINITY};
-  for (int64_t j = threadIdx.x; j < num_j; j += kRescueThreads)
-    thread_max[0] = fmaxf(thread_max[0], y_mean[j]), thread_max[1] = fmaxf(thread_max[1], y_far[j]);
-  const float max_mean = block_max(thread_max[0], scratch);  // both end with a barrier
-  const float max_far = block_max(thread_max[1], scratch);
-  for (int64_t u0 = 0; u0 < p.group; u0 += kRescueHeads) {
-    const int64_t heads = min(int64_t(kRescueHeads), p.group - u0);
-    const int64_t first_row = row0 + u0 * nqb;
-    for (int64_t n = threadIdx.x; n < heads * words; n += kRescueThreads)
-      group_bits[n] = buffers.kept_bits[(first_row + n / words * nqb) * words + n % words];
-    if (threadIdx.x < heads) kept[threadIdx.x] = 0;
-    __syncthreads();
-    for (int64_t j = threadIdx.x; j < ld; j += kRescueThreads) {
-      const float mean_j = j < num_j ? y_mean[j] : -INFINITY;
-      const float far_j = j < num_j ? y_far[j] : -INFINITY;
-      for (int64_t u = 0; u < heads; ++u) {
-        // The threshold is alpha^2 (docs/ROBUST.md: a span of up to 1 / alpha keys scores as one
-        // key); alpha = 0: log2(0) = -inf keeps every block, as the exact rule does.
-        const float log2_ratio = 2.0f * log2f(p.alpha_of_head(kv_head * p.group + u0 + u));
-        const bool rescued =
-            j < num_j && (mean_j >= max_mean + log2_ratio || far_j >= max_far + log2_ratio);
-        const uint32_t word = __ballot_sync(0xffffffffu, rescued);
-        if (threadIdx.x % 32 == 0) group_bits[u * words + j / 32] |= word;
+
+  // Four independent maxima per representative, so that eight loads are in flight.
+  float mean_max[4], far_max[4];
+#pragma unroll
+  for (int t = 0; t < 4; ++t) mean_max[t] = far_max[t] = -INFINITY;
+  int j = lane;
+  for (; j + 96 < num_j; j += 128) {
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      mean_max[t] = fmaxf(mean_max[t], __ldg(y_mean + j + 32 * t));
+      far_max[t] = fmaxf(far_max[t], __ldg(y_far + j + 32 * t));
+    }
+  }
+  for (; j < num_j; j += 32)
+    mean_max[0] = fmaxf(mean_max[0], __ldg(y_mean + j)),
+    far_max[0] = fmaxf(far_max[0], __ldg(y_far + j));
+  float max_mean = fmaxf(fmaxf(mean_max[0], mean_max[1]), fmaxf(mean_max[2], mean_max[3]));
+  float max_far = fmaxf(fmaxf(far_max[0], far_max[1]), fmaxf(far_max[2], far_max[3]));
+  for (int offset = 16; offset > 0; offset /= 2) {
+    max_mean = fmaxf(max_mean, __shfl_xor_sync(0xffffffffu, max_mean, offset));
+    max_far = fmaxf(max_far, __shfl_xor_sync(0xffffffffu, max_far, offset));
+  }
+
+  // The threshold is alpha^2 (docs/ROBUST.md: a span of up to 1 / alpha keys scores as one key);
+  // alpha = 0: log2(0) = -inf keeps every causal block, as the exact rule does.
+  const auto log2_ratio_of = [&](int u) {
+    return 2.0f * log2f(p.alpha_of_head(r.kv_head * p.group + u));
+  };
+  const bool one_alpha = p.head_alpha == nullptr;  // then every head has params.alpha
+  const float shared_log2_ratio = one_alpha ? log2_ratio_of(0) : 0.0f;
+  for (int w0 = 0; w0 < row_words; w0 += 32) {
+    const int chunk_words = min(32, row_words - w0);
+    const int unchecked_words = max(0, min(chunk_words, full_words - w0));
+    uint32_t rescued = 0;  // word w0 + lane of the rescued blocks
+    for (int u = 0; u < group; ++u) {
+      if (u == 0 || !one_alpha) {
+        const float log2_ratio = one_alpha ? shared_log2_ratio : log2_ratio_of(u);
+        const float mean_threshold = max_mean + log2_ratio, far_threshold = max_far + log2_ratio;
+        const float* mean_at = y_mean + w0 * 32 + lane;
+        const float* far_at = y_far + w0 * 32 + lane;
+        rescued = 0;
+        int k = 0;
+        // Words whose blocks are all causal go without bound checks, four at a time (eight loads
+        // in flight); unroll 1: more unrolled copies of the ballot made ptxas spill on sm_80.
+#pragma unroll 1
+        for (; k + 4 <= unchecked_words; k += 4, mean_at += 128, far_at += 128) {
+          bool keep[4];
+#pragma unroll
+          for (int t = 0; t < 4; ++t)
+            keep[t] = (__ldg(mean_at + 32 * t) >= mean_threshold) |
+                      (__ldg(far_at + 32 * t) >= far_threshold);
+#pragma unroll
+          for (int t = 0; t < 4; ++t) {
+            const uint32_t word = __ballot_sync(0xffffffffu, keep[t]);
+            rescued = lane == k + t ? word : rescued;
+          }
+        }
+#pragma unroll 1
+        for (; k < chunk_words; ++k, mean_at += 32, far_at += 32) {
+          const bool keep = (w0 + k) * 32 + lane < num_j &&
+                            (__ldg(mean_at) >= mean_threshold || __ldg(far_at) >= far_threshold);
+          const uint32_t word = __ballot_sync(0xffffffffu, keep);
+          rescued = lane == k ? word : rescued;
+        }
       }
+      const int64_t row = r.row0 + u * r.nqb;
+      uint32_t* bits = buffers.kept_bits + row * buffers.words + w0;
+      uint32_t word = 0;
+      if (lane < chunk_words) {
+        word = bits[lane] | rescued;
+        bits[lane] = word;
+      }
+      const int kept = int(__reduce_add_sync(0xffffffffu, unsigned(__popc(word))));
+      if (lane == 0) buffers.counts[row] = w0 == 0 ? kept : buffers.counts[row] + kept;
     }
-    __syncthreads();
-    for (int64_t n = threadIdx.x; n < heads * words; n += kRescueThreads) {
-      buffers.kept_bits[(first_row + n / words * nqb) * words + n % words] = group_bits[n];
-      atomicAdd(&kept[n / words], __popc(group_bits[n]));
-    }
-    __syncthreads();
-    if (threadIdx.x < heads) buffers.counts[first_row + threadIdx.x * nqb] = kept[threadIdx.x];
   }
 }
 
@@ -226,11 +327,12 @@ void rescue_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers&
   const int64_t grid_blocks = grid_query_blocks(p);
   if (grid_blocks == 0 || p.num_seqs == 0) return;
   auto stream = static_cast<cudaStream_t>(p.stream);
-  dispatch_dtype(p, [&](auto is_bf16) {
-    combine_kernel<decltype(is_bf16)::value>
-        <<<dim3(unsigned(grid_blocks * p.heads_kv), unsigned(p.num_seqs)),
-           unsigned(std::min<int64_t>(p.head_dim, 256)), 0, stream>>>(p, seq_row_offset, buffers);
-  });
+  const dim3 row_grid = group_row_grid(p, grid_blocks);
+  dispatch_head_dim_and_dtype<64, 128, 256>(
+      p, "robust discovery's combine kernel", [&](auto head_dim, auto is_bf16) {
+        combine_kernel<decltype(head_dim)::value, decltype(is_bf16)::value>
+            <<<row_grid, kRowWarps * 32, 0, stream>>>(p, seq_row_offset, buffers);
+      });
   FP_CUDA_CHECK_LAUNCH();
 #ifdef FLASHPREFILL_HAS_HOPPER_KERNEL
   const bool hopper =
@@ -251,8 +353,7 @@ void rescue_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers&
             launch_best_keys<kHeadDim, kIsBf16, ContiguousKV>(p, seq_row_offset, buffers,
                                                               best_grid);
         });
-  rescue_kernel<<<dim3(unsigned(grid_blocks * p.heads_kv), unsigned(p.num_seqs)), kRescueThreads,
-                  size_t(kRescueHeads * buffers.words) * 4, stream>>>(p, seq_row_offset, buffers);
+  rescue_kernel<<<row_grid, kRowWarps * 32, 0, stream>>>(p, seq_row_offset, buffers);
   FP_CUDA_CHECK_LAUNCH();
 }
 

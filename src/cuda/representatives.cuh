@@ -43,29 +43,45 @@ __device__ inline KeyBlockRows key_block_rows(const detail::Problem& p,
   return r;
 }
 
-// The (sequence, kv head, query block) of a CTA of a grid with x over (query block, kv head), kv
-// heads fastest, and y over sequences. row0 is the layout row of the group's first head (head
-// kv_head * group + u is u * nqb rows further), kv_row the representatives' row.
+// The (sequence, kv head, query block) of group row x of a grid with x over (query block, kv head),
+// kv heads fastest (x = block_local * heads_kv + kv_head; a kernel with several rows per CTA
+// passes blockIdx.x * rows_per_cta + its row), and y over sequences. row0 is the layout row of the
+// group's first head (head kv_head * group + u is u * nqb rows further), kv_row the
+// representatives' row.
 struct GroupRow {
   detail::LayoutRow first;  // the layout row of the group's first head
   int64_t kv_head, nqb, row0, kv_row;
 };
-// False (and r unset) past a varlen sequence's query blocks and on a query block the exact rule
-// keeps whole: the CTA has nothing to do.
+// False (and r unset) past a varlen sequence's query blocks (and past the grid's last row, whose
+// block_local is then >= grid_query_blocks >= nqb) and on a query block the exact rule keeps
+// whole: the row has nothing to do.
+//
+// layout.hpp's block counts (first_query_block, num_query_blocks, num_key_blocks) and kv_row_of's
+// division are computed here in 32 bits: the CUDA backend keeps tokens and layout rows below 2^31
+// (api.cpp), where the results are the same, and the 64-bit division subroutine's calls made the
+// per-row kernels keep values on the stack.
 __device__ inline bool group_row_of_grid(const detail::Problem& p, const int64_t* seq_row_offset,
-                                         GroupRow& r) {
-  const int64_t b = blockIdx.y, block_local = int64_t(blockIdx.x) / p.heads_kv;
-  r.kv_head = int64_t(blockIdx.x) % p.heads_kv;
+                                         uint32_t x, GroupRow& r) {
+  const uint32_t heads_kv = uint32_t(p.heads_kv);
+  const int64_t b = blockIdx.y;
+  const int32_t block_local = int32_t(x / heads_kv);
+  r.kv_head = x % heads_kv;
   const detail::SeqExtent s = p.seq(b);
-  const int64_t block = p.params.block_size;
-  r.nqb = num_query_blocks(s.len_q, s.len_kv, block);
+  const int32_t block = p.params.block_size, len_q = int32_t(s.len_q), len_kv = int32_t(s.len_kv);
+  const int32_t first_qb = (len_kv - len_q) / block;
+  r.nqb = len_q == 0 ? 0 : (len_kv - 1) / block - first_qb + 1;
   if (block_local >= r.nqb) return false;
-  r.first = detail::layout_row(s, b, r.kv_head * p.group, block_local, block);
-  const detail::ForcedBlocks<int64_t> forced(r.first.block_abs, r.first.key_blocks(block),
-                                             p.params);
+  const int32_t key_blocks = int32_t((uint32_t(len_kv) + uint32_t(block) - 1) / uint32_t(block));
+  r.first.seq = b;
+  r.first.head = r.kv_head * p.group;
+  r.first.block_local = block_local;
+  r.first.block_abs = first_qb + block_local;
+  r.first.extent = s;
+  const detail::ForcedBlocks<int64_t> forced(r.first.block_abs, key_blocks, p.params);
   if (forced.whole_row) return false;
-  r.row0 = seq_row_offset[b] + r.kv_head * p.group * r.nqb + block_local;
-  r.kv_row = kv_row_of(p, seq_row_offset, b, r.kv_head, r.nqb, block_local);
+  const int64_t seq_row0 = seq_row_offset[b];
+  r.row0 = seq_row0 + r.kv_head * p.group * r.nqb + block_local;
+  r.kv_row = int64_t(uint32_t(seq_row0) / uint32_t(p.group)) + r.kv_head * r.nqb + block_local;
   return true;
 }
 
