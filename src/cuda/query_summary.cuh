@@ -11,65 +11,118 @@
 
 namespace flashprefill::cuda::discovery {
 
-// Floats of shared-memory scratch write_query_summary needs: the per-warp bests (32 floats, 32
-// ints), then the mean in the input dtype.
-template <int kHeadDim>
+// A query tile in shared memory as a score kernel keeps it: rows of kRowBytes, their 16-byte chunks
+// XOR-swizzled with row % 8 inside panels of kPanelChunks chunks, panels kPanelBytes apart (sm_90:
+// the TMA box's 64-column panels; sm_80: one panel, the whole row).
+template <int kRowBytes_, int kPanelChunks_, int kPanelBytes_>
+struct QueryTileLayout {
+  static constexpr int kRowBytes = kRowBytes_, kPanelChunks = kPanelChunks_;
+  static constexpr int kPanelBytes = kPanelBytes_;
+  static_assert(kPanelChunks >= 8 && (kPanelChunks & (kPanelChunks - 1)) == 0);
+  __device__ __forceinline__ static uint32_t offset(uint32_t row, uint32_t chunk) {
+    return (chunk / kPanelChunks) * kPanelBytes + row * kRowBytes +
+           (((chunk % kPanelChunks) ^ (row % 8)) << 4);
+  }
+};
+
+// One lane's ldmatrix.x4 addresses for 16-row tiles of a query tile, rows 16 tile + r and chunk
+// 2 s + h for the lane's (r, h), in one of two orders of the four 8x8 matrices:
+//  - kRowsFirst (r = lane % 16, h = lane / 16): rows 0-7 | rows 8-15 of the low chunk, then of the
+//    high chunk: the A fragment of the rows (m16n8k16);
+//  - kChunksFirst (r = lane % 8 + 8 (lane / 16), h = lane / 8 % 2): the low | high chunk of rows 0-7,
+//    then of rows 8-15: the B fragments of two n8 tiles of the rows, and with .trans the A fragment
+//    of the tile's transpose.
+// The swizzle term depends on the lane and on s only (16 tile is a multiple of 8), so an address is
+// a lane constant, an immediate and one XOR with an immediate.
+enum class MatrixOrder { kRowsFirst, kChunksFirst };
+template <typename Layout, MatrixOrder kOrder>
+struct TileRowAddress {
+  uint32_t lane_row, lane_swizzle;
+  __device__ __forceinline__ TileRowAddress(uint32_t tile_address, int lane) {
+    const int r = kOrder == MatrixOrder::kRowsFirst ? lane % 16 : lane % 8 + 8 * (lane / 16);
+    const int h = kOrder == MatrixOrder::kRowsFirst ? lane / 16 : lane / 8 % 2;
+    lane_row = tile_address + uint32_t(r) * Layout::kRowBytes;
+    lane_swizzle = uint32_t(h ^ (lane % 8)) << 4;
+  }
+  __device__ __forceinline__ uint32_t operator()(int tile, int s) const {
+    constexpr int P = Layout::kPanelChunks;
+    return lane_row + uint32_t(tile * 16 * Layout::kRowBytes + (2 * s / P) * Layout::kPanelBytes) +
+           (lane_swizzle ^ uint32_t((2 * s % P) << 4));
+  }
+};
+
+// Floats of shared-memory scratch write_query_summary needs: each warp's partial sums, the per-warp
+// bests (32 floats, 32 ints), then the mean in the input dtype.
+template <int kHeadDim, int kWarps>
 constexpr int query_summary_scratch_floats() {
-  return 64 + kHeadDim / 2;
+  return kWarps * kHeadDim + 64 + kHeadDim / 2;
 }
 
 // Called by all kThreads threads of the CTA after its last read of the scratch's former contents.
-// chunk_address(t, c): the shared-memory address of chunk c (8 elements, 16 bytes) of tile row t,
-// as ldmatrix reads it. Tile rows [first_row, end_row) hold the row's queries (end_row >
-// first_row). Writes, for layout row `row`: query_sum[row] (fp32), query_far[row] (that query's
-// elements, exactly) and query_far_distance[row] (its squared distance to the mean rounded to the
-// input dtype; the lowest row wins ties).
+// The tile (`Layout`, at shared-memory byte address tile_address) holds kTileRows rows; rows
+// [first_row, end_row) hold the row's queries (end_row > first_row). Writes, for layout row `row`:
+// query_sum[row] (fp32), query_far[row] (that query's elements, exactly) and
+// query_far_distance[row] (its squared distance to the mean rounded to the input dtype; the lowest
+// row wins ties).
 //
-// All on the tensor cores (mma.sync), so the summary costs a few hundred instructions per CTA, not
-// an ALU pass over every element: the sums are mask^T Q (the mask row repeated as A, Q through
-// ldmatrix.trans as B); a row's distance is ||q||^2 - 2 q . mean + ||mean||^2, with ||q||^2 the
-// diagonal of each 16-row block of Q Q^T and q . mean from the mean as a B column.
-template <int kHeadDim, int kThreads, int kTileRows, bool kIsBf16, typename ChunkAddress>
-__device__ inline void write_query_summary(ChunkAddress chunk_address, int first_row, int end_row,
+// All products on the tensor cores (mma.sync), a few hundred instructions per warp:
+//  - sums: Q^T mask, Q^T through ldmatrix.trans as A and the mask column repeated as B; each warp
+//    sums its own 16-row tiles for every dimension (short, independent accumulator chains), and
+//    the warps' partial sums meet in shared memory;
+//  - distances: ||q||^2 - 2 q . mean + ||mean||^2, with ||q||^2 the diagonal of each 16-row block
+//    of Q Q^T and q . mean from the mean as a B column.
+template <typename Layout, int kHeadDim, int kThreads, int kTileRows, bool kIsBf16>
+__device__ inline void write_query_summary(uint32_t tile_address, int first_row, int end_row,
                                            float* scratch, const Buffers& buffers, int64_t row) {
   using Half = sm80::HalfType<kIsBf16>;
   using Element = typename Half::type;
-  constexpr int kChunks = kHeadDim / 8, kWarps = kThreads / 32;
+  constexpr int kChunks = kHeadDim / 8, kSlices = kHeadDim / 16, kWarps = kThreads / 32;
+  constexpr int kRowTiles = kTileRows / 16, kTilesPerWarp = kRowTiles / kWarps;
   static_assert(kTileRows % 16 == 0 && kHeadDim % 16 == 0 && kThreads % 32 == 0);
+  static_assert(kRowTiles % kWarps == 0, "each warp takes the same number of 16-row tiles");
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, quad = lane % 4;
-  float* best_of_warp = scratch;                                 // [32]
-  int* best_row_of_warp = reinterpret_cast<int*>(scratch + 32);  // [32]
-  auto* mean = reinterpret_cast<Element*>(scratch + 64);         // [kHeadDim], rounded
+  float* partial = scratch;                                           // [kWarps][kHeadDim]
+  float* best_of_warp = scratch + kWarps * kHeadDim;                  // [32]
+  int* best_row_of_warp = reinterpret_cast<int*>(best_of_warp + 32);  // [32]
+  auto* mean = reinterpret_cast<Element*>(best_of_warp + 64);         // [kHeadDim], rounded
+  // Warp w takes the 16-row tiles w, w + kWarps, ...: tile k of the warp is tile warp + k kWarps.
+  const uint32_t warp_tiles = tile_address + uint32_t(warp * 16 * Layout::kRowBytes);
+  const TileRowAddress<Layout, MatrixOrder::kRowsFirst> rows_first(warp_tiles, lane);
+  const TileRowAddress<Layout, MatrixOrder::kChunksFirst> chunks_first(warp_tiles, lane);
   const auto valid_row = [&](int t) { return t >= first_row && t < end_row; };
-  const auto one_if_valid = [&](int t0) {  // the mask of rows t0, t0 + 1 as an A register
-    return sm80::pack(
-        Half::from_floats(valid_row(t0) ? 1.0f : 0.0f, valid_row(t0 + 1) ? 1.0f : 0.0f));
-  };
-  const float inv_rows = 1.0f / float(end_row - first_row);
 
-  // Sums: warp w takes the 16-dim slices w, w + kWarps, ... over all row tiles.
-  for (int slice = warp; slice < kHeadDim / 16; slice += kWarps) {
-    float sum[2][4] = {};
+  // Sums. mask[k]: the B fragment of the mask column over tile k's rows 2 quad, 2 quad + 1 (+ 8).
+  uint32_t mask[kTilesPerWarp][2];
 #pragma unroll
-    for (int kt = 0; kt < kTileRows / 16; ++kt) {
-      const uint32_t low = one_if_valid(16 * kt + 2 * quad),
-                     high = one_if_valid(16 * kt + 2 * quad + 8);
-      const uint32_t a[4] = {low, low, high, high};
-      uint32_t b[4];
-      sm80::ldmatrix_x4_trans(b, chunk_address(16 * kt + (lane % 16), 2 * slice + lane / 16));
-      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-      sm80::mma_16816<kIsBf16>(sum[0], a, b0);
-      sm80::mma_16816<kIsBf16>(sum[1], a, b1);
+  for (int k = 0; k < kTilesPerWarp; ++k)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int t = 16 * (warp + k * kWarps) + 2 * quad + 8 * h;
+      mask[k][h] = sm80::pack(
+          Half::from_floats(valid_row(t) ? 1.0f : 0.0f, valid_row(t + 1) ? 1.0f : 0.0f));
     }
-    if (g == 0)  // every row of the product is the sum; row 0 holds dims 8n + 2 quad + {0, 1}
 #pragma unroll
-      for (int n = 0; n < 2; ++n)
+  for (int s = 0; s < kSlices; ++s) {
+    float sum[4] = {};  // every column is the sum: rows g, g + 8 are dims 16 s + g, + 8
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int d = 16 * slice + 8 * n + 2 * quad + e;
-          buffers.query_sum[row * kHeadDim + d] = sum[n][e];
-          mean[d] = Half::from_float(sum[n][e] * inv_rows);
-        }
+    for (int k = 0; k < kTilesPerWarp; ++k) {
+      uint32_t q_transposed[4];
+      sm80::ldmatrix_x4_trans(q_transposed, chunks_first(k * kWarps, s));
+      sm80::mma_16816<kIsBf16>(sum, q_transposed, mask[k]);
+    }
+    if (quad == 0) {
+      partial[warp * kHeadDim + 16 * s + g] = sum[0];
+      partial[warp * kHeadDim + 16 * s + g + 8] = sum[2];
+    }
+  }
+  __syncthreads();
+  const float inv_rows = 1.0f / float(end_row - first_row);
+  for (int d = tid; d < kHeadDim; d += kThreads) {
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) total += partial[w * kHeadDim + d];
+    buffers.query_sum[row * kHeadDim + d] = total;
+    mean[d] = Half::from_float(total * inv_rows);
   }
   __syncthreads();
 
@@ -81,31 +134,39 @@ __device__ inline void write_query_summary(ChunkAddress chunk_address, int first
   for (int offset = 16; offset > 0; offset /= 2)
     mean_norm += __shfl_xor_sync(0xffffffffu, mean_norm, offset);
 
-  // Distances: warp w takes the 16-row tiles w, w + kWarps, ...
-  float best = -1.0f;
-  int best_row = end_row;
+  // Distances: two accumulator chains per product (even and odd dimension slices) halve the chain.
   const uint32_t* mean_pairs = reinterpret_cast<const uint32_t*>(mean);
-  for (int mt = warp; mt < kTileRows / 16; mt += kWarps) {
-    float gram[2][4] = {}, dot[4] = {};
+  float gram[kTilesPerWarp][2][2][4] = {}, dot[kTilesPerWarp][2][4] = {};
 #pragma unroll
-    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+  for (int kk = 0; kk < kSlices; ++kk) {
+    const uint32_t mean_col[2] = {mean_pairs[8 * kk + quad], mean_pairs[8 * kk + 4 + quad]};
+#pragma unroll
+    for (int k = 0; k < kTilesPerWarp; ++k) {
       uint32_t a[4], rows[4];
-      sm80::ldmatrix_x4(a, chunk_address(16 * mt + (lane % 16), 2 * kk + lane / 16));
-      sm80::ldmatrix_x4(
-          rows, chunk_address(16 * mt + (lane % 8) + (lane / 16) * 8, 2 * kk + (lane / 8) % 2));
+      sm80::ldmatrix_x4(a, rows_first(k * kWarps, kk));
+      sm80::ldmatrix_x4(rows, chunks_first(k * kWarps, kk));
       const uint32_t rows_low[2] = {rows[0], rows[1]}, rows_high[2] = {rows[2], rows[3]};
-      const uint32_t mean_col[2] = {mean_pairs[8 * kk + quad], mean_pairs[8 * kk + 4 + quad]};
-      sm80::mma_16816<kIsBf16>(gram[0], a, rows_low);
-      sm80::mma_16816<kIsBf16>(gram[1], a, rows_high);
-      sm80::mma_16816<kIsBf16>(dot, a, mean_col);
+      sm80::mma_16816<kIsBf16>(gram[k][kk % 2][0], a, rows_low);
+      sm80::mma_16816<kIsBf16>(gram[k][kk % 2][1], a, rows_high);
+      sm80::mma_16816<kIsBf16>(dot[k][kk % 2], a, mean_col);
     }
-    // Row g's diagonal element is column g of the first n8 tile, row g + 8's column g of the
-    // second: in the lane whose quad is g / 2, element g % 2 (rows g) or 2 + g % 2 (rows g + 8).
-    if (quad == g / 2) {
-      const int t0 = 16 * mt + g, t1 = t0 + 8;
-      const bool odd = g % 2;  // selects, not an index: the accumulators stay in registers
-      const float d0 = (odd ? gram[0][1] : gram[0][0]) - 2.0f * dot[0] + mean_norm;
-      const float d1 = (odd ? gram[1][3] : gram[1][2]) - 2.0f * dot[2] + mean_norm;
+  }
+  // Row g's diagonal element is column g of the first n8 tile, row g + 8's column g of the second:
+  // in the lane whose quad is g / 2, element g % 2 (rows g) or 2 + g % 2 (rows g + 8). A row that
+  // rounding puts below zero still competes: the far row is always one of the block's rows.
+  float best = -INFINITY;
+  int best_row = first_row;
+  if (quad == g / 2) {
+    const bool odd = g % 2;  // selects, not an index: the accumulators stay in registers
+#pragma unroll
+    for (int k = 0; k < kTilesPerWarp; ++k) {
+      const int t0 = 16 * (warp + k * kWarps) + g, t1 = t0 + 8;
+      const float gram0 = (odd ? gram[k][0][0][1] : gram[k][0][0][0]) +
+                          (odd ? gram[k][1][0][1] : gram[k][1][0][0]);
+      const float gram1 = (odd ? gram[k][0][1][3] : gram[k][0][1][2]) +
+                          (odd ? gram[k][1][1][3] : gram[k][1][1][2]);
+      const float d0 = gram0 - 2.0f * (dot[k][0][0] + dot[k][1][0]) + mean_norm;
+      const float d1 = gram1 - 2.0f * (dot[k][0][2] + dot[k][1][2]) + mean_norm;
       if (valid_row(t0) && d0 > best) best = d0, best_row = t0;
       if (valid_row(t1) && d1 > best) best = d1, best_row = t1;  // t1 > t0: ties keep t0
     }
@@ -119,13 +180,19 @@ __device__ inline void write_query_summary(ChunkAddress chunk_address, int first
   __syncthreads();
   float far_distance = best_of_warp[0];
   int far_row = best_row_of_warp[0];
+#pragma unroll
   for (int w = 1; w < kWarps; ++w)
     if (best_of_warp[w] > far_distance ||
         (best_of_warp[w] == far_distance && best_row_of_warp[w] < far_row))
       far_distance = best_of_warp[w], far_row = best_row_of_warp[w];
-  if (tid < kChunks)
+  if (tid < kChunks) {
+    uint4 chunk;
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(chunk.x), "=r"(chunk.y), "=r"(chunk.z), "=r"(chunk.w)
+                 : "r"(tile_address + Layout::offset(uint32_t(far_row), uint32_t(tid))));
     reinterpret_cast<uint4*>(static_cast<Element*>(buffers.query_far) + row * kHeadDim)[tid] =
-        *reinterpret_cast<const uint4*>(chunk_address(far_row, tid));
+        chunk;
+  }
   if (tid == 0) buffers.query_far_distance[row] = far_distance;
 }
 

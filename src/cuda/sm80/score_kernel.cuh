@@ -153,12 +153,13 @@ __global__ void __launch_bounds__(kBlockM * 2)
 
   if constexpr (kSummarizeQueries) {
     // The key chunk and the warps' statistics are free after the loop's last barrier.
-    static_assert(discovery::query_summary_scratch_floats<D>() * 4 <=
+    static_assert(discovery::query_summary_scratch_floats<D, kWarps>() * 4 <=
                   kKeyChunk * D * 2 + 2 * kWarps * kKeyChunk * 4);
     const detail::PositionRange rows = r.positions(block);
-    discovery::write_query_summary<D, kThreads, kBlockM, kIsBf16>(
-        [&](int t, int c) { return static_cast<const void*>(q_smem + Swizzle::offset(t, c)); },
-        int(rows.begin - block_start), int(rows.end - block_start),
+    // SwizzledTile's rows as one panel of D / 8 chunks.
+    using Layout = discovery::QueryTileLayout<D * 2, Swizzle::kChunks, 0>;
+    discovery::write_query_summary<Layout, D, kThreads, kBlockM, kIsBf16>(
+        smem_address(q_smem), int(rows.begin - block_start), int(rows.end - block_start),
         reinterpret_cast<float*>(key_smem), buffers, r.row);
   }
   finish_row(p, r.alpha, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,

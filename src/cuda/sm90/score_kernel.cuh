@@ -71,7 +71,8 @@ struct ScoreTraits {
   static constexpr int kKeyBytes = kPanels * KeyPanels::kPanelBytes;
   // warp_running_max, then select_row's scratch
   static constexpr int kReduceFloats = 8 + kSelectScratchFloats;
-  static_assert(discovery::query_summary_scratch_floats<kHeadDim>() * 4 <= kStages * kKeyBytes);
+  static_assert(discovery::query_summary_scratch_floats<kHeadDim, kThreads / 32>() * 4 <=
+                kStages * kKeyBytes);
   // Q | keys[kStages] | log_score[max_key_blocks, padded] | reduction scratch | barriers, +1024 to
   // align.
   static size_t smem_bytes(int64_t max_key_blocks) {
@@ -356,11 +357,12 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
       // Every warp's last wgmma has read its key stage before the stages become scratch.
       named_barrier_sync(NamedBarrier::kScoreWarpgroup, Traits::kThreads);
       const detail::PositionRange rows = r.positions(kBlock);
-      discovery::write_query_summary<Traits::kHeadDim, Traits::kThreads, kBlock, Traits::kIsBf16>(
-          [&](int t, int c) {
-            return static_cast<const void*>(q_smem + Traits::QPanels::offset(t, c));
-          },
-          int(rows.begin - block_start), int(rows.end - block_start),
+      using QPanels = typename Traits::QPanels;
+      using Layout = discovery::QueryTileLayout<QPanels::kRowBytes, QPanels::kPanelCols / 8,
+                                                QPanels::kPanelBytes>;
+      discovery::write_query_summary<Layout, Traits::kHeadDim, Traits::kThreads, kBlock,
+                                     Traits::kIsBf16>(
+          sm80::smem_address(q_smem), int(rows.begin - block_start), int(rows.end - block_start),
           reinterpret_cast<float*>(key_smem), buffers, r.row);
     }
   }
