@@ -266,8 +266,9 @@ TEST(CpuRobust, PerHeadAlphaMatchesReference) {
       reference::select_blocks(problem, ref_scores, shapes.max_key_blocks, margins);
   ASSERT_EQ(rows.size(), expected.size());
   detail::for_each_layout_row(problem, [&](const detail::LayoutRow& r, int64_t row) {
-    if (alphas[r.head] == 0.0f)
+    if (alphas[r.head] == 0.0f) {
       EXPECT_EQ(int64_t(rows[row].size()), r.block_abs + 1) << "alpha 0 keeps every block";
+    }
     if (rows[row] == expected[row]) return;
     const double* S = &ref_scores[row * shapes.max_key_blocks];
     const double threshold = alphas[r.head] * *std::max_element(S, S + r.block_abs + 1);

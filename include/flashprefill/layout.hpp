@@ -16,16 +16,31 @@ namespace flashprefill {
 // Query row t of a chunk of L_q queries against L_kv keys sits at absolute position
 // (L_kv - L_q) + t; its query block is that position / B. A sequence's query blocks are
 // therefore first_query_block .. first_query_block + num_query_blocks - 1 (absolute indices).
+// In any signed integer type (GPU kernels whose values fit use 32 bits: no 64-bit division).
+namespace detail {
+template <typename Index>
+FP_HOST_DEVICE constexpr Index first_query_block_in(Index len_q, Index len_kv, Index block_size) {
+  return (len_kv - len_q) / block_size;
+}
+template <typename Index>
+FP_HOST_DEVICE constexpr Index num_query_blocks_in(Index len_q, Index len_kv, Index block_size) {
+  return len_q == 0 ? 0 : (len_kv - 1) / block_size - (len_kv - len_q) / block_size + 1;
+}
+template <typename Index>
+FP_HOST_DEVICE constexpr Index num_key_blocks_in(Index len_kv, Index block_size) {
+  return (len_kv + block_size - 1) / block_size;
+}
+}  // namespace detail
 FP_HOST_DEVICE constexpr int64_t first_query_block(int64_t len_q, int64_t len_kv,
                                                    int64_t block_size) {
-  return (len_kv - len_q) / block_size;
+  return detail::first_query_block_in(len_q, len_kv, block_size);
 }
 FP_HOST_DEVICE constexpr int64_t num_query_blocks(int64_t len_q, int64_t len_kv,
                                                   int64_t block_size) {
-  return len_q == 0 ? 0 : (len_kv - 1) / block_size - (len_kv - len_q) / block_size + 1;
+  return detail::num_query_blocks_in(len_q, len_kv, block_size);
 }
 FP_HOST_DEVICE constexpr int64_t num_key_blocks(int64_t len_kv, int64_t block_size) {
-  return (len_kv + block_size - 1) / block_size;
+  return detail::num_key_blocks_in(len_kv, block_size);
 }
 
 // Rows are ordered (sequence, query head, local query block):

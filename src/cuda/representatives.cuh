@@ -56,10 +56,9 @@ struct GroupRow {
 // block_local is then >= grid_query_blocks >= nqb) and on a query block the exact rule keeps
 // whole: the row has nothing to do.
 //
-// layout.hpp's block counts (first_query_block, num_query_blocks, num_key_blocks) and kv_row_of's
-// division are computed here in 32 bits: the CUDA backend keeps tokens and layout rows below 2^31
-// (api.cpp), where the results are the same, and the 64-bit division subroutine's calls made the
-// per-row kernels keep values on the stack.
+// The block counts and kv_row_of's division are computed here in 32 bits: the CUDA backend keeps
+// tokens and layout rows below 2^31 (api.cpp), where the results are the same, and the 64-bit
+// division subroutine's calls made the per-row kernels keep values on the stack.
 __device__ inline bool group_row_of_grid(const detail::Problem& p, const int64_t* seq_row_offset,
                                          uint32_t x, GroupRow& r) {
   const uint32_t heads_kv = uint32_t(p.heads_kv);
@@ -68,10 +67,10 @@ __device__ inline bool group_row_of_grid(const detail::Problem& p, const int64_t
   r.kv_head = x % heads_kv;
   const detail::SeqExtent s = p.seq(b);
   const int32_t block = p.params.block_size, len_q = int32_t(s.len_q), len_kv = int32_t(s.len_kv);
-  const int32_t first_qb = (len_kv - len_q) / block;
-  r.nqb = len_q == 0 ? 0 : (len_kv - 1) / block - first_qb + 1;
+  const int32_t first_qb = detail::first_query_block_in(len_q, len_kv, block);
+  r.nqb = detail::num_query_blocks_in(len_q, len_kv, block);
   if (block_local >= r.nqb) return false;
-  const int32_t key_blocks = int32_t((uint32_t(len_kv) + uint32_t(block) - 1) / uint32_t(block));
+  const int32_t key_blocks = detail::num_key_blocks_in(len_kv, block);
   r.first.seq = b;
   r.first.head = r.kv_head * p.group;
   r.first.block_local = block_local;

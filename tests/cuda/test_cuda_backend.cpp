@@ -712,6 +712,21 @@ TEST(Cuda, RobustScoreRowsOfManyTiles) {
   check_layout_matches_cpu(random, random_device, params);
 }
 
+// Rows of more than 1024 causal blocks: the rescue kernel takes a row's bitmask 32 words at a time
+// and adds each chunk's kept blocks to the count.
+TEST(Cuda, RobustRowsOfMoreThan1024Blocks) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  HostBatch host = padded_batch(Shape{1, 3000, 70000, 4, 2, 64}, DType::bf16, seed);
+  plant_spans(host, seed + 1);
+  DeviceBatch device(host);
+  Params params;
+  params.discovery = Discovery::robust;
+  params.block_size = 64;  // 1094 key blocks
+  params.alpha = 0.3f;
+  check_layout_matches_cpu(host, device, params);
+}
+
 // The exact rule's layout does not depend on the robust code paths: the same call with the default
 // Params and with discovery = exact spelled out gives the same layout; the robust one contains it
 // and, on planted spans, adds to it.
