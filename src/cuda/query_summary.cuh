@@ -101,38 +101,19 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
       mask[k][h] = sm80::pack(
           Half::from_floats(valid_row(t) ? 1.0f : 0.0f, valid_row(t + 1) ? 1.0f : 0.0f));
     }
-  // ||q||^2 needs no mean: its Gram products run beside the sums, before the barriers, on two
-  // chains (even and odd slices).
-  float gram[kTilesPerWarp][2][2][4] = {};
 #pragma unroll
   for (int s = 0; s < kSlices; ++s) {
     float sum[4] = {};  // every column is the sum: rows g, g + 8 are dims 16 s + g, + 8
 #pragma unroll
     for (int k = 0; k < kTilesPerWarp; ++k) {
-      uint32_t q_transposed[4], a[4], rows[4];
+      uint32_t q_transposed[4];
       sm80::ldmatrix_x4_trans(q_transposed, chunks_first(k * kWarps, s));
       sm80::mma_16816<kIsBf16>(sum, q_transposed, mask[k]);
-      sm80::ldmatrix_x4(a, rows_first(k * kWarps, s));
-      sm80::ldmatrix_x4(rows, chunks_first(k * kWarps, s));
-      const uint32_t rows_low[2] = {rows[0], rows[1]}, rows_high[2] = {rows[2], rows[3]};
-      sm80::mma_16816<kIsBf16>(gram[k][s % 2][0], a, rows_low);
-      sm80::mma_16816<kIsBf16>(gram[k][s % 2][1], a, rows_high);
     }
     if (quad == 0) {
       partial[warp * kHeadDim + 16 * s + g] = sum[0];
       partial[warp * kHeadDim + 16 * s + g + 8] = sum[2];
     }
-  }
-  // Row g's diagonal element is column g of the first n8 tile, row g + 8's column g of the second:
-  // in the lane whose quad is g / 2, element g % 2 (rows g) or 2 + g % 2 (rows g + 8).
-  const bool diagonal_lane = quad == g / 2, odd = g % 2;  // selects: accumulators stay in registers
-  float norm[kTilesPerWarp][2];  // ||q||^2 of rows g, g + 8 of the warp's tile k (diagonal lanes)
-#pragma unroll
-  for (int k = 0; k < kTilesPerWarp; ++k) {
-    norm[k][0] = (odd ? gram[k][0][0][1] : gram[k][0][0][0]) +
-                 (odd ? gram[k][1][0][1] : gram[k][1][0][0]);
-    norm[k][1] = (odd ? gram[k][0][1][3] : gram[k][0][1][2]) +
-                 (odd ? gram[k][1][1][3] : gram[k][1][1][2]);
   }
   __syncthreads();
   const float inv_rows = 1.0f / float(end_row - first_row);
@@ -153,28 +134,39 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
   for (int offset = 16; offset > 0; offset /= 2)
     mean_norm += __shfl_xor_sync(0xffffffffu, mean_norm, offset);
 
-  // q . mean, the mean as a B column, on two chains.
+  // Distances: two accumulator chains per product (even and odd dimension slices) halve the chain.
   const uint32_t* mean_pairs = reinterpret_cast<const uint32_t*>(mean);
-  float dot[kTilesPerWarp][2][4] = {};
+  float gram[kTilesPerWarp][2][2][4] = {}, dot[kTilesPerWarp][2][4] = {};
 #pragma unroll
   for (int kk = 0; kk < kSlices; ++kk) {
     const uint32_t mean_col[2] = {mean_pairs[8 * kk + quad], mean_pairs[8 * kk + 4 + quad]};
 #pragma unroll
     for (int k = 0; k < kTilesPerWarp; ++k) {
-      uint32_t a[4];
+      uint32_t a[4], rows[4];
       sm80::ldmatrix_x4(a, rows_first(k * kWarps, kk));
+      sm80::ldmatrix_x4(rows, chunks_first(k * kWarps, kk));
+      const uint32_t rows_low[2] = {rows[0], rows[1]}, rows_high[2] = {rows[2], rows[3]};
+      sm80::mma_16816<kIsBf16>(gram[k][kk % 2][0], a, rows_low);
+      sm80::mma_16816<kIsBf16>(gram[k][kk % 2][1], a, rows_high);
       sm80::mma_16816<kIsBf16>(dot[k][kk % 2], a, mean_col);
     }
   }
-  // A row that rounding puts below zero still competes: the far row is always one of the block's.
+  // Row g's diagonal element is column g of the first n8 tile, row g + 8's column g of the second:
+  // in the lane whose quad is g / 2, element g % 2 (rows g) or 2 + g % 2 (rows g + 8). A row that
+  // rounding puts below zero still competes: the far row is always one of the block's rows.
   float best = -INFINITY;
   int best_row = first_row;
-  if (diagonal_lane) {
+  if (quad == g / 2) {
+    const bool odd = g % 2;  // selects, not an index: the accumulators stay in registers
 #pragma unroll
     for (int k = 0; k < kTilesPerWarp; ++k) {
       const int t0 = 16 * (warp + k * kWarps) + g, t1 = t0 + 8;
-      const float d0 = norm[k][0] - 2.0f * (dot[k][0][0] + dot[k][1][0]) + mean_norm;
-      const float d1 = norm[k][1] - 2.0f * (dot[k][0][2] + dot[k][1][2]) + mean_norm;
+      const float gram0 = (odd ? gram[k][0][0][1] : gram[k][0][0][0]) +
+                          (odd ? gram[k][1][0][1] : gram[k][1][0][0]);
+      const float gram1 = (odd ? gram[k][0][1][3] : gram[k][0][1][2]) +
+                          (odd ? gram[k][1][1][3] : gram[k][1][1][2]);
+      const float d0 = gram0 - 2.0f * (dot[k][0][0] + dot[k][1][0]) + mean_norm;
+      const float d1 = gram1 - 2.0f * (dot[k][0][2] + dot[k][1][2]) + mean_norm;
       if (valid_row(t0) && d0 > best) best = d0, best_row = t0;
       if (valid_row(t1) && d1 > best) best = d1, best_row = t1;  // t1 > t0: ties keep t0
     }
