@@ -11,7 +11,9 @@ totals, counts = collections.defaultdict(float), collections.Counter()
 for row in csv.DictReader(lines):
     if row.get("Metric Name") != "gpu__time_duration.sum":
         continue
-    name = re.sub(r"\(.*", "", row["Kernel Name"]).replace("void ", "")
+    # Kernels in anonymous namespaces: ncu writes "(anonymous namespace)" or "<unnamed>".
+    name = row["Kernel Name"].replace("(anonymous namespace)", "anon").replace("<unnamed>", "anon")
+    name = re.sub(r"\(.*", "", name).replace("void ", "")
     name = re.sub(r"<.*", "", name).split("::")[-1]
     scale = {"ns": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3, "nsecond": 1e-3}[row["Metric Unit"]]
     totals[name] += float(row["Metric Value"].replace(",", "")) * scale

@@ -58,7 +58,7 @@ constexpr int query_summary_scratch_floats() {
   return kWarps * kHeadDim + 64 + kHeadDim / 2;
 }
 
-// Called by all kThreads threads of the CTA after its last read of the scratch's former contents.
+// Called by all kThreads threads of the CTA, once the tile has landed; scratch is the CTA's own.
 // The tile (`Layout`, at shared-memory byte address tile_address) holds kTileRows rows; rows
 // [first_row, end_row) hold the row's queries (end_row > first_row). Writes, for layout row `row`:
 // query_sum[row] (fp32), query_far[row] (that query's elements, exactly) and
@@ -117,7 +117,12 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
   }
   __syncthreads();
   const float inv_rows = 1.0f / float(end_row - first_row);
-  for (int d = tid; d < kHeadDim; d += kThreads) {
+  // Loops of fixed trip counts (unrolled): the sm_90 score kernel runs this with a wgmma in flight,
+  // which no loop back edge may cross (ptxas would serialise it, C7514).
+#pragma unroll
+  for (int i = 0; i < (kHeadDim + kThreads - 1) / kThreads; ++i) {
+    const int d = tid + i * kThreads;
+    if (d >= kHeadDim) break;
     float total = 0.0f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) total += partial[w * kHeadDim + d];
@@ -127,8 +132,9 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
   __syncthreads();
 
   float mean_norm = 0.0f;  // ||mean||^2 of the rounded mean, in every lane
-  for (int d = lane; d < kHeadDim; d += 32) {
-    const float m = Half::to_float(mean[d]);
+#pragma unroll
+  for (int i = 0; i < kHeadDim / 32; ++i) {
+    const float m = Half::to_float(mean[lane + 32 * i]);
     mean_norm = fmaf(m, m, mean_norm);
   }
   for (int offset = 16; offset > 0; offset /= 2)

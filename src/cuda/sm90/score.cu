@@ -24,7 +24,9 @@ void launch(const detail::Problem& p, const int64_t* seq_row_offset,
 
 bool supports_scoring(const detail::Problem& p) {
   const int64_t max_key_blocks = num_key_blocks(p.len_kv, p.params.block_size);
-  const size_t smem = ScoreTraits<128, true>::smem_bytes(max_key_blocks);
+  const size_t smem = p.params.discovery == Discovery::robust
+                           ? ScoreTraits<128, true, true>::smem_bytes(max_key_blocks)
+                           : ScoreTraits<128, true>::smem_bytes(max_key_blocks);
   return p.params.block_size == 128 && (p.head_dim == 64 || p.head_dim == 128) &&
          smem <= 227 * 1024 && tma_addressable(p.q, p.q_stride);
 }

@@ -23,9 +23,8 @@
 // largest scores of a row usually lie on the local band or the sinks, so M is high from the first
 // steps and most far tiles skip (how many, in this order and in ascending order: bench/RESULTS.md).
 //
-// Robust discovery (kSummarizeQueries, docs/ROBUST.md): after its last tile the CTA also writes the
-// row's query sum and far query (query_summary.cuh) from the query tile, into the key stages'
-// memory as scratch.
+// Robust discovery (kSummarizeQueries, docs/ROBUST.md): the CTA also writes the row's query sum and
+// far query (query_summary.cuh) from the query tile, while its first tile's wgmma runs.
 #pragma once
 
 #include <cfloat>
@@ -71,13 +70,16 @@ struct ScoreTraits {
   static constexpr int kKeyBytes = kPanels * KeyPanels::kPanelBytes;
   // warp_running_max, then select_row's scratch
   static constexpr int kReduceFloats = 8 + kSelectScratchFloats;
-  static_assert(discovery::query_summary_scratch_floats<kHeadDim, kThreads / 32>() * 4 <=
-                kStages * kKeyBytes);
-  // Q | keys[kStages] | log_score[max_key_blocks, padded] | reduction scratch | barriers, +1024 to
-  // align.
+  // The query summary's own scratch: it runs while the first tile's wgmma is in flight.
+  static constexpr int kSummaryFloats =
+      kSummarizeQueries ? discovery::query_summary_scratch_floats<kHeadDim, kThreads / 32>() : 0;
+  static_assert((kReduceFloats + kSummaryFloats) % 2 == 0, "the barriers are 8-byte aligned");
+  // Q | keys[kStages] | log_score[max_key_blocks, padded] | reduction scratch | summary scratch |
+  // barriers, +1024 to align.
   static size_t smem_bytes(int64_t max_key_blocks) {
     return 1024 + kQBytes + size_t(kStages) * kKeyBytes +
-           size_t(log_score_capacity(max_key_blocks) + kReduceFloats) * 4 + 8 * (kStages + 1);
+           size_t(log_score_capacity(max_key_blocks) + kReduceFloats + kSummaryFloats) * 4 +
+           8 * (kStages + 1);
   }
 };
 
@@ -240,8 +242,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   unsigned char* key_smem = q_smem + Traits::kQBytes;  // stage s at s * kKeyBytes
   auto* log_score = reinterpret_cast<float*>(key_smem + kStages * Traits::kKeyBytes);
   float* reduce_smem = log_score + log_score_capacity(r.num_kv_blocks);
+  float* summary_smem = reduce_smem + Traits::kReduceFloats;
   auto* key_full = reinterpret_cast<uint64_t*>(
-      reduce_smem + Traits::kReduceFloats);  // 8-byte aligned: n + 128 floats in
+      summary_smem + Traits::kSummaryFloats);  // 8-byte aligned: an even number of floats in
   uint64_t* q_full = key_full + kStages;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4;
@@ -330,6 +333,27 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   // ptxas serialises wgmmas whose accumulators it cannot track there (C7514).
   float x_first[64], x_second[64];
   int step = 0;
+  if constexpr (Traits::kSummarizeQueries) {
+    // Robust discovery: the row's query sum and far query (query_summary.cuh) are computed while
+    // the first tile's wgmma runs, alone so that its accumulator and the summary's registers fit.
+    // Rows kept whole load no queries and need no summary (representatives.cu skips them too).
+    if (num_tiles > 0) {
+      wait_for_keys(0);
+      issue_product(0, x_first);
+      const detail::PositionRange rows = r.positions(kBlock);
+      using QPanels = typename Traits::QPanels;
+      using Layout = discovery::QueryTileLayout<QPanels::kRowBytes, QPanels::kPanelCols / 8,
+                                                QPanels::kPanelBytes>;
+      discovery::write_query_summary<Layout, Traits::kHeadDim, Traits::kThreads, kBlock,
+                                     Traits::kIsBf16>(
+          sm80::smem_address(q_smem), int(rows.begin - block_start), int(rows.end - block_start),
+          summary_smem, buffers, r.row);
+      cute::warpgroup_wait<0>();
+      fence_accumulators(x_first);
+      score_tile(0, x_first);
+      step = 1;
+    }
+  }
   for (; step + 1 < num_tiles; step += 2) {
     wait_for_keys(step);
     wait_for_keys(step + 1);
@@ -351,21 +375,6 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   }
   // M2 = the row's largest score (every tile is scored without skipping when scores are wanted).
   const float thread_max_x2 = warp_max_so_far * scale_log2;
-  if constexpr (Traits::kSummarizeQueries) {
-    // Rows kept whole load no queries and need no summary (representatives.cu skips them too).
-    if (num_tiles > 0) {
-      // Every warp's last wgmma has read its key stage before the stages become scratch.
-      named_barrier_sync(NamedBarrier::kScoreWarpgroup, Traits::kThreads);
-      const detail::PositionRange rows = r.positions(kBlock);
-      using QPanels = typename Traits::QPanels;
-      using Layout = discovery::QueryTileLayout<QPanels::kRowBytes, QPanels::kPanelCols / 8,
-                                                QPanels::kPanelBytes>;
-      discovery::write_query_summary<Layout, Traits::kHeadDim, Traits::kThreads, kBlock,
-                                     Traits::kIsBf16>(
-          sm80::smem_address(q_smem), int(rows.begin - block_start), int(rows.end - block_start),
-          reinterpret_cast<float*>(key_smem), buffers, r.row);
-    }
-  }
   finish_row(p, r.alpha, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
              r.num_kv_blocks, r.row, buffers, scores, scores_ld, reduce_smem + 8);
 }
