@@ -70,16 +70,21 @@ struct ScoreTraits {
   static constexpr int kKeyBytes = kPanels * KeyPanels::kPanelBytes;
   // warp_running_max, then select_row's scratch
   static constexpr int kReduceFloats = 8 + kSelectScratchFloats;
-  // The query summary's own scratch: it runs while the first tile's wgmma is in flight.
+  // The query summary runs while the first tile's wgmma is in flight, before any log_score is
+  // written (score_tile starts with a barrier of every warp): its scratch is log_score's memory,
+  // which long rows (where shared memory is tight) have to spare.
   static constexpr int kSummaryFloats =
       kSummarizeQueries ? discovery::query_summary_scratch_floats<kHeadDim, kThreads / 32>() : 0;
-  static_assert((kReduceFloats + kSummaryFloats) % 2 == 0, "the barriers are 8-byte aligned");
-  // Q | keys[kStages] | log_score[max_key_blocks, padded] | reduction scratch | summary scratch |
-  // barriers, +1024 to align.
+  static_assert(kReduceFloats % 2 == 0 && kSummaryFloats % 2 == 0, "8-byte aligned barriers");
+  __host__ __device__ static int64_t log_score_floats(int64_t num_key_blocks) {
+    const int64_t capacity = log_score_capacity(num_key_blocks);
+    return capacity > kSummaryFloats ? capacity : kSummaryFloats;
+  }
+  // Q | keys[kStages] | log_score[max_key_blocks, padded] (or the summary's scratch) | reduction
+  // scratch | barriers, +1024 to align.
   static size_t smem_bytes(int64_t max_key_blocks) {
     return 1024 + kQBytes + size_t(kStages) * kKeyBytes +
-           size_t(log_score_capacity(max_key_blocks) + kReduceFloats + kSummaryFloats) * 4 +
-           8 * (kStages + 1);
+           size_t(log_score_floats(max_key_blocks) + kReduceFloats) * 4 + 8 * (kStages + 1);
   }
 };
 
@@ -241,10 +246,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   unsigned char* q_smem = smem_raw + ((1024 - raw_address % 1024) % 1024);
   unsigned char* key_smem = q_smem + Traits::kQBytes;  // stage s at s * kKeyBytes
   auto* log_score = reinterpret_cast<float*>(key_smem + kStages * Traits::kKeyBytes);
-  float* reduce_smem = log_score + log_score_capacity(r.num_kv_blocks);
-  float* summary_smem = reduce_smem + Traits::kReduceFloats;
+  float* reduce_smem = log_score + Traits::log_score_floats(r.num_kv_blocks);
   auto* key_full = reinterpret_cast<uint64_t*>(
-      summary_smem + Traits::kSummaryFloats);  // 8-byte aligned: an even number of floats in
+      reduce_smem + Traits::kReduceFloats);  // 8-byte aligned: an even number of floats in
   uint64_t* q_full = key_full + kStages;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4;
@@ -347,7 +351,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
       discovery::write_query_summary<Layout, Traits::kHeadDim, Traits::kThreads, kBlock,
                                      Traits::kIsBf16>(
           sm80::smem_address(q_smem), int(rows.begin - block_start), int(rows.end - block_start),
-          summary_smem, buffers, r.row);
+          log_score, buffers, r.row);
       cute::warpgroup_wait<0>();
       fence_accumulators(x_first);
       score_tile(0, x_first);
