@@ -108,28 +108,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
       if (quad == 0 && rep_row < rep_rows) best[(kv_row0 * 2 + rep_row) * ld + j] = m * scale_log2;
     }
   };
-  // As the score kernel: tiles in pairs on two accumulators, none in flight across the back edge.
+  // As the score kernel: tiles in pairs on two accumulators.
   float x_first[64], x_second[64];
-  int step = 0;
-  for (; step + 1 < num_tiles; step += 2) {
-    wait_for_reps(step);
-    wait_for_reps(step + 1);
-    issue_product(step, x_first);
-    issue_product(step + 1, x_second);
-    cute::warpgroup_wait<1>();
-    fence_accumulators(x_first);
-    reduce_tile(step, x_first);
-    cute::warpgroup_wait<0>();
-    fence_accumulators(x_second);
-    reduce_tile(step + 1, x_second);
-  }
-  if (step < num_tiles) {
-    wait_for_reps(step);
-    issue_product(step, x_first);
-    cute::warpgroup_wait<0>();
-    fence_accumulators(x_first);
-    reduce_tile(step, x_first);
-  }
+  tiles_in_pairs(0, num_tiles, x_first, x_second, wait_for_reps, issue_product, reduce_tile);
 }
 
 }  // namespace

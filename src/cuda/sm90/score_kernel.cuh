@@ -131,6 +131,36 @@ __device__ __forceinline__ void issue_tile_product(uint32_t key_address,
   cute::warpgroup_commit_batch();
 }
 
+// Tiles step .. num_tiles - 1 of a row, in pairs on two accumulators: the second tile's wgmmas run
+// while the first is reduced; an odd count's last tile goes alone. wait(step) waits for a tile's
+// operands, issue(step, x) issues its product into x, reduce(step, x) consumes x. No wgmma is in
+// flight across the loop's back edge: ptxas serialises wgmmas whose accumulators it cannot track
+// there (C7514).
+template <typename Wait, typename Issue, typename Reduce>
+__device__ __forceinline__ void tiles_in_pairs(int step, int num_tiles, float (&x_first)[64],
+                                               float (&x_second)[64], Wait&& wait, Issue&& issue,
+                                               Reduce&& reduce) {
+  for (; step + 1 < num_tiles; step += 2) {
+    wait(step);
+    wait(step + 1);
+    issue(step, x_first);
+    issue(step + 1, x_second);
+    cute::warpgroup_wait<1>();
+    fence_accumulators(x_first);
+    reduce(step, x_first);
+    cute::warpgroup_wait<0>();
+    fence_accumulators(x_second);
+    reduce(step + 1, x_second);
+  }
+  if (step < num_tiles) {
+    wait(step);
+    issue(step, x_first);
+    cute::warpgroup_wait<0>();
+    fence_accumulators(x_first);
+    reduce(step, x_first);
+  }
+}
+
 // Largest of a thread's 32 scores of one key block (x element 4 * nt + 2 * half + {0, 1}), as a
 // tree: five dependent steps instead of a chain of 31.
 __device__ __forceinline__ float max_of_half(const float (&x)[64], int half) {
@@ -332,9 +362,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
                               warp_running_max, step, log_score, warp_max_so_far,
                               thread_max_log_score);
   };
-  // Tiles in pairs on two accumulators (x^T[j, t] for 64 key blocks x 128 queries each): the second
-  // tile's wgmmas run while the first is scored. No wgmma is in flight across the loop's back edge;
-  // ptxas serialises wgmmas whose accumulators it cannot track there (C7514).
+  // Tiles in pairs on two accumulators (x^T[j, t] for 64 key blocks x 128 queries each).
   float x_first[64], x_second[64];
   int step = 0;
   if constexpr (Traits::kSummarizeQueries) {
@@ -358,25 +386,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
       step = 1;
     }
   }
-  for (; step + 1 < num_tiles; step += 2) {
-    wait_for_keys(step);
-    wait_for_keys(step + 1);
-    issue_product(step, x_first);
-    issue_product(step + 1, x_second);
-    cute::warpgroup_wait<1>();
-    fence_accumulators(x_first);
-    score_tile(step, x_first);
-    cute::warpgroup_wait<0>();
-    fence_accumulators(x_second);
-    score_tile(step + 1, x_second);
-  }
-  if (step < num_tiles) {  // an odd row's last tile
-    wait_for_keys(step);
-    issue_product(step, x_first);
-    cute::warpgroup_wait<0>();
-    fence_accumulators(x_first);
-    score_tile(step, x_first);
-  }
+  tiles_in_pairs(step, num_tiles, x_first, x_second, wait_for_keys, issue_product, score_tile);
   // M2 = the row's largest score (every tile is scored without skipping when scores are wanted).
   const float thread_max_x2 = warp_max_so_far * scale_log2;
   finish_row(p, r.alpha, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
