@@ -180,20 +180,7 @@ __global__ void __launch_bounds__(kBestThreads)
     float best[2] = {-INFINITY, -INFINITY};  // rows g and g + 8 of the warp's 16
     for (int sub = 0; sub < sub_tiles; ++sub) {
       float x[kKeySubTile / 8][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t a[4];
-        ldmatrix_x4(a, a_smem + Swizzle::offset(warp * 16 + (lane % 16), 2 * kk + lane / 16));
-#pragma unroll
-        for (int np = 0; np < kKeySubTile / 16; ++np) {
-          const int key_row = sub * kKeySubTile + 16 * np + (lane % 8) + (lane / 16) * 8;
-          uint32_t key[4];
-          ldmatrix_x4(key, key_smem + Swizzle::offset(key_row, 2 * kk + (lane / 8) % 2));
-          const uint32_t key_lo[2] = {key[0], key[1]}, key_hi[2] = {key[2], key[3]};
-          mma_16816<kIsBf16>(x[2 * np], a, key_lo);
-          mma_16816<kIsBf16>(x[2 * np + 1], a, key_hi);
-        }
-      }
+      warp_product_abt<D, kKeySubTile, kIsBf16>(x, a_smem, warp * 16, key_smem, sub * kKeySubTile);
 #pragma unroll
       for (int nt = 0; nt < kKeySubTile / 8; ++nt)
 #pragma unroll

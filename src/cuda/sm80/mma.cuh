@@ -107,4 +107,28 @@ struct SwizzledTile {
   }
 };
 
+// x += A B^T for one warp: rows a_row0 .. a_row0 + 15 of tile a against rows b_row0 ..
+// b_row0 + kRows - 1 of tile b (both SwizzledTile<kHeadDim>, K = kHeadDim), as kRows / 8 n8
+// accumulator tiles (x[n]: b rows b_row0 + 8n ..).
+template <int kHeadDim, int kRows, bool kIsBf16, typename Element>
+__device__ __forceinline__ void warp_product_abt(float (&x)[kRows / 8][4], const Element* a,
+                                                 int a_row0, const Element* b, int b_row0) {
+  using Swizzle = SwizzledTile<kHeadDim>;
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    uint32_t a_frag[4];
+    ldmatrix_x4(a_frag, a + Swizzle::offset(a_row0 + (lane % 16), 2 * kk + lane / 16));
+#pragma unroll
+    for (int np = 0; np < kRows / 16; ++np) {
+      const int b_row = b_row0 + 16 * np + (lane % 8) + (lane / 16) * 8;
+      uint32_t b_frag[4];
+      ldmatrix_x4(b_frag, b + Swizzle::offset(b_row, 2 * kk + (lane / 8) % 2));
+      const uint32_t b_low[2] = {b_frag[0], b_frag[1]}, b_high[2] = {b_frag[2], b_frag[3]};
+      mma_16816<kIsBf16>(x[2 * np], a_frag, b_low);
+      mma_16816<kIsBf16>(x[2 * np + 1], a_frag, b_high);
+    }
+  }
+}
+
 }  // namespace flashprefill::cuda::sm80

@@ -86,21 +86,7 @@ __global__ void __launch_bounds__(kBlockM * 2)
     __syncthreads();
 
     float x[kKeyChunk / 8][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t q_frag[4];
-      ldmatrix_x4(q_frag, q_smem + Swizzle::offset(warp * 16 + (lane % 16), 2 * kk + lane / 16));
-#pragma unroll
-      for (int np = 0; np < kKeyChunk / 16; ++np) {
-        const int key_row = 16 * np + (lane % 8) + (lane / 16) * 8,
-                  key_chunk = 2 * kk + (lane / 8) % 2;
-        uint32_t key[4];
-        ldmatrix_x4(key, key_smem + Swizzle::offset(key_row, key_chunk));
-        const uint32_t key0[2] = {key[0], key[1]}, key1[2] = {key[2], key[3]};
-        mma_16816<kIsBf16>(x[2 * np], q_frag, key0);
-        mma_16816<kIsBf16>(x[2 * np + 1], q_frag, key1);
-      }
-    }
+    warp_product_abt<D, kKeyChunk, kIsBf16>(x, q_smem, warp * 16, key_smem, 0);
     // Mask: rows not in the block, blocks past the row (j > i), and the diagonal block for rows
     // that do not see all its keys (ALGORITHM.md step 2). Then per column: max and sum of exp2.
 #pragma unroll
