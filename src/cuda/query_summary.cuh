@@ -30,8 +30,7 @@ struct QueryTileLayout {
 //  - kRowsFirst (r = lane % 16, h = lane / 16): rows 0-7 | rows 8-15 of the low chunk, then of the
 //    high chunk: the A fragment of the rows (m16n8k16);
 //  - kChunksFirst (r = lane % 8 + 8 (lane / 16), h = lane / 8 % 2): the low | high chunk of rows 0-7,
-//    then of rows 8-15: the B fragments of two n8 tiles of the rows, and with .trans the A fragment
-//    of the tile's transpose.
+//    then of rows 8-15: with .trans, the A fragment of the tile's transpose.
 // The swizzle term depends on the lane and on s only (16 tile is a multiple of 8), so an address is
 // a lane constant, an immediate and one XOR with an immediate.
 enum class MatrixOrder { kRowsFirst, kChunksFirst };
@@ -148,10 +147,11 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
     const uint32_t mean_col[2] = {mean_pairs[8 * kk + quad], mean_pairs[8 * kk + 4 + quad]};
 #pragma unroll
     for (int k = 0; k < kTilesPerWarp; ++k) {
-      uint32_t a[4], rows[4];
+      // The A fragment of the 16 rows is also the B fragment of their transpose: registers 0, 2
+      // hold rows 0-7 (dims 2 quad, + 8), registers 1, 3 rows 8-15. One load serves both.
+      uint32_t a[4];
       sm80::ldmatrix_x4(a, rows_first(k * kWarps, kk));
-      sm80::ldmatrix_x4(rows, chunks_first(k * kWarps, kk));
-      const uint32_t rows_low[2] = {rows[0], rows[1]}, rows_high[2] = {rows[2], rows[3]};
+      const uint32_t rows_low[2] = {a[0], a[2]}, rows_high[2] = {a[1], a[3]};
       sm80::mma_16816<kIsBf16>(gram[k][kk % 2][0], a, rows_low);
       sm80::mma_16816<kIsBf16>(gram[k][kk % 2][1], a, rows_high);
       sm80::mma_16816<kIsBf16>(dot[k][kk % 2], a, mean_col);
