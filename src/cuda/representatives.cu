@@ -11,6 +11,7 @@
 //     y[rep][j] >= max_j y[rep][j] + log(alpha^2) for either representative join the exact rule's
 //     bitmask, and the row's count is recomputed.
 // Rows the exact rule keeps whole (the last query blocks) are skipped by all three.
+#include <algorithm>
 #include <cfloat>
 #include <type_traits>
 
@@ -64,42 +65,100 @@ template <int kWords>
 using WordVector =
     std::conditional_t<kWords == 4, uint4, std::conditional_t<kWords == 2, uint2, uint32_t>>;
 
+// A group's heads are read kMaxGroup at a time, every copy of a batch issued before one wait: the
+// warp's time is its chain of dependent global-memory round trips, so a batch costs one round trip
+// where a loop over heads cost one per head. Groups of up to kMaxGroup heads (GQA models: 1 to 8)
+// take one batch. The copies go to shared memory with cp.async: in registers, the batch's loads
+// took 80-128 registers a thread, which would have cut the warps resident at once.
+constexpr int kMaxGroup = 8;
+
+__device__ __forceinline__ int heads_per_batch(int64_t group) {
+  return int(min(group, int64_t(kMaxGroup)));
+}
+
+// Asynchronous copy global -> shared of kBytes (4, 8, or a multiple of 16) aligned bytes, and the
+// wait for the thread's copies. The wait is a compiler memory barrier: no block barrier follows it
+// to keep the shared-memory reads after it.
+template <int kBytes>
+__device__ __forceinline__ void cp_async(void* smem, const void* global) {
+  if constexpr (kBytes <= 16) {
+    static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(sm80::smem_address(smem)),
+                 "l"(global), "n"(kBytes)
+                 : "memory");
+  } else {
+    static_assert(kBytes % 16 == 0);
+#pragma unroll
+    for (int c = 0; c < kBytes / 16; ++c)
+      cp_async<16>(static_cast<char*>(smem) + 16 * c, static_cast<const char*>(global) + 16 * c);
+  }
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
+// The combine kernel's shared memory per warp: [heads_per_batch][kHeadDim] query sums, then
+// [kMaxGroup] far distances.
+constexpr size_t combine_warp_floats(int head_dim, int64_t group) {
+  return size_t(std::min<int64_t>(group, kMaxGroup) * head_dim + kMaxGroup);
+}
+
+// 16 CTAs of 4 warps fill an SM's 64 warps: at most 32 registers, so that 128K tokens' 2048 CTAs
+// (llama3-8b) are resident at once on an H100/H200. Head dim 256 spilled in 32 registers.
+constexpr int combine_ctas_per_sm(int head_dim) { return head_dim == 256 ? 12 : 16; }
+
 // 1. Combine: one warp per group row, each lane kHeadDim / 32 consecutive dims. The far head: the
 // largest query_far_distance, found by a scan in head order (the lowest head wins ties); the mean:
 // the heads' sums added in head order, divided by the group's query count.
 template <int kHeadDim, bool kIsBf16>
-__global__ void __launch_bounds__(kRowWarps * 32)
+__global__ void __launch_bounds__(kRowWarps * 32, combine_ctas_per_sm(kHeadDim))
     combine_kernel(const Problem p, const int64_t* seq_row_offset, Buffers buffers) {
   using Half = sm80::HalfType<kIsBf16>;
   using Element = typename Half::type;
   using Pair = typename Half::pair;
   constexpr int kDims = kHeadDim / 32, kWords = kDims / 2;  // per lane
+  extern __shared__ float combine_smem[];
   GroupRow r;
   if (!group_row_of_grid(p, seq_row_offset, group_row_of_warp(), r)) return;
-  const int lane = threadIdx.x % 32, group = int(p.group);
+  const int lane = threadIdx.x % 32, group = int(p.group), batch = heads_per_batch(p.group);
+  float* const staged_sums = combine_smem + (threadIdx.x / 32) * (batch * kHeadDim + kMaxGroup);
+  float* const staged_distances = staged_sums + batch * kHeadDim;
   const detail::PositionRange rows = r.first.positions(p.params.block_size);
-  const int64_t nqb = r.nqb, row0 = r.row0;
-  int64_t far_row = row0;
-  for (int u = 1; u < group; ++u)  // the lowest head wins ties
-    if (buffers.query_far_distance[row0 + u * nqb] > buffers.query_far_distance[far_row])
-      far_row = row0 + u * nqb;
   const int d0 = lane * kDims;
-  auto* reps = static_cast<Element*>(buffers.representatives) + r.kv_row * 2 * kHeadDim + d0;
-  const auto* far = static_cast<const Element*>(buffers.query_far) + far_row * kHeadDim + d0;
-  *reinterpret_cast<WordVector<kWords>*>(reps + kHeadDim) =
-      *reinterpret_cast<const WordVector<kWords>*>(far);
+  const int64_t head_stride = r.nqb;  // layout rows from one head's row to the next head's
+  const float* distance = buffers.query_far_distance + r.row0;
+  const float* query_sum = buffers.query_sum + r.row0 * kHeadDim + d0;
+  int far_head = 0;
+  float far_distance = 0.0f;
   float sum[kDims];
 #pragma unroll
   for (int e = 0; e < kDims; ++e) sum[e] = 0.0f;
-  const float* query_sum = buffers.query_sum + row0 * kHeadDim + d0;
-  // Not unrolled: unrolled, ptxas kept values on the stack around the divisions' slow path.
-#pragma unroll 1
-  for (int u = 0; u < group; ++u) {
-    float head_sum[kDims];
-    load_floats(query_sum + u * nqb * kHeadDim, head_sum);
+  for (int u0 = 0; u0 < group; u0 += batch) {
+    const int heads = min(batch, group - u0);
+    __syncwarp();  // every lane has read the previous batch's distances
+    // Lane l copies its dims of each head's sum (and reads only those) and lane k head k's
+    // distance.
+    for (int k = 0; k < heads; ++k)
+      cp_async<kDims * 4>(staged_sums + k * kHeadDim + d0,
+                          query_sum + (u0 + k) * head_stride * kHeadDim);
+    if (lane < heads) cp_async<4>(staged_distances + lane, distance + (u0 + lane) * head_stride);
+    cp_async_wait_all();
+    __syncwarp();  // the distances, read by every lane
+    for (int k = 0; k < heads; ++k) {
+      const float head_distance = staged_distances[k];
+      if (u0 + k == 0 || head_distance > far_distance)  // the lowest head wins ties
+        far_distance = head_distance, far_head = u0 + k;
+      float head_sum[kDims];
+      load_floats(staged_sums + k * kHeadDim + d0, head_sum);
 #pragma unroll
-    for (int e = 0; e < kDims; ++e) sum[e] += head_sum[e];
+      for (int e = 0; e < kDims; ++e) sum[e] += head_sum[e];
+    }
   }
+  auto* reps = static_cast<Element*>(buffers.representatives) + r.kv_row * 2 * kHeadDim + d0;
+  const auto* far = static_cast<const Element*>(buffers.query_far) +
+                    (r.row0 + far_head * head_stride) * kHeadDim + d0;
+  *reinterpret_cast<WordVector<kWords>*>(reps + kHeadDim) =
+      *reinterpret_cast<const WordVector<kWords>*>(far);
   const float count = float(p.group * (rows.end - rows.begin));
   WordVector<kWords> mean;
   auto* mean_words = reinterpret_cast<uint32_t*>(&mean);
@@ -162,7 +221,6 @@ __global__ void __launch_bounds__(kBestThreads)
   };
   const int64_t tiles = (rep_rows + kRepTileRows - 1) / kRepTileRows;
   load_tile(0);
-  cp_async_commit();
 
   const float scale_log2 = p.params.scale * detail::kLog2e;
   const int64_t ld = buffers.words * 32;
@@ -202,11 +260,131 @@ __global__ void __launch_bounds__(kBestThreads)
   }
 }
 
-// 3. Rescue: one warp per group row. The representatives' maxima over the causal blocks, then, 32
-// bitmask words (1024 blocks) at a time, the rescued blocks' words (one ballot per word, lane l
-// keeping word w0 + l), computed once when every head has params.alpha, else once per head, and
-// each head's words read, OR-ed and written back coalesced. Only the words of the causal blocks are
-// touched (select_row writes those past them as zeros), and their popcount is the row's count.
+// 3. Rescue: one warp per group row. The representatives' maxima over the causal blocks, then the
+// rescued blocks' words (one ballot per word, lane l keeping word l of a run of 32), computed once
+// when every head has params.alpha, else once per head, and each head's words read, OR-ed and
+// written back coalesced. Only the words of the causal blocks are touched (select_row writes those
+// past them as zeros), and their popcount is the row's count.
+//
+// The threshold is alpha^2 (docs/ROBUST.md: a span of up to 1 / alpha keys scores as one key);
+// alpha = 0: log2(0) = -inf keeps every causal block, as the exact rule does.
+__device__ __forceinline__ float log2_ratio_of_alpha(float alpha) { return 2.0f * log2f(alpha); }
+
+// Rows of up to kStagedWords words (1024 blocks: 128K tokens at block 128) take one round trip
+// (per kMaxGroup heads): both representatives' y of the row, word `lane` of each head's bitmask
+// and the heads' alphas are copied to the warp's shared memory with cp.async, all issued before one
+// wait (held in registers instead, the row's y took 128 registers a thread and spilled; plain loads
+// of the bitmask words issued before the cp.async wait were moved after it by ptxas). Longer rows
+// take the loop over chunks of 32 words in rescue_kernel: one round trip per 128 blocks for the
+// maxima, one per 4 words per threshold and one per head. Both: the same maxima, thresholds,
+// comparisons and counts.
+constexpr int kStagedWords = 32;
+
+// One warp's shared memory in the rescue kernel, for rows of up to `staged_words` words.
+struct RescueStage {
+  float* mean_y;         // [staged_words * 32]
+  float* far_y;          // [staged_words * 32]
+  uint32_t* head_words;  // [kMaxGroup][32]: word `lane` of heads u0 + k
+  float* head_alpha;     // [kMaxGroup]: heads u0 + k's alphas (per-head alphas only)
+  static constexpr size_t floats(int64_t staged_words) {
+    return size_t(2 * 32 * staged_words + kMaxGroup * 32 + kMaxGroup);
+  }
+};
+int64_t staged_words_of(int64_t words) { return std::min<int64_t>(words, kStagedWords); }
+size_t rescue_shared_bytes(int64_t words) {
+  return kRowWarps * RescueStage::floats(staged_words_of(words)) * sizeof(float);
+}
+
+__device__ __forceinline__ void rescue_staged_row(const Problem& p, const Buffers& buffers,
+                                                  const GroupRow& r, int num_j,
+                                                  const float* y_mean, const float* y_far) {
+  extern __shared__ float rescue_smem[];
+  const int lane = threadIdx.x % 32, group = int(p.group), row_words = (num_j + 31) / 32;
+  const int64_t staged_words = min(buffers.words, int64_t(kStagedWords));
+  RescueStage stage;
+  stage.mean_y = rescue_smem + (threadIdx.x / 32) * RescueStage::floats(staged_words);
+  stage.far_y = stage.mean_y + staged_words * 32;
+  stage.head_words = reinterpret_cast<uint32_t*>(stage.far_y + staged_words * 32);
+  stage.head_alpha = reinterpret_cast<float*>(stage.head_words + kMaxGroup * 32);
+
+  const bool one_alpha = p.head_alpha == nullptr;  // then every head has params.alpha
+  const int64_t head_stride = r.nqb * buffers.words;  // from one head's bitmask row to the next
+  uint32_t* bits_at = buffers.kept_bits + r.row0 * buffers.words + lane;  // of head u0
+  int64_t* counts_at = buffers.counts + r.row0;
+  const float* alpha_at = p.head_alpha + r.first.head;
+  // Lane l copies, and reads, only blocks 32 w + l.
+  for (int j = lane; j < num_j; j += 32) {
+    cp_async<4>(stage.mean_y + j, y_mean + j);
+    cp_async<4>(stage.far_y + j, y_far + j);
+  }
+  float max_mean = -INFINITY, max_far = -INFINITY;
+  uint32_t rescued = 0;  // word `lane` of the rescued blocks
+  for (int u0 = 0; u0 < group; u0 += kMaxGroup) {
+    const int heads = min(kMaxGroup, group - u0);
+    // Heads u0 .. u0 + heads - 1 (with the y for u0 = 0): lane l copies word l of each and lane
+    // k head k's alpha.
+    __syncwarp();  // every lane has read the previous heads' alphas
+#pragma unroll
+    for (int k = 0; k < kMaxGroup; ++k)
+      if (k < heads && lane < row_words)
+        cp_async<4>(stage.head_words + k * 32 + lane, bits_at + k * head_stride);
+    if (!one_alpha && lane < heads) cp_async<4>(stage.head_alpha + lane, alpha_at + lane);
+    cp_async_wait_all();
+    __syncwarp();  // the alphas, read by every lane
+
+    if (u0 == 0) {
+      // Four independent maxima per representative.
+      float mean_max[4], far_max[4];
+#pragma unroll
+      for (int t = 0; t < 4; ++t) mean_max[t] = far_max[t] = -INFINITY;
+      int j = lane;
+      for (; j + 96 < num_j; j += 128) {
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          mean_max[t] = fmaxf(mean_max[t], stage.mean_y[j + 32 * t]);
+          far_max[t] = fmaxf(far_max[t], stage.far_y[j + 32 * t]);
+        }
+      }
+      for (; j < num_j; j += 32)
+        mean_max[0] = fmaxf(mean_max[0], stage.mean_y[j]),
+        far_max[0] = fmaxf(far_max[0], stage.far_y[j]);
+      max_mean = fmaxf(fmaxf(mean_max[0], mean_max[1]), fmaxf(mean_max[2], mean_max[3]));
+      max_far = fmaxf(fmaxf(far_max[0], far_max[1]), fmaxf(far_max[2], far_max[3]));
+      for (int offset = 16; offset > 0; offset /= 2) {
+        max_mean = fmaxf(max_mean, __shfl_xor_sync(0xffffffffu, max_mean, offset));
+        max_far = fmaxf(max_far, __shfl_xor_sync(0xffffffffu, max_far, offset));
+      }
+    }
+
+    for (int k = 0; k < heads; ++k) {
+      if (u0 + k == 0 || !one_alpha) {
+        const float log2_ratio =
+            log2_ratio_of_alpha(one_alpha ? p.params.alpha : stage.head_alpha[k]);
+        const float mean_threshold = max_mean + log2_ratio, far_threshold = max_far + log2_ratio;
+        rescued = 0;
+#pragma unroll 4
+        for (int w = 0; w < row_words; ++w) {
+          const int block = 32 * w + lane;
+          const bool keep = block < num_j && (stage.mean_y[block] >= mean_threshold ||
+                                              stage.far_y[block] >= far_threshold);
+          const uint32_t word = __ballot_sync(0xffffffffu, keep);
+          rescued = lane == w ? word : rescued;
+        }
+      }
+      uint32_t word = 0;
+      if (lane < row_words) {
+        word = stage.head_words[k * 32 + lane] | rescued;
+        bits_at[k * head_stride] = word;
+      }
+      const int kept = int(__reduce_add_sync(0xffffffffu, unsigned(__popc(word))));
+      if (lane == 0) counts_at[k * r.nqb] = kept;
+    }
+    bits_at += kMaxGroup * head_stride, counts_at += kMaxGroup * r.nqb, alpha_at += kMaxGroup;
+  }
+}
+
+// Rows of more than kStagedWords words: 32 words (1024 blocks) at a time, y read from global memory
+// for the maxima and again for each threshold.
 __global__ void __launch_bounds__(kRowWarps * 32)
     rescue_kernel(const Problem p, const int64_t* seq_row_offset, Buffers buffers) {
   GroupRow r;
@@ -218,6 +396,10 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   const int64_t ld = buffers.words * 32;
   const float* y_mean = buffers.representative_best + r.kv_row * 2 * ld;
   const float* y_far = y_mean + ld;
+  if (row_words <= kStagedWords) {
+    rescue_staged_row(p, buffers, r, num_j, y_mean, y_far);
+    return;
+  }
 
   // Four independent maxima per representative, so that eight loads are in flight.
   float mean_max[4], far_max[4];
@@ -241,10 +423,8 @@ __global__ void __launch_bounds__(kRowWarps * 32)
     max_far = fmaxf(max_far, __shfl_xor_sync(0xffffffffu, max_far, offset));
   }
 
-  // The threshold is alpha^2 (docs/ROBUST.md: a span of up to 1 / alpha keys scores as one key);
-  // alpha = 0: log2(0) = -inf keeps every causal block, as the exact rule does.
   const auto log2_ratio_of = [&](int u) {
-    return 2.0f * log2f(p.alpha_of_head(r.kv_head * p.group + u));
+    return log2_ratio_of_alpha(p.alpha_of_head(r.kv_head * p.group + u));
   };
   const bool one_alpha = p.head_alpha == nullptr;  // then every head has params.alpha
   const float shared_log2_ratio = one_alpha ? log2_ratio_of(0) : 0.0f;
@@ -317,8 +497,10 @@ void rescue_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers&
   const dim3 row_grid = group_row_grid(p, grid_blocks);
   dispatch_head_dim_and_dtype<64, 128, 256>(
       p, "robust discovery's combine kernel", [&](auto head_dim, auto is_bf16) {
-        combine_kernel<decltype(head_dim)::value, decltype(is_bf16)::value>
-            <<<row_grid, kRowWarps * 32, 0, stream>>>(p, seq_row_offset, buffers);
+        constexpr int kHeadDim = decltype(head_dim)::value;
+        const size_t smem = kRowWarps * combine_warp_floats(kHeadDim, p.group) * sizeof(float);
+        combine_kernel<kHeadDim, decltype(is_bf16)::value>
+            <<<row_grid, kRowWarps * 32, smem, stream>>>(p, seq_row_offset, buffers);
       });
   FP_CUDA_CHECK_LAUNCH();
 #ifdef FLASHPREFILL_HAS_HOPPER_KERNEL
@@ -340,7 +522,8 @@ void rescue_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers&
             launch_best_keys<kHeadDim, kIsBf16, ContiguousKV>(p, seq_row_offset, buffers,
                                                               best_grid);
         });
-  rescue_kernel<<<row_grid, kRowWarps * 32, 0, stream>>>(p, seq_row_offset, buffers);
+  rescue_kernel<<<row_grid, kRowWarps * 32, rescue_shared_bytes(buffers.words), stream>>>(
+      p, seq_row_offset, buffers);
   FP_CUDA_CHECK_LAUNCH();
 }
 

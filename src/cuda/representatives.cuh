@@ -63,6 +63,8 @@ __device__ inline bool group_row_of_grid(const detail::Problem& p, const int64_t
                                          uint32_t x, GroupRow& r) {
   const uint32_t heads_kv = uint32_t(p.heads_kv);
   const int64_t b = blockIdx.y;
+  // Read first, so that its round trip overlaps varlen's reads of cu_seqlens (b < num_seqs).
+  const int64_t seq_row0 = seq_row_offset[b];
   const int32_t block_local = int32_t(x / heads_kv);
   r.kv_head = x % heads_kv;
   const detail::SeqExtent s = p.seq(b);
@@ -78,7 +80,6 @@ __device__ inline bool group_row_of_grid(const detail::Problem& p, const int64_t
   r.first.extent = s;
   const detail::ForcedBlocks<int64_t> forced(r.first.block_abs, key_blocks, p.params);
   if (forced.whole_row) return false;
-  const int64_t seq_row0 = seq_row_offset[b];
   r.row0 = seq_row0 + r.kv_head * p.group * r.nqb + block_local;
   r.kv_row = int64_t(uint32_t(seq_row0) / uint32_t(p.group)) + r.kv_head * r.nqb + block_local;
   return true;

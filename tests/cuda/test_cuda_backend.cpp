@@ -838,6 +838,31 @@ TEST(Cuda, HeadAlphaEqualsOneCallPerHeadAmpereKernel) {
   check_head_alpha_padded_and_varlen(seed);
 }
 
+// Robust rows of 1021 to 1026 causal blocks (block 64, 1028 key blocks, the last two query blocks
+// kept whole): the rescue kernel stages rows of up to 32 bitmask words (1024 blocks) in shared
+// memory and takes longer rows 32 words at a time, so rows of exactly 1024 and 1025 blocks sit on
+// either side. A group of 12 query heads per kv head: the combine and rescue kernels take a group's
+// heads 8 at a time. Against the CPU backend, then per-head alphas (staged per batch of heads)
+// against one call per head.
+TEST(Cuda, RobustGroupOfTwelveAndRowsAroundOneWarpOfWords) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  HostBatch host = padded_batch(Shape{1, 453, 65733, 12, 1, 64}, DType::bf16, seed);
+  plant_spans(host, seed + 1);
+  DeviceBatch device(host);
+  Params params;
+  params.discovery = Discovery::robust;
+  params.block_size = 64;
+  params.alpha = 0.3f;
+  check_layout_matches_cpu(host, device, params);
+  if (::testing::Test::HasFatalFailure()) return;
+  SCOPED_TRACE("per-head alpha");
+  std::mt19937_64 rng(seed + 2);
+  check_head_alpha_on_gpu(
+      make_problem(host.args(), params, Needs::attention), params, gpu_test_alphas(12, rng),
+      [&] { return device.args(); }, [&] { device.download_out(); }, host.out);
+}
+
 TEST(Cuda, HeadAlphaPagedAndSkippedExponentials) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);
