@@ -221,6 +221,7 @@ __global__ void __launch_bounds__(kBestThreads)
   };
   const int64_t tiles = (rep_rows + kRepTileRows - 1) / kRepTileRows;
   load_tile(0);
+  cp_async_commit();
 
   const float scale_log2 = p.params.scale * detail::kLog2e;
   const int64_t ld = buffers.words * 32;
