@@ -19,6 +19,7 @@
 #include "common/row_geometry.hpp"
 #include "cuda/arch.hpp"
 #include "cuda/check.cuh"
+#include "cuda/dependent_launch.cuh"
 #include "cuda/discovery.cuh"
 #include "cuda/dispatch.hpp"
 #include "cuda/kv_view.cuh"
@@ -118,8 +119,10 @@ __global__ void __launch_bounds__(kRowWarps * 32, combine_ctas_per_sm(kHeadDim))
   using Pair = typename Half::pair;
   constexpr int kDims = kHeadDim / 32, kWords = kDims / 2;  // per lane
   extern __shared__ float combine_smem[];
+  allow_dependent_launch();  // the best-key kernel
   GroupRow r;
   if (!group_row_of_grid(p, seq_row_offset, group_row_of_warp(), r)) return;
+  wait_for_previous_kernel();  // the score kernel's query sums and far rows
   const int lane = threadIdx.x % 32, group = int(p.group), batch = heads_per_batch(p.group);
   float* const staged_sums = combine_smem + (threadIdx.x / 32) * (batch * kHeadDim + kMaxGroup);
   float* const staged_distances = staged_sums + batch * kHeadDim;
@@ -185,6 +188,7 @@ __global__ void __launch_bounds__(kBestThreads)
   using Element = typename HalfType<kIsBf16>::type;
   using Swizzle = SwizzledTile<kHeadDim>;
   constexpr int D = kHeadDim;
+  allow_dependent_launch();  // the rescue kernel
   const int64_t j = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
   const SeqExtent s = p.seq(b);
   const int64_t block = p.params.block_size;
@@ -207,6 +211,7 @@ __global__ void __launch_bounds__(kBestThreads)
     cp_async_16(key_smem + Swizzle::offset(row, c),
                 k + kv.k_offset(valid ? key0 + row : key0) + c * 8, valid ? 16 : 0);
   }
+  wait_for_previous_kernel();  // the combine kernel's representatives
   const int64_t kv_row0 = later.kv_row0, rep_rows = later.rows();
   const auto* reps = static_cast<const Element*>(buffers.representatives) + kv_row0 * 2 * D;
   const auto load_tile = [&](int64_t tile) {
@@ -390,6 +395,7 @@ __global__ void __launch_bounds__(kRowWarps * 32)
     rescue_kernel(const Problem p, const int64_t* seq_row_offset, Buffers buffers) {
   GroupRow r;
   if (!group_row_of_grid(p, seq_row_offset, group_row_of_warp(), r)) return;
+  wait_for_previous_kernel();  // the best keys (and, before them, the score kernel's bitmasks)
   const int lane = threadIdx.x % 32, group = int(p.group);
   // 32-bit from here: num_j <= words * 32 < 2^31.
   const int num_j = int(r.first.num_causal_blocks()), row_words = (num_j + 31) / 32,
@@ -484,9 +490,8 @@ void launch_best_keys(const Problem& p, const int64_t* seq_row_offset, const Buf
   auto kernel = best_keys_kernel<kHeadDim, kIsBf16, KV>;
   FP_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<grid, kBestThreads, smem, static_cast<cudaStream_t>(p.stream)>>>(p, seq_row_offset,
-                                                                            buffers);
-  FP_CUDA_CHECK_LAUNCH();
+  launch_dependent(device_info(p).major >= 9, kernel, grid, dim3(kBestThreads), smem,
+                   static_cast<cudaStream_t>(p.stream), p, seq_row_offset, buffers);
 }
 
 }  // namespace
@@ -496,14 +501,14 @@ void rescue_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers&
   if (grid_blocks == 0 || p.num_seqs == 0) return;
   auto stream = static_cast<cudaStream_t>(p.stream);
   const dim3 row_grid = group_row_grid(p, grid_blocks);
+  const bool overlap = device_info(p).major >= 9;  // dependent_launch.cuh
   dispatch_head_dim_and_dtype<64, 128, 256>(
       p, "robust discovery's combine kernel", [&](auto head_dim, auto is_bf16) {
         constexpr int kHeadDim = decltype(head_dim)::value;
         const size_t smem = kRowWarps * combine_warp_floats(kHeadDim, p.group) * sizeof(float);
-        combine_kernel<kHeadDim, decltype(is_bf16)::value>
-            <<<row_grid, kRowWarps * 32, smem, stream>>>(p, seq_row_offset, buffers);
+        launch_dependent(overlap, combine_kernel<kHeadDim, decltype(is_bf16)::value>, row_grid,
+                         dim3(kRowWarps * 32), smem, stream, p, seq_row_offset, buffers);
       });
-  FP_CUDA_CHECK_LAUNCH();
 #ifdef FLASHPREFILL_HAS_HOPPER_KERNEL
   const bool hopper =
       use_hopper_kernels(device_info(p)) && sm90::best_keys(p, seq_row_offset, buffers);
@@ -523,9 +528,8 @@ void rescue_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers&
             launch_best_keys<kHeadDim, kIsBf16, ContiguousKV>(p, seq_row_offset, buffers,
                                                               best_grid);
         });
-  rescue_kernel<<<row_grid, kRowWarps * 32, rescue_shared_bytes(buffers.words), stream>>>(
-      p, seq_row_offset, buffers);
-  FP_CUDA_CHECK_LAUNCH();
+  launch_dependent(overlap, rescue_kernel, row_grid, dim3(kRowWarps * 32),
+                   rescue_shared_bytes(buffers.words), stream, p, seq_row_offset, buffers);
 }
 
 }  // namespace flashprefill::cuda::discovery

@@ -7,6 +7,7 @@
 #include "common/constants.hpp"
 #include "common/problem.hpp"
 #include "cuda/check.cuh"
+#include "cuda/dependent_launch.cuh"
 #include "cuda/discovery.cuh"
 #include "cuda/query_summary.cuh"
 #include "cuda/select_row.cuh"
@@ -36,6 +37,8 @@ __global__ void __launch_bounds__(kBlockM * 2)
   using Element = typename Half::type;
   using Swizzle = SwizzledTile<kHeadDim>;
   constexpr int kWarps = kBlockM / 16, kThreads = kWarps * 32, D = kHeadDim;
+  // Robust discovery's combine kernel follows (dependent_launch.cuh).
+  if constexpr (kSummarizeQueries) allow_dependent_launch();
   const RowOfGrid r = row_of_grid(p, seq_row_offset);
   if (!r.valid) return;
 

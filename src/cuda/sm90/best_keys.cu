@@ -8,6 +8,7 @@
 // a thread and its quad (max_of_half). The key block is loaded once by TMA and stays in shared
 // memory; the representatives stream past it in tiles of 64 rows through a ring of kStages stages,
 // in pairs on two accumulators as in the score kernel. No exponentials.
+#include "cuda/dependent_launch.cuh"
 #include "cuda/dispatch.hpp"
 #include "cuda/kv_view.cuh"
 #include "cuda/representatives.cuh"
@@ -28,6 +29,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
                      const __grid_constant__ BestKeyMaps maps) {
   constexpr int kStages = Traits::kStages, kRepTile = Traits::kKeyTile;
   constexpr int kBlock = Traits::kBlockM;  // keys per block == params.block_size (best_keys())
+  allow_dependent_launch();  // the rescue kernel
   const int64_t j = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
   const detail::SeqExtent s = p.seq(b);
   const int64_t nkb = num_key_blocks(s.len_kv, kBlock);
@@ -72,6 +74,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
       cute::SM90_TMA_LOAD_4D::copy(&maps.k, key_full, kCacheHint,
                                    key_smem + panel * Traits::QPanels::kPanelBytes, panel * 64,
                                    int32_t(kv_head), kv.tma_token(j * kBlock), kv.tma_batch());
+    // The combine kernel's representatives: only this thread reads them (by TMA); the others
+    // wait for its loads.
+    wait_for_previous_kernel();
     for (int step = 0; step < kStages && step < num_tiles; ++step) load_reps(step);
   }
   barrier_wait(key_full, 0);
@@ -136,9 +141,8 @@ bool best_keys(const detail::Problem& p, const int64_t* seq_row_offset,
         auto kernel = best_keys_kernel<Traits>;
         FP_CUDA_CHECK(
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-        kernel<<<grid, Traits::kThreads, smem, static_cast<cudaStream_t>(p.stream)>>>(
-            p, seq_row_offset, buffers, maps);
-        FP_CUDA_CHECK_LAUNCH();
+        launch_dependent(true, kernel, grid, dim3(Traits::kThreads), smem,
+                         static_cast<cudaStream_t>(p.stream), p, seq_row_offset, buffers, maps);
       });
   return true;
 }

@@ -32,6 +32,7 @@
 #include "common/constants.hpp"
 #include "common/problem.hpp"
 #include "cuda/check.cuh"
+#include "cuda/dependent_launch.cuh"
 #include "cuda/discovery.cuh"
 #include "cuda/query_summary.cuh"
 #include "cuda/select_row.cuh"
@@ -268,6 +269,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
                       float* scores, int64_t scores_ld, const __grid_constant__ ScoreMaps maps) {
   constexpr int kStages = Traits::kStages, kKeyTile = Traits::kKeyTile;
   constexpr int kBlock = Traits::kBlockM;  // == params.block_size (supports() in score.cu)
+  // Robust discovery's combine kernel follows (dependent_launch.cuh).
+  if constexpr (Traits::kSummarizeQueries) allow_dependent_launch();
   const RowOfGrid r = row_of_grid<kBlock>(p, seq_row_offset);
   if (!r.valid) return;
 
