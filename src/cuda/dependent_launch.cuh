@@ -1,8 +1,8 @@
-// Programmatic dependent launch (compute capability 9.0 and later) for the short kernels that follow
-// one another in robust discovery: a kernel launched with launch_dependent may start while the one
-// before it in the stream finishes. It does what needs no result of that kernel (its row geometry,
-// loads of the call's inputs), then wait_for_previous_kernel() blocks until that kernel has
-// completed and its writes are visible. allow_dependent_launch() in the earlier kernel lets the
+// Programmatic dependent launch (compute capability 9.0 and later) for the short kernels that
+// follow one another in robust discovery: a kernel launched with launch_dependent may start while
+// the one before it in the stream finishes. It does what needs no result of that kernel (its row
+// geometry, loads of the call's inputs), then wait_for_previous_kernel() blocks until that kernel
+// has completed and its writes are visible. allow_dependent_launch() in the earlier kernel lets the
 // dependent grid be scheduled before it ends (its CTAs then take SM slots only as the earlier
 // kernel's last CTAs free them). On older GPUs both are no-ops and the launch is an ordinary one.
 //

@@ -302,8 +302,8 @@ size_t rescue_shared_bytes(int64_t words) {
 }
 
 __device__ __forceinline__ void rescue_staged_row(const Problem& p, const Buffers& buffers,
-                                                  const GroupRow& r, int num_j,
-                                                  const float* y_mean, const float* y_far) {
+                                                  const GroupRow& r, int num_j, const float* y_mean,
+                                                  const float* y_far) {
   extern __shared__ float rescue_smem[];
   const int lane = threadIdx.x % 32, group = int(p.group), row_words = (num_j + 31) / 32;
   const int64_t staged_words = min(buffers.words, int64_t(kStagedWords));
@@ -313,7 +313,7 @@ __device__ __forceinline__ void rescue_staged_row(const Problem& p, const Buffer
   stage.head_words = reinterpret_cast<uint32_t*>(stage.far_y + staged_words * 32);
   stage.head_alpha = reinterpret_cast<float*>(stage.head_words + kMaxGroup * 32);
 
-  const bool one_alpha = p.head_alpha == nullptr;  // then every head has params.alpha
+  const bool one_alpha = p.head_alpha == nullptr;     // then every head has params.alpha
   const int64_t head_stride = r.nqb * buffers.words;  // from one head's bitmask row to the next
   uint32_t* bits_at = buffers.kept_bits + r.row0 * buffers.words + lane;  // of head u0
   int64_t* counts_at = buffers.counts + r.row0;

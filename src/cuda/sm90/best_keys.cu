@@ -29,7 +29,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
                      const __grid_constant__ BestKeyMaps maps) {
   constexpr int kStages = Traits::kStages, kRepTile = Traits::kKeyTile;
   constexpr int kBlock = Traits::kBlockM;  // keys per block == params.block_size (best_keys())
-  allow_dependent_launch();  // the rescue kernel
+  allow_dependent_launch();                // the rescue kernel
   const int64_t j = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
   const detail::SeqExtent s = p.seq(b);
   const int64_t nkb = num_key_blocks(s.len_kv, kBlock);
