@@ -301,6 +301,35 @@ size_t rescue_shared_bytes(int64_t words) {
   return kRowWarps * RescueStage::floats(staged_words_of(words)) * sizeof(float);
 }
 
+// Both representatives' maxima over a row's num_j blocks, in every lane: lane l reads blocks l,
+// l + 32, ... with `load` (from shared or global memory), four independent maxima each so that
+// eight loads are in flight, then the warp's.
+template <typename Load>
+__device__ __forceinline__ void row_maxima(const float* y_mean, const float* y_far, int num_j,
+                                           Load load, float& max_mean, float& max_far) {
+  const int lane = threadIdx.x % 32;
+  float mean_max[4], far_max[4];
+#pragma unroll
+  for (int t = 0; t < 4; ++t) mean_max[t] = far_max[t] = -INFINITY;
+  int j = lane;
+  for (; j + 96 < num_j; j += 128) {
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      mean_max[t] = fmaxf(mean_max[t], load(y_mean + j + 32 * t));
+      far_max[t] = fmaxf(far_max[t], load(y_far + j + 32 * t));
+    }
+  }
+  for (; j < num_j; j += 32)
+    mean_max[0] = fmaxf(mean_max[0], load(y_mean + j)),
+    far_max[0] = fmaxf(far_max[0], load(y_far + j));
+  max_mean = fmaxf(fmaxf(mean_max[0], mean_max[1]), fmaxf(mean_max[2], mean_max[3]));
+  max_far = fmaxf(fmaxf(far_max[0], far_max[1]), fmaxf(far_max[2], far_max[3]));
+  for (int offset = 16; offset > 0; offset /= 2) {
+    max_mean = fmaxf(max_mean, __shfl_xor_sync(0xffffffffu, max_mean, offset));
+    max_far = fmaxf(max_far, __shfl_xor_sync(0xffffffffu, max_far, offset));
+  }
+}
+
 __device__ __forceinline__ void rescue_staged_row(const Problem& p, const Buffers& buffers,
                                                   const GroupRow& r, int num_j, const float* y_mean,
                                                   const float* y_far) {
@@ -338,29 +367,9 @@ __device__ __forceinline__ void rescue_staged_row(const Problem& p, const Buffer
     cp_async_wait_all();
     __syncwarp();  // the alphas, read by every lane
 
-    if (u0 == 0) {
-      // Four independent maxima per representative.
-      float mean_max[4], far_max[4];
-#pragma unroll
-      for (int t = 0; t < 4; ++t) mean_max[t] = far_max[t] = -INFINITY;
-      int j = lane;
-      for (; j + 96 < num_j; j += 128) {
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          mean_max[t] = fmaxf(mean_max[t], stage.mean_y[j + 32 * t]);
-          far_max[t] = fmaxf(far_max[t], stage.far_y[j + 32 * t]);
-        }
-      }
-      for (; j < num_j; j += 32)
-        mean_max[0] = fmaxf(mean_max[0], stage.mean_y[j]),
-        far_max[0] = fmaxf(far_max[0], stage.far_y[j]);
-      max_mean = fmaxf(fmaxf(mean_max[0], mean_max[1]), fmaxf(mean_max[2], mean_max[3]));
-      max_far = fmaxf(fmaxf(far_max[0], far_max[1]), fmaxf(far_max[2], far_max[3]));
-      for (int offset = 16; offset > 0; offset /= 2) {
-        max_mean = fmaxf(max_mean, __shfl_xor_sync(0xffffffffu, max_mean, offset));
-        max_far = fmaxf(max_far, __shfl_xor_sync(0xffffffffu, max_far, offset));
-      }
-    }
+    if (u0 == 0)
+      row_maxima(
+          stage.mean_y, stage.far_y, num_j, [](const float* y) { return *y; }, max_mean, max_far);
 
     for (int k = 0; k < heads; ++k) {
       if (u0 + k == 0 || !one_alpha) {
@@ -408,27 +417,9 @@ __global__ void __launch_bounds__(kRowWarps * 32)
     return;
   }
 
-  // Four independent maxima per representative, so that eight loads are in flight.
-  float mean_max[4], far_max[4];
-#pragma unroll
-  for (int t = 0; t < 4; ++t) mean_max[t] = far_max[t] = -INFINITY;
-  int j = lane;
-  for (; j + 96 < num_j; j += 128) {
-#pragma unroll
-    for (int t = 0; t < 4; ++t) {
-      mean_max[t] = fmaxf(mean_max[t], __ldg(y_mean + j + 32 * t));
-      far_max[t] = fmaxf(far_max[t], __ldg(y_far + j + 32 * t));
-    }
-  }
-  for (; j < num_j; j += 32)
-    mean_max[0] = fmaxf(mean_max[0], __ldg(y_mean + j)),
-    far_max[0] = fmaxf(far_max[0], __ldg(y_far + j));
-  float max_mean = fmaxf(fmaxf(mean_max[0], mean_max[1]), fmaxf(mean_max[2], mean_max[3]));
-  float max_far = fmaxf(fmaxf(far_max[0], far_max[1]), fmaxf(far_max[2], far_max[3]));
-  for (int offset = 16; offset > 0; offset /= 2) {
-    max_mean = fmaxf(max_mean, __shfl_xor_sync(0xffffffffu, max_mean, offset));
-    max_far = fmaxf(max_far, __shfl_xor_sync(0xffffffffu, max_far, offset));
-  }
+  float max_mean, max_far;
+  row_maxima(
+      y_mean, y_far, num_j, [](const float* y) { return __ldg(y); }, max_mean, max_far);
 
   const auto log2_ratio_of = [&](int u) {
     return log2_ratio_of_alpha(p.alpha_of_head(r.kv_head * p.group + u));
