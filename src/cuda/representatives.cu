@@ -296,7 +296,9 @@ struct RescueStage {
     return size_t(2 * 32 * staged_words + kMaxGroup * 32 + kMaxGroup);
   }
 };
-int64_t staged_words_of(int64_t words) { return std::min<int64_t>(words, kStagedWords); }
+__host__ __device__ constexpr int64_t staged_words_of(int64_t words) {
+  return words < kStagedWords ? words : kStagedWords;
+}
 size_t rescue_shared_bytes(int64_t words) {
   return kRowWarps * RescueStage::floats(staged_words_of(words)) * sizeof(float);
 }
@@ -335,7 +337,7 @@ __device__ __forceinline__ void rescue_staged_row(const Problem& p, const Buffer
                                                   const float* y_far) {
   extern __shared__ float rescue_smem[];
   const int lane = threadIdx.x % 32, group = int(p.group), row_words = (num_j + 31) / 32;
-  const int64_t staged_words = min(buffers.words, int64_t(kStagedWords));
+  const int64_t staged_words = staged_words_of(buffers.words);
   RescueStage stage;
   stage.mean_y = rescue_smem + (threadIdx.x / 32) * RescueStage::floats(staged_words);
   stage.far_y = stage.mean_y + staged_words * 32;
@@ -476,12 +478,12 @@ __global__ void __launch_bounds__(kRowWarps * 32)
 
 template <int kHeadDim, bool kIsBf16, typename KV>
 void launch_best_keys(const Problem& p, const int64_t* seq_row_offset, const Buffers& buffers,
-                      dim3 grid) {
+                      dim3 grid, bool overlap) {
   const size_t smem = size_t(p.params.block_size + 2 * kRepTileRows) * kHeadDim * 2;
   auto kernel = best_keys_kernel<kHeadDim, kIsBf16, KV>;
   FP_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  launch_dependent(device_info(p).major >= 9, kernel, grid, dim3(kBestThreads), smem,
+  launch_dependent(overlap, kernel, grid, dim3(kBestThreads), smem,
                    static_cast<cudaStream_t>(p.stream), p, seq_row_offset, buffers);
 }
 
@@ -514,10 +516,11 @@ void rescue_rows(const Problem& p, const int64_t* seq_row_offset, const Buffers&
           constexpr int kHeadDim = decltype(head_dim)::value;
           constexpr bool kIsBf16 = decltype(is_bf16)::value;
           if (p.paged())
-            launch_best_keys<kHeadDim, kIsBf16, PagedKV>(p, seq_row_offset, buffers, best_grid);
+            launch_best_keys<kHeadDim, kIsBf16, PagedKV>(p, seq_row_offset, buffers, best_grid,
+                                                         overlap);
           else
-            launch_best_keys<kHeadDim, kIsBf16, ContiguousKV>(p, seq_row_offset, buffers,
-                                                              best_grid);
+            launch_best_keys<kHeadDim, kIsBf16, ContiguousKV>(p, seq_row_offset, buffers, best_grid,
+                                                              overlap);
         });
   launch_dependent(overlap, rescue_kernel, row_grid, dim3(kRowWarps * 32),
                    rescue_shared_bytes(buffers.words), stream, p, seq_row_offset, buffers);
