@@ -10,8 +10,13 @@
 #   mkdir -p .variants/NAME && git archive BRANCH | tar -x -C .variants/NAME
 # and carry .variants (run's carry list), e.g.
 #   VARIANTS="main=. summary=.variants/summary-lean" bash bench/robust_variants.sh
+# A variant given as NAME=@BUILD_DIR is a tree already built there (e.g. main=@/tmp/fp-build after
+# bench/robust_device.sh), so the tree that was just tested is the one timed.
 # Switches: LENGTHS (default "32K 128K"), ROUNDS (default 3), TESTS=1 also runs CTest's robust and
-# exact-mode CUDA tests of every variant (CTEST_REGEX, default 'Cuda.Robust|ExactMode').
+# exact-mode CUDA tests of every variant (CTEST_REGEX, default 'Cuda.Robust|ExactMode'), BUILD_ONLY=1
+# stops after the builds (to build while another job uses the GPU; BUILD_NICE=19 yields the CPU to
+# it, BUILD_TARGET=flashprefill builds the CLI alone), NCU_MODES (default "exact robust";
+# empty skips the per-kernel times).
 # Results under $OUT: variants_kernel_times.txt, variants_ab.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -20,15 +25,23 @@ ROOT=$PWD
 VARIANTS=${VARIANTS:-main=.}
 GTEST_ARG=""; [ -d .ext/googletest ] && GTEST_ARG="-DFLASHPREFILL_GTEST_SOURCE=$ROOT/.ext/googletest"
 CUTLASS_ARG=""; [ -d .ext/cutlass/include ] && CUTLASS_ARG="-DFLASHPREFILL_CUTLASS_INCLUDE=$ROOT/.ext/cutlass/include"
-build_of() { echo "/tmp/fp-variant-$1"; }
+build_of() {  # NAME -> its build folder
+  for pair in $VARIANTS; do
+    if [ "${pair%%=*}" = "$1" ]; then
+      case ${pair#*=} in @*) echo "${pair#*=@}"; return ;; esac
+    fi
+  done
+  echo "/tmp/fp-variant-$1"
+}
 
 # 1. Builds, in parallel (16 cores shared).
 pids=()
 for pair in $VARIANTS; do
   name=${pair%%=*} dir=${pair#*=}
+  case $dir in @*) continue ;; esac
   (cmake -S "$ROOT/$dir" -B "$(build_of "$name")" -G Ninja -DCMAKE_BUILD_TYPE=Release $GTEST_ARG $CUTLASS_ARG \
      > "/tmp/configure-$name.log" 2>&1 &&
-   cmake --build "$(build_of "$name")" -j 8 > "/tmp/build-$name.log" 2>&1
+   nice -n "${BUILD_NICE:-0}" cmake --build "$(build_of "$name")" -j 8 ${BUILD_TARGET:+--target $BUILD_TARGET} > "/tmp/build-$name.log" 2>&1
    echo "build $name: exit $?") &
   pids+=($!)
 done
@@ -37,6 +50,7 @@ for pair in $VARIANTS; do
   name=${pair%%=*}
   [ -x "$(build_of "$name")/flashprefill" ] || { echo "variant $name did not build:"; grep -m5 -A3 error "/tmp/build-$name.log"; exit 1; }
 done
+[ "${BUILD_ONLY:-0}" = 1 ] && exit 0
 
 # 2. Tests (optional).
 if [ "${TESTS:-0}" = 1 ]; then
@@ -52,7 +66,7 @@ fi
 for pair in $VARIANTS; do
   name=${pair%%=*} B=$(build_of "$name")
   for L in ${LENGTHS:-32K 128K}; do
-    for mode in exact robust; do
+    for mode in ${NCU_MODES-exact robust}; do
       echo "== $name $L $mode" >> "$OUT/variants_kernel_times.txt"
       timeout 150 ncu --csv --metrics gpu__time_duration.sum "$B/flashprefill" bench --backend cuda \
         --shape llama3-8b --seq-len "$L" --discovery $mode --no-dense --repeats 2 --recall-samples 1 2>/dev/null \
@@ -60,7 +74,7 @@ for pair in $VARIANTS; do
     done
   done
 done
-cat "$OUT/variants_kernel_times.txt"
+[ -f "$OUT/variants_kernel_times.txt" ] && cat "$OUT/variants_kernel_times.txt"
 
 # 4. Discovery A/B: every variant's exact and robust runs interleaved, round by round.
 JSONL="$OUT/variants_ab.jsonl"; rm -f "$JSONL"
