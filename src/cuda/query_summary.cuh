@@ -147,13 +147,17 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
     const uint32_t mean_col[2] = {mean_pairs[8 * kk + quad], mean_pairs[8 * kk + 4 + quad]};
 #pragma unroll
     for (int k = 0; k < kTilesPerWarp; ++k) {
-      // The A fragment of the 16 rows is also the B fragment of their transpose: registers 0, 2
-      // hold rows 0-7 (dims 2 quad, + 8), registers 1, 3 rows 8-15. One load serves both.
+      // The A fragment of the 16 rows is also the B fragment of their transpose, one k8 half at a
+      // time: register 0 (2) holds rows 0-7 at dims 2 quad (+ 8), register 1 (3) rows 8-15. As
+      // m16n8k8 steps each B fragment is one of those registers, where an m16n8k16 B pair would need
+      // two moved next to each other.
       uint32_t a[4];
       sm80::ldmatrix_x4(a, rows_first(k * kWarps, kk));
-      const uint32_t rows_low[2] = {a[0], a[2]}, rows_high[2] = {a[1], a[3]};
-      sm80::mma_16816<kIsBf16>(gram[k][kk % 2][0], a, rows_low);
-      sm80::mma_16816<kIsBf16>(gram[k][kk % 2][1], a, rows_high);
+      const uint32_t a_low[2] = {a[0], a[1]}, a_high[2] = {a[2], a[3]};
+      sm80::mma_1688<kIsBf16>(gram[k][kk % 2][0], a_low, a[0]);
+      sm80::mma_1688<kIsBf16>(gram[k][kk % 2][1], a_low, a[1]);
+      sm80::mma_1688<kIsBf16>(gram[k][kk % 2][0], a_high, a[2]);
+      sm80::mma_1688<kIsBf16>(gram[k][kk % 2][1], a_high, a[3]);
       sm80::mma_16816<kIsBf16>(dot[k][kk % 2], a, mean_col);
     }
   }
