@@ -29,7 +29,8 @@ struct QueryTileLayout {
 // 2 s + h for the lane's (r, h), in one of two orders of the four 8x8 matrices:
 //  - kRowsFirst (r = lane % 16, h = lane / 16): rows 0-7 | rows 8-15 of the low chunk, then of the
 //    high chunk: the A fragment of the rows (m16n8k16);
-//  - kChunksFirst (r = lane % 8 + 8 (lane / 16), h = lane / 8 % 2): the low | high chunk of rows 0-7,
+//  - kChunksFirst (r = lane % 8 + 8 (lane / 16), h = lane / 8 % 2): the low | high chunk of rows
+//  0-7,
 //    then of rows 8-15: with .trans, the A fragment of the tile's transpose.
 // The swizzle term depends on the lane and on s only (16 tile is a multiple of 8), so an address is
 // a lane constant, an immediate and one XOR with an immediate.
@@ -49,6 +50,15 @@ struct TileRowAddress {
            (lane_swizzle ^ uint32_t((2 * s % P) << 4));
   }
 };
+
+// An unsigned key of a float (not NaN) that orders as the float does, and back.
+__device__ __forceinline__ uint32_t ordered_key(float x) {
+  const uint32_t bits = __float_as_uint(x);
+  return bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+}
+__device__ __forceinline__ float best_of_key(uint32_t key) {
+  return __uint_as_float(key & 0x80000000u ? key & 0x7fffffffu : ~key);
+}
 
 // Floats of shared-memory scratch write_query_summary needs: each warp's partial sums, the per-warp
 // bests (32 floats, 32 ints), then the mean in the input dtype.
@@ -97,8 +107,8 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int t = 16 * (warp + k * kWarps) + 2 * quad + 8 * h;
-      mask[k][h] = sm80::pack(
-          Half::from_floats(valid_row(t) ? 1.0f : 0.0f, valid_row(t + 1) ? 1.0f : 0.0f));
+      mask[k][h] =
+          sm80::pack(Half::from_floats(valid_row(t) ? 1.0f : 0.0f, valid_row(t + 1) ? 1.0f : 0.0f));
     }
 #pragma unroll
   for (int s = 0; s < kSlices; ++s) {
@@ -149,8 +159,8 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
     for (int k = 0; k < kTilesPerWarp; ++k) {
       // The A fragment of the 16 rows is also the B fragment of their transpose, one k8 half at a
       // time: register 0 (2) holds rows 0-7 at dims 2 quad (+ 8), register 1 (3) rows 8-15. As
-      // m16n8k8 steps each B fragment is one of those registers, where an m16n8k16 B pair would need
-      // two moved next to each other.
+      // m16n8k8 steps each B fragment is one of those registers, where an m16n8k16 B pair would
+      // need two moved next to each other.
       uint32_t a[4];
       sm80::ldmatrix_x4(a, rows_first(k * kWarps, kk));
       const uint32_t a_low[2] = {a[0], a[1]}, a_high[2] = {a[2], a[3]};
@@ -171,22 +181,23 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
 #pragma unroll
     for (int k = 0; k < kTilesPerWarp; ++k) {
       const int t0 = 16 * (warp + k * kWarps) + g, t1 = t0 + 8;
-      const float gram0 = (odd ? gram[k][0][0][1] : gram[k][0][0][0]) +
-                          (odd ? gram[k][1][0][1] : gram[k][1][0][0]);
-      const float gram1 = (odd ? gram[k][0][1][3] : gram[k][0][1][2]) +
-                          (odd ? gram[k][1][1][3] : gram[k][1][1][2]);
+      const float gram0 =
+          (odd ? gram[k][0][0][1] : gram[k][0][0][0]) + (odd ? gram[k][1][0][1] : gram[k][1][0][0]);
+      const float gram1 =
+          (odd ? gram[k][0][1][3] : gram[k][0][1][2]) + (odd ? gram[k][1][1][3] : gram[k][1][1][2]);
       const float d0 = gram0 - 2.0f * (dot[k][0][0] + dot[k][1][0]) + mean_norm;
       const float d1 = gram1 - 2.0f * (dot[k][0][2] + dot[k][1][2]) + mean_norm;
       if (valid_row(t0) && d0 > best) best = d0, best_row = t0;
       if (valid_row(t1) && d1 > best) best = d1, best_row = t1;  // t1 > t0: ties keep t0
     }
   }
-  for (int offset = 16; offset > 0; offset /= 2) {
-    const float other = __shfl_xor_sync(0xffffffffu, best, offset);
-    const int other_row = __shfl_xor_sync(0xffffffffu, best_row, offset);
-    if (other > best || (other == best && other_row < best_row)) best = other, best_row = other_row;
-  }
-  if (lane == 0) best_of_warp[warp] = best, best_row_of_warp[warp] = best_row;
+  // The warp's largest distance and, among the lanes holding it, the lowest row: two reductions
+  // on an unsigned key that orders as the floats do (+ 0.0f makes -0 equal to +0).
+  const uint32_t key = ordered_key(best + 0.0f);
+  const uint32_t warp_key = __reduce_max_sync(0xffffffffu, key);
+  best_row =
+      int(__reduce_min_sync(0xffffffffu, key == warp_key ? uint32_t(best_row) : 0xffffffffu));
+  if (lane == 0) best_of_warp[warp] = best_of_key(warp_key), best_row_of_warp[warp] = best_row;
   __syncthreads();
   float far_distance = best_of_warp[0];
   int far_row = best_row_of_warp[0];
