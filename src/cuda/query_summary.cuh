@@ -29,9 +29,8 @@ struct QueryTileLayout {
 // 2 s + h for the lane's (r, h), in one of two orders of the four 8x8 matrices:
 //  - kRowsFirst (r = lane % 16, h = lane / 16): rows 0-7 | rows 8-15 of the low chunk, then of the
 //    high chunk: the A fragment of the rows (m16n8k16);
-//  - kChunksFirst (r = lane % 8 + 8 (lane / 16), h = lane / 8 % 2): the low | high chunk of rows
-//  0-7,
-//    then of rows 8-15: with .trans, the A fragment of the tile's transpose.
+//  - kChunksFirst (r = lane % 8 + 8 (lane / 16), h = lane / 8 % 2): the low | high chunk of
+//    rows 0-7, then of rows 8-15: with .trans, the A fragment of the tile's transpose.
 // The swizzle term depends on the lane and on s only (16 tile is a multiple of 8), so an address is
 // a lane constant, an immediate and one XOR with an immediate.
 enum class MatrixOrder { kRowsFirst, kChunksFirst };

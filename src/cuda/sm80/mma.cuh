@@ -32,8 +32,6 @@ struct HalfType<false> {
   static __device__ __forceinline__ float to_float(type a) { return __half2float(a); }
 };
 
-// D = A * B + D for one m16n8k16 tile. a: 4 regs (row-major A), b: 2 regs (col-major B), d: 4
-// floats.
 // d += a b for one m16n8k8 step: a = rows g, g + 8 of the m16 x k8 tile (k 2 quad, + 1), b = column
 // g (k 2 quad, + 1).
 template <bool kIsBf16>
@@ -52,6 +50,9 @@ __device__ __forceinline__ void mma_1688(float (&d)[4], const uint32_t (&a)[2], 
         : "r"(a[0]), "r"(a[1]), "r"(b));
   }
 }
+
+// D = A * B + D for one m16n8k16 tile. a: 4 regs (row-major A), b: 2 regs (col-major B), d: 4
+// floats.
 template <bool kIsBf16>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
                                           const uint32_t (&b)[2]) {
