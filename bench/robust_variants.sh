@@ -13,7 +13,8 @@
 # A variant given as NAME=@BUILD_DIR is a tree already built there (e.g. main=@/tmp/fp-build after
 # bench/robust_device.sh), so the tree that was just tested is the one timed.
 # Switches: LENGTHS (default "32K 128K"), ROUNDS (default 3), TESTS=1 also runs CTest's robust and
-# exact-mode CUDA tests of every variant (CTEST_REGEX, default 'Cuda.Robust|ExactMode'), BUILD_ONLY=1
+# exact-mode CUDA tests of every variant (CTEST_REGEX, default 'Cuda.Robust|ExactMode'; TEST_VARIANTS
+# names the variants to test, default all), BUILD_ONLY=1
 # stops after the builds (to build while another job uses the GPU; BUILD_NICE=19 yields the CPU to
 # it, BUILD_TARGET=flashprefill builds the CLI alone), NCU_MODES (default "exact robust";
 # empty skips the per-kernel times).
@@ -56,6 +57,7 @@ done
 if [ "${TESTS:-0}" = 1 ]; then
   for pair in $VARIANTS; do
     name=${pair%%=*}
+    case " ${TEST_VARIANTS:-$name} " in *" $name "*) ;; *) continue ;; esac
     (cd "$(build_of "$name")" && timeout 300 ctest --timeout 150 -j 4 -R "${CTEST_REGEX:-Cuda.Robust|ExactMode}" \
        > "$OUT/ctest-$name.log" 2>&1)
     echo "ctest $name: exit $? ($(grep -E 'tests passed' "$OUT/ctest-$name.log"))"
