@@ -10,7 +10,7 @@ exact rule, or a block whose best single key against a pooled query of its query
 ln(1 / ratio) of that query's best key in the row (flags: `g` the mean query over the GQA group's rows
 and heads, `gf` that and the group's far query, `gF` the far query alone; without flags, the mean per
 query head; `p` added: the mean query of each pair of query blocks serves both, `P` the farther of
-the pair's far queries). The library's rule is
+the pair's far queries, `Q` the farthest of four blocks' far queries). The library's rule is
 `proto-dual@alpha@alpha^2@gf`. The structured input's density
 (BENCHMARK.md) is reported per mode beside it, as the ratio to the exact rule's.
 """
@@ -61,15 +61,15 @@ def _selected(logits, length, alpha, params):
     return keep & (j <= i)[None]
 
 
-def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, far_only=False, pair_mean=False, pair_far=False,
+def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, far_only=False, pair_mean=False, pair_far=0,
                       params=dict(sink_blocks=2, window_blocks=4, last_full_blocks=2)):
     """Kept mask [H_q, nb, nb]: the exact rule, or a block whose best single key, scored against the mean
     query of the query block, lies within ln(1/alpha2) of the row's best key (pool_group: the mean over the
     rows and the query heads of the GQA group). far_query (with pool_group): also the group's far query,
     the row farthest from its head's mean in the head whose is farthest (docs/ROBUST.md); far_only: that
     one alone; pair_mean: the mean query of each pair of query blocks serves both (half the mean's
-    products; the far query stays per block); pair_far: the farther of a pair's far queries serves
-    both. The library's rule is pool_group, far_query,
+    products; the far query stays per block); pair_far = n: the farthest of the far queries of n
+    consecutive query blocks serves all n, scored over the causal prefix of the last of them. The library's rule is pool_group, far_query,
     alpha2 = alpha^2 (up to its rounding of the mean query to the input dtype and of the far row's
     distance to its mean in fp32)."""
     length, heads_q, dim = q.shape
@@ -104,12 +104,12 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
         head = best.view(nb, heads_kv, group).argmax(-1)              # [nb, H_kv]
         far_q = torch.gather(rows_q.view(nb, heads_kv, group, dim), 2,
                              head[:, :, None, None].expand(nb, heads_kv, 1, dim))[:, :, 0]
-        if pair_far:  # the farther of the pair's two far queries serves both query blocks
-            pairs = -(-nb // 2)
+        if pair_far:  # the farthest of a run of pair_far far queries serves all of its query blocks
+            runs = -(-nb // pair_far)
             d = best.view(nb, heads_kv, group).amax(-1)                # [nb, H_kv]
-            d = torch.nn.functional.pad(d, (0, 0, 0, 2 * pairs - nb), value=-2.0).view(pairs, 2, heads_kv)
-            pick = d.argmax(1)                                         # [pairs, H_kv]
-            src = (2 * torch.arange(pairs, device=q.device)[:, None] + pick).repeat_interleave(2, 0)[:nb]
+            d = torch.nn.functional.pad(d, (0, 0, 0, pair_far * runs - nb), value=-2.0).view(runs, pair_far, heads_kv)
+            pick = d.argmax(1)                                         # [runs, H_kv]
+            src = (pair_far * torch.arange(runs, device=q.device)[:, None] + pick).repeat_interleave(pair_far, 0)[:nb]
             far_q = far_q[src, torch.arange(heads_kv, device=q.device)[None, :]]
     if pair_mean:
         qbar = pair_qbar
@@ -119,7 +119,8 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
     valid = (torch.arange(nb * BLOCK, device=k.device) < length).view(nb, BLOCK)
     j = torch.arange(nb, device=q.device)
     future = j[None, :] > j[:, None]                                  # key block after the query block
-    future_of_pair = j[None, :] > (j[:, None] // 2) * 2 + 1           # ... after its pair's last block
+    run = max(int(pair_far), 1)
+    future_of_pair = j[None, :] > (j[:, None] // run) * run + run - 1  # ... after its run's last block
     heads = qbar.shape[1]
     keep2 = torch.zeros(heads, nb, nb, dtype=torch.bool, device=q.device)
     for h in range(heads):
@@ -133,7 +134,7 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
         if far_q is not None:
             z = torch.einsum("id,jsd->ijs", far_q[:, h], kb[:, :, hk]) * scale
             z.masked_fill_(~valid[None], float("-inf"))
-            # pair_far: the pair's best key over the pair's causal prefix, the same for both blocks
+            # pair_far: the run's best key over the run's causal prefix, the same for all its blocks
             best = z.amax(-1).masked_fill_(future_of_pair if pair_far else future, float("-inf"))
             keep2[h] |= best >= best.amax(-1, keepdim=True) + math.log(alpha2)
         del z
@@ -180,7 +181,7 @@ def run_mode(mode, q, k, v):
                                  far_query=len(parts) > 3 and "f" in parts[3].lower(),
                                  far_only=len(parts) > 3 and "F" in parts[3],
                                  pair_mean=len(parts) > 3 and "p" in parts[3],
-                                 pair_far=len(parts) > 3 and "P" in parts[3])
+                                 pair_far=(4 if "Q" in parts[3] else 2 if "P" in parts[3] else 0) if len(parts) > 3 else 0)
         return fp.block_sparse_attention(q, k, v, layout_of(mask, like)), float(mask.sum()) / causal
     raise ValueError(f"unknown mode {mode}")
 
