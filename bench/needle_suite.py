@@ -61,16 +61,16 @@ def _selected(logits, length, alpha, params):
     return keep & (j <= i)[None]
 
 
-def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, far_only=False, pair_mean=False, pair_far=0,
-                      params=dict(sink_blocks=2, window_blocks=4, last_full_blocks=2)):
+def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, far_only=False, pair_mean=False,
+                      far_run=0, params=dict(sink_blocks=2, window_blocks=4, last_full_blocks=2)):
     """Kept mask [H_q, nb, nb]: the exact rule, or a block whose best single key, scored against the mean
     query of the query block, lies within ln(1/alpha2) of the row's best key (pool_group: the mean over the
     rows and the query heads of the GQA group). far_query (with pool_group): also the group's far query,
     the row farthest from its head's mean in the head whose is farthest (docs/ROBUST.md); far_only: that
     one alone; pair_mean: the mean query of each pair of query blocks serves both (half the mean's
-    products; the far query stays per block); pair_far = n: the farthest of the far queries of n
-    consecutive query blocks serves all n, scored over the causal prefix of the last of them. The library's rule is pool_group, far_query,
-    alpha2 = alpha^2 (up to its rounding of the mean query to the input dtype and of the far row's
+    products; the far query stays per block); far_run = n: the farthest of the far queries of n
+    consecutive query blocks serves all n, scored over the causal prefix of the last of them. The
+    library's rule is pool_group, far_query, alpha2 = alpha^2 (up to its rounding of the mean query to the input dtype and of the far row's
     distance to its mean in fp32)."""
     length, heads_q, dim = q.shape
     heads_kv = k.shape[1]
@@ -87,10 +87,11 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
     del x_mean
     qb, _ = _block_view(q, length)
     rows = torch.clamp(length - torch.arange(nb, device=q.device) * BLOCK, max=BLOCK).float()
-    qbar = qb.sum(1) / rows[:, None, None]                            # [nb, H_q, D]
+    block_sums = qb.sum(1)                                            # [nb, H_q, D]
+    qbar = block_sums / rows[:, None, None]
     if pair_mean:  # the mean query over the pair of query blocks 2m, 2m + 1, for both blocks
         pairs = -(-nb // 2)
-        sums = torch.nn.functional.pad(qb.sum(1), (0, 0, 0, 0, 0, 2 * pairs - nb)).view(pairs, 2, heads_q, dim).sum(1)
+        sums = torch.nn.functional.pad(block_sums, (0, 0, 0, 0, 0, 2 * pairs - nb)).view(pairs, 2, heads_q, dim).sum(1)
         counts = torch.nn.functional.pad(rows, (0, 2 * pairs - nb)).view(pairs, 2).sum(1)
         pair_qbar = (sums / counts[:, None, None]).repeat_interleave(2, 0)[:nb]
     far_q = None
@@ -104,12 +105,12 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
         head = best.view(nb, heads_kv, group).argmax(-1)              # [nb, H_kv]
         far_q = torch.gather(rows_q.view(nb, heads_kv, group, dim), 2,
                              head[:, :, None, None].expand(nb, heads_kv, 1, dim))[:, :, 0]
-        if pair_far:  # the farthest of a run of pair_far far queries serves all of its query blocks
-            runs = -(-nb // pair_far)
+        if far_run:  # the farthest of a run of far_run far queries serves all of its query blocks
+            runs = -(-nb // far_run)
             d = best.view(nb, heads_kv, group).amax(-1)                # [nb, H_kv]
-            d = torch.nn.functional.pad(d, (0, 0, 0, pair_far * runs - nb), value=-2.0).view(runs, pair_far, heads_kv)
+            d = torch.nn.functional.pad(d, (0, 0, 0, far_run * runs - nb), value=-2.0).view(runs, far_run, heads_kv)
             pick = d.argmax(1)                                         # [runs, H_kv]
-            src = (pair_far * torch.arange(runs, device=q.device)[:, None] + pick).repeat_interleave(pair_far, 0)[:nb]
+            src = (far_run * torch.arange(runs, device=q.device)[:, None] + pick).repeat_interleave(far_run, 0)[:nb]
             far_q = far_q[src, torch.arange(heads_kv, device=q.device)[None, :]]
     if pair_mean:
         qbar = pair_qbar
@@ -119,8 +120,8 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
     valid = (torch.arange(nb * BLOCK, device=k.device) < length).view(nb, BLOCK)
     j = torch.arange(nb, device=q.device)
     future = j[None, :] > j[:, None]                                  # key block after the query block
-    run = max(int(pair_far), 1)
-    future_of_pair = j[None, :] > (j[:, None] // run) * run + run - 1  # ... after its run's last block
+    run = far_run or 1
+    future_of_run = j[None, :] > (j[:, None] // run) * run + run - 1   # ... after its run's last block
     heads = qbar.shape[1]
     keep2 = torch.zeros(heads, nb, nb, dtype=torch.bool, device=q.device)
     for h in range(heads):
@@ -134,8 +135,8 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
         if far_q is not None:
             z = torch.einsum("id,jsd->ijs", far_q[:, h], kb[:, :, hk]) * scale
             z.masked_fill_(~valid[None], float("-inf"))
-            # pair_far: the run's best key over the run's causal prefix, the same for all its blocks
-            best = z.amax(-1).masked_fill_(future_of_pair if pair_far else future, float("-inf"))
+            # far_run: the run's best key over the run's causal prefix, the same for all its blocks
+            best = z.amax(-1).masked_fill_(future_of_run, float("-inf"))
             keep2[h] |= best >= best.amax(-1, keepdim=True) + math.log(alpha2)
         del z
     if pool_group:
@@ -181,7 +182,7 @@ def run_mode(mode, q, k, v):
                                  far_query=len(parts) > 3 and "f" in parts[3].lower(),
                                  far_only=len(parts) > 3 and "F" in parts[3],
                                  pair_mean=len(parts) > 3 and "p" in parts[3],
-                                 pair_far=(4 if "Q" in parts[3] else 2 if "P" in parts[3] else 0) if len(parts) > 3 else 0)
+                                 far_run=(4 if "Q" in parts[3] else 2 if "P" in parts[3] else 0) if len(parts) > 3 else 0)
         return fp.block_sparse_attention(q, k, v, layout_of(mask, like)), float(mask.sum()) / causal
     raise ValueError(f"unknown mode {mode}")
 

@@ -12,12 +12,13 @@
 #   VARIANTS="main=. summary=.variants/summary-lean" bash bench/robust_variants.sh
 # A variant given as NAME=@BUILD_DIR is a tree already built there (e.g. main=@/tmp/fp-build after
 # bench/robust_device.sh), so the tree that was just tested is the one timed.
-# Switches: LENGTHS (default "32K 128K"), ROUNDS (default 3), TESTS=1 also runs CTest's robust and
-# exact-mode CUDA tests of every variant (CTEST_REGEX, default 'Cuda.Robust|ExactMode'; TEST_VARIANTS
-# names the variants to test, default all), BUILD_ONLY=1
-# stops after the builds (to build while another job uses the GPU; BUILD_NICE=19 yields the CPU to
-# it, BUILD_TARGET=flashprefill builds the CLI alone), NCU_MODES (default "exact robust";
-# empty skips the per-kernel times).
+# Switches:
+#   LENGTHS (default "32K 128K"), ROUNDS (default 3);
+#   TESTS=1 also runs CTest's robust and exact-mode CUDA tests (CTEST_REGEX, default
+#     'Cuda.Robust|ExactMode') of the variants named in TEST_VARIANTS (default all);
+#   BUILD_ONLY=1 stops after the builds (to build while another job uses the GPU; BUILD_NICE=19
+#     yields the CPU to it, BUILD_TARGET=flashprefill builds the CLI alone);
+#   NCU_MODES (default "exact robust"; empty skips the per-kernel times).
 # Results under $OUT: variants_kernel_times.txt, variants_ab.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
