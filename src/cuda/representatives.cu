@@ -77,27 +77,6 @@ __device__ __forceinline__ int heads_per_batch(int64_t group) {
   return int(min(group, int64_t(kMaxGroup)));
 }
 
-// Asynchronous copy global -> shared of kBytes (4, 8, or a multiple of 16) aligned bytes, and the
-// wait for the thread's copies. The wait is a compiler memory barrier: no block barrier follows it
-// to keep the shared-memory reads after it.
-template <int kBytes>
-__device__ __forceinline__ void cp_async(void* smem, const void* global) {
-  if constexpr (kBytes <= 16) {
-    static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(sm80::smem_address(smem)),
-                 "l"(global), "n"(kBytes)
-                 : "memory");
-  } else {
-    static_assert(kBytes % 16 == 0);
-#pragma unroll
-    for (int c = 0; c < kBytes / 16; ++c)
-      cp_async<16>(static_cast<char*>(smem) + 16 * c, static_cast<const char*>(global) + 16 * c);
-  }
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_all;\n" ::: "memory");
-}
-
 // The combine kernel's shared memory per warp: [heads_per_batch][kHeadDim] query sums, then
 // [kMaxGroup] far distances.
 constexpr size_t combine_warp_floats(int head_dim, int64_t group) {
@@ -142,10 +121,11 @@ __global__ void __launch_bounds__(kRowWarps * 32, combine_ctas_per_sm(kHeadDim))
     // Lane l copies its dims of each head's sum (and reads only those) and lane k head k's
     // distance.
     for (int k = 0; k < heads; ++k)
-      cp_async<kDims * 4>(staged_sums + k * kHeadDim + d0,
-                          query_sum + (u0 + k) * head_stride * kHeadDim);
-    if (lane < heads) cp_async<4>(staged_distances + lane, distance + (u0 + lane) * head_stride);
-    cp_async_wait_all();
+      sm80::cp_async<kDims * 4>(staged_sums + k * kHeadDim + d0,
+                                query_sum + (u0 + k) * head_stride * kHeadDim);
+    if (lane < heads)
+      sm80::cp_async<4>(staged_distances + lane, distance + (u0 + lane) * head_stride);
+    sm80::cp_async_wait_all();
     __syncwarp();  // the distances, read by every lane
     for (int k = 0; k < heads; ++k) {
       const float head_distance = staged_distances[k];
@@ -351,8 +331,8 @@ __device__ __forceinline__ void rescue_staged_row(const Problem& p, const Buffer
   const float* alpha_at = p.head_alpha + r.first.head;
   // Lane l copies, and reads, only blocks 32 w + l.
   for (int j = lane; j < num_j; j += 32) {
-    cp_async<4>(stage.mean_y + j, y_mean + j);
-    cp_async<4>(stage.far_y + j, y_far + j);
+    sm80::cp_async<4>(stage.mean_y + j, y_mean + j);
+    sm80::cp_async<4>(stage.far_y + j, y_far + j);
   }
   float max_mean = -INFINITY, max_far = -INFINITY;
   uint32_t rescued = 0;  // word `lane` of the rescued blocks
@@ -364,9 +344,9 @@ __device__ __forceinline__ void rescue_staged_row(const Problem& p, const Buffer
 #pragma unroll
     for (int k = 0; k < kMaxGroup; ++k)
       if (k < heads && lane < row_words)
-        cp_async<4>(stage.head_words + k * 32 + lane, bits_at + k * head_stride);
-    if (!one_alpha && lane < heads) cp_async<4>(stage.head_alpha + lane, alpha_at + lane);
-    cp_async_wait_all();
+        sm80::cp_async<4>(stage.head_words + k * 32 + lane, bits_at + k * head_stride);
+    if (!one_alpha && lane < heads) sm80::cp_async<4>(stage.head_alpha + lane, alpha_at + lane);
+    sm80::cp_async_wait_all();
     __syncwarp();  // the alphas, read by every lane
 
     if (u0 == 0)

@@ -110,6 +110,28 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
+// Asynchronous copy global -> shared of kBytes (4, 8, or a multiple of 16) aligned bytes, cached
+// in L1 (.ca, the only kind below 16 bytes), and the wait for all of the thread's copies. The wait
+// is a compiler memory barrier: no block barrier follows it to keep the shared-memory reads after
+// it.
+template <int kBytes>
+__device__ __forceinline__ void cp_async(void* smem, const void* global) {
+  if constexpr (kBytes <= 16) {
+    static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(smem_address(smem)),
+                 "l"(global), "n"(kBytes)
+                 : "memory");
+  } else {
+    static_assert(kBytes % 16 == 0);
+#pragma unroll
+    for (int c = 0; c < kBytes / 16; ++c)
+      cp_async<16>(static_cast<char*>(smem) + 16 * c, static_cast<const char*>(global) + 16 * c);
+  }
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
 template <typename Pair>
 __device__ __forceinline__ uint32_t pack(Pair value) {
   return *reinterpret_cast<uint32_t*>(&value);
