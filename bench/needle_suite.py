@@ -10,8 +10,10 @@ exact rule, or a block whose best single key against a pooled query of its query
 ln(1 / ratio) of that query's best key in the row (flags: `g` the mean query over the GQA group's rows
 and heads, `gf` that and the group's far query, `gF` the far query alone; without flags, the mean per
 query head; `p` added: the mean query of each pair of query blocks serves both, `P` the farther of
-the pair's far queries, `Q` the farthest of four blocks' far queries). The library's rule is
-`proto-dual@alpha@alpha^2@gf`. The structured input's density
+the pair's far queries, `Q` the farthest of four blocks' far queries; `e` added: products of e4m3
+values, each representative and each key block scaled by its own power of two, as docs/ROBUST.md). The
+library's rule is `proto-dual@alpha@alpha^2@gfe` (`gf` is its bf16-product form of session 16). The
+structured input's density
 (BENCHMARK.md) is reported per mode beside it, as the ratio to the exact rule's.
 """
 import argparse
@@ -61,16 +63,26 @@ def _selected(logits, length, alpha, params):
     return keep & (j <= i)[None]
 
 
+def _e4m3_scaled(x, dims):
+    """x rounded to e4m3 after scaling by the power of two that puts its largest magnitude over `dims`
+    in [128, 256), and scaled back (the scaling is exact, so only the rounding to e4m3 remains)."""
+    top = x.abs().amax(dim=dims, keepdim=True)
+    exponent = torch.frexp(top)[1]
+    scale = torch.where(top > 0, torch.ldexp(torch.ones_like(top), 8 - exponent), torch.ones_like(top))
+    return (x * scale).to(torch.float8_e4m3fn).float() / scale
+
+
 def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, far_only=False, pair_mean=False,
-                      far_run=0, params=dict(sink_blocks=2, window_blocks=4, last_full_blocks=2)):
+                      far_run=0, fp8=False, params=dict(sink_blocks=2, window_blocks=4, last_full_blocks=2)):
     """Kept mask [H_q, nb, nb]: the exact rule, or a block whose best single key, scored against the mean
     query of the query block, lies within ln(1/alpha2) of the row's best key (pool_group: the mean over the
     rows and the query heads of the GQA group). far_query (with pool_group): also the group's far query,
     the row farthest from its head's mean in the head whose is farthest (docs/ROBUST.md); far_only: that
     one alone; pair_mean: the mean query of each pair of query blocks serves both (half the mean's
     products; the far query stays per block); far_run = n: the farthest of the far queries of n
-    consecutive query blocks serves all n, scored over the causal prefix of the last of them. The
-    library's rule is pool_group, far_query, alpha2 = alpha^2 (up to its rounding of the mean query to the input dtype and of the far row's
+    consecutive query blocks serves all n, scored over the causal prefix of the last of them; fp8: the
+    products of e4m3 values (_e4m3_scaled). The library's rule is pool_group, far_query, fp8,
+    alpha2 = alpha^2 (up to its rounding of the mean query to the input dtype and of the far row's
     distance to its mean in fp32)."""
     length, heads_q, dim = q.shape
     heads_kv = k.shape[1]
@@ -117,6 +129,11 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
     if pool_group:
         qbar = qbar.view(nb, heads_kv, group, dim).mean(2)            # [nb, H_kv, D]
     kb, _ = _block_view(k, length)                                    # [nb, B, H_kv, D]
+    if fp8:  # e4m3 products: each representative and each (key block, kv head) scaled on its own
+        qbar = _e4m3_scaled(qbar.to(q.dtype).float(), (-1,))
+        if far_q is not None:
+            far_q = _e4m3_scaled(far_q, (-1,))
+        kb = _e4m3_scaled(kb, (1, 3))
     valid = (torch.arange(nb * BLOCK, device=k.device) < length).view(nb, BLOCK)
     j = torch.arange(nb, device=q.device)
     future = j[None, :] > j[:, None]                                  # key block after the query block
@@ -182,7 +199,8 @@ def run_mode(mode, q, k, v):
                                  far_query=len(parts) > 3 and "f" in parts[3].lower(),
                                  far_only=len(parts) > 3 and "F" in parts[3],
                                  pair_mean=len(parts) > 3 and "p" in parts[3],
-                                 far_run=(4 if "Q" in parts[3] else 2 if "P" in parts[3] else 0) if len(parts) > 3 else 0)
+                                 far_run=(4 if "Q" in parts[3] else 2 if "P" in parts[3] else 0) if len(parts) > 3 else 0,
+                                 fp8=len(parts) > 3 and "e" in parts[3])
         return fp.block_sparse_attention(q, k, v, layout_of(mask, like)), float(mask.sum()) / causal
     raise ValueError(f"unknown mode {mode}")
 

@@ -5,6 +5,7 @@
 #include <limits>
 #include <numeric>
 
+#include "common/e4m3.hpp"
 #include "common/half.hpp"
 #include "common/row_geometry.hpp"
 
@@ -81,13 +82,27 @@ std::vector<double> robust_margins(const Problem& p, int64_t max_key_blocks) {
     margins.resize(static_cast<size_t>((row + 1) * max_key_blocks), kNegInf);
     const QueryRepresentatives reps = query_representatives(p, r);
     const double log_ratio = 2.0 * std::log(double(p.alpha_of_head(r.head)));  // alpha^2
-    for (const std::vector<double>* rep : {&reps.mean, &reps.far}) {
+    // Products of e4m3 values: each representative and each key block scaled and rounded on its
+    // own (docs/ROBUST.md), the scale divided out again (a power of two: exact).
+    const auto scaled_e4m3 = [](std::vector<float> x) {
+      detail::round_to_scaled_e4m3(x.data(), int64_t(x.size()));
+      return std::vector<double>(x.begin(), x.end());
+    };
+    std::vector<std::vector<double>> key_blocks(static_cast<size_t>(i + 1));
+    for (int64_t j = 0; j <= i; ++j) {
+      std::vector<float> keys;
+      for (int64_t key = j * B; key < std::min((j + 1) * B, r.extent.len_kv); ++key)
+        for (int64_t d = 0; d < D; ++d)
+          keys.push_back(float(load(p, p.k, p.k_offset(r.seq, r.extent, key, hk) + d)));
+      key_blocks[j] = scaled_e4m3(std::move(keys));
+    }
+    for (const std::vector<double>* given : {&reps.mean, &reps.far}) {
+      const std::vector<double> rep = scaled_e4m3(std::vector<float>(given->begin(), given->end()));
       std::vector<double> y(static_cast<size_t>(i + 1), kNegInf);
       for (int64_t j = 0; j <= i; ++j)  // every key of the block counts, the diagonal's too
-        for (int64_t key = j * B; key < std::min((j + 1) * B, r.extent.len_kv); ++key) {
+        for (size_t key = 0; key < key_blocks[j].size() / size_t(D); ++key) {
           double dot = 0.0;
-          for (int64_t d = 0; d < D; ++d)
-            dot += (*rep)[d] * load(p, p.k, p.k_offset(r.seq, r.extent, key, hk) + d);
+          for (int64_t d = 0; d < D; ++d) dot += rep[d] * key_blocks[j][key * D + d];
           y[j] = std::max(y[j], p.params.scale * dot);
         }
       const double best = *std::max_element(y.begin(), y.end());

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "common/e4m3.hpp"
 #include "test_util.hpp"
 
 namespace flashprefill::testing {
@@ -415,6 +416,47 @@ TEST(CpuRobust, UnknownDiscoveryValueIsRejected) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("params.discovery is 7"), std::string::npos) << e.what();
   }
+}
+
+
+// The e4m3 rounding of the best keys' products (src/common/e4m3.hpp), against the format decoded
+// from its bits: every finite value is kept, every midpoint goes to the neighbour with an even
+// mantissa, values just off a midpoint to the nearer one, magnitudes past 448 to +-448.
+TEST(E4m3, RoundsToTheNearestValueTiesToEven) {
+  std::vector<float> values;  // the non-negative finite e4m3 values, ascending
+  for (int exponent = 0; exponent < 16; ++exponent)
+    for (int mantissa = 0; mantissa < 8; ++mantissa) {
+      if (exponent == 15 && mantissa == 7) continue;  // NaN
+      values.push_back(exponent == 0 ? std::ldexp(float(mantissa), -9)
+                                     : std::ldexp(1.0f + mantissa / 8.0f, exponent - 7));
+    }
+  ASSERT_EQ(values.back(), detail::kE4m3Max);
+  for (size_t n = 0; n < values.size(); ++n) {
+    EXPECT_EQ(detail::round_to_e4m3(values[n]), values[n]);
+    EXPECT_EQ(detail::round_to_e4m3(-values[n]), -values[n]);
+    if (n + 1 == values.size()) break;
+    const float low = values[n], high = values[n + 1], middle = (low + high) / 2;
+    const float even = n % 2 == 0 ? low : high;  // consecutive values alternate mantissa parity
+    EXPECT_EQ(detail::round_to_e4m3(middle), even) << "between " << low << " and " << high;
+    EXPECT_EQ(detail::round_to_e4m3(-middle), -even);
+    EXPECT_EQ(detail::round_to_e4m3(std::nextafter(middle, 0.0f)), low);
+    EXPECT_EQ(detail::round_to_e4m3(std::nextafter(middle, 1000.0f)), high);
+  }
+  EXPECT_EQ(detail::round_to_e4m3(500.0f), 448.0f);
+  EXPECT_EQ(detail::round_to_e4m3(-1e30f), -448.0f);
+  EXPECT_TRUE(std::isnan(detail::round_to_e4m3(NAN)));
+}
+
+TEST(E4m3, ScalePutsTheLargestMagnitudeIn128To256) {
+  for (const float top : {1e-30f, 3e-7f, 0.011f, 0.5f, 1.0f, 1.5f, 127.9f, 128.0f, 255.9f, 256.0f,
+                          4096.5f, 3e38f}) {
+    const float scale = detail::e4m3_scale_of(top);
+    int exponent = 0;
+    EXPECT_EQ(std::frexp(scale, &exponent), 0.5f) << "a power of two for " << top;
+    EXPECT_GE(top * scale, 128.0f) << top;
+    EXPECT_LT(top * scale, 256.0f) << top;
+  }
+  EXPECT_EQ(detail::e4m3_scale_of(0.0f), 1.0f);
 }
 
 }  // namespace

@@ -13,10 +13,19 @@ from flashprefill import needles  # noqa: E402
 BLOCK = 128
 
 
+def e4m3_scaled(x, dims):
+    """x scaled by the power of two that puts its largest magnitude over `dims` in [128, 256), rounded to e4m3
+    (ties to even) and scaled back."""
+    top = x.abs().amax(dim=dims, keepdim=True)
+    scale = torch.where(top > 0, torch.ldexp(torch.ones_like(top), 8 - torch.frexp(top)[1]), torch.ones_like(top))
+    return (x * scale).to(torch.float8_e4m3fn).float() / scale
+
+
 def rule_kept(q, k, alpha, sink_blocks=2, window_blocks=4, last_full_blocks=2):
     """The rule in plain torch (fp32), one sequence [L, H, D]: kept mask [H_q, nb, nb] (docs/ROBUST.md): the exact
     rule's blocks, plus those whose best key, scored against the query block's group mean query (rounded to q's dtype)
-    or its far query (the row farthest from its head's mean), lies within ln(1 / alpha^2) of that query's best block."""
+    or its far query (the row farthest from its head's mean), lies within ln(1 / alpha^2) of that query's best block,
+    all products of e4m3 values."""
     length, heads_q, dim = q.shape
     heads_kv = k.shape[1]
     group = heads_q // heads_kv
@@ -49,9 +58,15 @@ def rule_kept(q, k, alpha, sink_blocks=2, window_blocks=4, last_full_blocks=2):
     mean = (sums.view(nb, heads_kv, group, dim).sum(2) / (group * counts[:, None, None])).to(q.dtype).float()
     reps = torch.stack([mean, far], 2)
 
+    # Products of e4m3 values: each representative and each (key block, kv head) scaled by the power of two
+    # that puts its largest magnitude in [128, 256), rounded to e4m3 and scaled back.
+    reps = e4m3_scaled(reps, (-1,))
+    keys = e4m3_scaled(keys, (1, 3)).view(nb * BLOCK, heads_kv, dim)
+
     # y[i, hk, rep, j]: the best key of block j for the representative, no visibility mask; then j <= i only.
-    per_key = torch.einsum("ihrd,shd->ihrs", reps, k.float()) * scale
-    y = torch.nn.functional.pad(per_key, (0, pad), value=float("-inf")).view(nb, heads_kv, 2, nb, BLOCK).amax(-1)
+    per_key = torch.einsum("ihrd,shd->ihrs", reps, keys) * scale
+    per_key = per_key.masked_fill(~valid.view(-1), float("-inf"))
+    y = per_key.view(nb, heads_kv, 2, nb, BLOCK).amax(-1)
     y = y.masked_fill((j > i)[:, None, None, :], float("-inf"))
     robust = (y >= y.amax(-1, keepdim=True) + 2 * math.log(alpha)).any(2)  # [i, H_kv, j]: the threshold is alpha^2
     robust = robust.repeat_interleave(group, 1).permute(1, 0, 2)

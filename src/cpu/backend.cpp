@@ -11,6 +11,7 @@
 
 #include "backend.hpp"
 #include "common/constants.hpp"
+#include "common/e4m3.hpp"
 #include "common/half.hpp"
 #include "common/row_geometry.hpp"
 #include "cpu/isa.hpp"
@@ -472,6 +473,8 @@ RobustScores robust_scores_of(const Problem& p) {
     const Task task = rep_tasks[n];
     std::vector<float> reps(static_cast<size_t>(2 * H_kv * D));
     query_representatives(p, blocks_of[task.pair][task.index], reps.data());
+    for (int64_t rep = 0; rep < 2 * H_kv; ++rep)  // docs/ROBUST.md: e4m3 products
+      detail::round_to_scaled_e4m3(&reps[rep * D], D);
     for (int64_t hk = 0; hk < H_kv; ++hk) {
       const int64_t pair = task.pair * H_kv + hk;
       for (int64_t rep = 0; rep < 2; ++rep)
@@ -500,6 +503,7 @@ RobustScores robust_scores_of(const Problem& p) {
         ws.q.assign(static_cast<size_t>(m_pad * D), 0.0f);
         for (int64_t c = 0; c < keys; ++c)
           load_row(p, p.k, p.k_offset(b, s, j * block + c, hk), D, &ws.q[c * D]);
+        detail::round_to_scaled_e4m3(ws.q.data(), keys * D);
         ws.s.resize(static_cast<size_t>(m_pad * n_pad));
         kernels::qk(ws.q.data(), m_pad, D, &reps_t[task.pair][2 * first], ld[task.pair], n_pad,
                     ws.s.data(), n_pad);

@@ -40,6 +40,8 @@ detail::DiscoveryPlan plan(const Problem& p, int64_t max_rows) {
     plan.query_far = regions.take(size_t(max_rows * p.head_dim) * 2);
     plan.query_far_distance = regions.take(size_t(max_rows) * 4);
     plan.representatives = regions.take(size_t(plan.kv_rows * 2 * p.head_dim) * 2);
+    plan.representatives_e4m3 = regions.take(size_t(plan.kv_rows * 2 * p.head_dim));
+    plan.representative_scale = regions.take(size_t(plan.kv_rows * 2) * 4);
     plan.representative_best = regions.take(size_t(plan.kv_rows * 2 * plan.words * 32) * 4);
   }
   size_t scan_bytes = 0;
@@ -60,6 +62,8 @@ Buffers carve(const detail::DiscoveryPlan& plan, void* workspace) {
     b.query_far = plan.query_far.in<void>(workspace);
     b.query_far_distance = plan.query_far_distance.in<float>(workspace);
     b.representatives = plan.representatives.in<void>(workspace);
+    b.representatives_e4m3 = plan.representatives_e4m3.in<uint8_t>(workspace);
+    b.representative_scale = plan.representative_scale.in<float>(workspace);
     b.representative_best = plan.representative_best.in<float>(workspace);
     b.kv_rows = plan.kv_rows;
   }

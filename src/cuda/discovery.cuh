@@ -24,8 +24,15 @@ struct Buffers {
   float* query_sum = nullptr;            // [max_rows][D]
   void* query_far = nullptr;             // [max_rows][D]
   float* query_far_distance = nullptr;   // [max_rows]
-  void* representatives = nullptr;       // [kv_rows][2][D]: the group's mean query, its far query
-  float* representative_best = nullptr;  // [kv_rows][2][words * 32], log2 units
+  // [kv_rows][2][D]: the group's mean query and its far query, each scaled by its own power of two
+  // and rounded to e4m3 (docs/ROBUST.md), in the input dtype (exact) and as e4m3 bytes; the scales
+  // [kv_rows][2]
+  void* representatives = nullptr;
+  uint8_t* representatives_e4m3 = nullptr;
+  float* representative_scale = nullptr;
+  // [kv_rows][2][words * 32]: log2 units, times the representative's scale (the rescue divides it
+  // out by scaling its threshold instead)
+  float* representative_best = nullptr;
   int64_t kv_rows = 0;
   int64_t* counts = nullptr;      // [max_rows] kept blocks per row
   uint32_t* kept_bits = nullptr;  // [max_rows][words] kept-block bitmask
@@ -79,8 +86,8 @@ namespace sm90 {
 bool supports_scoring(const detail::Problem& p);
 void score_rows(const detail::Problem& p, const int64_t* seq_row_offset,
                 const discovery::Buffers& buffers, float* scores, int64_t ld, dim3 grid);
-// Robust discovery's best keys with wgmma (src/cuda/sm90/best_keys.cu): block size 128, head dim 64
-// or 128, contiguous K that TMA can address; false (nothing launched) otherwise.
+// Robust discovery's best keys with e4m3 wgmma (src/cuda/sm90/best_keys.cu): block size 128, head
+// dim 128, contiguous K that TMA can address; false (nothing launched) otherwise.
 bool best_keys(const detail::Problem& p, const int64_t* seq_row_offset,
                const discovery::Buffers& buffers);
 }  // namespace sm90

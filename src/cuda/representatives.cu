@@ -3,19 +3,26 @@
 // (query_summary.cuh). Three kernels:
 //  1. combine: per (sequence, kv head, query block), the group's mean query (the g heads' sums over
 //     g * n rows, rounded to the input dtype) and its far query (the head whose far query lies
-//     farthest from its mean): the two representatives;
+//     farthest from its mean): the two representatives, each scaled by its power of two and
+//     rounded to e4m3 (src/common/e4m3.hpp);
 //  2. best keys: per (sequence, kv head, key block j), every later representative against the
-//     block's keys with mma.sync, reduced to the best key: y[rep][j] = max_s scale * rep . k_s. The
-//     key block stays in shared memory while the representatives stream past it, so K is read once;
+//     block's keys, scaled and rounded to e4m3 the same way, with mma.sync on those values held in
+//     the input dtype (exactly), reduced to the best key: y[rep][j] = max_s scale * rep . k_s. The
+//     key block stays in shared memory while the representatives stream past it, so K is read once
+//     (sm_90, head dim 128: e4m3 wgmma, sm90/best_keys.cu);
 //  3. rescue: per (kv head, query block), for each of its layout rows, the blocks with
 //     y[rep][j] >= max_j y[rep][j] + log(alpha^2) for either representative join the exact rule's
-//     bitmask, and the row's count is recomputed.
+//     bitmask, and the row's count is recomputed. The key block's scale is divided out in 2, the
+//     representative's here (y carries it; so does the threshold's offset).
 // Rows the exact rule keeps whole (the last query blocks) are skipped by all three.
 #include <algorithm>
 #include <cfloat>
 #include <type_traits>
 
+#include <cuda_fp8.h>
+
 #include "common/constants.hpp"
+#include "common/e4m3.hpp"
 #include "common/row_geometry.hpp"
 #include "cuda/arch.hpp"
 #include "cuda/check.cuh"
@@ -89,7 +96,8 @@ constexpr int combine_ctas_per_sm(int head_dim) { return head_dim == 256 ? 12 : 
 
 // 1. Combine: one warp per group row, each lane kHeadDim / 32 consecutive dims. The far head: the
 // largest query_far_distance, found by a scan in head order (the lowest head wins ties); the mean:
-// the heads' sums added in head order, divided by the group's query count.
+// the heads' sums added in head order, divided by the group's query count, rounded to the input
+// dtype; then each representative scaled and rounded to e4m3.
 template <int kHeadDim, bool kIsBf16>
 __global__ void __launch_bounds__(kRowWarps * 32, combine_ctas_per_sm(kHeadDim))
     combine_kernel(const Problem p, const int64_t* seq_row_offset, Buffers buffers) {
@@ -137,30 +145,95 @@ __global__ void __launch_bounds__(kRowWarps * 32, combine_ctas_per_sm(kHeadDim))
       for (int e = 0; e < kDims; ++e) sum[e] += head_sum[e];
     }
   }
-  auto* reps = static_cast<Element*>(buffers.representatives) + r.kv_row * 2 * kHeadDim + d0;
   const auto* far = static_cast<const Element*>(buffers.query_far) +
                     (r.row0 + far_head * head_stride) * kHeadDim + d0;
-  *reinterpret_cast<WordVector<kWords>*>(reps + kHeadDim) =
-      *reinterpret_cast<const WordVector<kWords>*>(far);
   const float count = float(p.group * (rows.end - rows.begin));
-  WordVector<kWords> mean;
-  auto* mean_words = reinterpret_cast<uint32_t*>(&mean);
+  float rep[2][kDims];  // the mean rounded to the input dtype, the far query
 #pragma unroll
-  for (int w = 0; w < kWords; ++w) {
-    Pair pair;
-    pair.x = Half::from_float(sum[2 * w] / count);
-    pair.y = Half::from_float(sum[2 * w + 1] / count);
-    mean_words[w] = *reinterpret_cast<const uint32_t*>(&pair);
+  for (int e = 0; e < kDims; ++e)
+    rep[0][e] = Half::to_float(Half::from_float(sum[e] / count)), rep[1][e] = Half::to_float(far[e]);
+  // Each representative scaled and rounded to e4m3 (docs/ROBUST.md): stored in the input dtype
+  // (exact) for the mma.sync best keys, as e4m3 bytes for the sm_90 kernel's fp8 wgmma.
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    float top = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kDims; ++e) top = fmaxf(top, fabsf(rep[k][e]));
+    // Non-negative floats order as their bits do.
+    top = __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(top)));
+    const float scale = detail::e4m3_scale_of(top);
+    const int64_t rep_row = r.kv_row * 2 + k;
+    WordVector<kWords> halves;
+    auto* half_words = reinterpret_cast<uint32_t*>(&halves);
+    uint32_t bytes[(kDims + 3) / 4] = {};
+#pragma unroll
+    for (int w = 0; w < kWords; ++w) {
+      const float x0 = detail::round_to_e4m3(rep[k][2 * w] * scale),
+                  x1 = detail::round_to_e4m3(rep[k][2 * w + 1] * scale);
+      Pair pair;
+      pair.x = Half::from_float(x0), pair.y = Half::from_float(x1);
+      half_words[w] = *reinterpret_cast<const uint32_t*>(&pair);
+      const uint32_t two = __nv_cvt_float2_to_fp8x2(make_float2(x0, x1), __NV_SATFINITE, __NV_E4M3);
+      bytes[w / 2] |= two << (16 * (w % 2));
+    }
+    *reinterpret_cast<WordVector<kWords>*>(static_cast<Element*>(buffers.representatives) +
+                                           rep_row * kHeadDim + d0) = halves;
+    uint8_t* e4m3 = buffers.representatives_e4m3 + rep_row * kHeadDim + d0;
+    if constexpr (kDims == 2)
+      *reinterpret_cast<uint16_t*>(e4m3) = uint16_t(bytes[0]);
+    else
+      *reinterpret_cast<WordVector<kDims / 4>*>(e4m3) =
+          *reinterpret_cast<const WordVector<kDims / 4>*>(bytes);
+    if (lane == 0) buffers.representative_scale[rep_row] = scale;
   }
-  *reinterpret_cast<WordVector<kWords>*>(reps) = mean;
+}
+
+// The best-key kernel's tiles and threads (2. below).
+constexpr int kRepTileRows = 64, kKeySubTile = 64, kBestThreads = 128;
+
+// A CTA's kBestThreads threads replace the `chunks` 16-byte chunks of elements at `smem` by
+// round_to_e4m3(x * scale), scale the e4m3_scale_of of their largest magnitude, and return scale.
+template <bool kIsBf16>
+__device__ float scale_keys_to_e4m3(typename sm80::HalfType<kIsBf16>::type* smem, int chunks) {
+  using Half = sm80::HalfType<kIsBf16>;
+  using Pair = typename Half::pair;
+  __shared__ uint32_t warp_top[kBestThreads / 32];
+  uint4* chunk_at = reinterpret_cast<uint4*>(smem);
+  float top = 0.0f;
+  for (int c = threadIdx.x; c < chunks; c += kBestThreads) {
+    const uint4 v = chunk_at[c];
+    for (const uint32_t word : {v.x, v.y, v.z, v.w}) {
+      const Pair pair = *reinterpret_cast<const Pair*>(&word);
+      top = fmaxf(top, fmaxf(fabsf(Half::to_float(pair.x)), fabsf(Half::to_float(pair.y))));
+    }
+  }
+  // Non-negative floats order as their bits do.
+  const uint32_t warp_max = __reduce_max_sync(0xffffffffu, __float_as_uint(top));
+  if (threadIdx.x % 32 == 0) warp_top[threadIdx.x / 32] = warp_max;
+  __syncthreads();
+  uint32_t block_max = warp_top[0];
+#pragma unroll
+  for (int w = 1; w < kBestThreads / 32; ++w) block_max = max(block_max, warp_top[w]);
+  const float scale = detail::e4m3_scale_of(__uint_as_float(block_max));
+  for (int c = threadIdx.x; c < chunks; c += kBestThreads) {
+    uint4 v = chunk_at[c];
+    for (uint32_t* word : {&v.x, &v.y, &v.z, &v.w}) {
+      const Pair pair = *reinterpret_cast<const Pair*>(word);
+      const Pair rounded = Half::from_floats(detail::round_to_e4m3(Half::to_float(pair.x) * scale),
+                                             detail::round_to_e4m3(Half::to_float(pair.y) * scale));
+      *word = *reinterpret_cast<const uint32_t*>(&rounded);
+    }
+    chunk_at[c] = v;
+  }
+  __syncthreads();
+  return scale;
 }
 
 // 2. Best keys: one CTA (4 warps) per (key block j, kv head, sequence). The block's keys sit in
 // shared memory; representatives of the query blocks i >= j come in tiles of 64 rows (32 query
 // blocks x 2), double-buffered with cp.async; warp w multiplies rows 16w..16w+15 of a tile with
-// 64 keys at a time and keeps each row's maximum.
-constexpr int kRepTileRows = 64, kKeySubTile = 64, kBestThreads = 128;
-
+// 64 keys at a time and keeps each row's maximum. The keys are scaled and rounded to e4m3 in shared
+// memory once they land; the representatives come so from the combine kernel.
 template <int kHeadDim, bool kIsBf16, typename KV>
 __global__ void __launch_bounds__(kBestThreads)
     best_keys_kernel(const Problem p, const int64_t* seq_row_offset, Buffers buffers) {
@@ -207,8 +280,13 @@ __global__ void __launch_bounds__(kBestThreads)
   const int64_t tiles = (rep_rows + kRepTileRows - 1) / kRepTileRows;
   load_tile(0);
   cp_async_commit();
+  // The keys scaled and rounded to e4m3 in place (docs/ROBUST.md); rows past the sequence are
+  // zeros and do not move the block's largest magnitude.
+  cp_async_wait<0>();
+  __syncthreads();
+  const float key_scale = scale_keys_to_e4m3<kIsBf16>(key_smem, int(block * D / 8));
 
-  const float scale_log2 = p.params.scale * detail::kLog2e;
+  const float scale_log2 = p.params.scale * detail::kLog2e / key_scale;
   const int64_t ld = buffers.words * 32;
   const int sub_tiles = int((block + kKeySubTile - 1) / kKeySubTile);
   for (int64_t tile = 0; tile < tiles; ++tile) {
@@ -314,7 +392,7 @@ __device__ __forceinline__ void row_maxima(const float* y_mean, const float* y_f
 
 __device__ __forceinline__ void rescue_staged_row(const Problem& p, const Buffers& buffers,
                                                   const GroupRow& r, int num_j, const float* y_mean,
-                                                  const float* y_far) {
+                                                  const float* y_far, float2 rep_scale) {
   extern __shared__ float rescue_smem[];
   const int lane = threadIdx.x % 32, group = int(p.group), row_words = (num_j + 31) / 32;
   const int64_t staged_words = staged_words_of(buffers.words);
@@ -357,7 +435,8 @@ __device__ __forceinline__ void rescue_staged_row(const Problem& p, const Buffer
       if (u0 + k == 0 || !one_alpha) {
         const float log2_ratio =
             log2_ratio_of_alpha(one_alpha ? p.params.alpha : stage.head_alpha[k]);
-        const float mean_threshold = max_mean + log2_ratio, far_threshold = max_far + log2_ratio;
+        const float mean_threshold = max_mean + log2_ratio * rep_scale.x,
+                    far_threshold = max_far + log2_ratio * rep_scale.y;
         rescued = 0;
 #pragma unroll 4
         for (int w = 0; w < row_words; ++w) {
@@ -394,8 +473,10 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   const int64_t ld = buffers.words * 32;
   const float* y_mean = buffers.representative_best + r.kv_row * 2 * ld;
   const float* y_far = y_mean + ld;
+  // y is in log2 units times each representative's scale: so are the thresholds' offsets.
+  const float2 rep_scale = *reinterpret_cast<const float2*>(buffers.representative_scale + r.kv_row * 2);
   if (row_words <= kStagedWords) {
-    rescue_staged_row(p, buffers, r, num_j, y_mean, y_far);
+    rescue_staged_row(p, buffers, r, num_j, y_mean, y_far, rep_scale);
     return;
   }
 
@@ -415,7 +496,8 @@ __global__ void __launch_bounds__(kRowWarps * 32)
     for (int u = 0; u < group; ++u) {
       if (u == 0 || !one_alpha) {
         const float log2_ratio = one_alpha ? shared_log2_ratio : log2_ratio_of(u);
-        const float mean_threshold = max_mean + log2_ratio, far_threshold = max_far + log2_ratio;
+        const float mean_threshold = max_mean + log2_ratio * rep_scale.x,
+                    far_threshold = max_far + log2_ratio * rep_scale.y;
         const float* mean_at = y_mean + w0 * 32 + lane;
         const float* far_at = y_far + w0 * 32 + lane;
         rescued = 0;

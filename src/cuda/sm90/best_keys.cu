@@ -1,13 +1,22 @@
 // Robust discovery's best keys on Hopper (docs/ROBUST.md; the sm_80 kernel and the rest of the
 // second test are in src/cuda/representatives.cu): y[rep][j] = max over block j's keys of
-// scale * rep . k, for every representative of the query blocks i >= j.
+// scale * rep . k, for every representative of the query blocks i >= j, as products of e4m3 values.
 //
 // The score kernel's product turned around: there, 64 pooled keys (M) meet a query block's 128
 // queries (N) and each M row is reduced over N; here 64 representatives (M) meet a key block's 128
 // keys (N) and each M row is reduced over N by a maximum, which the wgmma accumulator keeps within
-// a thread and its quad (max_of_half). The key block is loaded once by TMA and stays in shared
-// memory; the representatives stream past it in tiles of 64 rows through a ring of kStages stages,
-// in pairs on two accumulators as in the score kernel. No exponentials.
+// a thread and its quad (max_of_half). The key block is loaded once by TMA, scaled and rounded to
+// e4m3 into a second buffer (each thread one key), and stays in shared memory; the
+// representatives, which the combine kernel wrote as e4m3 bytes, stream past it in tiles of 64 rows
+// through a ring of kStages stages, in pairs on two accumulators as in the score kernel. e4m3 wgmma
+// runs twice the products per cycle of bf16 and reads half the bytes. No exponentials.
+//
+// Head dim 128 only: a key's 128 e4m3 bytes are one row of the 128-byte swizzle, so both operands
+// take the score kernel's K-major descriptors. Other head dims, paged caches and sm_80 take the
+// mma.sync kernel of representatives.cu, on the same e4m3 values held in the input dtype.
+#include <cuda_fp8.h>
+
+#include "common/e4m3.hpp"
 #include "cuda/dependent_launch.cuh"
 #include "cuda/dispatch.hpp"
 #include "cuda/kv_view.cuh"
@@ -18,18 +27,113 @@
 namespace flashprefill::cuda::sm90 {
 namespace {
 
+template <bool kIsBf16_>
+struct BestKeyTraits {
+  static constexpr bool kIsBf16 = kIsBf16_;
+  static constexpr int kHeadDim = 128;  // one 128-byte e4m3 row
+  static constexpr int kBlock = 128;    // keys per block == params.block_size
+  static constexpr int kRepTile = 64;   // representatives per wgmma tile (its M)
+  static constexpr int kThreads = 128;  // one warpgroup; thread t converts key t
+  static constexpr int kMinCtasPerSm = 3;
+  static constexpr int kStages = 2;
+  static constexpr int kSteps = kHeadDim / 32;                        // k32 steps of e4m3 wgmma
+  using KeyStaging = SwizzledPanels<kBlock>;                          // the keys as TMA writes them
+  static constexpr int kStagingBytes = 2 * KeyStaging::kPanelBytes;  // two 64-column panels
+  using E4m3Rows = SwizzledPanels<kBlock>;  // 128-byte rows: the same swizzle, one panel
+  static constexpr int kKeyBytes = kBlock * kHeadDim;
+  static constexpr int kRepBytes = kRepTile * kHeadDim;
+  // staging | e4m3 keys | representative stages | barriers, +1024 to align
+  static constexpr size_t kSmemBytes =
+      1024 + kStagingBytes + kKeyBytes + size_t(kStages) * kRepBytes + 8 * (kStages + 1);
+};
+
 struct BestKeyMaps {
   CUtensorMap k;     // as the score kernel's q map: boxes of 128 tokens of one kv head
-  CUtensorMap reps;  // the representatives [kv_rows * 2][D], boxes of 64 rows
+  CUtensorMap reps;  // the e4m3 representatives [kv_rows * 2][128 bytes], boxes of 64 rows
 };
+
+// Every thread converts its key: row `tid` of the staged keys, scaled by the block's e4m3 scale
+// (its largest magnitude over the valid keys: rows past the sequence hold zeros or another
+// sequence's keys) and rounded to e4m3 into the K-major, 128-byte-swizzled key operand. Returns the
+// scale. Ends with the e4m3 keys visible to the wgmma (async proxy) of every thread.
+template <typename Traits>
+__device__ float convert_keys_to_e4m3(const unsigned char* staging, unsigned char* keys,
+                                      int valid_keys, uint32_t* warp_top) {
+  using Half = sm80::HalfType<Traits::kIsBf16>;
+  using Pair = typename Half::pair;
+  constexpr int kChunks = Traits::kHeadDim / 8;  // 16-byte chunks of a staged row
+  const int row = threadIdx.x;
+  uint4 chunk[kChunks];
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c)
+    chunk[c] = *reinterpret_cast<const uint4*>(staging + Traits::KeyStaging::offset(row, c));
+  const auto pair_of = [](uint32_t word) { return *reinterpret_cast<const Pair*>(&word); };
+  float top = 0.0f;
+  if (row < valid_keys) {
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c)
+      for (const uint32_t word : {chunk[c].x, chunk[c].y, chunk[c].z, chunk[c].w}) {
+        const Pair pair = pair_of(word);
+        top = fmaxf(top, fmaxf(fabsf(Half::to_float(pair.x)), fabsf(Half::to_float(pair.y))));
+      }
+  }
+  // Non-negative floats order as their bits do.
+  const uint32_t warp_max = __reduce_max_sync(0xffffffffu, __float_as_uint(top));
+  if (threadIdx.x % 32 == 0) warp_top[threadIdx.x / 32] = warp_max;
+  __syncthreads();
+  uint32_t block_max = warp_top[0];
+#pragma unroll
+  for (int w = 1; w < Traits::kThreads / 32; ++w) block_max = max(block_max, warp_top[w]);
+  const float scale = detail::e4m3_scale_of(__uint_as_float(block_max));
+  // e4m3 chunk c holds elements 16 c .. 16 c + 15: staged chunks 2 c and 2 c + 1.
+  const auto e4m3_pair = [&](uint32_t word) {
+    const Pair pair = pair_of(word);
+    return uint32_t(__nv_cvt_float2_to_fp8x2(
+        make_float2(Half::to_float(pair.x) * scale, Half::to_float(pair.y) * scale),
+        __NV_SATFINITE, __NV_E4M3));
+  };
+#pragma unroll
+  for (int c = 0; c < kChunks / 2; ++c) {
+    const uint4 low = chunk[2 * c], high = chunk[2 * c + 1];
+    const uint4 out = {e4m3_pair(low.x) | e4m3_pair(low.y) << 16,
+                       e4m3_pair(low.z) | e4m3_pair(low.w) << 16,
+                       e4m3_pair(high.x) | e4m3_pair(high.y) << 16,
+                       e4m3_pair(high.z) | e4m3_pair(high.w) << 16};
+    *reinterpret_cast<uint4*>(keys + Traits::E4m3Rows::offset(row, c)) = out;
+  }
+  cutlass::arch::fence_view_async_shared();  // generic-proxy writes, read by wgmma
+  __syncthreads();
+  return scale;
+}
+
+// x^T-style product of one tile: 64 e4m3 representatives (K-major at rep_address) against the
+// block's 128 e4m3 keys, as one committed wgmma group.
+template <typename Traits>
+__device__ __forceinline__ void issue_e4m3_product(uint32_t rep_address,
+                                                   uint64_t (&key_desc)[Traits::kSteps],
+                                                   float (&x)[64]) {
+  using Op = gmma::MMA_64x128x32_F32E4M3E4M3_SS_TN<>;
+  uint64_t rep_desc[Traits::kSteps];
+  k_major_descriptors<typename Traits::E4m3Rows>(rep_address, rep_desc);
+  fence_descriptors(rep_desc);
+  fence_descriptors(key_desc);
+  fence_accumulators(x);
+  cute::warpgroup_arrive();
+#pragma unroll
+  for (int kk = 0; kk < Traits::kSteps; ++kk)
+    gmma_ss_impl<Op>(rep_desc[kk], key_desc[kk], x,
+                     kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One,
+                     std::make_index_sequence<64>{});
+  cute::warpgroup_commit_batch();
+}
 
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     best_keys_kernel(const detail::Problem p, const int64_t* seq_row_offset, const Buffers buffers,
                      const __grid_constant__ BestKeyMaps maps) {
-  constexpr int kStages = Traits::kStages, kRepTile = Traits::kKeyTile;
-  constexpr int kBlock = Traits::kBlockM;  // keys per block == params.block_size (best_keys())
-  allow_dependent_launch();                // the rescue kernel
+  constexpr int kStages = Traits::kStages, kRepTile = Traits::kRepTile;
+  constexpr int kBlock = Traits::kBlock;
+  allow_dependent_launch();  // the rescue kernel
   const int64_t j = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
   const detail::SeqExtent s = p.seq(b);
   const int64_t nkb = num_key_blocks(s.len_kv, kBlock);
@@ -43,21 +147,21 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
 
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw_address = sm80::smem_address(smem_raw);
-  unsigned char* key_smem = smem_raw + ((1024 - raw_address % 1024) % 1024);
-  unsigned char* rep_smem = key_smem + Traits::kQBytes;  // stage s at s * kKeyBytes
-  auto* rep_full = reinterpret_cast<uint64_t*>(rep_smem + kStages * Traits::kKeyBytes);
+  unsigned char* staging = smem_raw + ((1024 - raw_address % 1024) % 1024);
+  unsigned char* key_smem = staging + Traits::kStagingBytes;
+  unsigned char* rep_smem = key_smem + Traits::kKeyBytes;  // stage s at s * kRepBytes
+  auto* rep_full = reinterpret_cast<uint64_t*>(rep_smem + kStages * Traits::kRepBytes);
   uint64_t* key_full = rep_full + kStages;
+  __shared__ uint32_t warp_top[Traits::kThreads / 32];
 
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, quad = lane % 4;
+  const int tid = threadIdx.x, warp = tid / 32, g = (tid % 32) / 4, quad = tid % 4;
   constexpr uint64_t kCacheHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
   const auto load_reps = [&](int step) {  // one thread
     const int stage = step % kStages;
-    barrier_arrive_expect_tx(&rep_full[stage], Traits::kKeyBytes);
-    for (int panel = 0; panel < Traits::kPanels; ++panel)
-      cute::SM90_TMA_LOAD_2D::copy(
-          &maps.reps, &rep_full[stage], kCacheHint,
-          rep_smem + stage * Traits::kKeyBytes + panel * Traits::KeyPanels::kPanelBytes, panel * 64,
-          int32_t(kv_row0 * 2 + step * kRepTile));
+    barrier_arrive_expect_tx(&rep_full[stage], Traits::kRepBytes);
+    cute::SM90_TMA_LOAD_2D::copy(&maps.reps, &rep_full[stage], kCacheHint,
+                                 rep_smem + stage * Traits::kRepBytes, 0,
+                                 int32_t(kv_row0 * 2 + step * kRepTile));
   };
   if (tid == 0) {
     for (int st = 0; st < kStages; ++st) Barrier::init(&rep_full[st], 1);
@@ -66,13 +170,14 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   }
   __syncthreads();
   if (tid == 0) {
-    // Keys past the sequence read zeros (padded) or the next sequence (packed): masked below. Rows
-    // past the representatives read zeros or other rows: never written back.
+    // Keys past the sequence read zeros (padded) or the next sequence (packed): left out of the
+    // block's scale and masked below. Rows past the representatives read zeros or other rows:
+    // never written back.
     const ContiguousKV kv{p, b, s, kv_head};
-    barrier_arrive_expect_tx(key_full, Traits::kQBytes);
-    for (int panel = 0; panel < Traits::kPanels; ++panel)
+    barrier_arrive_expect_tx(key_full, Traits::kStagingBytes);
+    for (int panel = 0; panel < 2; ++panel)
       cute::SM90_TMA_LOAD_4D::copy(&maps.k, key_full, kCacheHint,
-                                   key_smem + panel * Traits::QPanels::kPanelBytes, panel * 64,
+                                   staging + panel * Traits::KeyStaging::kPanelBytes, panel * 64,
                                    int32_t(kv_head), kv.tma_token(j * kBlock), kv.tma_batch());
     // The combine kernel's representatives: only this thread reads them (by TMA); the others
     // wait for its loads.
@@ -80,17 +185,19 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     for (int step = 0; step < kStages && step < num_tiles; ++step) load_reps(step);
   }
   barrier_wait(key_full, 0);
-
-  uint64_t key_desc[Traits::kHeadDim / 16];
-  k_major_descriptors<typename Traits::QPanels>(sm80::smem_address(key_smem), key_desc);
-  const uint32_t rep_address = sm80::smem_address(rep_smem);
   const int32_t valid_keys = int32_t(min(int64_t(kBlock), s.len_kv - j * kBlock));
-  const float scale_log2 = p.params.scale * detail::kLog2e;
+  const float key_scale = convert_keys_to_e4m3<Traits>(staging, key_smem, valid_keys, warp_top);
+
+  uint64_t key_desc[Traits::kSteps];
+  k_major_descriptors<typename Traits::E4m3Rows>(sm80::smem_address(key_smem), key_desc);
+  const uint32_t rep_address = sm80::smem_address(rep_smem);
+  // y in log2 units, times the representative's scale (the rescue kernel divides that out).
+  const float y_factor = p.params.scale * detail::kLog2e / key_scale;
   float* best = buffers.representative_best;
   const int64_t ld = buffers.words * 32;
 
   const auto issue_product = [&](int step, float(&x)[64]) {
-    issue_tile_product<Traits>(rep_address + (step % kStages) * Traits::kKeyBytes, key_desc, x);
+    issue_e4m3_product<Traits>(rep_address + (step % kStages) * Traits::kRepBytes, key_desc, x);
   };
   const auto wait_for_reps = [&](int step) {
     barrier_wait(&rep_full[step % kStages], (step / kStages) & 1);
@@ -110,7 +217,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
       const int32_t rep_row = step * kRepTile + 16 * warp + g + 8 * half;
-      if (quad == 0 && rep_row < rep_rows) best[(kv_row0 * 2 + rep_row) * ld + j] = m * scale_log2;
+      if (quad == 0 && rep_row < rep_rows) best[(kv_row0 * 2 + rep_row) * ld + j] = m * y_factor;
     }
   };
   // As the score kernel: tiles in pairs on two accumulators.
@@ -123,27 +230,28 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
 bool best_keys(const detail::Problem& p, const int64_t* seq_row_offset,
                const discovery::Buffers& buffers) {
   const int64_t kv_rows = buffers.kv_rows;
-  if (p.params.block_size != 128 || (p.head_dim != 64 && p.head_dim != 128) || p.paged() ||
+  if (p.params.block_size != 128 || p.head_dim != 128 || p.paged() ||
       !tma_addressable(p.k, p.k_stride) || kv_rows == 0)
     return false;
   BestKeyMaps maps;
   maps.k = make_tensor_map(p, p.k, p.k_stride, p.heads_kv, p.varlen ? p.total_kv : p.len_kv,
-                           ScoreTraits<128, true>::kBlockM, "k");
-  maps.reps = make_rows_map(p, buffers.representatives, kv_rows * 2,
-                            ScoreTraits<128, true>::kKeyTile, "representatives");
+                           BestKeyTraits<true>::kBlock, "k");
+  maps.reps = make_e4m3_rows_map(buffers.representatives_e4m3, kv_rows * 2, p.head_dim,
+                                 BestKeyTraits<true>::kRepTile, "e4m3 representatives");
   const dim3 grid(unsigned(num_key_blocks(p.len_kv, p.params.block_size)), unsigned(p.heads_kv),
                   unsigned(p.num_seqs));
-  dispatch_head_dim_and_dtype<64, 128>(
-      p, "the sm_90 best-key kernel", [&](auto head_dim, auto is_bf16) {
-        using Traits = ScoreTraits<decltype(head_dim)::value, decltype(is_bf16)::value>;
-        const size_t smem = 1024 + Traits::kQBytes + size_t(Traits::kStages) * Traits::kKeyBytes +
-                            8 * (Traits::kStages + 1);
-        auto kernel = best_keys_kernel<Traits>;
-        FP_CUDA_CHECK(
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-        launch_dependent(true, kernel, grid, dim3(Traits::kThreads), smem,
-                         static_cast<cudaStream_t>(p.stream), p, seq_row_offset, buffers, maps);
-      });
+  const auto launch = [&](auto traits) {
+    using Traits = decltype(traits);
+    auto kernel = best_keys_kernel<Traits>;
+    FP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       int(Traits::kSmemBytes)));
+    launch_dependent(true, kernel, grid, dim3(Traits::kThreads), Traits::kSmemBytes,
+                     static_cast<cudaStream_t>(p.stream), p, seq_row_offset, buffers, maps);
+  };
+  if (p.dtype == DType::bf16)
+    launch(BestKeyTraits<true>{});
+  else
+    launch(BestKeyTraits<false>{});
   return true;
 }
 

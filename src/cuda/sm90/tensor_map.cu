@@ -26,21 +26,28 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_function() {
   return function;
 }
 
-// A 16-bit tensor of `rank` dims (innermost first), boxes of 64 x 1 x ... x rows x 1, 128B swizzle.
-CUtensorMap encode(const detail::Problem& p, const void* base, int rank, const cuuint64_t* dims,
-                   const cuuint64_t* byte_strides, const cuuint32_t* box, const char* name) {
+// A tensor of `rank` dims (innermost first) and 128-byte boxed rows, 128B swizzle.
+CUtensorMap encode_typed(CUtensorMapDataType type, const void* base, int rank,
+                         const cuuint64_t* dims, const cuuint64_t* byte_strides,
+                         const cuuint32_t* box, const char* name) {
   const cuuint32_t element_strides[5] = {1, 1, 1, 1, 1};
   CUtensorMap map;
   const CUresult result = encode_function()(
-      &map,
-      p.dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-      cuuint32_t(rank), const_cast<void*>(base), dims, byte_strides, box, element_strides,
+      &map, type, cuuint32_t(rank), const_cast<void*>(base), dims, byte_strides, box, element_strides,
       CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (result != CUDA_SUCCESS)
     throw Error(std::string("flashprefill: cuTensorMapEncodeTiled failed for ") + name +
                 " (CUresult " + std::to_string(int(result)) + ")");
   return map;
+}
+
+// A 16-bit tensor of the problem's dtype, boxes of 64 x 1 x ... x rows x 1.
+CUtensorMap encode(const detail::Problem& p, const void* base, int rank, const cuuint64_t* dims,
+                   const cuuint64_t* byte_strides, const cuuint32_t* box, const char* name) {
+  return encode_typed(
+      p.dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+      base, rank, dims, byte_strides, box, name);
 }
 
 }  // namespace
@@ -90,12 +97,12 @@ CUtensorMap make_pooled_map(const detail::Problem& p, const void* base, int64_t 
   return encode(p, base, 3, dims, byte_strides, box, name);
 }
 
-CUtensorMap make_rows_map(const detail::Problem& p, const void* base, int64_t rows_total, int rows,
-                          const char* name) {
-  const cuuint64_t dims[2] = {cuuint64_t(p.head_dim), cuuint64_t(rows_total > 0 ? rows_total : 1)};
-  const cuuint64_t byte_strides[1] = {cuuint64_t(p.head_dim * kElementBytes)};
-  const cuuint32_t box[2] = {64, cuuint32_t(rows)};
-  return encode(p, base, 2, dims, byte_strides, box, name);
+CUtensorMap make_e4m3_rows_map(const void* base, int64_t rows_total, int64_t row_bytes, int rows,
+                               const char* name) {
+  const cuuint64_t dims[2] = {cuuint64_t(row_bytes), cuuint64_t(rows_total > 0 ? rows_total : 1)};
+  const cuuint64_t byte_strides[1] = {cuuint64_t(row_bytes)};
+  const cuuint32_t box[2] = {128, cuuint32_t(rows)};
+  return encode_typed(CU_TENSOR_MAP_DATA_TYPE_UINT8, base, 2, dims, byte_strides, box, name);
 }
 
 }  // namespace flashprefill::cuda::sm90

@@ -29,9 +29,9 @@ CUtensorMap make_page_pool_map(const detail::Problem& p, const void* base,
 CUtensorMap make_pooled_map(const detail::Problem& p, const void* base, int64_t slots, int rows,
                             const char* name);
 
-// (dim, row) view of a [rows_total][D] matrix of q's dtype (robust discovery's representatives);
-// boxes of 64 dims x `rows` rows, 128-byte swizzled.
-CUtensorMap make_rows_map(const detail::Problem& p, const void* base, int64_t rows_total, int rows,
-                          const char* name);
+// (byte, row) view of a [rows_total][row_bytes] matrix of e4m3 bytes (robust discovery's
+// representatives, row_bytes 128); boxes of 128 bytes x `rows` rows, 128-byte swizzled.
+CUtensorMap make_e4m3_rows_map(const void* base, int64_t rows_total, int64_t row_bytes, int rows,
+                               const char* name);
 
 }  // namespace flashprefill::cuda::sm90
