@@ -22,6 +22,8 @@ mkdir -p "$OUT"
 B=/tmp/fp-build
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+# .ext (CUTLASS headers, googletest) travels packed in .stage/ext.tar.xz (carry it): unpack it here.
+if [ ! -d .ext/cutlass/include ] && [ -f .stage/ext.tar.xz ]; then mkdir -p .ext && tar -xJf .stage/ext.tar.xz -C .ext; fi
 GTEST_ARG=""; [ -d .ext/googletest ] && GTEST_ARG="-DFLASHPREFILL_GTEST_SOURCE=$PWD/.ext/googletest"
 # The device has no nvidia-cutlass wheel: the same pinned headers travel in .ext/cutlass/include.
 CUTLASS_ARG=""; [ -d .ext/cutlass/include ] && CUTLASS_ARG="-DFLASHPREFILL_CUTLASS_INCLUDE=$PWD/.ext/cutlass/include"
@@ -29,7 +31,12 @@ PY_ARG=""; [ "${PYEXT:-0}" = 1 ] && PY_ARG="-DFLASHPREFILL_BUILD_PYTHON=ON"
 cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release $GTEST_ARG $CUTLASS_ARG $PY_ARG > "$OUT/configure.log" 2>&1 || { tail -20 "$OUT/configure.log"; exit 1; }
 start=$(date +%s)
 cmake --build $B -j 16 > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -40; exit 1; }
-echo "build: $(( $(date +%s) - start )) s; HGMMA instructions in the library: $(cuobjdump -sass $B/libflashprefill.a 2>/dev/null | grep -c HGMMA)"
+HGMMA_COUNT=$(cuobjdump -sass $B/libflashprefill.a 2>/dev/null | grep -c HGMMA)
+echo "build: $(( $(date +%s) - start )) s; HGMMA instructions in the library: $HGMMA_COUNT"
+# Without CUTLASS the build silently falls back to the sm_80 kernels: say so where it matters.
+if [ "$HGMMA_COUNT" = 0 ] && grep -q "H100\|H200\|H800\|GH200" "$OUT/gpu.txt"; then
+  echo "WARNING: no sm_90a kernels in this build (no CUTLASS headers: carry .stage/ext.tar.xz); a Hopper GPU runs the sm_80 kernels"
+fi
 if [ "${PYEXT:-0}" = 1 ]; then cp $B/python/_C*.so python/flashprefill/ && echo "python extension: $(ls python/flashprefill/_C*.so)"; fi
 if [ "${PY_OVERHEAD:-0}" = 1 ]; then
   PYTHONPATH=$PWD/python timeout 120 python3 bench/python_overhead.py 2>&1 | grep -v -i warn | tee "$OUT/python_overhead.txt"

@@ -3,7 +3,9 @@
 # extension), CTest (robust and exact tests) and compute-sanitizer on the robust tests, the CLI A/B
 # of exact vs robust discovery on the structured input (one binary, runs interleaved exact, robust,
 # exact, ... so clock drift lands on both), and the needle suite with the library's robust mode.
-# Usage (on the device, from the repository root; results under $OUT). Within a 10-minute call:
+# Usage (on the device, from the repository root, carrying .stage/ext.tar.xz, whose CUTLASS headers
+# device_run.sh unpacks: without them the build has no sm_90a kernels; results under $OUT). Within a
+# 10-minute call:
 #   NEEDLES=0 bash bench/robust_device.sh                                  # tests, sanitizers, A/B
 #   TESTS=0 SANITIZE=0 AB=0 NEEDLE_LENGTHS=16K,32K bash bench/robust_device.sh
 #   TESTS=0 SANITIZE=0 AB=0 NEEDLE_LENGTHS=64K,128K bash bench/robust_device.sh
