@@ -29,6 +29,7 @@
 #include "cuda/dependent_launch.cuh"
 #include "cuda/discovery.cuh"
 #include "cuda/dispatch.hpp"
+#include "cuda/e4m3.cuh"
 #include "cuda/kv_view.cuh"
 #include "cuda/representatives.cuh"
 #include "cuda/sm80/mma.cuh"
@@ -159,9 +160,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, combine_ctas_per_sm(kHeadDim))
     float top = 0.0f;
 #pragma unroll
     for (int e = 0; e < kDims; ++e) top = fmaxf(top, fabsf(rep[k][e]));
-    // Non-negative floats order as their bits do.
-    top = __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(top)));
-    const float scale = detail::e4m3_scale_of(top);
+    const float scale = detail::e4m3_scale_of(warp_max_magnitude(top));
     const int64_t rep_row = r.kv_row * 2 + k;
     WordVector<kWords> halves;
     auto* half_words = reinterpret_cast<uint32_t*>(&halves);
@@ -207,14 +206,7 @@ __device__ float scale_keys_to_e4m3(typename sm80::HalfType<kIsBf16>::type* smem
       top = fmaxf(top, fmaxf(fabsf(Half::to_float(pair.x)), fabsf(Half::to_float(pair.y))));
     }
   }
-  // Non-negative floats order as their bits do.
-  const uint32_t warp_max = __reduce_max_sync(0xffffffffu, __float_as_uint(top));
-  if (threadIdx.x % 32 == 0) warp_top[threadIdx.x / 32] = warp_max;
-  __syncthreads();
-  uint32_t block_max = warp_top[0];
-#pragma unroll
-  for (int w = 1; w < kBestThreads / 32; ++w) block_max = max(block_max, warp_top[w]);
-  const float scale = detail::e4m3_scale_of(__uint_as_float(block_max));
+  const float scale = cta_e4m3_scale<kBestThreads>(top, warp_top);
   for (int c = threadIdx.x; c < chunks; c += kBestThreads) {
     uint4 v = chunk_at[c];
     for (uint32_t* word : {&v.x, &v.y, &v.z, &v.w}) {

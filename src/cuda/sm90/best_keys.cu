@@ -16,9 +16,9 @@
 // mma.sync kernel of representatives.cu, on the same e4m3 values held in the input dtype.
 #include <cuda_fp8.h>
 
-#include "common/e4m3.hpp"
 #include "cuda/dependent_launch.cuh"
 #include "cuda/dispatch.hpp"
+#include "cuda/e4m3.cuh"
 #include "cuda/kv_view.cuh"
 #include "cuda/representatives.cuh"
 #include "cuda/sm90/score_kernel.cuh"
@@ -77,14 +77,7 @@ __device__ float convert_keys_to_e4m3(const unsigned char* staging, unsigned cha
         top = fmaxf(top, fmaxf(fabsf(Half::to_float(pair.x)), fabsf(Half::to_float(pair.y))));
       }
   }
-  // Non-negative floats order as their bits do.
-  const uint32_t warp_max = __reduce_max_sync(0xffffffffu, __float_as_uint(top));
-  if (threadIdx.x % 32 == 0) warp_top[threadIdx.x / 32] = warp_max;
-  __syncthreads();
-  uint32_t block_max = warp_top[0];
-#pragma unroll
-  for (int w = 1; w < Traits::kThreads / 32; ++w) block_max = max(block_max, warp_top[w]);
-  const float scale = detail::e4m3_scale_of(__uint_as_float(block_max));
+  const float scale = cta_e4m3_scale<Traits::kThreads>(top, warp_top);
   // e4m3 chunk c holds elements 16 c .. 16 c + 15: staged chunks 2 c and 2 c + 1.
   const auto e4m3_pair = [&](uint32_t word) {
     const Pair pair = pair_of(word);
