@@ -688,9 +688,9 @@ TEST(Cuda, RobustVarlenAndHeadDim256) {
 }
 
 // Rows of up to 282 key blocks on the structured input, where most score tiles skip their
-// exponentials (the best-key kernel streams up to nine tiles of 32 query blocks' representatives
-// past a key block, its double buffer wrapping), with and without min_budget; then random chunked
-// input. Against the CPU backend.
+// exponentials (the best-key kernel, mma.sync at head dim 64, streams up to nine tiles of 32 query
+// blocks' representatives past a key block, its double buffer wrapping), with and without
+// min_budget; then random chunked input. Against the CPU backend.
 TEST(Cuda, RobustScoreRowsOfManyTiles) {
   FP_REQUIRE_GPU();
   FP_SEEDED(seed);
@@ -710,6 +710,25 @@ TEST(Cuda, RobustScoreRowsOfManyTiles) {
   params.min_budget = 0;
   params.alpha = 0.3f;
   check_layout_matches_cpu(random, random_device, params);
+}
+
+// The sm_90a best-key kernel (head dim 128, block 128, e4m3 wgmma) over key blocks that meet up to
+// five tiles of 32 query blocks' representatives (a chunk of 20000 queries after 10000 keys): tiles
+// in pairs, an odd last tile, the stage ring wrapping and refilled; both dtypes, a partial last key
+// block. Against the CPU backend (on other GPUs the mma.sync kernel runs the same rule).
+TEST(Cuda, RobustE4m3BestKeysOfManyTiles) {
+  FP_REQUIRE_GPU();
+  FP_SEEDED(seed);
+  Params params;
+  params.discovery = Discovery::robust;
+  params.alpha = 0.3f;
+  for (const DType dtype : {DType::bf16, DType::fp16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    HostBatch host = padded_batch(Shape{1, 20000, 30000, 4, 2, 128}, dtype, seed);
+    plant_spans(host, seed + 1);
+    DeviceBatch device(host);
+    check_layout_matches_cpu(host, device, params);
+  }
 }
 
 // Rows of more than 1024 causal blocks: the rescue kernel takes a row's bitmask 32 words at a time
