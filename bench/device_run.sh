@@ -32,7 +32,8 @@ cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release $GTEST_ARG $CUTLASS_ARG $PY
 start=$(date +%s)
 cmake --build $B -j 16 > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -40; exit 1; }
 HGMMA_COUNT=$(cuobjdump -sass $B/libflashprefill.a 2>/dev/null | grep -c HGMMA)
-echo "build: $(( $(date +%s) - start )) s; HGMMA instructions in the library: $HGMMA_COUNT"
+QGMMA_COUNT=$(cuobjdump -sass $B/libflashprefill.a 2>/dev/null | grep -c QGMMA)  # e4m3 wgmma
+echo "build: $(( $(date +%s) - start )) s; HGMMA / QGMMA instructions in the library: $HGMMA_COUNT / $QGMMA_COUNT"
 # Without CUTLASS the build silently falls back to the sm_80 kernels: say so where it matters.
 if [ "$HGMMA_COUNT" = 0 ] && grep -q "H100\|H200\|H800\|GH200" "$OUT/gpu.txt"; then
   echo "WARNING: no sm_90a kernels in this build (no CUTLASS headers: carry .stage/ext.tar.xz); a Hopper GPU runs the sm_80 kernels"
