@@ -213,6 +213,8 @@ def main():
     parser.add_argument("--span-lens", default="4,16,48")
     parser.add_argument("--shares", default="0.6,0.9")
     parser.add_argument("--hidden", default="0,1", help="0: planted keys stand out; 1: keys keep their norms")
+    parser.add_argument("--head-dim", type=int, default=64,
+                        help="64 (the suite's shape) or 128 (on Hopper: the e4m3 wgmma best keys)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     lengths = [parse_len(x) for x in args.lengths.split(",")]
@@ -220,17 +222,19 @@ def main():
     records = []
     started = time.time()
     for length in lengths:
-        q, k, v = (torch.from_numpy(a).view(torch.bfloat16).to(args.device) for a in fp.make_structured_input(length, 9, 3, 64, seed=1))
+        q, k, v = (torch.from_numpy(a).view(torch.bfloat16).to(args.device) for a in fp.make_structured_input(length, 9, 3, args.head_dim, seed=1))
         structured = {mode: run_mode(mode, q, k, v)[1] for mode in modes}
         del q, k, v
         for hidden in [bool(int(h)) for h in args.hidden.split(",")]:
             for case in needles.suite([length], span_lens=[int(s) for s in args.span_lens.split(",")],
-                                      dense_shares=[float(s) for s in args.shares.split(",")], device=args.device):
+                                      dense_shares=[float(s) for s in args.shares.split(",")],
+                                      heads=(9, 3, args.head_dim), device=args.device):
                 if hidden:
                     d = case.description
-                    case = needles.make_needle_case(length, span_len=d["span_len"], span_depth=d["span_depth"],
-                                                    query_depth=d["query_depth"], dense_share=d["target_share"],
-                                                    hidden=True, seed=d["seed"], device=args.device)
+                    case = needles.make_needle_case(length, head_dim=args.head_dim, span_len=d["span_len"],
+                                                    span_depth=d["span_depth"], query_depth=d["query_depth"],
+                                                    dense_share=d["target_share"], hidden=True, seed=d["seed"],
+                                                    device=args.device)
                 for mode in modes:
                     out, density = run_mode(mode, case.q, case.k, case.v)
                     r = needles.needle_metrics(case, out)

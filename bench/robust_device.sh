@@ -11,7 +11,8 @@
 #   TESTS=0 SANITIZE=0 AB=0 NEEDLE_LENGTHS=64K,128K bash bench/robust_device.sh
 # Switches: TESTS=0 / SANITIZE=0 / AB=0 / NEEDLES=0 skip a part; AB_LENGTHS (default 32K,128K),
 #   ROUNDS (default 5), NEEDLE_LENGTHS (default 16K,32K,64K,128K), NEEDLE_MODES
-#   (default exact@0.12,robust@0.12).
+#   (default exact@0.12,robust@0.12), NEEDLE_HEAD_DIM (default 64; 128 runs the needles through the
+#   sm_90a e4m3 best-key kernel on Hopper).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -59,7 +60,8 @@ if [ "${NEEDLES:-1}" = 1 ]; then
   IFS=, read -ra NS <<< "${NEEDLE_LENGTHS:-16K,32K,64K,128K}"
   for L in "${NS[@]}"; do
     PYTHONPATH=$PWD/python timeout 280 python3 bench/needle_suite.py --device cuda --lengths "$L" \
-      --modes "${NEEDLE_MODES:-exact@0.12,robust@0.12}" --json "$OUT/needles_$L.json" \
+      --modes "${NEEDLE_MODES:-exact@0.12,robust@0.12}" --head-dim "${NEEDLE_HEAD_DIM:-64}" \
+      --json "$OUT/needles_$L.json" \
       > "$OUT/needles_$L.md" 2> "$OUT/needles_$L.log"
     echo "needles $L exit $?"; cat "$OUT/needles_$L.md"
   done
