@@ -1,7 +1,8 @@
 """Why robust discovery misses a needle case: for each query block holding the case's affected queries
 and each kv head, its far row (and whether it is one of the needle's query rows), and how far each
 representative's best key on the span's block lies from its best key in the row (the rule keeps the
-block at >= ln(alpha^2)). The library's rule in plain torch (bench/needle_suite.py's prototype pieces,
+block at >= ln(alpha^2)); also a candidate third representative, far2, the far head's row farthest
+from the far row. The library's rule in plain torch (bench/needle_suite.py's prototype pieces,
 e4m3 products), one needle case of flashprefill.needles.
 
     python bench/needle_diagnose.py --length 32K --head-dim 128 --span-len 16 --share 0.6 \\
@@ -51,10 +52,14 @@ def main():
             best, row = spread[i, :, heads].max(0)
             far_head = int(best.argmax())
             t = int(row[far_head])
-            reps = {"mean": (sums[i, heads].sum(0) / (group * block)).to(q.dtype).float(),
-                    "far": queries[i, t, hk * group + far_head]}
+            far = queries[i, t, hk * group + far_head]
+            # A candidate third representative: the row of the far head farthest from the far row.
+            t2 = int(((queries[i, :, hk * group + far_head] - far) ** 2).sum(-1).argmax())
+            reps = {"mean": (sums[i, heads].sum(0) / (group * block)).to(q.dtype).float(), "far": far,
+                    "far2": queries[i, t2, hk * group + far_head]}
             scaled_keys = needle_suite._e4m3_scaled(keys[: i + 1, :, hk], (1, 2))
-            line = f"  kv head {hk}: far row {t} ({'a needle row' if i * block + t in needle_rows else 'not a needle row'})"
+            kind = lambda row: "a needle row" if i * block + row in needle_rows else "not a needle row"  # noqa: E731
+            line = f"  kv head {hk}: far row {t} ({kind(t)}), far2 row {t2} ({kind(t2)})"
             for name, rep in reps.items():
                 y = (scaled_keys @ needle_suite._e4m3_scaled(rep, (-1,))).amax(1) / math.sqrt(dim)
                 line += f"; {name}: y[span] - Y = {float(y[span_block] - y.max()):6.2f}"

@@ -11,7 +11,8 @@ ln(1 / ratio) of that query's best key in the row (flags: `g` the mean query ove
 and heads, `gf` that and the group's far query, `gF` the far query alone; without flags, the mean per
 query head; `p` added: the mean query of each pair of query blocks serves both, `P` the farther of
 the pair's far queries, `Q` the farthest of four blocks' far queries; `e` added: products of e4m3
-values, each representative and each key block scaled by its own power of two, as docs/ROBUST.md). The
+values, each representative and each key block scaled by its own power of two, as docs/ROBUST.md; `2`
+added: the far head's row farthest from the far row in place of the mean query). The
 library's rule is `proto-dual@alpha@alpha^2@gfe` (`gf` is its bf16-product form of session 16). The
 structured input's density
 (BENCHMARK.md) is reported per mode beside it, as the ratio to the exact rule's.
@@ -73,7 +74,7 @@ def _e4m3_scaled(x, dims):
 
 
 def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, far_only=False, pair_mean=False,
-                      far_run=0, fp8=False, params=dict(sink_blocks=2, window_blocks=4, last_full_blocks=2)):
+                      far_run=0, fp8=False, far2=False, params=dict(sink_blocks=2, window_blocks=4, last_full_blocks=2)):
     """Kept mask [H_q, nb, nb]: the exact rule, or a block whose best single key, scored against the mean
     query of the query block, lies within ln(1/alpha2) of the row's best key (pool_group: the mean over the
     rows and the query heads of the GQA group). far_query (with pool_group): also the group's far query,
@@ -117,6 +118,11 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
         head = best.view(nb, heads_kv, group).argmax(-1)              # [nb, H_kv]
         far_q = torch.gather(rows_q.view(nb, heads_kv, group, dim), 2,
                              head[:, :, None, None].expand(nb, heads_kv, 1, dim))[:, :, 0]
+        if far2:  # the far head's row farthest from its far row, in place of the mean query
+            hstar = head + torch.arange(heads_kv, device=q.device)[None, :] * group     # [nb, H_kv]
+            own = qb.float()[torch.arange(nb, device=q.device)[:, None], :, hstar]     # [nb, H_kv, B, D]
+            d2 = ((own - far_q[:, :, None]) ** 2).sum(-1).masked_fill(~rvalid[:, None, :], -1.0)
+            far2_q = torch.gather(own, 2, d2.argmax(-1)[:, :, None, None].expand(nb, heads_kv, 1, dim))[:, :, 0]
         if far_run:  # the farthest of a run of far_run far queries serves all of its query blocks
             runs = -(-nb // far_run)
             d = best.view(nb, heads_kv, group).amax(-1)                # [nb, H_kv]
@@ -128,6 +134,8 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
         qbar = pair_qbar
     if pool_group:
         qbar = qbar.view(nb, heads_kv, group, dim).mean(2)            # [nb, H_kv, D]
+    if far2:
+        qbar = far2_q
     kb, _ = _block_view(k, length)                                    # [nb, B, H_kv, D]
     if fp8:  # e4m3 products: each representative and each (key block, kv head) scaled on its own
         qbar = _e4m3_scaled(qbar.to(q.dtype).float(), (-1,))
@@ -200,7 +208,8 @@ def run_mode(mode, q, k, v):
                                  far_only=len(parts) > 3 and "F" in parts[3],
                                  pair_mean=len(parts) > 3 and "p" in parts[3],
                                  far_run=(4 if "Q" in parts[3] else 2 if "P" in parts[3] else 0) if len(parts) > 3 else 0,
-                                 fp8=len(parts) > 3 and "e" in parts[3])
+                                 fp8=len(parts) > 3 and "e" in parts[3],
+                                 far2=len(parts) > 3 and "2" in parts[3])
         return fp.block_sparse_attention(q, k, v, layout_of(mask, like)), float(mask.sum()) / causal
     raise ValueError(f"unknown mode {mode}")
 

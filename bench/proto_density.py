@@ -25,6 +25,7 @@ def main():
     parser.add_argument("--length", default="32K")
     parser.add_argument("--alpha", type=float, default=0.12)
     parser.add_argument("--ratios", default="0.0144,0.005,0.0017")
+    parser.add_argument("--far2", action="store_true", help="the prototype's gfe2: far2 in place of the mean query")
     args = parser.parse_args()
     length = needle_suite.parse_len(args.length)
     started = time.time()
@@ -35,9 +36,10 @@ def main():
     print(f"{args.length}: library exact {exact:.5f}, library robust "
           f"{fp.select_blocks(q, k, alpha=args.alpha, discovery='robust').density(causal):.5f}", flush=True)
     for ratio in (float(r) for r in args.ratios.split(",")):
-        mask = needle_suite.proto_dual_layout(q[0], k[0], args.alpha, ratio, pool_group=True, far_query=True, fp8=True)
+        mask = needle_suite.proto_dual_layout(q[0], k[0], args.alpha, ratio, pool_group=True, far_query=True, fp8=True,
+                                              far2=args.far2)
         density = float(mask.sum()) / causal
-        print(f"{args.length}: prototype gfe, ratio {ratio}: {density:.5f} ({density / exact:.3f}x exact) "
+        print(f"{args.length}: prototype gfe{'2' if args.far2 else ''}, ratio {ratio}: {density:.5f} ({density / exact:.3f}x exact) "
               f"[{time.time() - started:.0f} s]", flush=True)
 
 
