@@ -448,8 +448,8 @@ TEST(E4m3, RoundsToTheNearestValueTiesToEven) {
 }
 
 TEST(E4m3, ScalePutsTheLargestMagnitudeIn128To256) {
-  for (const float top : {1e-30f, 3e-7f, 0.011f, 0.5f, 1.0f, 1.5f, 127.9f, 128.0f, 255.9f, 256.0f,
-                          4096.5f, 3e38f}) {
+  for (const float top :
+       {1e-30f, 3e-7f, 0.011f, 0.5f, 1.0f, 1.5f, 127.9f, 128.0f, 255.9f, 256.0f, 4096.5f, 3e38f}) {
     const float scale = detail::e4m3_scale_of(top);
     int exponent = 0;
     EXPECT_EQ(std::frexp(scale, &exponent), 0.5f) << "a power of two for " << top;

@@ -1,7 +1,7 @@
-// Robust discovery's best keys are products of e4m3 values (docs/ROBUST.md): each representative and
-// each key block is scaled by a power of two that puts its largest magnitude in [128, 256), then
-// rounded to e4m3 (ties to even, as the tensor cores' cvt.rn.satfinite). Identical on the host and
-// the device, so that every backend and the reference round the same numbers the same way.
+// Robust discovery's best keys are products of e4m3 values (docs/ROBUST.md): each representative
+// and each key block is scaled by a power of two that puts its largest magnitude in [128, 256),
+// then rounded to e4m3 (ties to even, as the tensor cores' cvt.rn.satfinite). Identical on the host
+// and the device, so that every backend and the reference round the same numbers the same way.
 #pragma once
 
 #include <cmath>

@@ -21,9 +21,9 @@ struct Buffers {
   // [slots][H_kv][D] the means rounded to the input dtype: what scoring reads
   void* pooled_half = nullptr;
   // Robust discovery (docs/ROBUST.md; nullptr in exact mode), as DiscoveryPlan describes them.
-  float* query_sum = nullptr;            // [max_rows][D]
-  void* query_far = nullptr;             // [max_rows][D]
-  float* query_far_distance = nullptr;   // [max_rows]
+  float* query_sum = nullptr;           // [max_rows][D]
+  void* query_far = nullptr;            // [max_rows][D]
+  float* query_far_distance = nullptr;  // [max_rows]
   // [kv_rows][2][D]: the group's mean query and its far query, each scaled by its own power of two
   // and rounded to e4m3 (docs/ROBUST.md), in the input dtype (exact) and as e4m3 bytes; the scales
   // [kv_rows][2]

@@ -151,8 +151,10 @@ __global__ void __launch_bounds__(kRowWarps * 32, combine_ctas_per_sm(kHeadDim))
   const float count = float(p.group * (rows.end - rows.begin));
   float rep[2][kDims];  // the mean rounded to the input dtype, the far query
 #pragma unroll
-  for (int e = 0; e < kDims; ++e)
-    rep[0][e] = Half::to_float(Half::from_float(sum[e] / count)), rep[1][e] = Half::to_float(far[e]);
+  for (int e = 0; e < kDims; ++e) {
+    rep[0][e] = Half::to_float(Half::from_float(sum[e] / count));
+    rep[1][e] = Half::to_float(far[e]);
+  }
   // Each representative scaled and rounded to e4m3 (docs/ROBUST.md): stored in the input dtype
   // (exact) for the mma.sync best keys, as e4m3 bytes for the sm_90 kernel's fp8 wgmma.
 #pragma unroll
@@ -466,7 +468,8 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   const float* y_mean = buffers.representative_best + r.kv_row * 2 * ld;
   const float* y_far = y_mean + ld;
   // y is in log2 units times each representative's scale: so are the thresholds' offsets.
-  const float2 rep_scale = *reinterpret_cast<const float2*>(buffers.representative_scale + r.kv_row * 2);
+  const float2 rep_scale =
+      *reinterpret_cast<const float2*>(buffers.representative_scale + r.kv_row * 2);
   if (row_words <= kStagedWords) {
     rescue_staged_row(p, buffers, r, num_j, y_mean, y_far, rep_scale);
     return;

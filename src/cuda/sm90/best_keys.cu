@@ -36,8 +36,8 @@ struct BestKeyTraits {
   static constexpr int kThreads = 128;  // one warpgroup; thread t converts key t
   static constexpr int kMinCtasPerSm = 3;
   static constexpr int kStages = 2;
-  static constexpr int kSteps = kHeadDim / 32;                        // k32 steps of e4m3 wgmma
-  using KeyStaging = SwizzledPanels<kBlock>;                          // the keys as TMA writes them
+  static constexpr int kSteps = kHeadDim / 32;                       // k32 steps of e4m3 wgmma
+  using KeyStaging = SwizzledPanels<kBlock>;                         // the keys as TMA writes them
   static constexpr int kStagingBytes = 2 * KeyStaging::kPanelBytes;  // two 64-column panels
   using E4m3Rows = SwizzledPanels<kBlock>;  // 128-byte rows: the same swizzle, one panel
   static constexpr int kKeyBytes = kBlock * kHeadDim;
@@ -82,42 +82,20 @@ __device__ float convert_keys_to_e4m3(const unsigned char* staging, unsigned cha
   const auto e4m3_pair = [&](uint32_t word) {
     const Pair pair = pair_of(word);
     return uint32_t(__nv_cvt_float2_to_fp8x2(
-        make_float2(Half::to_float(pair.x) * scale, Half::to_float(pair.y) * scale),
-        __NV_SATFINITE, __NV_E4M3));
+        make_float2(Half::to_float(pair.x) * scale, Half::to_float(pair.y) * scale), __NV_SATFINITE,
+        __NV_E4M3));
   };
 #pragma unroll
   for (int c = 0; c < kChunks / 2; ++c) {
     const uint4 low = chunk[2 * c], high = chunk[2 * c + 1];
-    const uint4 out = {e4m3_pair(low.x) | e4m3_pair(low.y) << 16,
-                       e4m3_pair(low.z) | e4m3_pair(low.w) << 16,
-                       e4m3_pair(high.x) | e4m3_pair(high.y) << 16,
-                       e4m3_pair(high.z) | e4m3_pair(high.w) << 16};
+    const uint4 out = {
+        e4m3_pair(low.x) | e4m3_pair(low.y) << 16, e4m3_pair(low.z) | e4m3_pair(low.w) << 16,
+        e4m3_pair(high.x) | e4m3_pair(high.y) << 16, e4m3_pair(high.z) | e4m3_pair(high.w) << 16};
     *reinterpret_cast<uint4*>(keys + Traits::E4m3Rows::offset(row, c)) = out;
   }
   cutlass::arch::fence_view_async_shared();  // generic-proxy writes, read by wgmma
   __syncthreads();
   return scale;
-}
-
-// x^T-style product of one tile: 64 e4m3 representatives (K-major at rep_address) against the
-// block's 128 e4m3 keys, as one committed wgmma group.
-template <typename Traits>
-__device__ __forceinline__ void issue_e4m3_product(uint32_t rep_address,
-                                                   uint64_t (&key_desc)[Traits::kSteps],
-                                                   float (&x)[64]) {
-  using Op = gmma::MMA_64x128x32_F32E4M3E4M3_SS_TN<>;
-  uint64_t rep_desc[Traits::kSteps];
-  k_major_descriptors<typename Traits::E4m3Rows>(rep_address, rep_desc);
-  fence_descriptors(rep_desc);
-  fence_descriptors(key_desc);
-  fence_accumulators(x);
-  cute::warpgroup_arrive();
-#pragma unroll
-  for (int kk = 0; kk < Traits::kSteps; ++kk)
-    gmma_ss_impl<Op>(rep_desc[kk], key_desc[kk], x,
-                     kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One,
-                     std::make_index_sequence<64>{});
-  cute::warpgroup_commit_batch();
 }
 
 template <typename Traits>
@@ -190,7 +168,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   const int64_t ld = buffers.words * 32;
 
   const auto issue_product = [&](int step, float(&x)[64]) {
-    issue_e4m3_product<Traits>(rep_address + (step % kStages) * Traits::kRepBytes, key_desc, x);
+    // 64 e4m3 representatives against the block's 128 e4m3 keys.
+    issue_tile_gmma<gmma::MMA_64x128x32_F32E4M3E4M3_SS_TN<>, typename Traits::E4m3Rows>(
+        rep_address + (step % kStages) * Traits::kRepBytes, key_desc, x);
   };
   const auto wait_for_reps = [&](int step) {
     barrier_wait(&rep_full[step % kStages], (step / kStages) & 1);

@@ -111,25 +111,34 @@ __device__ __forceinline__ void k_major_descriptors(uint32_t address, uint64_t (
     desc[kk] = sm90::desc_advance(first, (kk / 4) * Panels::kPanelBytes + (kk % 4) * 32);
 }
 
-// Issues x^T = Kbar Q^T for one tile of 64 pooled keys (K-major, at key_address) and the row's
-// queries, whose descriptors the caller made once per row, as one committed wgmma group. The
-// caller waits for it (warpgroup_wait) and fences x before reading it.
-template <typename Traits>
-__device__ __forceinline__ void issue_tile_product(uint32_t key_address,
-                                                   uint64_t (&q_desc)[Traits::kHeadDim / 16],
-                                                   float (&x)[64]) {
-  constexpr int kSteps = Traits::kHeadDim / 16;
-  uint64_t key_desc[kSteps];
-  k_major_descriptors<typename Traits::KeyPanels>(key_address, key_desc);
-  fence_descriptors(key_desc);
-  fence_descriptors(q_desc);
+// Issues x = A B^T for one m64n128 tile as one committed wgmma group of kSteps steps of the atom
+// Op: A (64 rows, K-major `APanels` at a_address) gets its descriptors here, B's the caller made
+// once. The caller waits for it (warpgroup_wait) and fences x before reading it.
+template <typename Op, typename APanels, int kSteps>
+__device__ __forceinline__ void issue_tile_gmma(uint32_t a_address, uint64_t (&b_desc)[kSteps],
+                                                float (&x)[64]) {
+  uint64_t a_desc[kSteps];
+  k_major_descriptors<APanels>(a_address, a_desc);
+  fence_descriptors(a_desc);
+  fence_descriptors(b_desc);
   fence_accumulators(x);
   cute::warpgroup_arrive();
 #pragma unroll
   for (int kk = 0; kk < kSteps; ++kk)
-    gmma_ss<Traits::kIsBf16, 128>(key_desc[kk], q_desc[kk], x,
-                                  kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One);
+    gmma_ss_impl<Op>(a_desc[kk], b_desc[kk], x,
+                     kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One,
+                     std::make_index_sequence<64>{});
   cute::warpgroup_commit_batch();
+}
+
+// x^T = Kbar Q^T for one tile of 64 pooled keys (K-major, at key_address) and the row's queries,
+// whose descriptors the caller made once per row.
+template <typename Traits>
+__device__ __forceinline__ void issue_tile_product(uint32_t key_address,
+                                                   uint64_t (&q_desc)[Traits::kHeadDim / 16],
+                                                   float (&x)[64]) {
+  issue_tile_gmma<typename GmmaSS<Traits::kIsBf16, 128>::Op, typename Traits::KeyPanels>(
+      key_address, q_desc, x);
 }
 
 // Tiles step .. num_tiles - 1 of a row, in pairs on two accumulators: the second tile's wgmmas run

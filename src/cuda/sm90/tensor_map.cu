@@ -33,9 +33,9 @@ CUtensorMap encode_typed(CUtensorMapDataType type, const void* base, int rank,
   const cuuint32_t element_strides[5] = {1, 1, 1, 1, 1};
   CUtensorMap map;
   const CUresult result = encode_function()(
-      &map, type, cuuint32_t(rank), const_cast<void*>(base), dims, byte_strides, box, element_strides,
-      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+      &map, type, cuuint32_t(rank), const_cast<void*>(base), dims, byte_strides, box,
+      element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (result != CUDA_SUCCESS)
     throw Error(std::string("flashprefill: cuTensorMapEncodeTiled failed for ") + name +
                 " (CUresult " + std::to_string(int(result)) + ")");
