@@ -12,7 +12,10 @@ and heads, `gf` that and the group's far query, `gF` the far query alone; withou
 query head; `p` added: the mean query of each pair of query blocks serves both, `P` the farther of
 the pair's far queries, `Q` the farthest of four blocks' far queries; `e` added: products of e4m3
 values, each representative and each key block scaled by its own power of two, as docs/ROBUST.md; `2`
-added: the far head's row farthest from the far row in place of the mean query). The
+added: the far head's row farthest from the far row in place of the mean query; `s` added: in place of
+the mean query, the group's mean over each head's rows on the far side's opposite, (q - mean) . (far -
+mean) <= 0; `c` added: in place of the mean query, the group's mean over each head's rows whose
+distance to the head's mean is at most the midrange of the block's distances). The
 library's rule is `proto-dual@alpha@alpha^2@gfe` (`gf` is its bf16-product form of session 16). The
 structured input's density
 (BENCHMARK.md) is reported per mode beside it, as the ratio to the exact rule's.
@@ -74,7 +77,7 @@ def _e4m3_scaled(x, dims):
 
 
 def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, far_only=False, pair_mean=False,
-                      far_run=0, fp8=False, far2=False, params=dict(sink_blocks=2, window_blocks=4, last_full_blocks=2)):
+                      far_run=0, fp8=False, far2=False, split=False, core=False, params=dict(sink_blocks=2, window_blocks=4, last_full_blocks=2)):
     """Kept mask [H_q, nb, nb]: the exact rule, or a block whose best single key, scored against the mean
     query of the query block, lies within ln(1/alpha2) of the row's best key (pool_group: the mean over the
     rows and the query heads of the GQA group). far_query (with pool_group): also the group's far query,
@@ -123,6 +126,17 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
             own = qb.float()[torch.arange(nb, device=q.device)[:, None], :, hstar]     # [nb, H_kv, B, D]
             d2 = ((own - far_q[:, :, None]) ** 2).sum(-1).masked_fill(~rvalid[:, None, :], -1.0)
             far2_q = torch.gather(own, 2, d2.argmax(-1)[:, :, None, None].expand(nb, heads_kv, 1, dim))[:, :, 0]
+        if split:  # per head, the mean of the rows on the far side's opposite; pooled over the group
+            far_own = rows_q                                              # [nb, H_q, D]: each head's far row
+            side = ((qb.float() - rounded[:, None]) * (far_own - rounded)[:, None]).sum(-1)   # [nb, B, H_q]
+            opposite = (side <= 0) & rvalid[:, :, None]
+            split_sums = (qb.float() * opposite[..., None]).sum(1)        # [nb, H_q, D]
+            split_counts = opposite.sum(1).float()                        # [nb, H_q]
+        if core:  # per head, the rows no farther from its mean than the midrange of their distances
+            lowest = spread.masked_fill(~rvalid[:, :, None], float("inf")).amin(1)     # [nb, H_q]
+            inner = (spread <= (lowest + best)[:, None] / 2) & rvalid[:, :, None]   # [nb, B, H_q]
+            split_sums = (qb.float() * inner[..., None]).sum(1)
+            split_counts = inner.sum(1).float()
         if far_run:  # the farthest of a run of far_run far queries serves all of its query blocks
             runs = -(-nb // far_run)
             d = best.view(nb, heads_kv, group).amax(-1)                # [nb, H_kv]
@@ -136,6 +150,9 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
         qbar = qbar.view(nb, heads_kv, group, dim).mean(2)            # [nb, H_kv, D]
     if far2:
         qbar = far2_q
+    if split or core:
+        qbar = (split_sums.view(nb, heads_kv, group, dim).sum(2)
+                / split_counts.view(nb, heads_kv, group).sum(2).clamp(min=1)[..., None])
     kb, _ = _block_view(k, length)                                    # [nb, B, H_kv, D]
     if fp8:  # e4m3 products: each representative and each (key block, kv head) scaled on its own
         qbar = _e4m3_scaled(qbar.to(q.dtype).float(), (-1,))
@@ -209,7 +226,9 @@ def run_mode(mode, q, k, v):
                                  pair_mean=len(parts) > 3 and "p" in parts[3],
                                  far_run=(4 if "Q" in parts[3] else 2 if "P" in parts[3] else 0) if len(parts) > 3 else 0,
                                  fp8=len(parts) > 3 and "e" in parts[3],
-                                 far2=len(parts) > 3 and "2" in parts[3])
+                                 far2=len(parts) > 3 and "2" in parts[3],
+                                 split=len(parts) > 3 and "s" in parts[3],
+                                 core=len(parts) > 3 and "c" in parts[3])
         return fp.block_sparse_attention(q, k, v, layout_of(mask, like)), float(mask.sum()) / causal
     raise ValueError(f"unknown mode {mode}")
 

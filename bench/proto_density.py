@@ -26,10 +26,12 @@ def main():
     parser.add_argument("--alpha", type=float, default=0.12)
     parser.add_argument("--ratios", default="0.0144,0.005,0.0017")
     parser.add_argument("--far2", action="store_true", help="the prototype's gfe2: far2 in place of the mean query")
+    parser.add_argument("--device", default="cpu", help="where the prototype and the library run (cpu, cuda)")
     args = parser.parse_args()
     length = needle_suite.parse_len(args.length)
     started = time.time()
     q, k, _ = (torch.from_numpy(a).view(torch.bfloat16) for a in fp.make_structured_input(length, 32, 8, 128, seed=0))
+    q, k = q.to(args.device), k.to(args.device)
     nb = -(-length // needle_suite.BLOCK)
     causal = 32 * nb * (nb + 1) // 2
     exact = fp.select_blocks(q, k, alpha=args.alpha).density(causal)

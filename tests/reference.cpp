@@ -15,6 +15,7 @@ namespace {
 using detail::Problem;
 using detail::SeqExtent;
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 double load(const Problem& p, const void* base, int64_t offset) {
   return detail::load_element(base, offset, p.dtype);
@@ -47,34 +48,62 @@ QueryRepresentatives query_representatives(const Problem& p, const detail::Layou
   const int64_t D = p.head_dim, g = p.group, hk = r.head / g, shift = r.shift();
   const int64_t t0 = r.positions(p.block()).begin - shift, t1 = r.positions(p.block()).end - shift;
   const double n = double(t1 - t0);
+  // A choice closer to its tie than this, relative to the largest squared norm of the rows, may go
+  // either way in fp32: the GPU's distances are ||q||^2 - 2 q . mean + ||mean||^2, whose rounding
+  // errors are a few 1e-7 of the squared norms they cancel.
+  constexpr double kAmbiguous = 1e-5;
+  double squared_norm = 0.0;  // the largest ||q||^2 of the group's rows
   QueryRepresentatives reps;
-  reps.mean.assign(static_cast<size_t>(D), 0.0);
-  double far_distance = -1.0;
+  reps.core.assign(static_cast<size_t>(D), 0.0);
+  double far_distance = -1.0, runner_up = -1.0, core_count = 0.0;
   int64_t far_head = hk * g, far_t = t0;
+  const auto q_at = [&](int64_t t, int64_t h, int64_t d) {
+    return double(load(p, p.q, p.q_offset(r.seq, r.extent, t, h) + d));
+  };
   for (int64_t h = hk * g; h < (hk + 1) * g; ++h) {
     std::vector<double> mean(static_cast<size_t>(D), 0.0);
     for (int64_t t = t0; t < t1; ++t)
-      for (int64_t d = 0; d < D; ++d)
-        mean[d] += load(p, p.q, p.q_offset(r.seq, r.extent, t, h) + d);
-    // The group's sums; the far row's distance is to the head's mean rounded to the input dtype.
-    for (int64_t d = 0; d < D; ++d)
-      reps.mean[d] += mean[d], mean[d] = detail::rounded_to(float(mean[d] / n), p.dtype);
+      for (int64_t d = 0; d < D; ++d) mean[d] += q_at(t, h, d);
+    // The distances are to the head's mean rounded to the input dtype.
+    for (int64_t d = 0; d < D; ++d) mean[d] = detail::rounded_to(float(mean[d] / n), p.dtype);
+    std::vector<double> distance;
     for (int64_t t = t0; t < t1; ++t) {
-      double distance = 0.0;
+      double sum = 0.0, norm = 0.0;
       for (int64_t d = 0; d < D; ++d) {
-        const double diff = load(p, p.q, p.q_offset(r.seq, r.extent, t, h) + d) - mean[d];
-        distance += diff * diff;
+        sum += (q_at(t, h, d) - mean[d]) * (q_at(t, h, d) - mean[d]);
+        norm += q_at(t, h, d) * q_at(t, h, d);
       }
-      if (distance > far_distance) far_distance = distance, far_head = h, far_t = t;
+      distance.push_back(sum);
+      squared_norm = std::max(squared_norm, norm);
+      if (sum > far_distance) {
+        runner_up = far_distance, far_distance = sum, far_head = h, far_t = t;
+      } else {
+        runner_up = std::max(runner_up, sum);
+      }
+    }
+    // The head's core rows: distance at most the midrange.
+    const auto [lowest, highest] = std::minmax_element(distance.begin(), distance.end());
+    const double midrange = 0.5 * (*lowest + *highest);
+    for (int64_t t = t0; t < t1; ++t) {
+      const double dist = distance[t - t0];
+      // The nearest and the farthest row are never in doubt (lowest <= midrange <= highest in
+      // any rounding); one in between may be.
+      if (dist > *lowest && dist < *highest &&
+          std::abs(dist - midrange) <= kAmbiguous * squared_norm)
+        reps.ambiguous = true;
+      if (dist > midrange) continue;
+      core_count += 1.0;
+      for (int64_t d = 0; d < D; ++d) reps.core[d] += q_at(t, h, d);
     }
   }
-  for (double& x : reps.mean) x = detail::rounded_to(float(x / (double(g) * n)), p.dtype);
-  for (int64_t d = 0; d < D; ++d)
-    reps.far.push_back(load(p, p.q, p.q_offset(r.seq, r.extent, far_t, far_head) + d));
+  if (far_distance - runner_up <= kAmbiguous * squared_norm) reps.ambiguous = true;
+  for (double& x : reps.core) x = detail::rounded_to(float(x / core_count), p.dtype);
+  for (int64_t d = 0; d < D; ++d) reps.far.push_back(q_at(far_t, far_head, d));
   return reps;
 }
 
-std::vector<double> robust_margins(const Problem& p, int64_t max_key_blocks) {
+std::vector<double> robust_margins(const Problem& p, int64_t max_key_blocks,
+                                   double e4m3_sum_precision) {
   const int64_t D = p.head_dim, B = p.block();
   std::vector<double> margins;
   detail::for_each_layout_row(p, [&](const detail::LayoutRow& r, int64_t row) {
@@ -96,19 +125,32 @@ std::vector<double> robust_margins(const Problem& p, int64_t max_key_blocks) {
           keys.push_back(float(load(p, p.k, p.k_offset(r.seq, r.extent, key, hk) + d)));
       key_blocks[j] = scaled_e4m3(std::move(keys));
     }
-    for (const std::vector<double>* given : {&reps.mean, &reps.far}) {
+    if (reps.ambiguous) {  // which rows the representatives are is a matter of fp32 rounding
+      for (int64_t j = 0; j <= i; ++j) margins[row * max_key_blocks + j] = kNaN;
+      return;
+    }
+    for (const std::vector<double>* given : {&reps.core, &reps.far}) {
       const std::vector<double> rep = scaled_e4m3(std::vector<float>(given->begin(), given->end()));
       std::vector<double> y(static_cast<size_t>(i + 1), kNegInf);
+      double magnitude = 0.0;  // the largest scale * sum_d |rep_d k_d|
       for (int64_t j = 0; j <= i; ++j)  // every key of the block counts, the diagonal's too
         for (size_t key = 0; key < key_blocks[j].size() / size_t(D); ++key) {
-          double dot = 0.0;
-          for (int64_t d = 0; d < D; ++d) dot += rep[d] * key_blocks[j][key * D + d];
+          double dot = 0.0, l1 = 0.0;
+          for (int64_t d = 0; d < D; ++d) {
+            dot += rep[d] * key_blocks[j][key * D + d];
+            l1 += std::abs(rep[d] * key_blocks[j][key * D + d]);
+          }
           y[j] = std::max(y[j], p.params.scale * dot);
+          magnitude = std::max(magnitude, p.params.scale * l1);
         }
       const double best = *std::max_element(y.begin(), y.end());
+      // A margin is two best keys apart: each may move by e4m3_sum_precision of its magnitude.
+      const double allowance = 2.0 * e4m3_sum_precision * magnitude;
       for (int64_t j = 0; j <= i; ++j) {
         double& margin = margins[row * max_key_blocks + j];
-        margin = std::max(margin, log_ratio == kNegInf ? -kNegInf : y[j] - best - log_ratio);
+        const double m = y[j] - best - log_ratio;
+        const double shrunk = std::copysign(std::max(std::abs(m) - allowance, 0.0), m);
+        margin = std::max(margin, log_ratio == kNegInf ? -kNegInf : shrunk);
       }
     }
   });

@@ -20,9 +20,12 @@ std::vector<double> block_scores(const detail::Problem& p, const std::vector<dou
                                  int64_t max_key_blocks);
 
 // Robust discovery's second test (docs/ROBUST.md): the two query representatives of a (sequence,
-// kv head, query block), the group's mean query rounded to the input dtype and its far query.
+// kv head, query block), the group's core query rounded to the input dtype and its far query.
+// ambiguous: a row's distance lies so close to its head's midrange, or the two largest distances so
+// close to each other, that fp32 rounding may choose the other way (relative 1e-4).
 struct QueryRepresentatives {
-  std::vector<double> mean, far;  // [D] each
+  std::vector<double> core, far;  // [D] each
+  bool ambiguous = false;
 };
 QueryRepresentatives query_representatives(const detail::Problem& p, const detail::LayoutRow& r);
 
@@ -30,11 +33,16 @@ QueryRepresentatives query_representatives(const detail::Problem& p, const detai
 // max over rep in {mean, far} of y_rep[j] - max_{j' <= i} y_rep[j'] - ln(alpha_h^2), where y_rep[j]
 // = max over block j's keys of scale * rep . k; block j passes iff margin >= 0 (+inf at alpha 0,
 // -inf where j > i). A margin is in natural-log units, so |margin| <= 1e-3 is the robust
-// counterpart of a score within 1e-3 relative of the exact rule's threshold.
-std::vector<double> robust_margins(const detail::Problem& p, int64_t max_key_blocks);
+// counterpart of a score within 1e-3 relative of the exact rule's threshold. NaN for every block of
+// a row whose representatives are ambiguous (QueryRepresentatives): a backend may pick either.
+// e4m3_sum_precision > 0: for a backend that sums the e4m3 products less precisely than fp32
+// (Hopper's fp8 tensor cores), each margin moved toward 0 by twice that fraction of the largest
+// scale * sum_d |rep_d k_d| of the row, so |margin| <= 1e-3 still means "within that rounding".
+std::vector<double> robust_margins(const detail::Problem& p, int64_t max_key_blocks,
+                                   double e4m3_sum_precision = 0.0);
 
 // Steps 3-4: the kept key blocks of every layout row, ascending. robust_margins (robust discovery,
-// robust_margins(...)): the blocks whose margin is >= 0 are kept too.
+// robust_margins(...)): the blocks whose margin is >= 0 are kept too (none where it is NaN).
 std::vector<std::vector<int32_t>> select_blocks(const detail::Problem& p,
                                                 const std::vector<double>& scores,
                                                 int64_t max_key_blocks,

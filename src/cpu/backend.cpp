@@ -369,9 +369,9 @@ void build_layout(const Problem& p, const BlockSparseLayout& layout, SelectRow&&
 
 // Robust discovery's second test (docs/ROBUST.md). The exact rule scores each query against a key
 // block's mean, which dilutes a short dominant span; this test scores every single key against two
-// pooled queries per (sequence, kv head, query block): the group's mean query (what the block's
-// queries want on the whole) and its far query (the row farthest from its head's mean: a minority
-// of rows that attend where the mean query does not). y[rep][j] is the best key of block j for rep,
+// pooled queries per (sequence, kv head, query block): the group's core query (the mean of the
+// rows near their head's mean: what most of the block's queries want) and its far query (the row
+// farthest from its head's mean: a minority of rows that attend where the core query does not). y[rep][j] is the best key of block j for rep,
 // scale * q_rep . k (fp32), with no visibility mask.
 struct RobustScores {
   int64_t heads_kv = 0;
@@ -384,9 +384,9 @@ struct RobustScores {
   }
 };
 
-// The two representatives of one (sequence, query block) for every kv head hk, rows 2 hk (mean)
-// and 2 hk + 1 (far) of reps [D each], from chunk rows t_begin .. t_end - 1. Two passes over the
-// rows (sums, then distances), each reading a row's heads together: q's token stride is usually
+// The two representatives of one (sequence, query block) for every kv head hk, rows 2 hk (core)
+// and 2 hk + 1 (far) of reps [D each], from chunk rows t_begin .. t_end - 1. Passes over the rows
+// (sums, distances, core sums), each reading a row's heads together: q's token stride is usually
 // H_q * D, so a pass per head would read one short piece per memory page.
 void query_representatives(const Problem& p, const Row& r, float* reps) {
   const int64_t D = p.head_dim, H = p.heads_q, n = r.t_end - r.t_begin, g = p.group;
@@ -396,16 +396,11 @@ void query_representatives(const Problem& p, const Row& r, float* reps) {
       load_row(p, p.q, p.q_offset(r.seq, r.extent, t, h), D, row.data());
       for (int64_t d = 0; d < D; ++d) mean[h * D + d] += row[d];  // sums, in row order
     }
-  for (int64_t hk = 0; hk < p.heads_kv; ++hk)
-    for (int64_t d = 0; d < D; ++d) {
-      float group_sum = 0.0f;  // in head order
-      for (int64_t u = 0; u < g; ++u) group_sum += mean[(hk * g + u) * D + d];
-      // pooled like the keys: rounded to the input dtype
-      reps[2 * hk * D + d] = detail::rounded_to(group_sum / float(g * n), p.dtype);
-    }
-  // Each head's mean, rounded to the input dtype (docs/ROBUST.md: the far row's distance is to it).
+  // Each head's mean, rounded to the input dtype (docs/ROBUST.md: the distances are to it).
   for (float& x : mean) x = detail::rounded_to(x / float(n), p.dtype);
-  // The far row of each group: the largest distance, then the lowest head, then the lowest row.
+  // Every row's distance to its head's mean; the far row of each group: the largest distance,
+  // then the lowest head, then the lowest row.
+  std::vector<float> distance(static_cast<size_t>(n * H));
   std::vector<float> far_distance(static_cast<size_t>(p.heads_kv), -1.0f);
   std::vector<int64_t> far_u(static_cast<size_t>(p.heads_kv), 0),
       far_t(static_cast<size_t>(p.heads_kv), r.t_begin);
@@ -419,15 +414,41 @@ void query_representatives(const Problem& p, const Row& r, float* reps) {
       for (int64_t d0 = 0; d0 < D; d0 += 16)
         for (int64_t e = 0; e < 16; ++e)
           partial[e] += (row[d0 + e] - m[d0 + e]) * (row[d0 + e] - m[d0 + e]);
-      float distance = 0.0f;
-      for (float x : partial) distance += x;
+      float dist = 0.0f;
+      for (float x : partial) dist += x;
+      distance[(t - r.t_begin) * H + h] = dist;
       const int64_t hk = h / g, u = h % g;
-      if (distance > far_distance[hk] || (distance == far_distance[hk] && u < far_u[hk]))
-        far_distance[hk] = distance, far_u[hk] = u, far_t[hk] = t;
+      if (dist > far_distance[hk] || (dist == far_distance[hk] && u < far_u[hk]))
+        far_distance[hk] = dist, far_u[hk] = u, far_t[hk] = t;
     }
-  for (int64_t hk = 0; hk < p.heads_kv; ++hk)
+  // Each head's core rows: distance at most the midrange of its rows' distances.
+  std::vector<float> midrange(static_cast<size_t>(H));
+  for (int64_t h = 0; h < H; ++h) {
+    float lowest = INFINITY, highest = -INFINITY;
+    for (int64_t t = 0; t < n; ++t)
+      lowest = std::min(lowest, distance[t * H + h]), highest = std::max(highest, distance[t * H + h]);
+    midrange[h] = 0.5f * (lowest + highest);
+  }
+  std::vector<float> core_sum(static_cast<size_t>(H * D), 0.0f), core_count(static_cast<size_t>(H));
+  for (int64_t t = r.t_begin; t < r.t_end; ++t)
+    for (int64_t h = 0; h < H; ++h) {
+      if (distance[(t - r.t_begin) * H + h] > midrange[h]) continue;
+      load_row(p, p.q, p.q_offset(r.seq, r.extent, t, h), D, row.data());
+      for (int64_t d = 0; d < D; ++d) core_sum[h * D + d] += row[d];
+      core_count[h] += 1.0f;
+    }
+  for (int64_t hk = 0; hk < p.heads_kv; ++hk) {
+    float count = 0.0f;  // in head order
+    for (int64_t u = 0; u < g; ++u) count += core_count[hk * g + u];
+    for (int64_t d = 0; d < D; ++d) {
+      float group_sum = 0.0f;
+      for (int64_t u = 0; u < g; ++u) group_sum += core_sum[(hk * g + u) * D + d];
+      // pooled like the keys: rounded to the input dtype
+      reps[2 * hk * D + d] = detail::rounded_to(group_sum / count, p.dtype);
+    }
     load_row(p, p.q, p.q_offset(r.seq, r.extent, far_t[hk], hk * g + far_u[hk]), D,
              reps + (2 * hk + 1) * D);
+  }
 }
 
 RobustScores robust_scores_of(const Problem& p) {

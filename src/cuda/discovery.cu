@@ -37,6 +37,7 @@ detail::DiscoveryPlan plan(const Problem& p, int64_t max_rows) {
   if (p.params.discovery == Discovery::robust) {
     plan.kv_rows = max_rows / p.group;
     plan.query_sum = regions.take(size_t(max_rows * p.head_dim) * 4);
+    plan.query_core_count = regions.take(size_t(max_rows) * 4);
     plan.query_far = regions.take(size_t(max_rows * p.head_dim) * 2);
     plan.query_far_distance = regions.take(size_t(max_rows) * 4);
     plan.representatives = regions.take(size_t(plan.kv_rows * 2 * p.head_dim) * 2);
@@ -59,6 +60,7 @@ Buffers carve(const detail::DiscoveryPlan& plan, void* workspace) {
   b.pooled_half = plan.pooled_half.in<void>(workspace);
   if (plan.kv_rows > 0) {
     b.query_sum = plan.query_sum.in<float>(workspace);
+    b.query_core_count = plan.query_core_count.in<float>(workspace);
     b.query_far = plan.query_far.in<void>(workspace);
     b.query_far_distance = plan.query_far_distance.in<float>(workspace);
     b.representatives = plan.representatives.in<void>(workspace);

@@ -21,7 +21,8 @@ struct Buffers {
   // [slots][H_kv][D] the means rounded to the input dtype: what scoring reads
   void* pooled_half = nullptr;
   // Robust discovery (docs/ROBUST.md; nullptr in exact mode), as DiscoveryPlan describes them.
-  float* query_sum = nullptr;           // [max_rows][D]
+  float* query_sum = nullptr;           // [max_rows][D] the sum of the row's core queries
+  float* query_core_count = nullptr;    // [max_rows] how many core queries
   void* query_far = nullptr;            // [max_rows][D]
   float* query_far_distance = nullptr;  // [max_rows]
   // [kv_rows][2][D]: the group's mean query and its far query, each scaled by its own power of two

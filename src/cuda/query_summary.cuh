@@ -1,5 +1,5 @@
 // Robust discovery (docs/ROBUST.md) inside the score kernels of every architecture: each layout
-// row's query sum and its query farthest from their mean, taken from the query tile the kernel
+// row's core query sum and its query farthest from their mean, taken from the query tile the kernel
 // already holds in shared memory (no second read of Q from global memory). representatives.cu
 // turns them into the two representatives of each (kv head, query block).
 #pragma once
@@ -60,23 +60,51 @@ __device__ __forceinline__ float best_of_key(uint32_t key) {
 }
 
 // Floats of shared-memory scratch write_query_summary needs: each warp's partial sums, the per-warp
-// bests (32 floats, 32 ints), then the mean in the input dtype.
+// bests and lowests (32 floats), their rows and core counts (32 ints), then the mean in the input
+// dtype.
 template <int kHeadDim, int kWarps>
 constexpr int query_summary_scratch_floats() {
+  static_assert(2 * kWarps <= 32);
   return kWarps * kHeadDim + 64 + kHeadDim / 2;
+}
+
+// Each warp's sums of the rows of its 16-row tiles selected by mask (mask[k]: the B fragment of
+// the row mask over tile k's rows 2 quad, 2 quad + 1 (+ 8), repeated over the 8 columns), for every
+// dimension, into partial[warp][kHeadDim]: Q^T through ldmatrix.trans as A times the mask column.
+template <typename Layout, int kHeadDim, int kWarps, int kTilesPerWarp, bool kIsBf16>
+__device__ __forceinline__ void masked_row_sums(
+    const TileRowAddress<Layout, MatrixOrder::kChunksFirst>& chunks_first,
+    const uint32_t (&mask)[kTilesPerWarp][2], float* partial) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, quad = lane % 4;
+#pragma unroll
+  for (int s = 0; s < kHeadDim / 16; ++s) {
+    float sum[4] = {};  // every column is the sum: rows g, g + 8 are dims 16 s + g, + 8
+#pragma unroll
+    for (int k = 0; k < kTilesPerWarp; ++k) {
+      uint32_t q_transposed[4];
+      sm80::ldmatrix_x4_trans(q_transposed, chunks_first(k * kWarps, s));
+      sm80::mma_16816<kIsBf16>(sum, q_transposed, mask[k]);
+    }
+    if (quad == 0) {
+      partial[warp * kHeadDim + 16 * s + g] = sum[0];
+      partial[warp * kHeadDim + 16 * s + g + 8] = sum[2];
+    }
+  }
 }
 
 // Called by all kThreads threads of the CTA, once the tile has landed; scratch is the CTA's own.
 // The tile (`Layout`, at shared-memory byte address tile_address) holds kTileRows rows; rows
-// [first_row, end_row) hold the row's queries (end_row > first_row). Writes, for layout row `row`:
-// query_sum[row] (fp32), query_far[row] (that query's elements, exactly) and
-// query_far_distance[row] (its squared distance to the mean rounded to the input dtype; the lowest
-// row wins ties).
+// [first_row, end_row) hold the row's queries (end_row > first_row). Writes, for layout row `row`
+// (docs/ROBUST.md, step 1): query_far[row] (the query farthest from the mean rounded to the input
+// dtype, its elements exactly; the lowest row wins ties), query_far_distance[row] (that squared
+// distance), and query_sum[row] / query_core_count[row]: the sum (fp32) and the number of the core
+// queries, those whose distance is at most the midrange of the rows' distances.
 //
 // All products on the tensor cores (mma.sync), a few hundred instructions per warp:
 //  - sums: Q^T mask, Q^T through ldmatrix.trans as A and the mask column repeated as B; each warp
 //    sums its own 16-row tiles for every dimension (short, independent accumulator chains), and
-//    the warps' partial sums meet in shared memory;
+//    the warps' partial sums meet in shared memory; once over the rows for the mean, once over
+//    the core rows;
 //  - distances: ||q||^2 - 2 q . mean + ||mean||^2, with ||q||^2 the diagonal of each 16-row block
 //    of Q Q^T and q . mean from the mean as a B column.
 template <typename Layout, int kHeadDim, int kThreads, int kTileRows, bool kIsBf16>
@@ -90,8 +118,8 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
   static_assert(kRowTiles % kWarps == 0, "each warp takes the same number of 16-row tiles");
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, quad = lane % 4;
   float* partial = scratch;                                           // [kWarps][kHeadDim]
-  float* best_of_warp = scratch + kWarps * kHeadDim;                  // [32]
-  int* best_row_of_warp = reinterpret_cast<int*>(best_of_warp + 32);  // [32]
+  float* best_of_warp = scratch + kWarps * kHeadDim;                  // [kWarps], then lowests
+  int* best_row_of_warp = reinterpret_cast<int*>(best_of_warp + 32);  // [kWarps], then counts
   auto* mean = reinterpret_cast<Element*>(best_of_warp + 64);         // [kHeadDim], rounded
   // Warp w takes the 16-row tiles w, w + kWarps, ...: tile k of the warp is tile warp + k kWarps.
   const uint32_t warp_tiles = tile_address + uint32_t(warp * 16 * Layout::kRowBytes);
@@ -99,7 +127,7 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
   const TileRowAddress<Layout, MatrixOrder::kChunksFirst> chunks_first(warp_tiles, lane);
   const auto valid_row = [&](int t) { return t >= first_row && t < end_row; };
 
-  // Sums. mask[k]: the B fragment of the mask column over tile k's rows 2 quad, 2 quad + 1 (+ 8).
+  // Sums of every row, for the mean.
   uint32_t mask[kTilesPerWarp][2];
 #pragma unroll
   for (int k = 0; k < kTilesPerWarp; ++k)
@@ -109,20 +137,7 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
       mask[k][h] =
           sm80::pack(Half::from_floats(valid_row(t) ? 1.0f : 0.0f, valid_row(t + 1) ? 1.0f : 0.0f));
     }
-#pragma unroll
-  for (int s = 0; s < kSlices; ++s) {
-    float sum[4] = {};  // every column is the sum: rows g, g + 8 are dims 16 s + g, + 8
-#pragma unroll
-    for (int k = 0; k < kTilesPerWarp; ++k) {
-      uint32_t q_transposed[4];
-      sm80::ldmatrix_x4_trans(q_transposed, chunks_first(k * kWarps, s));
-      sm80::mma_16816<kIsBf16>(sum, q_transposed, mask[k]);
-    }
-    if (quad == 0) {
-      partial[warp * kHeadDim + 16 * s + g] = sum[0];
-      partial[warp * kHeadDim + 16 * s + g + 8] = sum[2];
-    }
-  }
+  masked_row_sums<Layout, kHeadDim, kWarps, kTilesPerWarp, kIsBf16>(chunks_first, mask, partial);
   __syncthreads();
   const float inv_rows = 1.0f / float(end_row - first_row);
   // Loops of fixed trip counts (unrolled): the sm_90 score kernel runs this with a wgmma in flight,
@@ -134,7 +149,6 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
     float total = 0.0f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) total += partial[w * kHeadDim + d];
-    buffers.query_sum[row * kHeadDim + d] = total;
     mean[d] = Half::from_float(total * inv_rows);
   }
   __syncthreads();
@@ -145,6 +159,7 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
     const float m = Half::to_float(mean[lane + 32 * i]);
     mean_norm = fmaf(m, m, mean_norm);
   }
+#pragma unroll
   for (int offset = 16; offset > 0; offset /= 2)
     mean_norm += __shfl_xor_sync(0xffffffffu, mean_norm, offset);
 
@@ -173,38 +188,82 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
   // Row g's diagonal element is column g of the first n8 tile, row g + 8's column g of the second:
   // in the lane whose quad is g / 2, element g % 2 (rows g) or 2 + g % 2 (rows g + 8). A row that
   // rounding puts below zero still competes: the far row is always one of the block's rows.
-  float best = -INFINITY;
+  const bool holds_rows = quad == g / 2;
+  float distance[kTilesPerWarp][2];  // rows t0, t1 of tile k (in the lanes that hold rows)
+  float best = -INFINITY, lowest = INFINITY;
   int best_row = first_row;
-  if (quad == g / 2) {
-    const bool odd = g % 2;  // selects, not an index: the accumulators stay in registers
 #pragma unroll
-    for (int k = 0; k < kTilesPerWarp; ++k) {
-      const int t0 = 16 * (warp + k * kWarps) + g, t1 = t0 + 8;
-      const float gram0 =
-          (odd ? gram[k][0][0][1] : gram[k][0][0][0]) + (odd ? gram[k][1][0][1] : gram[k][1][0][0]);
-      const float gram1 =
-          (odd ? gram[k][0][1][3] : gram[k][0][1][2]) + (odd ? gram[k][1][1][3] : gram[k][1][1][2]);
-      const float d0 = gram0 - 2.0f * (dot[k][0][0] + dot[k][1][0]) + mean_norm;
-      const float d1 = gram1 - 2.0f * (dot[k][0][2] + dot[k][1][2]) + mean_norm;
-      if (valid_row(t0) && d0 > best) best = d0, best_row = t0;
-      if (valid_row(t1) && d1 > best) best = d1, best_row = t1;  // t1 > t0: ties keep t0
+  for (int k = 0; k < kTilesPerWarp; ++k) {
+    const bool odd = g % 2;  // selects, not an index: the accumulators stay in registers
+    const int t0 = 16 * (warp + k * kWarps) + g, t1 = t0 + 8;
+    const float gram0 =
+        (odd ? gram[k][0][0][1] : gram[k][0][0][0]) + (odd ? gram[k][1][0][1] : gram[k][1][0][0]);
+    const float gram1 =
+        (odd ? gram[k][0][1][3] : gram[k][0][1][2]) + (odd ? gram[k][1][1][3] : gram[k][1][1][2]);
+    distance[k][0] = gram0 - 2.0f * (dot[k][0][0] + dot[k][1][0]) + mean_norm;
+    distance[k][1] = gram1 - 2.0f * (dot[k][0][2] + dot[k][1][2]) + mean_norm;
+    if (holds_rows) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int t = h ? t1 : t0;  // t1 > t0: ties keep t0
+        if (!valid_row(t)) continue;
+        if (distance[k][h] > best) best = distance[k][h], best_row = t;
+        lowest = fminf(lowest, distance[k][h]);
+      }
     }
   }
-  // The warp's largest distance and, among the lanes holding it, the lowest row: two reductions
-  // on an unsigned key that orders as the floats do (+ 0.0f makes -0 equal to +0).
+  // The warp's largest distance and, among the lanes holding it, the lowest row, and its smallest
+  // distance: reductions on an unsigned key that orders as the floats do (+ 0.0f makes -0 equal
+  // to +0).
   const uint32_t key = ordered_key(best + 0.0f);
   const uint32_t warp_key = __reduce_max_sync(0xffffffffu, key);
   best_row =
       int(__reduce_min_sync(0xffffffffu, key == warp_key ? uint32_t(best_row) : 0xffffffffu));
-  if (lane == 0) best_of_warp[warp] = best_of_key(warp_key), best_row_of_warp[warp] = best_row;
+  const uint32_t warp_lowest = __reduce_min_sync(0xffffffffu, ordered_key(lowest + 0.0f));
+  if (lane == 0) {
+    best_of_warp[warp] = best_of_key(warp_key), best_row_of_warp[warp] = best_row;
+    best_of_warp[kWarps + warp] = best_of_key(warp_lowest);
+  }
   __syncthreads();
-  float far_distance = best_of_warp[0];
+  float far_distance = best_of_warp[0], lowest_distance = best_of_warp[kWarps];
   int far_row = best_row_of_warp[0];
 #pragma unroll
-  for (int w = 1; w < kWarps; ++w)
+  for (int w = 1; w < kWarps; ++w) {
     if (best_of_warp[w] > far_distance ||
         (best_of_warp[w] == far_distance && best_row_of_warp[w] < far_row))
       far_distance = best_of_warp[w], far_row = best_row_of_warp[w];
+    lowest_distance = fminf(lowest_distance, best_of_warp[kWarps + w]);
+  }
+
+  // The core rows: distance at most the midrange (never empty: the nearest row is one). Each
+  // lane that holds rows votes; row r of a tile's 8-row half is lane 4 r + r / 2's vote, and each
+  // lane gathers the votes of its B fragment's rows 2 quad, 2 quad + 1.
+  const float midrange = 0.5f * (lowest_distance + far_distance);
+  int core_count = 0;
+#pragma unroll
+  for (int k = 0; k < kTilesPerWarp; ++k)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int t = 16 * (warp + k * kWarps) + g + 8 * h;
+      const uint32_t votes =
+          __ballot_sync(0xffffffffu, holds_rows && valid_row(t) && distance[k][h] <= midrange);
+      core_count += __popc(votes);
+      const int r0 = 2 * quad, r1 = r0 + 1;
+      mask[k][h] = sm80::pack(Half::from_floats(float((votes >> (4 * r0 + r0 / 2)) & 1u),
+                                                float((votes >> (4 * r1 + r1 / 2)) & 1u)));
+    }
+  if (lane == 0) best_row_of_warp[kWarps + warp] = core_count;
+  masked_row_sums<Layout, kHeadDim, kWarps, kTilesPerWarp, kIsBf16>(chunks_first, mask, partial);
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < (kHeadDim + kThreads - 1) / kThreads; ++i) {
+    const int d = tid + i * kThreads;
+    if (d >= kHeadDim) break;
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) total += partial[w * kHeadDim + d];
+    buffers.query_sum[row * kHeadDim + d] = total;
+  }
   if (tid < kChunks) {
     uint4 chunk;
     asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
@@ -213,7 +272,13 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
     reinterpret_cast<uint4*>(static_cast<Element*>(buffers.query_far) + row * kHeadDim)[tid] =
         chunk;
   }
-  if (tid == 0) buffers.query_far_distance[row] = far_distance;
+  if (tid == 0) {
+    int count = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) count += best_row_of_warp[kWarps + w];
+    buffers.query_far_distance[row] = far_distance;
+    buffers.query_core_count[row] = float(count);
+  }
 }
 
 }  // namespace flashprefill::cuda::discovery

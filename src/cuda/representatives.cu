@@ -1,8 +1,8 @@
 // Robust discovery's second test on the GPU (docs/ROBUST.md), after the score kernels have
 // selected the exact rule's blocks and written each layout row's query sum and far query
 // (query_summary.cuh). Three kernels:
-//  1. combine: per (sequence, kv head, query block), the group's mean query (the g heads' sums over
-//     g * n rows, rounded to the input dtype) and its far query (the head whose far query lies
+//  1. combine: per (sequence, kv head, query block), the group's core query (the g heads' core
+//     sums over their core counts, rounded to the input dtype) and its far query (the head whose far query lies
 //     farthest from its mean): the two representatives, each scaled by its power of two and
 //     rounded to e4m3 (src/common/e4m3.hpp);
 //  2. best keys: per (sequence, kv head, key block j), every later representative against the
@@ -85,10 +85,10 @@ __device__ __forceinline__ int heads_per_batch(int64_t group) {
   return int(min(group, int64_t(kMaxGroup)));
 }
 
-// The combine kernel's shared memory per warp: [heads_per_batch][kHeadDim] query sums, then
-// [kMaxGroup] far distances.
+// The combine kernel's shared memory per warp: [heads_per_batch][kHeadDim] core sums, then
+// [kMaxGroup] far distances and [kMaxGroup] core counts.
 constexpr size_t combine_warp_floats(int head_dim, int64_t group) {
-  return size_t(std::min<int64_t>(group, kMaxGroup) * head_dim + kMaxGroup);
+  return size_t(std::min<int64_t>(group, kMaxGroup) * head_dim + 2 * kMaxGroup);
 }
 
 // 16 CTAs of 4 warps fill an SM's 64 warps: at most 32 registers, so that 128K tokens' 2048 CTAs
@@ -96,9 +96,9 @@ constexpr size_t combine_warp_floats(int head_dim, int64_t group) {
 constexpr int combine_ctas_per_sm(int head_dim) { return head_dim == 256 ? 12 : 16; }
 
 // 1. Combine: one warp per group row, each lane kHeadDim / 32 consecutive dims. The far head: the
-// largest query_far_distance, found by a scan in head order (the lowest head wins ties); the mean:
-// the heads' sums added in head order, divided by the group's query count, rounded to the input
-// dtype; then each representative scaled and rounded to e4m3.
+// largest query_far_distance, found by a scan in head order (the lowest head wins ties); the core
+// query: the heads' core sums and counts added in head order, the one divided by the other,
+// rounded to the input dtype; then each representative scaled and rounded to e4m3.
 template <int kHeadDim, bool kIsBf16>
 __global__ void __launch_bounds__(kRowWarps * 32, combine_ctas_per_sm(kHeadDim))
     combine_kernel(const Problem p, const int64_t* seq_row_offset, Buffers buffers) {
@@ -112,15 +112,17 @@ __global__ void __launch_bounds__(kRowWarps * 32, combine_ctas_per_sm(kHeadDim))
   if (!group_row_of_grid(p, seq_row_offset, group_row_of_warp(), r)) return;
   wait_for_previous_kernel();  // the score kernel's query sums and far rows
   const int lane = threadIdx.x % 32, group = int(p.group), batch = heads_per_batch(p.group);
-  float* const staged_sums = combine_smem + (threadIdx.x / 32) * (batch * kHeadDim + kMaxGroup);
+  float* const staged_sums =
+      combine_smem + (threadIdx.x / 32) * (batch * kHeadDim + 2 * kMaxGroup);
   float* const staged_distances = staged_sums + batch * kHeadDim;
-  const detail::PositionRange rows = r.first.positions(p.params.block_size);
+  float* const staged_counts = staged_distances + kMaxGroup;
   const int d0 = lane * kDims;
   const int64_t head_stride = r.nqb;  // layout rows from one head's row to the next head's
   const float* distance = buffers.query_far_distance + r.row0;
+  const float* core_count = buffers.query_core_count + r.row0;
   const float* query_sum = buffers.query_sum + r.row0 * kHeadDim + d0;
   int far_head = 0;
-  float far_distance = 0.0f;
+  float far_distance = 0.0f, count = 0.0f;
   float sum[kDims];
 #pragma unroll
   for (int e = 0; e < kDims; ++e) sum[e] = 0.0f;
@@ -128,18 +130,21 @@ __global__ void __launch_bounds__(kRowWarps * 32, combine_ctas_per_sm(kHeadDim))
     const int heads = min(batch, group - u0);
     __syncwarp();  // every lane has read the previous batch's distances
     // Lane l copies its dims of each head's sum (and reads only those) and lane k head k's
-    // distance.
+    // distance and core count.
     for (int k = 0; k < heads; ++k)
       sm80::cp_async<kDims * 4>(staged_sums + k * kHeadDim + d0,
                                 query_sum + (u0 + k) * head_stride * kHeadDim);
-    if (lane < heads)
+    if (lane < heads) {
       sm80::cp_async<4>(staged_distances + lane, distance + (u0 + lane) * head_stride);
+      sm80::cp_async<4>(staged_counts + lane, core_count + (u0 + lane) * head_stride);
+    }
     sm80::cp_async_wait_all();
-    __syncwarp();  // the distances, read by every lane
+    __syncwarp();  // the distances and counts, read by every lane
     for (int k = 0; k < heads; ++k) {
       const float head_distance = staged_distances[k];
       if (u0 + k == 0 || head_distance > far_distance)  // the lowest head wins ties
         far_distance = head_distance, far_head = u0 + k;
+      count += staged_counts[k];
       float head_sum[kDims];
       load_floats(staged_sums + k * kHeadDim + d0, head_sum);
 #pragma unroll
@@ -148,8 +153,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, combine_ctas_per_sm(kHeadDim))
   }
   const auto* far = static_cast<const Element*>(buffers.query_far) +
                     (r.row0 + far_head * head_stride) * kHeadDim + d0;
-  const float count = float(p.group * (rows.end - rows.begin));
-  float rep[2][kDims];  // the mean rounded to the input dtype, the far query
+  float rep[2][kDims];  // the core query rounded to the input dtype, the far query
 #pragma unroll
   for (int e = 0; e < kDims; ++e) {
     rep[0][e] = Half::to_float(Half::from_float(sum[e] / count));
