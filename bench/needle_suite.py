@@ -16,8 +16,8 @@ added: the far head's row farthest from the far row in place of the mean query; 
 the mean query, the group's mean over each head's rows on the far side's opposite, (q - mean) . (far -
 mean) <= 0; `c` added: in place of the mean query, the group's mean over each head's rows whose
 distance to the head's mean is at most the midrange of the block's distances). The
-library's rule is `proto-dual@alpha@alpha^2@gfe` (`gf` is its bf16-product form of session 16). The
-structured input's density
+library's rule is `proto-dual@alpha@alpha^2@gfec` since session 18 (`gfe`, the mean query, sessions
+13-17; `gf` its bf16-product form of session 16). The structured input's density
 (BENCHMARK.md) is reported per mode beside it, as the ratio to the exact rule's.
 """
 import argparse
@@ -85,9 +85,9 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
     one alone; pair_mean: the mean query of each pair of query blocks serves both (half the mean's
     products; the far query stays per block); far_run = n: the farthest of the far queries of n
     consecutive query blocks serves all n, scored over the causal prefix of the last of them; fp8: the
-    products of e4m3 values (_e4m3_scaled). The library's rule is pool_group, far_query, fp8,
-    alpha2 = alpha^2 (up to its rounding of the mean query to the input dtype and of the far row's
-    distance to its mean in fp32)."""
+    products of e4m3 values (_e4m3_scaled); far2, split, core: the mean query replaced (module
+    docstring's flags 2, s, c). The library's rule is pool_group, far_query, core, fp8, alpha2 =
+    alpha^2 (up to its rounding of the core query to the input dtype and of the distances in fp32)."""
     length, heads_q, dim = q.shape
     heads_kv = k.shape[1]
     group = heads_q // heads_kv

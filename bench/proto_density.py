@@ -1,6 +1,7 @@
-"""Density of robust discovery's prototype rule (bench/needle_suite.py's proto-dual, the library's rule with
-e4m3 products, `gfe`) at several margins, beside the library's exact and robust layouts, on the structured
-input of ../shared/docs/BENCHMARK.md (seed 0) at the llama3-8b shape (32 query heads, 8 kv heads, D 128).
+"""Density of robust discovery's prototype rule (bench/needle_suite.py's proto-dual with e4m3 products: `gfe`,
+the mean query of sessions 13-17; `--core`, `gfec`, the library's rule since session 18) at several margins,
+beside the library's exact and robust layouts, on the structured input of ../shared/docs/BENCHMARK.md (seed 0)
+at the llama3-8b shape (32 query heads, 8 kv heads, D 128).
 
     python bench/proto_density.py --length 32K --ratios 0.0144,0.005,0.0017
 
@@ -26,6 +27,7 @@ def main():
     parser.add_argument("--alpha", type=float, default=0.12)
     parser.add_argument("--ratios", default="0.0144,0.005,0.0017")
     parser.add_argument("--far2", action="store_true", help="the prototype's gfe2: far2 in place of the mean query")
+    parser.add_argument("--core", action="store_true", help="the prototype's gfec: the core query (the library's)")
     parser.add_argument("--device", default="cpu", help="where the prototype and the library run (cpu, cuda)")
     args = parser.parse_args()
     length = needle_suite.parse_len(args.length)
@@ -39,9 +41,9 @@ def main():
           f"{fp.select_blocks(q, k, alpha=args.alpha, discovery='robust').density(causal):.5f}", flush=True)
     for ratio in (float(r) for r in args.ratios.split(",")):
         mask = needle_suite.proto_dual_layout(q[0], k[0], args.alpha, ratio, pool_group=True, far_query=True, fp8=True,
-                                              far2=args.far2)
+                                              far2=args.far2, core=args.core)
         density = float(mask.sum()) / causal
-        print(f"{args.length}: prototype gfe{'2' if args.far2 else ''}, ratio {ratio}: {density:.5f} ({density / exact:.3f}x exact) "
+        print(f"{args.length}: prototype gfe{'2' if args.far2 else ''}{'c' if args.core else ''}, ratio {ratio}: {density:.5f} ({density / exact:.3f}x exact) "
               f"[{time.time() - started:.0f} s]", flush=True)
 
 

@@ -25,7 +25,7 @@ struct Buffers {
   float* query_core_count = nullptr;    // [max_rows] how many core queries
   void* query_far = nullptr;            // [max_rows][D]
   float* query_far_distance = nullptr;  // [max_rows]
-  // [kv_rows][2][D]: the group's mean query and its far query, each scaled by its own power of two
+  // [kv_rows][2][D]: the group's core query and its far query, each scaled by its own power of two
   // and rounded to e4m3 (docs/ROBUST.md), in the input dtype (exact) and as e4m3 bytes; the scales
   // [kv_rows][2]
   void* representatives = nullptr;
@@ -59,7 +59,7 @@ void score_rows(const detail::Problem& p, const int64_t* seq_row_offset, const B
 // Selection from a given score matrix.
 void select_from_scores(const detail::Problem& p, const int64_t* seq_row_offset,
                         const float* scores, int64_t ld, const Buffers& buffers);
-// Robust discovery's second test (docs/ROBUST.md), after score_rows wrote each row's query sum and
+// Robust discovery's second test (docs/ROBUST.md), after score_rows wrote each row's core sum and
 // far query: the representatives of each (kv head, query block), their best key per key block, and
 // the blocks they keep added to kept_bits and counts (src/cuda/representatives.cu).
 void rescue_rows(const detail::Problem& p, const int64_t* seq_row_offset, const Buffers& buffers);

@@ -1,5 +1,5 @@
 // Robust discovery's second test on the GPU (docs/ROBUST.md), after the score kernels have
-// selected the exact rule's blocks and written each layout row's query sum and far query
+// selected the exact rule's blocks and written each layout row's core sum and far query
 // (query_summary.cuh). Three kernels:
 //  1. combine: per (sequence, kv head, query block), the group's core query (the g heads' core
 //     sums over their core counts, rounded to the input dtype) and its far query (the head whose far query lies

@@ -661,7 +661,7 @@ TEST(Cuda, UnsortedCallerLayoutIsMasked) {
   }
 }
 
-// Robust discovery (docs/ROBUST.md): both score kernels' query sums and far rows, the
+// Robust discovery (docs/ROBUST.md): both score kernels' core sums and far rows, the
 // representatives, their best keys and the rescue, against the CPU backend and the fp64 reference
 // of the rule (check_layout_matches_cpu checks with the rule of params.discovery). Random shapes:
 // partial blocks, GQA, chunked, min_budget, both dtypes and head dims; the sm_90a score kernel by

@@ -26,7 +26,7 @@ constexpr int kKeyChunk = 64;  // pooled keys scored per step
 // Step 2 for one layout row per CTA (kBlockM query rows = kBlockM / 16 warps), then either the
 // selection (fused path) or the S row written out. x = scale * q . Kbar with tensor cores (Kbar in
 // the input dtype), fp32 accumulation; each key block's log2-domain score lands in shared memory.
-// kSummarizeQueries (robust discovery, docs/ROBUST.md): the row's query sum and far query as well
+// kSummarizeQueries (robust discovery, docs/ROBUST.md): the row's core sum and far query as well
 // (query_summary.cuh), from the query tile, once the key chunks' memory is free.
 template <int kHeadDim, bool kIsBf16, int kBlockM, bool kSummarizeQueries = false>
 __global__ void __launch_bounds__(kBlockM * 2)

@@ -23,7 +23,7 @@
 // largest scores of a row usually lie on the local band or the sinks, so M is high from the first
 // steps and most far tiles skip (how many, in this order and in ascending order: bench/RESULTS.md).
 //
-// Robust discovery (kSummarizeQueries, docs/ROBUST.md): the CTA also writes the row's query sum and
+// Robust discovery (kSummarizeQueries, docs/ROBUST.md): the CTA also writes the row's core sum and
 // far query (query_summary.cuh) from the query tile, while its first tile's wgmma runs.
 #pragma once
 
