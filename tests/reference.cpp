@@ -132,7 +132,7 @@ std::vector<double> robust_margins(const Problem& p, int64_t max_key_blocks,
     for (const std::vector<double>* given : {&reps.core, &reps.far}) {
       const std::vector<double> rep = scaled_e4m3(std::vector<float>(given->begin(), given->end()));
       std::vector<double> y(static_cast<size_t>(i + 1), kNegInf);
-      double magnitude = 0.0;  // the largest scale * sum_d |rep_d k_d|
+      double magnitude = 0.0;           // the largest scale * sum_d |rep_d k_d|
       for (int64_t j = 0; j <= i; ++j)  // every key of the block counts, the diagonal's too
         for (size_t key = 0; key < key_blocks[j].size() / size_t(D); ++key) {
           double dot = 0.0, l1 = 0.0;

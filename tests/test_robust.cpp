@@ -383,7 +383,8 @@ TEST(CpuRobust, KeepsANeedleOfAMinorityOfRows) {
     }
     return best;
   };
-  EXPECT_LT(best_key(reps.core, 5), best_key(reps.core, 12) + 2 * std::log(0.12)) << "core misses it";
+  EXPECT_LT(best_key(reps.core, 5), best_key(reps.core, 12) + 2 * std::log(0.12))
+      << "core misses it";
   EXPECT_NEAR(reps.far[0], strong, 0.05) << "the far query is a needle row";
   check_robust(batch, robust(params));
 }
@@ -418,7 +419,6 @@ TEST(CpuRobust, UnknownDiscoveryValueIsRejected) {
     EXPECT_NE(std::string(e.what()).find("params.discovery is 7"), std::string::npos) << e.what();
   }
 }
-
 
 // The e4m3 rounding of the best keys' products (src/common/e4m3.hpp), against the format decoded
 // from its bits: every finite value is kept, every midpoint goes to the neighbour with an even

@@ -54,14 +54,22 @@ def test_default_keeps_the_models_next_token_choices(models):
 
 
 def test_default_retrieves_the_passkey_dense_retrieves(models):
+    """At the first depth where dense attention retrieves the key, the default retrieves it too. Dense itself misses
+    some depths, and which ones can change with the machine (dense answered this key at depth 0.5 on earlier sessions'
+    machines and missed it on session 18's, an AVX-512 BF16 CPU), so the depth is found, not fixed."""
     import numpy as np
     from flashprefill.eval import harness as H
     loaded, tokens, fpt, M = models
     key = int(np.random.default_rng(7).integers(10000, 100000))
-    ids = H.passkey_prompt(loaded.tokenizer, model_io.region(tokens, "passkey"), LENGTH, 0.5, key)
-    answers = {}
-    for name in ("sdpa", "default"):
-        M.state.method = M.Method(name, label=name)
-        answers[name] = H.passkey_answer(loaded.model, loaded.tokenizer, ids)
-    assert H.passkey_correct(answers["sdpa"], key), f"dense attention itself missed the key {key}: {answers['sdpa']!r}"
-    assert H.passkey_correct(answers["default"], key), f"key {key}: dense {answers['sdpa']!r}, flashprefill {answers['default']!r}"
+    tried = {}
+    for depth in (0.5, 0.3, 0.7, 0.2, 0.8):
+        ids = H.passkey_prompt(loaded.tokenizer, model_io.region(tokens, "passkey"), LENGTH, depth, key)
+        M.state.method = M.Method("sdpa", label="sdpa")
+        tried[depth] = H.passkey_answer(loaded.model, loaded.tokenizer, ids)
+        if H.passkey_correct(tried[depth], key):
+            break
+    else:
+        pytest.fail(f"dense attention itself missed the key {key} at every depth tried: {tried!r}")
+    M.state.method = M.Method("default", label="default")
+    answer = H.passkey_answer(loaded.model, loaded.tokenizer, ids)
+    assert H.passkey_correct(answer, key), f"key {key} at depth {depth}: dense {tried[depth]!r}, flashprefill {answer!r}"

@@ -371,8 +371,8 @@ void build_layout(const Problem& p, const BlockSparseLayout& layout, SelectRow&&
 // block's mean, which dilutes a short dominant span; this test scores every single key against two
 // pooled queries per (sequence, kv head, query block): the group's core query (the mean of the
 // rows near their head's mean: what most of the block's queries want) and its far query (the row
-// farthest from its head's mean: a minority of rows that attend where the core query does not). y[rep][j] is the best key of block j for rep,
-// scale * q_rep . k (fp32), with no visibility mask.
+// farthest from its head's mean: a minority of rows that attend where the core query does not).
+// y[rep][j] is the best key of block j for rep, scale * q_rep . k (fp32), with no visibility mask.
 struct RobustScores {
   int64_t heads_kv = 0;
   std::vector<std::vector<float>> y;  // [sequence * H_kv + kv head][offset[b][q] + rep * (i+1) + j]
@@ -426,7 +426,8 @@ void query_representatives(const Problem& p, const Row& r, float* reps) {
   for (int64_t h = 0; h < H; ++h) {
     float lowest = INFINITY, highest = -INFINITY;
     for (int64_t t = 0; t < n; ++t)
-      lowest = std::min(lowest, distance[t * H + h]), highest = std::max(highest, distance[t * H + h]);
+      lowest = std::min(lowest, distance[t * H + h]),
+      highest = std::max(highest, distance[t * H + h]);
     midrange[h] = 0.5f * (lowest + highest);
   }
   std::vector<float> core_sum(static_cast<size_t>(H * D), 0.0f), core_count(static_cast<size_t>(H));

@@ -2,9 +2,9 @@
 // selected the exact rule's blocks and written each layout row's core sum and far query
 // (query_summary.cuh). Three kernels:
 //  1. combine: per (sequence, kv head, query block), the group's core query (the g heads' core
-//     sums over their core counts, rounded to the input dtype) and its far query (the head whose far query lies
-//     farthest from its mean): the two representatives, each scaled by its power of two and
-//     rounded to e4m3 (src/common/e4m3.hpp);
+//     sums over their core counts, rounded to the input dtype) and its far query (the head whose
+//     far query lies farthest from its mean): the two representatives, each scaled by its power of
+//     two and rounded to e4m3 (src/common/e4m3.hpp);
 //  2. best keys: per (sequence, kv head, key block j), every later representative against the
 //     block's keys, scaled and rounded to e4m3 the same way, with mma.sync on those values held in
 //     the input dtype (exactly), reduced to the best key: y[rep][j] = max_s scale * rep . k_s. The
@@ -112,8 +112,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, combine_ctas_per_sm(kHeadDim))
   if (!group_row_of_grid(p, seq_row_offset, group_row_of_warp(), r)) return;
   wait_for_previous_kernel();  // the score kernel's query sums and far rows
   const int lane = threadIdx.x % 32, group = int(p.group), batch = heads_per_batch(p.group);
-  float* const staged_sums =
-      combine_smem + (threadIdx.x / 32) * (batch * kHeadDim + 2 * kMaxGroup);
+  float* const staged_sums = combine_smem + (threadIdx.x / 32) * (batch * kHeadDim + 2 * kMaxGroup);
   float* const staged_distances = staged_sums + batch * kHeadDim;
   float* const staged_counts = staged_distances + kMaxGroup;
   const int d0 = lane * kDims;

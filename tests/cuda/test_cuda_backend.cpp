@@ -118,8 +118,8 @@ bool best_keys_on_fp8_tensor_cores(const AttentionArgs& args, const Params& para
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess || prop.major != 9 || prop.minor != 0)
     return false;
   const char* choice = std::getenv("FLASHPREFILL_CUDA_KERNELS");
-  return args.q.shape[args.q.rank - 1] == 128 && params.block_size == 128 && !args.paged.enabled() &&
-         !(choice != nullptr && std::strcmp(choice, "ampere") == 0);
+  return args.q.shape[args.q.rank - 1] == 128 && params.block_size == 128 &&
+         !args.paged.enabled() && !(choice != nullptr && std::strcmp(choice, "ampere") == 0);
 }
 
 // Hopper's fp8 tensor cores sum e4m3 products with fewer bits than fp32 (DeepSeek-V3's report,
