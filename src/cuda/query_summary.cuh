@@ -92,6 +92,24 @@ __device__ __forceinline__ void masked_row_sums(
   }
 }
 
+// Each dimension's total over the warps' partial sums ([kWarps][kHeadDim] in shared memory), handed
+// to store(d, total); every thread takes dimensions tid, tid + kThreads, ... Loops of fixed trip
+// counts (unrolled): the sm_90 score kernel runs the summary with a wgmma in flight, which no loop
+// back edge may cross (ptxas would serialise it, C7514).
+template <int kHeadDim, int kThreads, typename Store>
+__device__ __forceinline__ void store_warp_totals(const float* partial, Store&& store) {
+  constexpr int kWarps = kThreads / 32;
+#pragma unroll
+  for (int i = 0; i < (kHeadDim + kThreads - 1) / kThreads; ++i) {
+    const int d = threadIdx.x + i * kThreads;
+    if (d >= kHeadDim) break;
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) total += partial[w * kHeadDim + d];
+    store(d, total);
+  }
+}
+
 // Called by all kThreads threads of the CTA, once the tile has landed; scratch is the CTA's own.
 // The tile (`Layout`, at shared-memory byte address tile_address) holds kTileRows rows; rows
 // [first_row, end_row) hold the row's queries (end_row > first_row). Writes, for layout row `row`
@@ -140,17 +158,8 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
   masked_row_sums<Layout, kHeadDim, kWarps, kTilesPerWarp, kIsBf16>(chunks_first, mask, partial);
   __syncthreads();
   const float inv_rows = 1.0f / float(end_row - first_row);
-  // Loops of fixed trip counts (unrolled): the sm_90 score kernel runs this with a wgmma in flight,
-  // which no loop back edge may cross (ptxas would serialise it, C7514).
-#pragma unroll
-  for (int i = 0; i < (kHeadDim + kThreads - 1) / kThreads; ++i) {
-    const int d = tid + i * kThreads;
-    if (d >= kHeadDim) break;
-    float total = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) total += partial[w * kHeadDim + d];
-    mean[d] = Half::from_float(total * inv_rows);
-  }
+  store_warp_totals<kHeadDim, kThreads>(
+      partial, [&](int d, float total) { mean[d] = Half::from_float(total * inv_rows); });
   __syncthreads();
 
   float mean_norm = 0.0f;  // ||mean||^2 of the rounded mean, in every lane
@@ -255,15 +264,8 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
   if (lane == 0) best_row_of_warp[kWarps + warp] = core_count;
   masked_row_sums<Layout, kHeadDim, kWarps, kTilesPerWarp, kIsBf16>(chunks_first, mask, partial);
   __syncthreads();
-#pragma unroll
-  for (int i = 0; i < (kHeadDim + kThreads - 1) / kThreads; ++i) {
-    const int d = tid + i * kThreads;
-    if (d >= kHeadDim) break;
-    float total = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) total += partial[w * kHeadDim + d];
-    buffers.query_sum[row * kHeadDim + d] = total;
-  }
+  store_warp_totals<kHeadDim, kThreads>(
+      partial, [&](int d, float total) { buffers.query_sum[row * kHeadDim + d] = total; });
   if (tid < kChunks) {
     uint4 chunk;
     asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
