@@ -130,13 +130,13 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
             far_own = rows_q                                              # [nb, H_q, D]: each head's far row
             side = ((qb.float() - rounded[:, None]) * (far_own - rounded)[:, None]).sum(-1)   # [nb, B, H_q]
             opposite = (side <= 0) & rvalid[:, :, None]
-            split_sums = (qb.float() * opposite[..., None]).sum(1)        # [nb, H_q, D]
-            split_counts = opposite.sum(1).float()                        # [nb, H_q]
+            subset_sums = (qb.float() * opposite[..., None]).sum(1)        # [nb, H_q, D]
+            subset_counts = opposite.sum(1).float()                        # [nb, H_q]
         if core:  # per head, the rows no farther from its mean than the midrange of their distances
             lowest = spread.masked_fill(~rvalid[:, :, None], float("inf")).amin(1)     # [nb, H_q]
             inner = (spread <= (lowest + best)[:, None] / 2) & rvalid[:, :, None]   # [nb, B, H_q]
-            split_sums = (qb.float() * inner[..., None]).sum(1)
-            split_counts = inner.sum(1).float()
+            subset_sums = (qb.float() * inner[..., None]).sum(1)
+            subset_counts = inner.sum(1).float()
         if far_run:  # the farthest of a run of far_run far queries serves all of its query blocks
             runs = -(-nb // far_run)
             d = best.view(nb, heads_kv, group).amax(-1)                # [nb, H_kv]
@@ -151,8 +151,8 @@ def proto_dual_layout(q, k, alpha, alpha2, pool_group=False, far_query=False, fa
     if far2:
         qbar = far2_q
     if split or core:
-        qbar = (split_sums.view(nb, heads_kv, group, dim).sum(2)
-                / split_counts.view(nb, heads_kv, group).sum(2).clamp(min=1)[..., None])
+        qbar = (subset_sums.view(nb, heads_kv, group, dim).sum(2)
+                / subset_counts.view(nb, heads_kv, group).sum(2).clamp(min=1)[..., None])
     kb, _ = _block_view(k, length)                                    # [nb, B, H_kv, D]
     if fp8:  # e4m3 products: each representative and each (key block, kv head) scaled on its own
         qbar = _e4m3_scaled(qbar.to(q.dtype).float(), (-1,))

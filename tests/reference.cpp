@@ -48,11 +48,12 @@ QueryRepresentatives query_representatives(const Problem& p, const detail::Layou
   const int64_t D = p.head_dim, g = p.group, hk = r.head / g, shift = r.shift();
   const int64_t t0 = r.positions(p.block()).begin - shift, t1 = r.positions(p.block()).end - shift;
   const double n = double(t1 - t0);
-  // A choice closer to its tie than this, relative to the largest squared norm of the rows, may go
-  // either way in fp32: the GPU's distances are ||q||^2 - 2 q . mean + ||mean||^2, whose rounding
-  // errors are a few 1e-7 of the squared norms they cancel.
+  // A choice closer to its tie than this, relative to the largest squared norm of the rows it
+  // compares, may go either way in fp32: the GPU's distances are ||q||^2 - 2 q . mean + ||mean||^2,
+  // fp32 sums of D products whose rounding is a small multiple of 2^-24 of the squared norms they
+  // cancel.
   constexpr double kAmbiguous = 1e-5;
-  double squared_norm = 0.0;  // the largest ||q||^2 of the group's rows
+  double group_norm = 0.0;  // the largest ||q||^2 of the group's rows (the far rows compete in it)
   QueryRepresentatives reps;
   reps.core.assign(static_cast<size_t>(D), 0.0);
   double far_distance = -1.0, runner_up = -1.0, core_count = 0.0;
@@ -67,6 +68,7 @@ QueryRepresentatives query_representatives(const Problem& p, const detail::Layou
     // The distances are to the head's mean rounded to the input dtype.
     for (int64_t d = 0; d < D; ++d) mean[d] = detail::rounded_to(float(mean[d] / n), p.dtype);
     std::vector<double> distance;
+    double head_norm = 0.0;  // the largest ||q||^2 of the head's rows (its core rows compete in it)
     for (int64_t t = t0; t < t1; ++t) {
       double sum = 0.0, norm = 0.0;
       for (int64_t d = 0; d < D; ++d) {
@@ -74,13 +76,14 @@ QueryRepresentatives query_representatives(const Problem& p, const detail::Layou
         norm += q_at(t, h, d) * q_at(t, h, d);
       }
       distance.push_back(sum);
-      squared_norm = std::max(squared_norm, norm);
+      head_norm = std::max(head_norm, norm);
       if (sum > far_distance) {
         runner_up = far_distance, far_distance = sum, far_head = h, far_t = t;
       } else {
         runner_up = std::max(runner_up, sum);
       }
     }
+    group_norm = std::max(group_norm, head_norm);
     // The head's core rows: distance at most the midrange.
     const auto [lowest, highest] = std::minmax_element(distance.begin(), distance.end());
     const double midrange = 0.5 * (*lowest + *highest);
@@ -88,15 +91,14 @@ QueryRepresentatives query_representatives(const Problem& p, const detail::Layou
       const double dist = distance[t - t0];
       // The nearest and the farthest row are never in doubt (lowest <= midrange <= highest in
       // any rounding); one in between may be.
-      if (dist > *lowest && dist < *highest &&
-          std::abs(dist - midrange) <= kAmbiguous * squared_norm)
+      if (dist > *lowest && dist < *highest && std::abs(dist - midrange) <= kAmbiguous * head_norm)
         reps.ambiguous = true;
       if (dist > midrange) continue;
       core_count += 1.0;
       for (int64_t d = 0; d < D; ++d) reps.core[d] += q_at(t, h, d);
     }
   }
-  if (far_distance - runner_up <= kAmbiguous * squared_norm) reps.ambiguous = true;
+  if (far_distance - runner_up <= kAmbiguous * group_norm) reps.ambiguous = true;
   for (double& x : reps.core) x = detail::rounded_to(float(x / core_count), p.dtype);
   for (int64_t d = 0; d < D; ++d) reps.far.push_back(q_at(far_t, far_head, d));
   return reps;

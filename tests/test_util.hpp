@@ -338,10 +338,12 @@ inline int64_t expect_rows_differ_only_at_threshold(
       ++differing;
       if (!ref_robust.empty() && !(std::abs(ref_robust[r * max_key_blocks + j]) > rel_tol))
         continue;  // near 0 or NaN
+      const std::string margin =
+          ref_robust.empty()
+              ? ""
+              : " (robust margin " + std::to_string(ref_robust[r * max_key_blocks + j]) + ")";
       EXPECT_NEAR(S[j], threshold, rel_tol * threshold)
-          << "row " << r << " block " << j << " differs away from the threshold"
-          << (ref_robust.empty() ? "" : " (robust margin ")
-          << (ref_robust.empty() ? "" : std::to_string(ref_robust[r * max_key_blocks + j]) + ")");
+          << "row " << r << " block " << j << " differs away from the threshold" << margin;
     }
   }
   if (ambiguous > 0)  // a share the tests should keep small: these rows' robust test is unchecked

@@ -110,7 +110,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, combine_ctas_per_sm(kHeadDim))
   allow_dependent_launch();  // the best-key kernel
   GroupRow r;
   if (!group_row_of_grid(p, seq_row_offset, group_row_of_warp(), r)) return;
-  wait_for_previous_kernel();  // the score kernel's query sums and far rows
+  wait_for_previous_kernel();  // the score kernel's core sums and far rows
   const int lane = threadIdx.x % 32, group = int(p.group), batch = heads_per_batch(p.group);
   float* const staged_sums = combine_smem + (threadIdx.x / 32) * (batch * kHeadDim + 2 * kMaxGroup);
   float* const staged_distances = staged_sums + batch * kHeadDim;

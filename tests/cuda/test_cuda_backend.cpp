@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "cuda/arch.hpp"
 #include "flashprefill/synthetic.hpp"
 #include "test_util.hpp"
 
@@ -109,17 +110,11 @@ std::vector<std::vector<int32_t>> device_rows(const BlockSparseLayout& layout) {
   return rows;
 }
 
-// GPU layout == CPU layout except blocks whose fp64 score lies within 1e-3 of the threshold;
-// returns the GPU rows.
-// Whether robust discovery's best keys run as e4m3 wgmma (sm90/best_keys.cu): Hopper, head dim 128,
-// block 128, contiguous K, the sm_90 kernels not turned off.
-bool best_keys_on_fp8_tensor_cores(const AttentionArgs& args, const Params& params) {
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess || prop.major != 9 || prop.minor != 0)
-    return false;
-  const char* choice = std::getenv("FLASHPREFILL_CUDA_KERNELS");
-  return args.q.shape[args.q.rank - 1] == 128 && params.block_size == 128 &&
-         !args.paged.enabled() && !(choice != nullptr && std::strcmp(choice, "ampere") == 0);
+// Whether robust discovery's best keys run as e4m3 wgmma (sm90/best_keys.cu): the library's own
+// choice of the sm_90 kernels (cuda/arch.hpp), head dim 128, block 128, contiguous K.
+bool best_keys_on_fp8_tensor_cores(const detail::Problem& gpu_problem) {
+  return cuda::use_hopper_kernels(cuda::device_info(gpu_problem)) && gpu_problem.head_dim == 128 &&
+         gpu_problem.params.block_size == 128 && !gpu_problem.paged();
 }
 
 // Hopper's fp8 tensor cores sum e4m3 products with fewer bits than fp32 (DeepSeek-V3's report,
@@ -127,6 +122,8 @@ bool best_keys_on_fp8_tensor_cores(const AttentionArgs& args, const Params& para
 // products' magnitude (reference::robust_margins).
 constexpr double kFp8TensorCoreSumPrecision = 1.0 / 2048;
 
+// GPU layout == CPU layout except blocks whose fp64 score lies within 1e-3 of the threshold;
+// returns the GPU rows.
 std::vector<std::vector<int32_t>> check_layout_matches_cpu(HostBatch& host, DeviceBatch& device,
                                                            const Params& params) {
   AttentionArgs cpu_args = host.args();
@@ -145,7 +142,9 @@ std::vector<std::vector<int32_t>> check_layout_matches_cpu(HostBatch& host, Devi
   const auto ref_pooled = reference::pool_keys(problem, shapes.pooled_key_slots);
   const auto ref_scores = reference::block_scores(problem, ref_pooled, shapes.max_key_blocks);
   const double e4m3_sum_precision =
-      best_keys_on_fp8_tensor_cores(gpu_args, params) ? kFp8TensorCoreSumPrecision : 0.0;
+      best_keys_on_fp8_tensor_cores(make_problem(gpu_args, params, Needs::discovery))
+          ? kFp8TensorCoreSumPrecision
+          : 0.0;
   const auto ref_robust =
       params.discovery == Discovery::robust
           ? reference::robust_margins(problem, shapes.max_key_blocks, e4m3_sum_precision)
