@@ -174,7 +174,7 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
 
   // Distances: two accumulator chains per product (even and odd dimension slices) halve the chain.
   const uint32_t* mean_pairs = reinterpret_cast<const uint32_t*>(mean);
-  float gram[kTilesPerWarp][2][2][4] = {}, dot[kTilesPerWarp][2][4] = {};
+  float gram[kTilesPerWarp][2][2][4] = {}, dot[kTilesPerWarp][4] = {};
 #pragma unroll
   for (int kk = 0; kk < kSlices; ++kk) {
     const uint32_t mean_col[2] = {mean_pairs[8 * kk + quad], mean_pairs[8 * kk + 4 + quad]};
@@ -191,33 +191,38 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
       sm80::mma_1688<kIsBf16>(gram[k][kk % 2][1], a_low, a[1]);
       sm80::mma_1688<kIsBf16>(gram[k][kk % 2][0], a_high, a[2]);
       sm80::mma_1688<kIsBf16>(gram[k][kk % 2][1], a_high, a[3]);
-      sm80::mma_16816<kIsBf16>(dot[k][kk % 2], a, mean_col);
+      sm80::mma_16816<kIsBf16>(dot[k], a, mean_col);
     }
   }
   // Row g's diagonal element is column g of the first n8 tile, row g + 8's column g of the second:
   // in the lane whose quad is g / 2, element g % 2 (rows g) or 2 + g % 2 (rows g + 8). A row that
   // rounding puts below zero still competes: the far row is always one of the block's rows.
-  const bool holds_rows = quad == g / 2;
-  float distance[kTilesPerWarp][2];  // rows t0, t1 of tile k (in the lanes that hold rows)
+  // Each row's distance also goes to shared memory (partial's floats, free until the core sums),
+  // where the core vote reads it after the far row is known: kept in registers across that
+  // barrier, the distances pushed the sm_90 kernel (its first tile's accumulator live) to spill.
+  float* row_distance = partial;  // [kTileRows]; +inf for rows outside [first_row, end_row)
   float best = -INFINITY, lowest = INFINITY;
   int best_row = first_row;
-#pragma unroll
-  for (int k = 0; k < kTilesPerWarp; ++k) {
+  if (quad == g / 2) {
     const bool odd = g % 2;  // selects, not an index: the accumulators stay in registers
-    const int t0 = 16 * (warp + k * kWarps) + g, t1 = t0 + 8;
-    const float gram0 =
-        (odd ? gram[k][0][0][1] : gram[k][0][0][0]) + (odd ? gram[k][1][0][1] : gram[k][1][0][0]);
-    const float gram1 =
-        (odd ? gram[k][0][1][3] : gram[k][0][1][2]) + (odd ? gram[k][1][1][3] : gram[k][1][1][2]);
-    distance[k][0] = gram0 - 2.0f * (dot[k][0][0] + dot[k][1][0]) + mean_norm;
-    distance[k][1] = gram1 - 2.0f * (dot[k][0][2] + dot[k][1][2]) + mean_norm;
-    if (holds_rows) {
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int t = h ? t1 : t0;  // t1 > t0: ties keep t0
-        if (!valid_row(t)) continue;
-        if (distance[k][h] > best) best = distance[k][h], best_row = t;
-        lowest = fminf(lowest, distance[k][h]);
+    for (int k = 0; k < kTilesPerWarp; ++k) {
+      const int t0 = 16 * (warp + k * kWarps) + g, t1 = t0 + 8;
+      const float gram0 =
+          (odd ? gram[k][0][0][1] : gram[k][0][0][0]) + (odd ? gram[k][1][0][1] : gram[k][1][0][0]);
+      const float gram1 =
+          (odd ? gram[k][0][1][3] : gram[k][0][1][2]) + (odd ? gram[k][1][1][3] : gram[k][1][1][2]);
+      const float d0 = gram0 - 2.0f * dot[k][0] + mean_norm;
+      const float d1 = gram1 - 2.0f * dot[k][2] + mean_norm;
+      row_distance[t0] = valid_row(t0) ? d0 : INFINITY;
+      row_distance[t1] = valid_row(t1) ? d1 : INFINITY;
+      if (valid_row(t0)) {
+        if (d0 > best) best = d0, best_row = t0;
+        lowest = fminf(lowest, d0);
+      }
+      if (valid_row(t1)) {
+        if (d1 > best) best = d1, best_row = t1;  // t1 > t0: ties keep t0
+        lowest = fminf(lowest, d1);
       }
     }
   }
@@ -244,24 +249,24 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
     lowest_distance = fminf(lowest_distance, best_of_warp[kWarps + w]);
   }
 
-  // The core rows: distance at most the midrange (never empty: the nearest row is one). Each
-  // lane that holds rows votes; row r of a tile's 8-row half is lane 4 r + r / 2's vote, and each
-  // lane gathers the votes of its B fragment's rows 2 quad, 2 quad + 1.
+  // The core rows: distance at most the midrange (never empty: the nearest row is one). Each lane
+  // reads the distances of its B fragment's rows; the warp counts its own tiles' core rows.
   const float midrange = 0.5f * (lowest_distance + far_distance);
+  const auto in_core = [&](int t) { return row_distance[t] <= midrange ? 1.0f : 0.0f; };
   int core_count = 0;
 #pragma unroll
   for (int k = 0; k < kTilesPerWarp; ++k)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int t = 16 * (warp + k * kWarps) + g + 8 * h;
-      const uint32_t votes =
-          __ballot_sync(0xffffffffu, holds_rows && valid_row(t) && distance[k][h] <= midrange);
-      core_count += __popc(votes);
-      const int r0 = 2 * quad, r1 = r0 + 1;
-      mask[k][h] = sm80::pack(Half::from_floats(float((votes >> (4 * r0 + r0 / 2)) & 1u),
-                                                float((votes >> (4 * r1 + r1 / 2)) & 1u)));
+      const int t = 16 * (warp + k * kWarps) + 2 * quad + 8 * h;
+      const float first = in_core(t), second = in_core(t + 1);
+      mask[k][h] = sm80::pack(Half::from_floats(first, second));
+      core_count += int(first + second);
     }
+  // Lanes of one quad hold the same rows (g varies over the B fragment's columns): count one g.
+  core_count = __reduce_add_sync(0xffffffffu, g == 0 ? core_count : 0);
   if (lane == 0) best_row_of_warp[kWarps + warp] = core_count;
+  __syncthreads();  // every lane has read row_distance before the core sums overwrite it
   masked_row_sums<Layout, kHeadDim, kWarps, kTilesPerWarp, kIsBf16>(chunks_first, mask, partial);
   __syncthreads();
   store_warp_totals<kHeadDim, kThreads>(

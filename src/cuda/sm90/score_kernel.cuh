@@ -376,14 +376,13 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
   };
   // Tiles in pairs on two accumulators (x^T[j, t] for 64 key blocks x 128 queries each).
   float x_first[64], x_second[64];
-  int step = 0;
   if constexpr (Traits::kSummarizeQueries) {
-    // Robust discovery: the row's query sum and far query (query_summary.cuh) are computed while
-    // the first tile's wgmma runs, alone so that its accumulator and the summary's registers fit.
-    // Rows kept whole load no queries and need no summary (representatives.cu skips them too).
+    // Robust discovery: the row's core query sum and far query (query_summary.cuh), before the
+    // first product: with the first tile's accumulator live beside the summary's registers, ptxas
+    // spilled across the whole kernel. Its scratch is log_score's memory, which score_tile writes
+    // only after a barrier of every warp. Rows kept whole load no queries and need no summary
+    // (representatives.cu skips them too).
     if (num_tiles > 0) {
-      wait_for_keys(0);
-      issue_product(0, x_first);
       const detail::PositionRange rows = r.positions(kBlock);
       using QPanels = typename Traits::QPanels;
       using Layout = discovery::QueryTileLayout<QPanels::kRowBytes, QPanels::kPanelCols / 8,
@@ -392,13 +391,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
                                      Traits::kIsBf16>(
           sm80::smem_address(q_smem), int(rows.begin - block_start), int(rows.end - block_start),
           log_score, buffers, r.row);
-      cute::warpgroup_wait<0>();
-      fence_accumulators(x_first);
-      score_tile(0, x_first);
-      step = 1;
     }
   }
-  tiles_in_pairs(step, num_tiles, x_first, x_second, wait_for_keys, issue_product, score_tile);
+  tiles_in_pairs(0, num_tiles, x_first, x_second, wait_for_keys, issue_product, score_tile);
   // M2 = the row's largest score (every tile is scored without skipping when scores are wanted).
   const float thread_max_x2 = warp_max_so_far * scale_log2;
   finish_row(p, r.alpha, log_score, thread_max_x2, thread_max_log_score, num_j, r.block_abs,
