@@ -60,34 +60,47 @@ __device__ __forceinline__ float best_of_key(uint32_t key) {
 }
 
 // Floats of shared-memory scratch write_query_summary needs: each warp's partial sums, the per-warp
-// bests and lowests (32 floats), their rows and core counts (32 ints), then the mean in the input
-// dtype.
+// far pairs (16 x 8 bytes), lowest keys and core counts (16 + 16 words), then the mean in the input
+// dtype. Its start must be 8-byte aligned.
 template <int kHeadDim, int kWarps>
 constexpr int query_summary_scratch_floats() {
-  static_assert(2 * kWarps <= 32);
+  static_assert(kWarps <= 16 && (kWarps * kHeadDim) % 2 == 0);
   return kWarps * kHeadDim + 64 + kHeadDim / 2;
 }
 
 // Each warp's sums of the rows of its 16-row tiles selected by mask (mask[k]: the B fragment of
 // the row mask over tile k's rows 2 quad, 2 quad + 1 (+ 8), repeated over the 8 columns), for every
 // dimension, into partial[warp][kHeadDim]: Q^T through ldmatrix.trans as A times the mask column.
+// A group of dimension slices at a time, all of its fragments loaded before its products: slice by
+// slice, each short chain (load, product, product, store) waited on the one before it.
 template <typename Layout, int kHeadDim, int kWarps, int kTilesPerWarp, bool kIsBf16>
 __device__ __forceinline__ void masked_row_sums(
     const TileRowAddress<Layout, MatrixOrder::kChunksFirst>& chunks_first,
     const uint32_t (&mask)[kTilesPerWarp][2], float* partial) {
+  constexpr int kSlices = kHeadDim / 16;
+  constexpr int kGroup = kSlices < 8 / kTilesPerWarp ? kSlices : 8 / kTilesPerWarp;
+  static_assert(kGroup > 0 && kSlices % kGroup == 0);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, quad = lane % 4;
 #pragma unroll
-  for (int s = 0; s < kHeadDim / 16; ++s) {
-    float sum[4] = {};  // every column is the sum: rows g, g + 8 are dims 16 s + g, + 8
+  for (int s0 = 0; s0 < kSlices; s0 += kGroup) {
+    uint32_t q_transposed[kGroup][kTilesPerWarp][4];
 #pragma unroll
-    for (int k = 0; k < kTilesPerWarp; ++k) {
-      uint32_t q_transposed[4];
-      sm80::ldmatrix_x4_trans(q_transposed, chunks_first(k * kWarps, s));
-      sm80::mma_16816<kIsBf16>(sum, q_transposed, mask[k]);
-    }
+    for (int s = 0; s < kGroup; ++s)
+#pragma unroll
+      for (int k = 0; k < kTilesPerWarp; ++k)
+        sm80::ldmatrix_x4_trans(q_transposed[s][k], chunks_first(k * kWarps, s0 + s));
+    float sum[kGroup][4] = {};  // every column is the sum: rows g, g + 8 are dims 16 s + g, + 8
+#pragma unroll
+    for (int k = 0; k < kTilesPerWarp; ++k)
+#pragma unroll
+      for (int s = 0; s < kGroup; ++s)
+        sm80::mma_16816<kIsBf16>(sum[s], q_transposed[s][k], mask[k]);
     if (quad == 0) {
-      partial[warp * kHeadDim + 16 * s + g] = sum[0];
-      partial[warp * kHeadDim + 16 * s + g + 8] = sum[2];
+#pragma unroll
+      for (int s = 0; s < kGroup; ++s) {
+        partial[warp * kHeadDim + 16 * (s0 + s) + g] = sum[s][0];
+        partial[warp * kHeadDim + 16 * (s0 + s) + g + 8] = sum[s][2];
+      }
     }
   }
 }
@@ -135,10 +148,12 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
   static_assert(kTileRows % 16 == 0 && kHeadDim % 16 == 0 && kThreads % 32 == 0);
   static_assert(kRowTiles % kWarps == 0, "each warp takes the same number of 16-row tiles");
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, quad = lane % 4;
-  float* partial = scratch;                                           // [kWarps][kHeadDim]
-  float* best_of_warp = scratch + kWarps * kHeadDim;                  // [kWarps], then lowests
-  int* best_row_of_warp = reinterpret_cast<int*>(best_of_warp + 32);  // [kWarps], then counts
-  auto* mean = reinterpret_cast<Element*>(best_of_warp + 64);         // [kHeadDim], rounded
+  float* partial = scratch;  // [kWarps][kHeadDim]
+  // Per warp: its far (distance key, ~row) pair, its lowest distance key, its core count.
+  auto* far_of_warp = reinterpret_cast<uint64_t*>(scratch + kWarps * kHeadDim);  // [kWarps]
+  auto* lowest_of_warp = reinterpret_cast<uint32_t*>(far_of_warp + 16);          // [kWarps]
+  int* core_count_of_warp = reinterpret_cast<int*>(lowest_of_warp + 16);         // [kWarps]
+  auto* mean = reinterpret_cast<Element*>(scratch + kWarps * kHeadDim + 64);     // [kHeadDim]
   // Warp w takes the 16-row tiles w, w + kWarps, ...: tile k of the warp is tile warp + k kWarps.
   const uint32_t warp_tiles = tile_address + uint32_t(warp * 16 * Layout::kRowBytes);
   const TileRowAddress<Layout, MatrixOrder::kRowsFirst> rows_first(warp_tiles, lane);
@@ -228,26 +243,29 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
   }
   // The warp's largest distance and, among the lanes holding it, the lowest row, and its smallest
   // distance: reductions on an unsigned key that orders as the floats do (+ 0.0f makes -0 equal
-  // to +0).
+  // to +0). Across the warps, each thread takes the maximum of (key, ~row) pairs, one 64-bit
+  // value each, and the minimum of the lowest keys: every load first, then selects (compares
+  // and branches after each load made a chain of shared-memory round trips).
   const uint32_t key = ordered_key(best + 0.0f);
   const uint32_t warp_key = __reduce_max_sync(0xffffffffu, key);
   best_row =
       int(__reduce_min_sync(0xffffffffu, key == warp_key ? uint32_t(best_row) : 0xffffffffu));
   const uint32_t warp_lowest = __reduce_min_sync(0xffffffffu, ordered_key(lowest + 0.0f));
   if (lane == 0) {
-    best_of_warp[warp] = best_of_key(warp_key), best_row_of_warp[warp] = best_row;
-    best_of_warp[kWarps + warp] = best_of_key(warp_lowest);
+    far_of_warp[warp] = uint64_t(warp_key) << 32 | ~uint32_t(best_row);
+    lowest_of_warp[warp] = warp_lowest;
   }
   __syncthreads();
-  float far_distance = best_of_warp[0], lowest_distance = best_of_warp[kWarps];
-  int far_row = best_row_of_warp[0];
+  uint64_t far = far_of_warp[0];
+  uint32_t lowest_key = lowest_of_warp[0];
 #pragma unroll
   for (int w = 1; w < kWarps; ++w) {
-    if (best_of_warp[w] > far_distance ||
-        (best_of_warp[w] == far_distance && best_row_of_warp[w] < far_row))
-      far_distance = best_of_warp[w], far_row = best_row_of_warp[w];
-    lowest_distance = fminf(lowest_distance, best_of_warp[kWarps + w]);
+    far = far > far_of_warp[w] ? far : far_of_warp[w];
+    lowest_key = min(lowest_key, lowest_of_warp[w]);
   }
+  const float far_distance = best_of_key(uint32_t(far >> 32));
+  const float lowest_distance = best_of_key(lowest_key);
+  const int far_row = int(~uint32_t(far));
 
   // The core rows: distance at most the midrange (never empty: the nearest row is one). Each lane
   // reads the distances of its B fragment's rows; the warp counts its own tiles' core rows.
@@ -265,7 +283,7 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
     }
   // Lanes of one quad hold the same rows (g varies over the B fragment's columns): count one g.
   core_count = __reduce_add_sync(0xffffffffu, g == 0 ? core_count : 0);
-  if (lane == 0) best_row_of_warp[kWarps + warp] = core_count;
+  if (lane == 0) core_count_of_warp[warp] = core_count;
   __syncthreads();  // every lane has read row_distance before the core sums overwrite it
   masked_row_sums<Layout, kHeadDim, kWarps, kTilesPerWarp, kIsBf16>(chunks_first, mask, partial);
   __syncthreads();
@@ -282,7 +300,7 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
   if (tid == 0) {
     int count = 0;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) count += best_row_of_warp[kWarps + w];
+    for (int w = 0; w < kWarps; ++w) count += core_count_of_warp[w];
     buffers.query_far_distance[row] = far_distance;
     buffers.query_core_count[row] = float(count);
   }
