@@ -106,9 +106,7 @@ __device__ __forceinline__ void masked_row_sums(
 }
 
 // Each dimension's total over the warps' partial sums ([kWarps][kHeadDim] in shared memory), handed
-// to store(d, total); every thread takes dimensions tid, tid + kThreads, ... Loops of fixed trip
-// counts (unrolled): the sm_90 score kernel runs the summary with a wgmma in flight, which no loop
-// back edge may cross (ptxas would serialise it, C7514).
+// to store(d, total); every thread takes dimensions tid, tid + kThreads, ...
 template <int kHeadDim, int kThreads, typename Store>
 __device__ __forceinline__ void store_warp_totals(const float* partial, Store&& store) {
   constexpr int kWarps = kThreads / 32;

@@ -24,7 +24,7 @@
 // steps and most far tiles skip (how many, in this order and in ascending order: bench/RESULTS.md).
 //
 // Robust discovery (kSummarizeQueries, docs/ROBUST.md): the CTA also writes the row's core sum and
-// far query (query_summary.cuh) from the query tile, while its first tile's wgmma runs.
+// far query (query_summary.cuh) from the query tile, before its first product.
 #pragma once
 
 #include <cfloat>
@@ -71,9 +71,9 @@ struct ScoreTraits {
   static constexpr int kKeyBytes = kPanels * KeyPanels::kPanelBytes;
   // warp_running_max, then select_row's scratch
   static constexpr int kReduceFloats = 8 + kSelectScratchFloats;
-  // The query summary runs while the first tile's wgmma is in flight, before any log_score is
-  // written (score_tile starts with a barrier of every warp): its scratch is log_score's memory,
-  // which long rows (where shared memory is tight) have to spare.
+  // The query summary runs before any log_score is written (score_tile starts with a barrier of
+  // every warp): its scratch is log_score's memory, which long rows (where shared memory is tight)
+  // have to spare.
   static constexpr int kSummaryFloats =
       kSummarizeQueries ? discovery::query_summary_scratch_floats<kHeadDim, kThreads / 32>() : 0;
   static_assert(kReduceFloats % 2 == 0 && kSummaryFloats % 2 == 0, "8-byte aligned barriers");
