@@ -51,8 +51,7 @@ struct DiscoveryPlan {
   // mean ([max_rows][D], input dtype) and that distance ([max_rows] fp32); per (kv head, query
   // block) row, the two query representatives ([kv_rows][2][D], scaled and rounded to e4m3: in the
   // input dtype, as e4m3 bytes, and the scales [kv_rows][2] fp32) and each one's best key score per
-  // key block
-  // ([kv_rows][2][words * 32] fp32).
+  // key block ([kv_rows][2][words * 32] fp32).
   Region query_sum, query_core_count, query_far, query_far_distance, representatives,
       representatives_e4m3, representative_scale, representative_best;
   int64_t slots = 0, max_rows = 0, words = 0;  // words: bitmask words per row

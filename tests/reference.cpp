@@ -72,8 +72,9 @@ QueryRepresentatives query_representatives(const Problem& p, const detail::Layou
     for (int64_t t = t0; t < t1; ++t) {
       double sum = 0.0, norm = 0.0;
       for (int64_t d = 0; d < D; ++d) {
-        sum += (q_at(t, h, d) - mean[d]) * (q_at(t, h, d) - mean[d]);
-        norm += q_at(t, h, d) * q_at(t, h, d);
+        const double x = q_at(t, h, d);
+        sum += (x - mean[d]) * (x - mean[d]);
+        norm += x * x;
       }
       distance.push_back(sum);
       head_norm = std::max(head_norm, norm);

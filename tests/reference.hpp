@@ -22,7 +22,8 @@ std::vector<double> block_scores(const detail::Problem& p, const std::vector<dou
 // Robust discovery's second test (docs/ROBUST.md): the two query representatives of a (sequence,
 // kv head, query block), the group's core query rounded to the input dtype and its far query.
 // ambiguous: a row's distance lies so close to its head's midrange, or the two largest distances so
-// close to each other, that fp32 rounding may choose the other way (relative 1e-4).
+// close to each other, that fp32 rounding may choose the other way (within 1e-5 of the largest
+// squared norm of the rows compared).
 struct QueryRepresentatives {
   std::vector<double> core, far;  // [D] each
   bool ambiguous = false;
@@ -30,7 +31,7 @@ struct QueryRepresentatives {
 QueryRepresentatives query_representatives(const detail::Problem& p, const detail::LayoutRow& r);
 
 // Robust discovery's second test for every layout row, row-major [row][max_key_blocks]: the margin
-// max over rep in {mean, far} of y_rep[j] - max_{j' <= i} y_rep[j'] - ln(alpha_h^2), where y_rep[j]
+// max over rep in {core, far} of y_rep[j] - max_{j' <= i} y_rep[j'] - ln(alpha_h^2), where y_rep[j]
 // = max over block j's keys of scale * rep . k; block j passes iff margin >= 0 (+inf at alpha 0,
 // -inf where j > i). A margin is in natural-log units, so |margin| <= 1e-3 is the robust
 // counterpart of a score within 1e-3 relative of the exact rule's threshold. NaN for every block of

@@ -196,8 +196,7 @@ TEST(CpuRobust, CoreAndFarQueryEachKeepWhatTheOtherMisses) {
 
 // g = 4: heads 1-3 want the needle, head 0 does not and holds the outlier (the far query). The core
 // query pools all four heads' core rows (most of them want the needle), so every head's row keeps
-// block 4: the
-// representatives and their blocks are the group's, shared by its heads.
+// block 4: the representatives and their blocks are the group's, shared by its heads.
 TEST(CpuRobust, CoreQueryPoolsTheGroupsHeads) {
   FP_SEEDED(seed);
   HostBatch batch = short_span_case(4, {1, 2, 3}, /*outlier=*/true, seed);

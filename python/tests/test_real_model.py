@@ -55,8 +55,7 @@ def test_default_keeps_the_models_next_token_choices(models):
 
 def test_default_retrieves_the_passkey_dense_retrieves(models):
     """At the first depth where dense attention retrieves the key, the default retrieves it too. Dense itself misses
-    some depths, and which ones can change with the machine (dense answered this key at depth 0.5 on earlier sessions'
-    machines and missed it on session 18's, an AVX-512 BF16 CPU), so the depth is found, not fixed."""
+    some depths, and which ones can change with the CPU's bf16 kernels, so the depth is found, not fixed."""
     import numpy as np
     from flashprefill.eval import harness as H
     loaded, tokens, fpt, M = models

@@ -425,9 +425,10 @@ void query_representatives(const Problem& p, const Row& r, float* reps) {
   std::vector<float> midrange(static_cast<size_t>(H));
   for (int64_t h = 0; h < H; ++h) {
     float lowest = INFINITY, highest = -INFINITY;
-    for (int64_t t = 0; t < n; ++t)
-      lowest = std::min(lowest, distance[t * H + h]),
+    for (int64_t t = 0; t < n; ++t) {
+      lowest = std::min(lowest, distance[t * H + h]);
       highest = std::max(highest, distance[t * H + h]);
+    }
     midrange[h] = 0.5f * (lowest + highest);
   }
   std::vector<float> core_sum(static_cast<size_t>(H * D), 0.0f), core_count(static_cast<size_t>(H));

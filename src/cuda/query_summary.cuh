@@ -210,9 +210,9 @@ __device__ inline void write_query_summary(uint32_t tile_address, int first_row,
   // Row g's diagonal element is column g of the first n8 tile, row g + 8's column g of the second:
   // in the lane whose quad is g / 2, element g % 2 (rows g) or 2 + g % 2 (rows g + 8). A row that
   // rounding puts below zero still competes: the far row is always one of the block's rows.
-  // Each row's distance also goes to shared memory (partial's floats, free until the core sums),
-  // where the core vote reads it after the far row is known: kept in registers across that
-  // barrier, the distances pushed the sm_90 kernel (its first tile's accumulator live) to spill.
+  // Each row's distance also goes to shared memory (partial's floats, free until the core sums):
+  // the core vote, after the far row is known, reads it in the lanes whose B fragment holds the
+  // row, not in the lane that computed it.
   float* row_distance = partial;  // [kTileRows]; +inf for rows outside [first_row, end_row)
   float best = -INFINITY, lowest = INFINITY;
   int best_row = first_row;
